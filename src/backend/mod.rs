@@ -1,0 +1,11 @@
+//! Backend connections and their pools.
+//!
+//! The data path needs connections whose packets Tandem controls (results are relayed as raw
+//! bytes, and later the AT machinery runs its own statements on the same connection), so
+//! [`conn::BackendConn`] is a thin client over [`crate::wire`], not a driver.
+
+pub mod conn;
+pub mod pool;
+
+pub use conn::{BackendConn, BackendError, ConnKey};
+pub use pool::{Pool, PooledConn};

@@ -1,0 +1,236 @@
+//! The configuration model. Field documentation here is the reference for
+//! `docs/configuration.md`; defaults are stated beside each field.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::{count, ByteSize, Seconds};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// MySQL-protocol endpoints that applications connect to.
+    pub listeners: Vec<Listener>,
+    /// How statements from a listener reach data sources.
+    pub executors: Vec<Executor>,
+    /// Databases behind Tandem.
+    pub data_sources: Vec<DataSource>,
+    /// Global transaction coordinator.
+    #[serde(default)]
+    pub coordinator: Coordinator,
+    /// Admin HTTP API and metrics. Absent: no admin endpoint.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// Inbound HTTP proxies that begin and end global transactions.
+    #[serde(default)]
+    pub http_sidecars: Vec<serde::de::IgnoredAny>,
+    /// On SIGTERM, how long in-flight statements may run before Tandem exits. Default 30s.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Seconds,
+}
+
+fn default_drain_timeout() -> Seconds {
+    Seconds::secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// `host:port` to listen on.
+    pub address: String,
+    /// Frontend accounts: user name → password.
+    pub users: BTreeMap<String, String>,
+    /// Name of the executor that runs this listener's statements.
+    pub executor: String,
+    /// TLS for clients. Absent: plain TCP only.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Largest packet a client may send. Default 64MiB.
+    #[serde(default = "default_max_allowed_packet")]
+    pub max_allowed_packet: ByteSize,
+    /// Auth plugin announced in the greeting; clients may answer with either plugin.
+    /// Default mysql_native_password.
+    #[serde(default)]
+    pub auth_plugin: AuthPlugin,
+    /// Version string sent to clients. Default: the data source's own version.
+    #[serde(default)]
+    pub server_version: Option<String>,
+}
+
+fn default_max_allowed_packet() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthPlugin {
+    #[default]
+    MysqlNativePassword,
+    CachingSha2Password,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Refuse clients that do not switch to TLS. Default false.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Executor {
+    pub name: String,
+    pub mode: Mode,
+    /// For `mode: single`: the one data source.
+    #[serde(default)]
+    pub data_source: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Single,
+    RwSplit,
+    Sharding,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub name: String,
+    /// `mysql://user:password@host:port/database`.
+    pub dsn: String,
+    #[serde(default)]
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Most backend connections open at once. Default 64.
+    #[serde(default = "default_pool_max", deserialize_with = "count")]
+    pub max: u32,
+    /// Idle connections older than this are closed. Default 60s.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Seconds,
+    /// Idle connections are pinged this often; broken ones are dropped. Default 10s.
+    #[serde(default = "default_health_check_interval")]
+    pub health_check_interval: Seconds,
+    /// Limit for opening a backend connection. Default 3s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Seconds,
+    /// How long a client waits for a free connection when the pool is full. Default 5s.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout: Seconds,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            max: default_pool_max(),
+            idle_timeout: default_idle_timeout(),
+            health_check_interval: default_health_check_interval(),
+            connect_timeout: default_connect_timeout(),
+            acquire_timeout: default_acquire_timeout(),
+        }
+    }
+}
+
+fn default_pool_max() -> u32 {
+    64
+}
+fn default_idle_timeout() -> Seconds {
+    Seconds::secs(60)
+}
+fn default_health_check_interval() -> Seconds {
+    Seconds::secs(10)
+}
+fn default_connect_timeout() -> Seconds {
+    Seconds::secs(3)
+}
+fn default_acquire_timeout() -> Seconds {
+    Seconds::secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coordinator {
+    /// Where global transaction state lives. Default embedded.
+    #[serde(default)]
+    pub store: StoreKind,
+    #[serde(default)]
+    pub embedded: Embedded,
+    #[serde(default)]
+    pub etcd: Option<Etcd>,
+    /// Timeout of a global transaction begun without one. Default 60s.
+    #[serde(default = "default_tx_timeout")]
+    pub default_timeout: Seconds,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Coordinator {
+            store: StoreKind::default(),
+            embedded: Embedded::default(),
+            etcd: None,
+            default_timeout: default_tx_timeout(),
+        }
+    }
+}
+
+fn default_tx_timeout() -> Seconds {
+    Seconds::secs(60)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embedded {
+    /// File of the embedded store. Default ./data/tandem.db.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Embedded {
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("./data/tandem.db")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+    /// Key prefix; must end with '/'.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `host:port` of the admin HTTP API.
+    pub address: String,
+}

@@ -1,0 +1,328 @@
+//! Checks that need more than one field: references between sections, unique names,
+//! parseable addresses and DSNs, sane limits.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::{Config, ConfigError, Dsn, Mode, StoreKind};
+
+/// Parses `host:port`, accepting `localhost` as a host name.
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("invalid port in '{s}'"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(format!("'{s}' is not an address of the form ip:port"))
+}
+
+fn unique<'a>(section: &str, names: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        if n.is_empty() {
+            return Err(ConfigError::new(
+                format!("{section}[{i}].name"),
+                "must not be empty",
+            ));
+        }
+        if !seen.insert(n) {
+            return Err(ConfigError::new(
+                format!("{section}[{i}].name"),
+                format!("'{n}' is used by more than one entry"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (section, empty) in [
+            ("listeners", self.listeners.is_empty()),
+            ("executors", self.executors.is_empty()),
+            ("data_sources", self.data_sources.is_empty()),
+        ] {
+            if empty {
+                return Err(ConfigError::new(section, "at least one entry is required"));
+            }
+        }
+        unique("listeners", self.listeners.iter().map(|l| l.name.as_str()))?;
+        unique("executors", self.executors.iter().map(|e| e.name.as_str()))?;
+        unique(
+            "data_sources",
+            self.data_sources.iter().map(|d| d.name.as_str()),
+        )?;
+
+        let mut addresses = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |f: &str| format!("listeners[{i}].{f}");
+            let addr = parse_address(&l.address).map_err(|m| ConfigError::new(at("address"), m))?;
+            if !addresses.insert(addr) {
+                return Err(ConfigError::new(
+                    at("address"),
+                    format!("{addr} is used twice"),
+                ));
+            }
+            if l.users.is_empty() {
+                return Err(ConfigError::new(
+                    at("users"),
+                    "at least one user is required",
+                ));
+            }
+            if let Some(u) = l.users.keys().find(|u| u.is_empty() || u.contains('\0')) {
+                return Err(ConfigError::new(
+                    at("users"),
+                    format!("invalid user name '{u}'"),
+                ));
+            }
+            if !self.executors.iter().any(|e| e.name == l.executor) {
+                return Err(ConfigError::new(
+                    at("executor"),
+                    format!("no executor is named '{}'", l.executor),
+                ));
+            }
+            let max = l.max_allowed_packet.0;
+            if !(1024..=(1 << 30)).contains(&max) {
+                return Err(ConfigError::new(
+                    at("max_allowed_packet"),
+                    "must be between 1KiB and 1GiB",
+                ));
+            }
+            if let Some(tls) = &l.tls {
+                for (f, p) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                    if !p.is_file() {
+                        return Err(ConfigError::new(
+                            at(f),
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+
+        for (i, e) in self.executors.iter().enumerate() {
+            let at = |f: &str| format!("executors[{i}].{f}");
+            match e.mode {
+                Mode::Single => {
+                    let ds = e.data_source.as_deref().ok_or_else(|| {
+                        ConfigError::new(at("data_source"), "required for mode: single")
+                    })?;
+                    if !self.data_sources.iter().any(|d| d.name == ds) {
+                        return Err(ConfigError::new(
+                            at("data_source"),
+                            format!("no data source is named '{ds}'"),
+                        ));
+                    }
+                }
+                Mode::RwSplit | Mode::Sharding => {
+                    return Err(ConfigError::new(
+                        at("mode"),
+                        "only 'single' is available in this version of Tandem",
+                    ));
+                }
+            }
+        }
+
+        for (i, d) in self.data_sources.iter().enumerate() {
+            let at = |f: &str| format!("data_sources[{i}].{f}");
+            Dsn::parse(&d.dsn).map_err(|m| ConfigError::new(at("dsn"), m))?;
+            if d.pool.max == 0 {
+                return Err(ConfigError::new(at("pool.max"), "must be at least 1"));
+            }
+            for (f, v) in [
+                ("pool.idle_timeout", d.pool.idle_timeout),
+                ("pool.health_check_interval", d.pool.health_check_interval),
+                ("pool.connect_timeout", d.pool.connect_timeout),
+                ("pool.acquire_timeout", d.pool.acquire_timeout),
+            ] {
+                if v.0.is_zero() {
+                    return Err(ConfigError::new(at(f), "must be greater than zero"));
+                }
+            }
+        }
+
+        let c = &self.coordinator;
+        if c.default_timeout.0.is_zero() {
+            return Err(ConfigError::new(
+                "coordinator.default_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if c.store == StoreKind::Etcd {
+            let etcd = c.etcd.as_ref().ok_or_else(|| {
+                ConfigError::new("coordinator.etcd", "required when store is etcd")
+            })?;
+            if etcd.endpoints.is_empty() {
+                return Err(ConfigError::new(
+                    "coordinator.etcd.endpoints",
+                    "at least one endpoint is required",
+                ));
+            }
+            if !etcd.prefix.starts_with('/') || !etcd.prefix.ends_with('/') {
+                return Err(ConfigError::new(
+                    "coordinator.etcd.prefix",
+                    "must start and end with '/'",
+                ));
+            }
+        }
+
+        if let Some(admin) = &self.admin {
+            let addr =
+                parse_address(&admin.address).map_err(|m| ConfigError::new("admin.address", m))?;
+            if addresses.contains(&addr) {
+                return Err(ConfigError::new(
+                    "admin.address",
+                    format!("{addr} is also a listener address"),
+                ));
+            }
+        }
+        if !self.http_sidecars.is_empty() {
+            return Err(ConfigError::new(
+                "http_sidecars",
+                "HTTP sidecars are not available in this version of Tandem",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const GOOD: &str = r#"
+listeners:
+  - name: orders
+    address: 127.0.0.1:13306
+    users: { app: "${PW}" }
+    executor: orders
+executors:
+  - name: orders
+    mode: single
+    data_source: orders_db
+data_sources:
+  - name: orders_db
+    dsn: mysql://root:pw@127.0.0.1:3306/orders
+    pool: { max: "${POOL}", idle_timeout: 60s }
+admin:
+  address: 127.0.0.1:18888
+"#;
+
+    fn env(n: &str) -> Option<String> {
+        match n {
+            "PW" => Some("s3cret: \"x\"".into()),
+            "POOL" => Some("16".into()),
+            _ => None,
+        }
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::from_yaml_with_env(text, env).unwrap_err()
+    }
+
+    #[test]
+    fn good_config_loads_with_substitution() {
+        let c = Config::from_yaml_with_env(GOOD, env).unwrap();
+        assert_eq!(c.listeners[0].users["app"], "s3cret: \"x\"");
+        assert_eq!(c.data_sources[0].pool.max, 16);
+        assert_eq!(c.drain_timeout.0.as_secs(), 30);
+    }
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Config::from_yaml_with_env(&text, |_| Some("x".into()))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                GOOD.replace("mode: single", "mode: sideways"),
+                "executors[0].mode",
+            ),
+            (
+                GOOD.replace("mode: single", "mode: sharding"),
+                "executors[0].mode",
+            ),
+            (
+                GOOD.replace("data_source: orders_db", "data_source: nope"),
+                "executors[0].data_source",
+            ),
+            (
+                GOOD.replace("executor: orders\n", "executor: nope\n"),
+                "listeners[0].executor",
+            ),
+            (
+                GOOD.replace("127.0.0.1:13306", "nowhere"),
+                "listeners[0].address",
+            ),
+            (
+                GOOD.replace("mysql://root", "postgres://root"),
+                "data_sources[0].dsn",
+            ),
+            (
+                GOOD.replace("idle_timeout: 60s", "idle_timeout: 60"),
+                "data_sources[0].pool.idle_timeout",
+            ),
+            (
+                GOOD.replace("max: \"${POOL}\"", "max: 0"),
+                "data_sources[0].pool.max",
+            ),
+            (
+                GOOD.replace("max: \"${POOL}\"", "max: lots"),
+                "data_sources[0].pool.max",
+            ),
+            (
+                GOOD.replace("${PW}", "${MISSING}"),
+                "listeners[0].users.app",
+            ),
+            (
+                GOOD.replace("127.0.0.1:18888", "127.0.0.1:13306"),
+                "admin.address",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(err(&text).field, field, "{}", err(&text));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = err(&GOOD.replace(
+            "    executor: orders\n",
+            "    executor: orders\n    colour: blue\n",
+        ));
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        assert!(e.field.starts_with("listeners[0]"), "{e}");
+        let e = err(&format!("{GOOD}\nextra: 1\n"));
+        assert!(e.message.contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_empty_sections() {
+        let dup = GOOD.replace(
+            "executors:\n",
+            "executors:\n  - name: orders\n    mode: single\n    data_source: orders_db\n",
+        );
+        assert_eq!(err(&dup).field, "executors[1].name");
+        assert_eq!(
+            err("listeners: []\nexecutors: []\ndata_sources: []\n").field,
+            "listeners"
+        );
+        assert_eq!(err("").field, "document");
+        assert!(err("listeners: [").message.contains("invalid YAML"));
+    }
+}

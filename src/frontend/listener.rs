@@ -1,0 +1,82 @@
+//! Accepts client connections and runs a session task for each.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::Pool;
+use crate::metrics::ListenerMetrics;
+use crate::wire::auth::AuthMethod;
+
+use super::{handshake, session::Session};
+
+/// Everything a session needs from its listener, shared by all its clients.
+pub struct ListenerContext {
+    pub name: String,
+    pub users: BTreeMap<String, String>,
+    /// The executor's one data source (mode: single).
+    pub pool: Pool,
+    pub tls: Option<TlsAcceptor>,
+    pub tls_required: bool,
+    pub max_allowed_packet: usize,
+    pub auth_method: AuthMethod,
+    /// Overrides the version string learned from the data source.
+    pub server_version: Option<String>,
+    pub metrics: ListenerMetrics,
+    /// Connection ids shown to clients, unique across the whole Tandem process.
+    pub connection_ids: Arc<AtomicU32>,
+}
+
+impl ListenerContext {
+    pub fn next_connection_id(&self) -> u32 {
+        self.connection_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Accepts clients until `shutdown` turns true. Each session holds a clone of `sessions`, so
+/// the caller knows all sessions ended when the channel closes.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    mut shutdown: watch::Receiver<bool>,
+    sessions: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let guard = sessions.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            ctx.metrics.connections.inc();
+            ctx.metrics.connections_total.inc();
+            match handshake::accept(&ctx, tcp, peer).await {
+                Ok(Some(session)) => Session::run(session, shutdown).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "handshake failed")
+                }
+            }
+            ctx.metrics.connections.dec();
+        });
+    }
+    tracing::info!(listener = %ctx.name, "stopped accepting connections");
+}

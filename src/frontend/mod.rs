@@ -1,0 +1,12 @@
+//! The client side: listeners, the handshake, and each client's session.
+//!
+//! [`listener`] accepts connections and spawns a task per client; [`handshake`] authenticates
+//! it; [`session`] runs its command loop; [`relay`] streams backend responses to it.
+
+pub mod handshake;
+pub mod listener;
+pub mod relay;
+pub mod session;
+pub mod tls;
+
+pub use listener::{serve, ListenerContext};

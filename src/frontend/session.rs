@@ -1,0 +1,334 @@
+//! One client's session: its command loop and the backend connection pinned to it.
+//!
+//! The session takes a backend connection on its first statement and keeps it until the
+//! client leaves, so everything the database keeps per connection (session variables, user
+//! variables, temporary tables, prepared statements, transactions, LAST_INSERT_ID) means
+//! exactly what it would mean on a direct connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use tokio::sync::watch;
+
+use super::listener::ListenerContext;
+use super::relay::{relay, RelayError};
+use crate::backend::pool::AcquireError;
+use crate::backend::{BackendError, ConnKey, PooledConn};
+use crate::sql::{classify, StatementKind};
+use crate::wire::response::ok_packet;
+use crate::wire::scanner::{ResponseKind, Summary};
+use crate::wire::stream::ClientStream;
+use crate::wire::{MysqlError, PacketIo, WireError};
+
+// Command bytes (COM_*).
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_FIELD_LIST: u8 = 0x04;
+const COM_REFRESH: u8 = 0x07;
+const COM_STATISTICS: u8 = 0x09;
+const COM_PROCESS_INFO: u8 = 0x0a;
+const COM_DEBUG: u8 = 0x0d;
+const COM_PING: u8 = 0x0e;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
+const COM_SET_OPTION: u8 = 0x1b;
+const COM_STMT_FETCH: u8 = 0x1c;
+const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// Whether the session goes on after a command.
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    ctx: Arc<ListenerContext>,
+    client: PacketIo<ClientStream>,
+    caps: CapabilityFlags,
+    key: ConnKey,
+    user: String,
+    peer: SocketAddr,
+    connection_id: u32,
+    backend: Option<PooledConn>,
+    /// Prepared statement id → kind of statement, for metrics.
+    prepared: HashMap<u32, StatementKind>,
+}
+
+impl Session {
+    pub(super) fn new(
+        ctx: Arc<ListenerContext>,
+        client: PacketIo<ClientStream>,
+        caps: CapabilityFlags,
+        key: ConnKey,
+        user: String,
+        peer: SocketAddr,
+        connection_id: u32,
+    ) -> Self {
+        Session {
+            ctx,
+            client,
+            caps,
+            key,
+            user,
+            peer,
+            connection_id,
+            backend: None,
+            prepared: HashMap::new(),
+        }
+    }
+
+    pub fn client(&mut self) -> &mut PacketIo<ClientStream> {
+        &mut self.client
+    }
+
+    /// Takes a backend connection for this session, switching it to `database` if given.
+    pub async fn pin_backend(&mut self, database: Option<&str>) -> Result<(), MysqlError> {
+        if self.backend.is_some() {
+            return Ok(());
+        }
+        let pool = &self.ctx.pool;
+        let mut conn = pool.acquire(self.key).await.map_err(|e| match e {
+            AcquireError::Exhausted(_) => MysqlError::too_many_connections(pool.name()),
+            AcquireError::Connect(BackendError::Server(e)) => e,
+            AcquireError::Connect(e) => {
+                MysqlError::backend_unavailable(pool.name(), &e.to_string())
+            }
+        })?;
+        if let Some(db) = database {
+            conn.init_db(db).await.map_err(|e| match e {
+                BackendError::Server(e) => e,
+                other => MysqlError::backend_unavailable(pool.name(), &other.to_string()),
+            })?;
+        }
+        self.backend = Some(conn);
+        Ok(())
+    }
+
+    /// Runs the command loop until the client quits, the connection fails, or shutdown.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        tracing::debug!(listener = %self.ctx.name, user = %self.user, peer = %self.peer, id = self.connection_id, "session started");
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                r = self.client.read_packet(self.ctx.max_allowed_packet) => r,
+            };
+            let packet = match read {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    self.on_read_error(e).await;
+                    break;
+                }
+            };
+            match self
+                .dispatch(packet.seq, packet.last_seq, &packet.payload)
+                .await
+            {
+                Flow::Continue => {}
+                Flow::Close => break,
+            }
+        }
+        let _ = self.client.shutdown().await;
+        tracing::debug!(listener = %self.ctx.name, id = self.connection_id, "session ended");
+    }
+
+    async fn on_read_error(&mut self, e: WireError) {
+        let reply = match &e {
+            WireError::TooLarge { .. } => Some(MysqlError::packet_too_large()),
+            WireError::OutOfOrder { .. } => Some(MysqlError::packets_out_of_order()),
+            _ => None,
+        };
+        tracing::debug!(id = self.connection_id, error = %e, "client read failed");
+        if let Some(err) = reply {
+            let _ = self.send_error(1, err).await;
+        }
+    }
+
+    async fn dispatch(&mut self, seq: u8, last_seq: u8, payload: &[u8]) -> Flow {
+        let reply_seq = last_seq.wrapping_add(1);
+        let Some(&cmd) = payload.first() else {
+            return self
+                .reply_error(reply_seq, MysqlError::malformed_packet("empty command"))
+                .await;
+        };
+        let (kind, response) = match cmd {
+            COM_QUIT => return Flow::Close,
+            COM_QUERY => (classify(&payload[1..]), ResponseKind::Query),
+            COM_STMT_PREPARE => (classify(&payload[1..]), ResponseKind::Prepare),
+            COM_STMT_EXECUTE => (self.statement_kind(payload), ResponseKind::Execute),
+            COM_STMT_FETCH => (self.statement_kind(payload), ResponseKind::Fetch),
+            COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
+                if cmd == COM_STMT_CLOSE {
+                    if let Some(id) = statement_id(payload) {
+                        self.prepared.remove(&id);
+                    }
+                }
+                return self.forward_no_reply(seq, payload).await;
+            }
+            COM_PING if self.backend.is_none() => {
+                let ok = self.ok();
+                return self.reply(reply_seq, &ok).await;
+            }
+            COM_PING | COM_INIT_DB | COM_STMT_RESET | COM_SET_OPTION | COM_RESET_CONNECTION
+            | COM_STATISTICS | COM_DEBUG | COM_REFRESH => {
+                if cmd == COM_RESET_CONNECTION {
+                    self.prepared.clear();
+                }
+                (StatementKind::Other, ResponseKind::Single)
+            }
+            COM_FIELD_LIST => (StatementKind::Other, ResponseKind::FieldList),
+            COM_PROCESS_INFO => (StatementKind::Show, ResponseKind::Query),
+            _ => {
+                // Includes COM_CHANGE_USER and COM_PROCESS_KILL, whose meaning would refer to
+                // backend identities the client cannot know, and replication commands.
+                return self
+                    .reply_error(reply_seq, MysqlError::unknown_command(cmd))
+                    .await;
+            }
+        };
+        self.forward(seq, reply_seq, payload, kind, response).await
+    }
+
+    /// Forwards a command and relays its response.
+    async fn forward(
+        &mut self,
+        seq: u8,
+        reply_seq: u8,
+        payload: &[u8],
+        kind: StatementKind,
+        response: ResponseKind,
+    ) -> Flow {
+        let started = Instant::now();
+        if let Err(e) = self.pin_backend(None).await {
+            return self.reply_error(reply_seq, e).await;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Close;
+        };
+        let io = backend.io();
+        io.write_packet(seq, payload);
+        if io.flush().await.is_err() {
+            return self.backend_lost(reply_seq, false).await;
+        }
+        match relay(
+            backend,
+            &mut self.client,
+            response,
+            self.ctx.max_allowed_packet,
+        )
+        .await
+        {
+            Ok(summary) => {
+                self.ctx
+                    .metrics
+                    .statement(kind, started.elapsed().as_secs_f64());
+                self.after_response(payload, kind, &summary);
+                Flow::Continue
+            }
+            Err(RelayError::Backend { reason, forwarded }) => {
+                tracing::warn!(id = self.connection_id, data_source = %self.ctx.pool.name(), %reason, "backend failed during a statement");
+                self.backend_lost(reply_seq, forwarded).await
+            }
+            Err(RelayError::Client(e)) => {
+                tracing::debug!(id = self.connection_id, error = %e, "client failed during a response");
+                backend.mark_broken();
+                Flow::Close
+            }
+        }
+    }
+
+    fn after_response(&mut self, payload: &[u8], kind: StatementKind, summary: &Summary) {
+        if let Some(code) = summary.error {
+            self.ctx.metrics.error(code);
+        }
+        if let (Some(status), Some(b)) = (summary.status, self.backend.as_mut()) {
+            b.status = status;
+        }
+        if payload.first() == Some(&COM_STMT_PREPARE) {
+            if let Some((id, _, _)) = summary.prepared {
+                self.prepared.insert(id, kind);
+            }
+        }
+    }
+
+    /// Forwards a command that has no response (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA).
+    async fn forward_no_reply(&mut self, seq: u8, payload: &[u8]) -> Flow {
+        let Some(backend) = self.backend.as_mut() else {
+            // No backend yet means no statement was prepared: nothing to close.
+            return Flow::Continue;
+        };
+        let io = backend.io();
+        io.write_packet(seq, payload);
+        if io.flush().await.is_err() {
+            backend.mark_broken();
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// The backend connection broke: its session state is gone, so the client's is too.
+    /// Tell the client if the protocol still allows it, then close, as the database would.
+    async fn backend_lost(&mut self, reply_seq: u8, forwarded: bool) -> Flow {
+        if let Some(mut b) = self.backend.take() {
+            b.mark_broken();
+        }
+        if !forwarded {
+            let e = MysqlError::backend_lost(self.ctx.pool.name());
+            let _ = self.send_error(reply_seq, e).await;
+        }
+        Flow::Close
+    }
+
+    fn statement_kind(&self, payload: &[u8]) -> StatementKind {
+        statement_id(payload)
+            .and_then(|id| self.prepared.get(&id).copied())
+            .unwrap_or(StatementKind::Other)
+    }
+
+    fn ok(&self) -> Vec<u8> {
+        let status = self
+            .backend
+            .as_ref()
+            .map_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT, |b| b.status);
+        let mut ok = ok_packet(0, 0, status, 0);
+        if self.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK) {
+            ok.push(0);
+        }
+        ok
+    }
+
+    async fn reply(&mut self, seq: u8, payload: &[u8]) -> Flow {
+        self.client.write_packet(seq, payload);
+        match self.client.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn reply_error(&mut self, seq: u8, e: MysqlError) -> Flow {
+        match self.send_error(seq, e).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn send_error(&mut self, seq: u8, e: MysqlError) -> Result<(), std::io::Error> {
+        self.ctx.metrics.error(e.code);
+        self.client.write_packet(seq, &e.encode());
+        self.client.flush().await
+    }
+}
+
+/// The statement id at the start of a COM_STMT_* payload.
+fn statement_id(payload: &[u8]) -> Option<u32> {
+    let b = payload.get(1..5)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}

@@ -1,0 +1,3 @@
+//! HTTP endpoints: the admin API (liveness, readiness, metrics).
+
+pub mod admin;

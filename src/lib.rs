@@ -1,0 +1,26 @@
+//! Tandem: a MySQL-protocol sidecar proxy.
+//!
+//! An application connects with its ordinary MySQL driver; Tandem authenticates it, keeps one
+//! backend connection per client session, and forwards statements and results byte for byte,
+//! stepping in only where it must.
+//!
+//! * [`wire`]: Tandem's own MySQL protocol layer: packet framing, handshake and auth,
+//!   response scanning, error packets. Imports nothing above it.
+//! * [`config`]: the YAML model, `${NAME}` substitution and validation, pure and testable.
+//! * [`frontend`]: listeners, client handshake, the per-client session loop and the relay
+//!   that streams responses back.
+//! * [`sql`]: cheap statement classification (no parsing on the hot path).
+//! * [`backend`]: backend connections (raw packets, so results stream untouched) and the
+//!   per-data-source pools with health checks.
+//! * [`http`]: the admin API (liveness, readiness, Prometheus metrics).
+//! * [`metrics`]: the Prometheus registry, passed by handle rather than held in a global.
+//! * [`server`]: wires the pieces together and runs until shutdown.
+
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod sql;
+pub mod wire;

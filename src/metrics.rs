@@ -1,0 +1,215 @@
+//! Prometheus metrics.
+//!
+//! One [`Metrics`] per Tandem instance, passed by handle (tests run several instances in one
+//! process). Per-listener handles are resolved once, so counting a statement on the hot path
+//! is an atomic add, not a label lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::sql::StatementKind;
+
+pub struct Metrics {
+    registry: Registry,
+    client_connections: IntGaugeVec,
+    client_connections_total: IntCounterVec,
+    statements: IntCounterVec,
+    statement_seconds: HistogramVec,
+    backend_connections: IntGaugeVec,
+    backend_connects: IntCounterVec,
+    errors: IntCounterVec,
+}
+
+/// Handles for one listener.
+pub struct ListenerMetrics {
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    statements: Vec<IntCounter>,
+    latency: Vec<Histogram>,
+    name: String,
+    errors: IntCounterVec,
+}
+
+impl ListenerMetrics {
+    /// Records one statement and how long its response took.
+    pub fn statement(&self, kind: StatementKind, seconds: f64) {
+        self.statements[kind.index()].inc();
+        self.latency[kind.index()].observe(seconds);
+    }
+
+    /// Records an error sent to a client, by MySQL error code.
+    pub fn error(&self, code: u16) {
+        // Errors are rare: a label lookup here costs nothing that matters.
+        self.errors
+            .with_label_values(&[self.name.as_str(), code.to_string().as_str()])
+            .inc();
+    }
+}
+
+/// Handles for one data source's pool.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub in_use: IntGauge,
+    pub idle: IntGauge,
+    pub connects_ok: IntCounter,
+    pub connects_failed: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let client_connections = IntGaugeVec::new(
+            Opts::new("tandem_client_connections", "Client connections open now"),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let client_connections_total = IntCounterVec::new(
+            Opts::new(
+                "tandem_client_connections_total",
+                "Client connections accepted",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let statements = IntCounterVec::new(
+            Opts::new(
+                "tandem_statements_total",
+                "Statements and commands handled, by kind",
+            ),
+            &["listener", "kind"],
+        )
+        .expect("valid metric");
+        let statement_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tandem_statement_duration_seconds",
+                "Time from a statement's arrival to the end of its response",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14).expect("valid buckets")),
+            &["listener", "kind"],
+        )
+        .expect("valid metric");
+        let backend_connections = IntGaugeVec::new(
+            Opts::new("tandem_backend_connections", "Backend connections by state"),
+            &["data_source", "state"],
+        )
+        .expect("valid metric");
+        let backend_connects = IntCounterVec::new(
+            Opts::new(
+                "tandem_backend_connects_total",
+                "Backend connection attempts",
+            ),
+            &["data_source", "result"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "tandem_errors_total",
+                "Errors sent to clients, by MySQL error code",
+            ),
+            &["listener", "code"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections_total.clone()),
+            Box::new(statements.clone()),
+            Box::new(statement_seconds.clone()),
+            Box::new(backend_connections.clone()),
+            Box::new(backend_connects.clone()),
+            Box::new(errors.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            client_connections,
+            client_connections_total,
+            statements,
+            statement_seconds,
+            backend_connections,
+            backend_connects,
+            errors,
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            connections: self.client_connections.with_label_values(&[name]),
+            connections_total: self.client_connections_total.with_label_values(&[name]),
+            statements: StatementKind::ALL
+                .iter()
+                .map(|k| self.statements.with_label_values(&[name, k.label()]))
+                .collect(),
+            latency: StatementKind::ALL
+                .iter()
+                .map(|k| self.statement_seconds.with_label_values(&[name, k.label()]))
+                .collect(),
+            name: name.to_string(),
+            errors: self.errors.clone(),
+        }
+    }
+
+    pub fn pool(&self, data_source: &str) -> PoolMetrics {
+        PoolMetrics {
+            in_use: self
+                .backend_connections
+                .with_label_values(&[data_source, "in_use"]),
+            idle: self
+                .backend_connections
+                .with_label_values(&[data_source, "idle"]),
+            connects_ok: self
+                .backend_connects
+                .with_label_values(&[data_source, "ok"]),
+            connects_failed: self
+                .backend_connects
+                .with_label_values(&[data_source, "failed"]),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_up_in_the_exposition() {
+        let m = Metrics::new();
+        let l = m.listener("orders");
+        l.connections.inc();
+        l.statement(StatementKind::Select, 0.001);
+        l.statement(StatementKind::Select, 0.002);
+        l.error(1045);
+        let p = m.pool("orders_db");
+        p.in_use.set(3);
+        let text = m.render();
+        assert!(
+            text.contains(r#"tandem_statements_total{kind="select",listener="orders"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tandem_errors_total{code="1045",listener="orders"} 1"#),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"tandem_backend_connections{data_source="orders_db",state="in_use"} 3"#));
+        assert!(text.contains(r#"tandem_client_connections{listener="orders"} 1"#));
+        assert!(text.contains("tandem_statement_duration_seconds_bucket"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Starts Tandem from a validated config and runs it until shutdown.
+//!
+//! Shutdown is a drain: listeners stop accepting, idle sessions close at once, sessions in the
+//! middle of a statement finish it, and after `drain_timeout` whatever remains is dropped.
+
+use std::future::Future;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::Pool;
+use crate::config::{self, AuthPlugin, Config, Dsn};
+use crate::frontend::{self, ListenerContext};
+use crate::http::admin::{self, AdminState};
+use crate::metrics::Metrics;
+use crate::wire::auth::AuthMethod;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{field}: cannot listen on {address}: {source}")]
+    Bind {
+        field: String,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// Runs Tandem until `shutdown` completes, then drains.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+
+    let mut pools = Vec::new();
+    for (i, ds) in config.data_sources.iter().enumerate() {
+        let dsn = Dsn::parse(&ds.dsn).map_err(|message| StartError::Invalid {
+            field: format!("data_sources[{i}].dsn"),
+            message,
+        })?;
+        let pool = Pool::new(&ds.name, dsn, ds.pool.clone(), metrics.pool(&ds.name));
+        // Learn the server's version and capabilities now, so the first clients see them;
+        // a data source that is down is not fatal: clients get an error until it is back.
+        if let Err(e) = pool.check().await {
+            tracing::warn!(data_source = %ds.name, error = %e, "data source not reachable at start-up");
+        }
+        pools.push(pool);
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (sessions_tx, mut sessions_rx) = mpsc::channel::<()>(1);
+    let connection_ids = Arc::new(AtomicU32::new(1));
+
+    for (i, l) in config.listeners.iter().enumerate() {
+        let pool =
+            executor_pool(&config, &pools, &l.executor).ok_or_else(|| StartError::Invalid {
+                field: format!("listeners[{i}].executor"),
+                message: format!("no usable executor '{}'", l.executor),
+            })?;
+        let tls =
+            match &l.tls {
+                Some(t) => Some(frontend::tls::acceptor(&t.cert, &t.key).map_err(|e| {
+                    StartError::Invalid {
+                        field: format!("listeners[{i}].tls"),
+                        message: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
+        let address = config::parse_address(&l.address).map_err(|message| StartError::Invalid {
+            field: format!("listeners[{i}].address"),
+            message,
+        })?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind {
+                field: format!("listeners[{i}].address"),
+                address: l.address.clone(),
+                source,
+            })?;
+        let ctx = Arc::new(ListenerContext {
+            name: l.name.clone(),
+            users: l.users.clone(),
+            pool,
+            tls_required: l.tls.as_ref().is_some_and(|t| t.required),
+            tls,
+            max_allowed_packet: l.max_allowed_packet.0 as usize,
+            auth_method: match l.auth_plugin {
+                AuthPlugin::MysqlNativePassword => AuthMethod::Native,
+                AuthPlugin::CachingSha2Password => AuthMethod::CachingSha2,
+            },
+            server_version: l.server_version.clone(),
+            metrics: metrics.listener(&l.name),
+            connection_ids: connection_ids.clone(),
+        });
+        tracing::info!(listener = %l.name, address = %address, "listening");
+        tokio::spawn(frontend::serve(
+            listener,
+            ctx,
+            shutdown_rx.clone(),
+            sessions_tx.clone(),
+        ));
+    }
+    drop(sessions_tx);
+
+    let admin_task = match &config.admin {
+        Some(a) => {
+            let address =
+                config::parse_address(&a.address).map_err(|message| StartError::Invalid {
+                    field: "admin.address".into(),
+                    message,
+                })?;
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    field: "admin.address".into(),
+                    address: a.address.clone(),
+                    source,
+                })?;
+            tracing::info!(address = %address, "admin API listening");
+            let state = Arc::new(AdminState {
+                metrics: metrics.clone(),
+                pools: pools.clone(),
+            });
+            Some(tokio::spawn(admin::serve(
+                listener,
+                state,
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    tracing::info!("tandem ready");
+    shutdown.await;
+    tracing::info!(drain_timeout = ?config.drain_timeout.0, "shutting down");
+    let _ = shutdown_tx.send(true);
+    if tokio::time::timeout(config.drain_timeout.0, sessions_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached with sessions still running");
+    }
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn executor_pool(config: &Config, pools: &[Pool], executor: &str) -> Option<Pool> {
+    let e = config.executors.iter().find(|e| e.name == executor)?;
+    let ds = e.data_source.as_deref()?;
+    pools.iter().find(|p| p.name() == ds).cloned()
+}

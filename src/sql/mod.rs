@@ -1,0 +1,5 @@
+//! SQL analysis. On the hot path only [`classify`] runs: a byte scan for the leading keyword.
+
+pub mod classify;
+
+pub use classify::{classify, StatementKind};

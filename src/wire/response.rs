@@ -1,0 +1,173 @@
+//! Packets Tandem writes itself: OK, EOF, and small text result sets for its own SQL
+//! functions. Everything the database sends is forwarded as it came and never passes here.
+
+use mysql_common::constants::{CapabilityFlags, ColumnType, StatusFlags};
+
+use super::packet::PacketIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Appends a length-encoded integer.
+pub fn put_lenenc_int(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=250 => out.push(v as u8),
+        251..=0xffff => {
+            out.push(0xfc);
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        0x1_0000..=0xff_ffff => {
+            out.push(0xfd);
+            out.extend_from_slice(&(v as u32).to_le_bytes()[..3]);
+        }
+        _ => {
+            out.push(0xfe);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Appends a length-encoded string.
+pub fn put_lenenc_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_lenenc_int(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// Reads a length-encoded integer; returns the value and the bytes it took.
+/// `None` for the NULL marker (0xFB), the undefined 0xFF, or too few bytes.
+pub fn read_lenenc_int(b: &[u8]) -> Option<(u64, usize)> {
+    let first = *b.first()?;
+    let take = |n: usize| -> Option<u64> {
+        let s = b.get(1..1 + n)?;
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(s);
+        Some(u64::from_le_bytes(v))
+    };
+    match first {
+        0..=250 => Some((first as u64, 1)),
+        0xfc => Some((take(2)?, 3)),
+        0xfd => Some((take(3)?, 4)),
+        0xfe => Some((take(8)?, 9)),
+        _ => None,
+    }
+}
+
+/// An OK packet payload.
+pub fn ok_packet(
+    affected_rows: u64,
+    last_insert_id: u64,
+    status: StatusFlags,
+    warnings: u16,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.push(0x00);
+    put_lenenc_int(&mut out, affected_rows);
+    put_lenenc_int(&mut out, last_insert_id);
+    out.extend_from_slice(&status.bits().to_le_bytes());
+    out.extend_from_slice(&warnings.to_le_bytes());
+    out
+}
+
+/// The packet that ends a result set: an EOF packet, or an OK packet with the 0xFE header
+/// when the client set CLIENT_DEPRECATE_EOF.
+pub fn end_of_rows(caps: CapabilityFlags, status: StatusFlags) -> Vec<u8> {
+    if caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+        let mut p = ok_packet(0, 0, status, 0);
+        p[0] = 0xfe;
+        p
+    } else {
+        eof_packet(status)
+    }
+}
+
+/// A classic EOF packet payload.
+pub fn eof_packet(status: StatusFlags) -> Vec<u8> {
+    let mut out = vec![0xfe, 0, 0];
+    out.extend_from_slice(&status.bits().to_le_bytes());
+    out
+}
+
+/// A column definition (protocol 4.1) for a result Tandem builds itself.
+pub fn column_definition(name: &str, ty: ColumnType, length: u32, charset: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + name.len());
+    put_lenenc_bytes(&mut out, b"def");
+    put_lenenc_bytes(&mut out, b"");
+    put_lenenc_bytes(&mut out, b"");
+    put_lenenc_bytes(&mut out, b"");
+    put_lenenc_bytes(&mut out, name.as_bytes());
+    put_lenenc_bytes(&mut out, b"");
+    out.push(0x0c);
+    out.extend_from_slice(&charset.to_le_bytes());
+    out.extend_from_slice(&length.to_le_bytes());
+    out.push(ty as u8);
+    out.extend_from_slice(&0u16.to_le_bytes()); // flags
+    out.push(0); // decimals
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// Writes a complete text result set of string (or NULL) cells, starting at sequence id 1.
+pub async fn write_text_result<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut PacketIo<S>,
+    caps: CapabilityFlags,
+    status: StatusFlags,
+    columns: &[&str],
+    rows: &[Vec<Option<String>>],
+) -> Result<(), std::io::Error> {
+    /// utf8mb4_general_ci: Tandem's own results are always UTF-8 text.
+    const UTF8MB4: u16 = 45;
+    let mut seq = 1u8;
+    let mut count = Vec::new();
+    put_lenenc_int(&mut count, columns.len() as u64);
+    seq = io.write_packet(seq, &count);
+    for name in columns {
+        seq = io.write_packet(
+            seq,
+            &column_definition(name, ColumnType::MYSQL_TYPE_VAR_STRING, 1024, UTF8MB4),
+        );
+    }
+    if !caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+        seq = io.write_packet(seq, &eof_packet(status));
+    }
+    for row in rows {
+        let mut out = Vec::new();
+        for cell in row {
+            match cell {
+                Some(v) => put_lenenc_bytes(&mut out, v.as_bytes()),
+                None => out.push(0xfb),
+            }
+        }
+        seq = io.write_packet(seq, &out);
+    }
+    io.write_packet(seq, &end_of_rows(caps, status));
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenenc_round_trips_at_every_width() {
+        for v in [
+            0u64,
+            250,
+            251,
+            0xffff,
+            0x1_0000,
+            0xff_ffff,
+            0x100_0000,
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            put_lenenc_int(&mut b, v);
+            assert_eq!(read_lenenc_int(&b), Some((v, b.len())), "value {v}");
+        }
+        assert_eq!(read_lenenc_int(&[0xfb]), None);
+        assert_eq!(read_lenenc_int(&[0xfc, 1]), None);
+    }
+
+    #[test]
+    fn ok_packet_layout() {
+        let p = ok_packet(3, 300, StatusFlags::SERVER_STATUS_AUTOCOMMIT, 1);
+        assert_eq!(p, vec![0, 3, 0xfc, 0x2c, 0x01, 2, 0, 1, 0]);
+    }
+}
