@@ -1,0 +1,364 @@
+//! Test harness: a real MariaDB (started by `scripts/mariadb.sh`) and Tandem run as a process
+//! with a generated config.
+//!
+//! `scripts/test.sh` starts one MariaDB for the whole run and passes its port in
+//! `TANDEM_TEST_MARIADB_PORT`; without it, the first test of a binary starts its own, and a
+//! watchdog stops it when the test process exits.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub mod raw;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory under target/, unique to this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = root()
+        .join("target/test-scratch")
+        .join(format!("{}-{}", std::process::id(), name));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct MariaDb {
+    pub port: u16,
+}
+
+static MARIADB: OnceLock<MariaDb> = OnceLock::new();
+
+/// The MariaDB server for this test run.
+pub fn mariadb() -> &'static MariaDb {
+    MARIADB.get_or_init(|| {
+        if let Some(port) = std::env::var("TANDEM_TEST_MARIADB_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
+            return MariaDb { port };
+        }
+        let port = free_port();
+        let dir = scratch("mariadb");
+        start_mariadb(&dir, port);
+        MariaDb { port }
+    })
+}
+
+/// Starts a MariaDB in `dir` and arranges for it to stop when this process exits.
+pub fn start_mariadb(dir: &Path, port: u16) {
+    let script = root().join("scripts/mariadb.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .args([
+            "start",
+            dir.to_str().expect("utf-8 path"),
+            &port.to_string(),
+        ])
+        .status()
+        .expect("run scripts/mariadb.sh");
+    assert!(
+        status.success(),
+        "MariaDB failed to start in {}",
+        dir.display()
+    );
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; bash '{script}' stop '{dir}'",
+        pid = std::process::id(),
+        script = script.display(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start watchdog");
+}
+
+pub fn stop_mariadb(dir: &Path) {
+    let status = Command::new("bash")
+        .arg(root().join("scripts/mariadb.sh"))
+        .args(["stop", dir.to_str().expect("utf-8 path")])
+        .status()
+        .expect("run scripts/mariadb.sh");
+    assert!(status.success());
+}
+
+impl MariaDb {
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{}", self.port, db)
+    }
+
+    /// Runs SQL with the `mariadb` command-line client as root.
+    pub fn sql(&self, sql: &str) {
+        mariadb_cli(self.port, "root", "", None, sql).expect("mariadb CLI");
+    }
+
+    /// Creates an empty database with a unique name.
+    pub fn fresh_db(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.sql(&format!(
+            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+        ));
+        name
+    }
+}
+
+/// Runs the `mariadb` CLI in batch mode; returns stdout, or stderr on failure.
+pub fn mariadb_cli(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    sql: &str,
+) -> Result<String, String> {
+    let mut cmd = Command::new("mariadb");
+    cmd.args([
+        "--no-defaults",
+        "-h127.0.0.1",
+        "--batch",
+        "--skip-column-names",
+        "--default-character-set=utf8mb4",
+    ])
+    .arg(format!("-P{port}"))
+    .arg(format!("-u{user}"));
+    if !password.is_empty() {
+        cmd.arg(format!("-p{password}"));
+    }
+    if let Some(db) = db {
+        cmd.arg(db);
+    }
+    let out = cmd.arg("-e").arg(sql).output().expect("run mariadb CLI");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A running Tandem process, killed on drop.
+pub struct Tandem {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: PathBuf,
+}
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "app-secret";
+
+/// A config with one listener in front of `dsn`; `extra` is appended to the listener entry
+/// and `pool` replaces the pool settings.
+pub fn single_config(dsn: &str, extra_listener: &str, pool: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:{{PORT}}
+    users: {{ {USER}: "{PASSWORD}", other: "" }}
+    executor: main
+{extra_listener}
+executors:
+  - name: main
+    mode: single
+    data_source: db
+data_sources:
+  - name: db
+    dsn: {dsn}
+    pool: {pool}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+drain_timeout: 10s
+"#
+    )
+}
+
+impl Tandem {
+    /// Starts Tandem in front of database `db` of the test MariaDB.
+    pub fn start(db: &str) -> Tandem {
+        Self::start_yaml(&single_config(&mariadb().url(db), "", "{ max: 32 }"))
+    }
+
+    /// Starts Tandem with a YAML config; `{PORT}` and `{ADMIN}` are replaced by free ports.
+    pub fn start_yaml(yaml: &str) -> Tandem {
+        let port = free_port();
+        let admin_port = free_port();
+        let yaml = yaml
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string());
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = scratch(&format!("tandem-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let config = dir.join("tandem.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let log = std::fs::File::create(dir.join("tandem.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-level")
+            .arg("tandem=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tandem");
+        let mut t = Tandem {
+            child: Some(child),
+            port,
+            admin_port,
+            dir,
+        };
+        t.wait_listening();
+        t
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "tandem exited with {status} during start-up:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tandem did not start listening:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("tandem.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn url_no_db(&self) -> String {
+        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}", self.port)
+    }
+
+    pub fn admin(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_port, path)
+    }
+
+    /// Resident memory of the Tandem process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns status and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A mysql_async connection; panics with the error if it cannot connect.
+pub async fn connect(url: &str) -> mysql_async::Conn {
+    mysql_async::Conn::from_url(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// The MySQL error code of a mysql_async error, if it is a server error.
+pub fn error_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
