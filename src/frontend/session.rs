@@ -128,10 +128,13 @@ impl Session {
                     break;
                 }
             };
-            match self
-                .dispatch(packet.seq, packet.last_seq, &packet.payload)
-                .await
-            {
+            if packet.seq != 0 {
+                // Every command starts a new exchange at sequence id 0.
+                let e = MysqlError::packets_out_of_order();
+                let _ = self.send_error(packet.last_seq.wrapping_add(1), e).await;
+                break;
+            }
+            match self.dispatch(packet.last_seq, &packet.payload).await {
                 Flow::Continue => {}
                 Flow::Close => break,
             }
@@ -152,7 +155,8 @@ impl Session {
         }
     }
 
-    async fn dispatch(&mut self, seq: u8, last_seq: u8, payload: &[u8]) -> Flow {
+    async fn dispatch(&mut self, last_seq: u8, payload: &[u8]) -> Flow {
+        let seq = 0;
         let reply_seq = last_seq.wrapping_add(1);
         let Some(&cmd) = payload.first() else {
             return self
