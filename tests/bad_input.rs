@@ -94,13 +94,26 @@ async fn bad_commands_after_the_handshake() {
         "{ max: 8 }",
     ));
     let mut healthy = common::connect(&tandem.url(&db)).await;
-    let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), raw::driver_caps(true), 45).await.unwrap();
+    let mut r = raw::connect(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        raw::driver_caps(true),
+        45,
+    )
+    .await
+    .unwrap();
 
     // Unknown and refused commands: 1047, and the connection stays usable.
     for cmd in [0x00u8, 0x05, 0x11, 0x12, 0x20, 0x99, 0xfe] {
         let resp = raw::command(&mut r, &[cmd, 1, 2, 3], ResponseKind::Single).await;
         assert_eq!(resp[0].1[0], 0xff, "command {cmd:#x}");
-        assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 1047, "command {cmd:#x}");
+        assert_eq!(
+            u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]),
+            1047,
+            "command {cmd:#x}"
+        );
     }
     // An empty command packet: malformed.
     let resp = raw::command(&mut r, &[], ResponseKind::Single).await;
@@ -114,7 +127,12 @@ async fn bad_commands_after_the_handshake() {
     let resp = raw::command(&mut r, &junk, ResponseKind::Query).await;
     assert_eq!(resp[0].1[0], 0xff);
     // Executing a statement id that was never prepared.
-    let resp = raw::command(&mut r, &[0x17, 9, 9, 9, 9, 0, 1, 0, 0, 0], ResponseKind::Execute).await;
+    let resp = raw::command(
+        &mut r,
+        &[0x17, 9, 9, 9, 9, 0, 1, 0, 0, 0],
+        ResponseKind::Execute,
+    )
+    .await;
     assert_eq!(resp[0].1[0], 0xff);
     let rows = raw::query(&mut r, "SELECT 'still here'").await;
     assert!(rows.iter().any(|(_, p)| p.ends_with(b"still here")));
@@ -126,18 +144,44 @@ async fn bad_commands_after_the_handshake() {
     let io = r.io();
     io.write_packet(0, &p);
     let _ = io.flush().await;
-    let reply = io.read_packet(1 << 20).await.unwrap().expect("an error packet");
+    let reply = io
+        .read_packet(1 << 20)
+        .await
+        .unwrap()
+        .expect("an error packet");
     assert_eq!(reply.payload[0], 0xff);
-    assert_eq!(u16::from_le_bytes([reply.payload[1], reply.payload[2]]), 1153);
+    assert_eq!(
+        u16::from_le_bytes([reply.payload[1], reply.payload[2]]),
+        1153
+    );
 
     // A command that does not start at sequence id 0: 1156, then the connection closes.
-    let mut r2 = raw::connect(tandem.port, USER, PASSWORD, Some(&db), raw::driver_caps(true), 45).await.unwrap();
+    let mut r2 = raw::connect(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        raw::driver_caps(true),
+        45,
+    )
+    .await
+    .unwrap();
     let io = r2.io();
     io.write_packet(5, b"\x03SELECT 1");
     io.flush().await.unwrap();
-    let reply = io.read_packet(1 << 20).await.unwrap().expect("an error packet");
-    assert_eq!(u16::from_le_bytes([reply.payload[1], reply.payload[2]]), 1156);
-    assert!(io.read_packet(1 << 20).await.unwrap().is_none(), "closed after the error");
+    let reply = io
+        .read_packet(1 << 20)
+        .await
+        .unwrap()
+        .expect("an error packet");
+    assert_eq!(
+        u16::from_le_bytes([reply.payload[1], reply.payload[2]]),
+        1156
+    );
+    assert!(
+        io.read_packet(1 << 20).await.unwrap().is_none(),
+        "closed after the error"
+    );
 
     let n: i64 = healthy.query_first("SELECT 6 * 7").await.unwrap().unwrap();
     assert_eq!(n, 42);
@@ -146,7 +190,9 @@ async fn bad_commands_after_the_handshake() {
 #[tokio::test(flavor = "multi_thread")]
 async fn many_abrupt_disconnects_leave_tandem_healthy() {
     let db = mariadb().fresh_db("abrupt");
-    mariadb().sql(&format!("CREATE TABLE {db}.big (id INT PRIMARY KEY, pad CHAR(200))"));
+    mariadb().sql(&format!(
+        "CREATE TABLE {db}.big (id INT PRIMARY KEY, pad CHAR(200))"
+    ));
     common::mariadb_cli(
         mariadb().port,
         "root",
@@ -163,9 +209,16 @@ async fn many_abrupt_disconnects_leave_tandem_healthy() {
             continue;
         }
         // Authenticate, start a big result, then vanish in the middle of it.
-        let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), raw::driver_caps(i % 2 == 0), 45)
-            .await
-            .unwrap();
+        let mut r = raw::connect(
+            tandem.port,
+            USER,
+            PASSWORD,
+            Some(&db),
+            raw::driver_caps(i % 2 == 0),
+            45,
+        )
+        .await
+        .unwrap();
         let io = r.io();
         io.write_packet(0, b"\x03SELECT * FROM big");
         io.flush().await.unwrap();
@@ -173,7 +226,11 @@ async fn many_abrupt_disconnects_leave_tandem_healthy() {
         drop(r);
     }
     let mut c = common::connect(&tandem.url(&db)).await;
-    let n: i64 = c.query_first("SELECT COUNT(*) FROM big").await.unwrap().unwrap();
+    let n: i64 = c
+        .query_first("SELECT COUNT(*) FROM big")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(n, 20000);
     let (status, body) = tandem.admin("/live");
     assert_eq!(status, 200, "{body}");

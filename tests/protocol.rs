@@ -30,9 +30,16 @@ async fn authentication_with_both_plugins() {
         let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
         assert_eq!(one, 1, "{plugin}");
         // The raw client answers with the plugin it was greeted with.
-        let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), raw::driver_caps(true), 45)
-            .await
-            .unwrap();
+        let mut r = raw::connect(
+            tandem.port,
+            USER,
+            PASSWORD,
+            Some(&db),
+            raw::driver_caps(true),
+            45,
+        )
+        .await
+        .unwrap();
         assert!(raw::query(&mut r, "SELECT 1").await.len() > 1);
         // An account with an empty password.
         let mut e = raw::connect(tandem.port, "other", "", None, raw::driver_caps(false), 45)
@@ -46,9 +53,15 @@ async fn authentication_with_both_plugins() {
         assert_eq!(code, 1045, "{plugin}");
         assert!(msg.contains("Access denied for user 'app'"), "{msg}");
         let bad = raw::connect(tandem.port, "nobody", "x", None, raw::driver_caps(true), 45).await;
-        assert_eq!(server_error(bad.err().expect("unknown user refused")).0, 1045);
+        assert_eq!(
+            server_error(bad.err().expect("unknown user refused")).0,
+            1045
+        );
         let url = format!("mysql://{USER}:nope@127.0.0.1:{}/{db}", tandem.port);
-        let e = mysql_async::Conn::from_url(&url).await.err().expect("refused");
+        let e = mysql_async::Conn::from_url(&url)
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(error_code(&e), Some(1045));
     }
 }
@@ -62,10 +75,22 @@ async fn initial_database_and_init_db() {
     let cur: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
     assert_eq!(cur.as_deref(), Some(db.as_str()));
     // An unknown database in the handshake is refused like the database refuses it.
-    let e = mysql_async::Conn::from_url(&tandem.url("no_such_db_x")).await.err().expect("refused");
+    let e = mysql_async::Conn::from_url(&tandem.url("no_such_db_x"))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(error_code(&e), Some(1049));
     // COM_INIT_DB.
-    let mut r = raw::connect(tandem.port, USER, PASSWORD, None, raw::driver_caps(true), 45).await.unwrap();
+    let mut r = raw::connect(
+        tandem.port,
+        USER,
+        PASSWORD,
+        None,
+        raw::driver_caps(true),
+        45,
+    )
+    .await
+    .unwrap();
     let mut init = vec![0x02];
     init.extend_from_slice(b"information_schema");
     let resp = raw::command(&mut r, &init, ResponseKind::Single).await;
@@ -86,8 +111,12 @@ async fn ping_field_list_reset_and_statistics() {
     let tandem = Tandem::start(&db);
     for deprecate_eof in [false, true] {
         let caps = raw::driver_caps(deprecate_eof);
-        let mut direct = raw::connect(mariadb().port, "root", "", Some(&db), caps, 45).await.unwrap();
-        let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), caps, 45).await.unwrap();
+        let mut direct = raw::connect(mariadb().port, "root", "", Some(&db), caps, 45)
+            .await
+            .unwrap();
+        let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), caps, 45)
+            .await
+            .unwrap();
         // COM_PING
         let resp = raw::command(&mut r, &[0x0e], ResponseKind::Single).await;
         assert_eq!(resp[0].1[0], 0x00);
@@ -118,13 +147,33 @@ async fn ping_field_list_reset_and_statistics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prepared_statement_commands() {
     let db = mariadb().fresh_db("stmtcmd");
-    mariadb().sql(&format!("CREATE TABLE {db}.blobs (id INT PRIMARY KEY, b LONGBLOB)"));
+    mariadb().sql(&format!(
+        "CREATE TABLE {db}.blobs (id INT PRIMARY KEY, b LONGBLOB)"
+    ));
     let tandem = Tandem::start(&db);
-    let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), raw::driver_caps(true), 45).await.unwrap();
-    let resp = raw::command(&mut r, b"\x16INSERT INTO blobs VALUES (?, ?)", ResponseKind::Prepare).await;
+    let mut r = raw::connect(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        raw::driver_caps(true),
+        45,
+    )
+    .await
+    .unwrap();
+    let resp = raw::command(
+        &mut r,
+        b"\x16INSERT INTO blobs VALUES (?, ?)",
+        ResponseKind::Prepare,
+    )
+    .await;
     assert_eq!(resp[0].1[0], 0x00);
     let id = resp[0].1[1..5].to_vec();
-    assert_eq!(u16::from_le_bytes([resp[0].1[7], resp[0].1[8]]), 2, "two parameters");
+    assert_eq!(
+        u16::from_le_bytes([resp[0].1[7], resp[0].1[8]]),
+        2,
+        "two parameters"
+    );
     // COM_STMT_SEND_LONG_DATA for parameter 1, in two pieces; no response.
     for piece in [&b"hello "[..], &b"world"[..]] {
         let mut p = vec![0x18];
@@ -147,11 +196,17 @@ async fn prepared_statement_commands() {
     let resp = raw::command(&mut r, &exec, ResponseKind::Execute).await;
     assert_eq!(resp[0].1[0], 0x00, "{resp:?}");
     let rows = raw::query(&mut r, "SELECT b FROM blobs WHERE id = 7").await;
-    assert!(rows.iter().any(|(_, p)| p.ends_with(b"hello world")), "{rows:?}");
+    assert!(
+        rows.iter().any(|(_, p)| p.ends_with(b"hello world")),
+        "{rows:?}"
+    );
     // COM_STMT_RESET answers OK; COM_STMT_CLOSE answers nothing and the id is gone.
     let mut reset = vec![0x1a];
     reset.extend_from_slice(&id);
-    assert_eq!(raw::command(&mut r, &reset, ResponseKind::Single).await[0].1[0], 0x00);
+    assert_eq!(
+        raw::command(&mut r, &reset, ResponseKind::Single).await[0].1[0],
+        0x00
+    );
     let mut close = vec![0x19];
     close.extend_from_slice(&id);
     r.io().write_packet(0, &close);
@@ -172,15 +227,28 @@ async fn client_character_set_is_honoured() {
         (224, "utf8mb4", "utf8mb4_unicode_ci"),
         (63, "binary", "binary"),
     ] {
-        let mut r = raw::connect(tandem.port, USER, PASSWORD, Some(&db), raw::driver_caps(true), collation)
-            .await
-            .unwrap();
-        let rows = raw::query(&mut r, "SELECT CONCAT(@@character_set_client, ' ', @@collation_connection)").await;
+        let mut r = raw::connect(
+            tandem.port,
+            USER,
+            PASSWORD,
+            Some(&db),
+            raw::driver_caps(true),
+            collation,
+        )
+        .await
+        .unwrap();
+        let rows = raw::query(
+            &mut r,
+            "SELECT CONCAT(@@character_set_client, ' ', @@collation_connection)",
+        )
+        .await;
         let want = format!("{cs} {coll}");
         assert!(
             rows.iter().any(|(_, p)| p.ends_with(want.as_bytes())),
             "collation {collation}: {:?}",
-            rows.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>()
+            rows.iter()
+                .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
         );
     }
     // A latin1 client's SET NAMES does not leak to the next client on a reused connection.
@@ -190,6 +258,10 @@ async fn client_character_set_is_honoured() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut c = common::connect(&tandem.url(&db)).await;
-    let cs: String = c.query_first("SELECT @@character_set_client").await.unwrap().unwrap();
+    let cs: String = c
+        .query_first("SELECT @@character_set_client")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cs, "utf8mb4");
 }
