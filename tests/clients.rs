@@ -1,0 +1,84 @@
+//! Real clients in other languages, through Tandem: the `mariadb` command-line client,
+//! Python (PyMySQL, mysql-connector-python with a prepared cursor) and Node's mysql2 (`query`
+//! and `execute`). `scripts/test.sh` installs the libraries; the scripts under
+//! `tests/clients/` assert the behaviour and exit non-zero on the first failure.
+
+mod common;
+
+use std::process::Command;
+
+use common::{mariadb, mariadb_cli, root, Tandem, PASSWORD, USER};
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); scripts/test.sh installs the client libraries")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    assert!(
+        text.contains(": ok"),
+        "{program} printed no success line:\n{text}"
+    );
+}
+
+#[test]
+fn mariadb_command_line_client() {
+    let db = mariadb().fresh_db("cli");
+    let tandem = Tandem::start(&db);
+    let out = mariadb_cli(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        "CREATE TABLE t (id INT PRIMARY KEY, s VARCHAR(20));
+         INSERT INTO t VALUES (1, 'uno'), (2, 'dos');
+         SELECT id, s FROM t ORDER BY id;
+         SELECT DATABASE(), @@autocommit;",
+    )
+    .unwrap();
+    assert_eq!(out, format!("1\tuno\n2\tdos\n{db}\t1\n"));
+    let e = mariadb_cli(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        "SELECT * FROM missing",
+    )
+    .unwrap_err();
+    assert!(e.contains("ERROR 1146 (42S02)"), "{e}");
+    let e = mariadb_cli(tandem.port, USER, "nope", None, "SELECT 1").unwrap_err();
+    assert!(e.contains("ERROR 1045 (28000)"), "{e}");
+}
+
+#[test]
+fn python_drivers() {
+    let db = mariadb().fresh_db("python");
+    let tandem = Tandem::start(&db);
+    let python = std::env::var("TANDEM_TEST_PYTHON")
+        .unwrap_or_else(|_| root().join("target/py/bin/python").display().to_string());
+    let script = root().join("tests/clients/python/check_clients.py");
+    let port = tandem.port.to_string();
+    run(
+        &python,
+        &[script.to_str().unwrap(), &port, USER, PASSWORD, &db],
+    );
+}
+
+#[test]
+fn node_mysql2_query_and_execute() {
+    let db = mariadb().fresh_db("node");
+    let tandem = Tandem::start(&db);
+    let script = root().join("tests/clients/node/check_clients.js");
+    let port = tandem.port.to_string();
+    run(
+        "node",
+        &[script.to_str().unwrap(), &port, USER, PASSWORD, &db],
+    );
+}
