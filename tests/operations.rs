@@ -95,8 +95,7 @@ async fn database_down_gives_prompt_errors_and_service_resumes() {
     let started = Instant::now();
     let e2 = mysql_async::Conn::from_url(&tandem.url_no_db())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -149,8 +148,7 @@ async fn exhausted_pool_fails_after_the_acquire_timeout() {
     // A third session needs a backend connection and none comes free.
     let e = mysql_async::Conn::from_url(&tandem.url(&db))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(error_code(&e), Some(1040), "{e}");
     let mut c = raw::connect(
         tandem.port,

@@ -49,19 +49,15 @@ async fn authentication_with_both_plugins() {
 
         // Wrong password and unknown user: 1045.
         let bad = raw::connect(tandem.port, USER, "wrong", None, raw::driver_caps(true), 45).await;
-        let (code, msg) = server_error(bad.err().expect("wrong password refused"));
+        let (code, msg) = server_error(bad.expect_err("wrong password refused"));
         assert_eq!(code, 1045, "{plugin}");
         assert!(msg.contains("Access denied for user 'app'"), "{msg}");
         let bad = raw::connect(tandem.port, "nobody", "x", None, raw::driver_caps(true), 45).await;
-        assert_eq!(
-            server_error(bad.err().expect("unknown user refused")).0,
-            1045
-        );
+        assert_eq!(server_error(bad.expect_err("unknown user refused")).0, 1045);
         let url = format!("mysql://{USER}:nope@127.0.0.1:{}/{db}", tandem.port);
         let e = mysql_async::Conn::from_url(&url)
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(error_code(&e), Some(1045));
     }
 }
@@ -77,8 +73,7 @@ async fn initial_database_and_init_db() {
     // An unknown database in the handshake is refused like the database refuses it.
     let e = mysql_async::Conn::from_url(&tandem.url("no_such_db_x"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(error_code(&e), Some(1049));
     // COM_INIT_DB.
     let mut r = raw::connect(

@@ -80,7 +80,7 @@ async fn clients_connect_over_tls() {
         .unwrap();
     assert_eq!(s, big);
     let wrong = tls_opts(tandem.port, &db).pass(Some("wrong"));
-    let e = mysql_async::Conn::new(wrong).await.err().expect("refused");
+    let e = mysql_async::Conn::new(wrong).await.expect_err("refused");
     assert_eq!(error_code(&e), Some(1045));
 
     // The mariadb CLI with --ssl.
@@ -110,8 +110,7 @@ async fn clients_connect_over_tls() {
     // Plain TCP is refused on a listener that requires TLS.
     let e = mysql_async::Conn::from_url(&tandem.url(&db))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(error_code(&e), Some(3159), "{e}");
 }
 

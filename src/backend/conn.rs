@@ -108,6 +108,16 @@ pub struct BackendConn {
     broken: bool,
 }
 
+impl std::fmt::Debug for BackendConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConn")
+            .field("thread_id", &self.thread_id)
+            .field("key", &self.key)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BackendConn {
     /// Opens and authenticates a connection for clients with `key`.
     pub async fn connect(dsn: &Dsn, key: ConnKey, timeout: Duration) -> Result<Self, BackendError> {
@@ -186,8 +196,7 @@ impl BackendConn {
                 }
                 Some(0xff) => {
                     return Err(BackendError::Server(
-                        MysqlError::decode(&p.payload)
-                            .unwrap_or_else(|| MysqlError::bad_handshake()),
+                        MysqlError::decode(&p.payload).unwrap_or_else(MysqlError::bad_handshake),
                     ))
                 }
                 Some(0xfe) => {

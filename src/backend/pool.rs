@@ -130,10 +130,7 @@ impl Pool {
             self.inner.update_gauges(&st);
             c
         };
-        let conn = match idle {
-            Some(c) => Some(PooledConn::new(c, self.inner.clone())),
-            None => None,
-        };
+        let conn = idle.map(|c| PooledConn::new(c, self.inner.clone()));
         let timeout = self.inner.cfg.connect_timeout.0;
         let result = match conn {
             Some(mut c) => {

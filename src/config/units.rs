@@ -39,7 +39,7 @@ impl Seconds {
                 ))
             }
         };
-        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
             return Err(format!("duration '{s}' is out of range"));
         }
         Ok(Duration::from_secs_f64(secs))

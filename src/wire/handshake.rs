@@ -267,7 +267,9 @@ mod tests {
             server_version: "10.11.6-MariaDB",
             connection_id: 7,
             nonce: [b'a'; 20],
-            capabilities: CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_PLUGIN_AUTH,
+            capabilities: CapabilityFlags::CLIENT_PROTOCOL_41
+                | CapabilityFlags::CLIENT_SECURE_CONNECTION
+                | CapabilityFlags::CLIENT_PLUGIN_AUTH,
             collation: 45,
             method: AuthMethod::CachingSha2,
         };

@@ -60,6 +60,8 @@ pub fn mariadb() -> &'static MariaDb {
 }
 
 /// Starts a MariaDB in `dir` and arranges for it to stop when this process exits.
+// The watchdog outlives this function on purpose: it waits for the test process to end.
+#[allow(clippy::zombie_processes)]
 pub fn start_mariadb(dir: &Path, port: u16) {
     let script = root().join("scripts/mariadb.sh");
     let status = Command::new("bash")
