@@ -81,7 +81,7 @@ async fn clients_connect_over_tls() {
     assert_eq!(s, big);
     let wrong = tls_opts(tandem.port, &db).pass(Some("wrong"));
     let e = mysql_async::Conn::new(wrong).await.expect_err("refused");
-    assert_eq!(error_code(&e), Some(1045));
+    assert_eq!(error_code(&e), Some(1045), "{e:?}");
 
     // The mariadb CLI with --ssl.
     let out = Command::new("mariadb")

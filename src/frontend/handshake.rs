@@ -14,7 +14,7 @@ use crate::backend::ConnKey;
 use crate::wire::auth::{self, AuthMethod};
 use crate::wire::handshake::{auth_switch_request, ssl_request, Greeting, HandshakeResponse};
 use crate::wire::response::ok_packet;
-use crate::wire::stream::ClientStream;
+use crate::wire::stream::{ClientStream, Rewind};
 use crate::wire::{MysqlError, PacketIo, WireError};
 
 /// A client that has not finished its handshake by then is disconnected.
@@ -126,11 +126,10 @@ async fn accept_inner(
         let ClientStream::Plain(tcp) = stream else {
             return Ok(None);
         };
-        if !rest.is_empty() {
-            // Bytes after the SSL request, before the TLS handshake: not a real client.
-            return Ok(None);
-        }
-        let tls = acceptor.accept(tcp).await.map_err(HandshakeFailure::Tls)?;
+        let tls = acceptor
+            .accept(Rewind::new(rest, tcp))
+            .await
+            .map_err(HandshakeFailure::Tls)?;
         io = PacketIo::new(ClientStream::Tls(Box::new(tls)));
         let Some(p) = io.read_packet(HANDSHAKE_MAX_PACKET).await? else {
             return Ok(None);
