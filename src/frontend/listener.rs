@@ -1,19 +1,20 @@
 //! Accepts client connections and runs a session task for each.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Pool;
 use crate::metrics::ListenerMetrics;
 use crate::wire::auth::AuthMethod;
 
-use super::{handshake, session::Session};
+use super::handshake;
 
 /// Everything a session needs from its listener, shared by all its clients.
 pub struct ListenerContext {
@@ -38,6 +39,14 @@ impl ListenerContext {
     }
 }
 
+/// The sessions to close when draining. Each session waits on a oneshot receiver, which costs
+/// one atomic check per command; dropping the sender wakes it.
+#[derive(Default)]
+struct Closers {
+    draining: bool,
+    senders: HashMap<u32, oneshot::Sender<()>>,
+}
+
 /// Accepts clients until `shutdown` turns true. Each session holds a clone of `sessions`, so
 /// the caller knows all sessions ended when the channel closes.
 pub async fn serve(
@@ -46,6 +55,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     sessions: mpsc::Sender<()>,
 ) {
+    let closers = Arc::new(Mutex::new(Closers::default()));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -62,14 +72,25 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
+        let closers = closers.clone();
         let guard = sessions.clone();
         tokio::spawn(async move {
             let _guard = guard;
             ctx.metrics.connections.inc();
             ctx.metrics.connections_total.inc();
             match handshake::accept(&ctx, tcp, peer).await {
-                Ok(Some(session)) => Session::run(session, shutdown).await,
+                Ok(Some(session)) => {
+                    let id = session.connection_id();
+                    let (tx, rx) = oneshot::channel();
+                    {
+                        let mut c = lock(&closers);
+                        if !c.draining {
+                            c.senders.insert(id, tx);
+                        }
+                    }
+                    session.run(rx).await;
+                    lock(&closers).senders.remove(&id);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(listener = %ctx.name, %peer, error = %e, "handshake failed")
@@ -78,5 +99,13 @@ pub async fn serve(
             ctx.metrics.connections.dec();
         });
     }
+    let mut c = lock(&closers);
+    c.draining = true;
+    c.senders.clear();
+    drop(c);
     tracing::info!(listener = %ctx.name, "stopped accepting connections");
+}
+
+fn lock(m: &Mutex<Closers>) -> std::sync::MutexGuard<'_, Closers> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

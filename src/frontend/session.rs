@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
@@ -111,13 +111,18 @@ impl Session {
         Ok(())
     }
 
-    /// Runs the command loop until the client quits, the connection fails, or shutdown.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub fn connection_id(&self) -> u32 {
+        self.connection_id
+    }
+
+    /// Runs the command loop until the client quits, the connection fails, or `close`
+    /// resolves (Tandem is draining; a statement in progress finishes first).
+    pub async fn run(mut self, mut close: oneshot::Receiver<()>) {
         tracing::debug!(listener = %self.ctx.name, user = %self.user, peer = %self.peer, id = self.connection_id, "session started");
         loop {
             let read = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = &mut close => break,
                 r = self.client.read_packet(self.ctx.max_allowed_packet) => r,
             };
             let packet = match read {
