@@ -19,4 +19,4 @@ trap cleanup EXIT
 export TANDEM_TEST_MARIADB_PORT="$port"
 export TANDEM_TEST_PYTHON="$PWD/target/py/bin/python"
 
-cargo test --all-targets --no-fail-fast -- --test-threads=4
+cargo test --lib --bins --tests --no-fail-fast -- --test-threads=4
