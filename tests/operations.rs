@@ -195,3 +195,57 @@ async fn sigterm_drains_in_flight_statements_then_exits_zero() {
     // The idle session was closed.
     assert!(idle.query_drop("SELECT 1").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_checked_and_expire() {
+    let db = mariadb().fresh_db("idle");
+    let tandem = Tandem::start_yaml(&single_config(
+        &mariadb().url(&db),
+        "",
+        "{ max: 4, idle_timeout: 3s, health_check_interval: 1s }",
+    ));
+    let metric = |state: &str| -> i64 {
+        let (_, m) = tandem.admin("/metrics");
+        let needle = format!(r#"tandem_backend_connections{{data_source="db",state="{state}"}} "#);
+        m.lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let wait_for = |state: &str, want: i64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if metric(state) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{state} connections never reached {want} (now {})",
+            metric(state)
+        );
+    };
+    // Two sessions end: their connections go back to the pool, idle.
+    let mut thread_ids = Vec::new();
+    for _ in 0..2 {
+        let mut c = common::connect(&tandem.url(&db)).await;
+        let id: u64 = c
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .unwrap()
+            .unwrap();
+        thread_ids.push(id);
+        drop(c);
+    }
+    wait_for("idle", 2);
+    // One dies behind Tandem's back; the health check notices and drops it.
+    mariadb().sql(&format!("KILL {}", thread_ids[0]));
+    wait_for("idle", 1);
+    // The other expires after the idle timeout.
+    wait_for("idle", 0);
+    assert_eq!(metric("in_use"), 0);
+    // And the pool still serves.
+    let mut c = common::connect(&tandem.url(&db)).await;
+    let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+}

@@ -135,10 +135,7 @@ impl Pool {
         let result = match conn {
             Some(mut c) => {
                 c.keep_clean();
-                tokio::time::timeout(timeout, c.ping())
-                    .await
-                    .map_err(|_| "ping timed out".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
+                probe(&mut c, timeout).await
             }
             None => BackendConn::connect(&self.inner.dsn, default_key(), timeout)
                 .await
@@ -313,6 +310,20 @@ impl Drop for PooledConn {
     }
 }
 
+/// Pings an idle connection. A health check is not use, so the idle clock keeps running.
+async fn probe(conn: &mut BackendConn, timeout: Duration) -> Result<(), String> {
+    let last_used = conn.last_used;
+    let r = match tokio::time::timeout(timeout, conn.ping()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => {
+            conn.mark_broken();
+            Err("ping timed out".to_string())
+        }
+    };
+    conn.last_used = last_used;
+    r
+}
+
 /// Pings idle connections and closes those idle longer than the idle timeout.
 async fn health_loop(pool: Weak<Inner>) {
     let interval = match pool.upgrade() {
@@ -340,10 +351,7 @@ async fn health_loop(pool: Weak<Inner>) {
                 pool.release_slot();
                 continue;
             }
-            let ok = tokio::time::timeout(pool.cfg.connect_timeout.0, conn.ping())
-                .await
-                .is_ok_and(|r| r.is_ok());
-            if ok {
+            if probe(&mut conn, pool.cfg.connect_timeout.0).await.is_ok() {
                 pool.put_idle(conn);
             } else {
                 tracing::info!(data_source = %pool.name, "dropping idle backend connection that failed its health check");
