@@ -106,7 +106,7 @@ async fn bad_commands_after_the_handshake() {
     .unwrap();
 
     // Unknown and refused commands: 1047, and the connection stays usable.
-    for cmd in [0x00u8, 0x05, 0x11, 0x12, 0x20, 0x99, 0xfe] {
+    for cmd in [0x00u8, 0x05, 0x0c, 0x12, 0x20, 0x99, 0xfe] {
         let resp = raw::command(&mut r, &[cmd, 1, 2, 3], ResponseKind::Single).await;
         assert_eq!(resp[0].1[0], 0xff, "command {cmd:#x}");
         assert_eq!(

@@ -260,3 +260,62 @@ async fn client_character_set_is_honoured() {
         .unwrap();
     assert_eq!(cs, "utf8mb4");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn change_user_starts_a_fresh_session() {
+    use mysql_async::ChangeUserOpts;
+    let db = mariadb().fresh_db("chuser");
+    mariadb().sql(&format!("CREATE DATABASE IF NOT EXISTS {db}_b"));
+    let tandem = Tandem::start(&db);
+    let mut c = common::connect(&tandem.url(&db)).await;
+    c.query_drop("SET @x = 1").await.unwrap();
+    c.query_drop("CREATE TEMPORARY TABLE tmp (a INT)")
+        .await
+        .unwrap();
+    let opts = ChangeUserOpts::default()
+        .with_user(Some("other".into()))
+        .with_pass(Some(String::new()))
+        .with_db_name(Some(format!("{db}_b")));
+    c.change_user(opts).await.unwrap();
+    let (x, cur): (Option<i64>, String) = c
+        .query_first("SELECT @x, DATABASE()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(x, None, "user variables are gone");
+    assert_eq!(cur, format!("{db}_b"));
+    assert_eq!(
+        error_code(&c.query_drop("SELECT * FROM tmp").await.unwrap_err()),
+        Some(1146)
+    );
+
+    // A wrong password ends the session with 1045.
+    let opts = ChangeUserOpts::default()
+        .with_user(Some(USER.into()))
+        .with_pass(Some("wrong".into()));
+    let e = c.change_user(opts).await.unwrap_err();
+    assert_eq!(error_code(&e), Some(1045), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quit_closes_the_connection() {
+    let db = mariadb().fresh_db("quit");
+    let tandem = Tandem::start(&db);
+    let mut r = raw::connect(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        raw::driver_caps(true),
+        45,
+    )
+    .await
+    .unwrap();
+    let io = r.io();
+    io.write_packet(0, &[0x01]);
+    io.flush().await.unwrap();
+    assert!(
+        io.read_packet(1 << 20).await.unwrap().is_none(),
+        "closed without a reply"
+    );
+}

@@ -153,37 +153,16 @@ async fn accept_inner(
     let caps = response.capabilities & offered;
     let host = peer.ip().to_string();
 
-    // Authenticate with the plugin the client chose, or switch it to Tandem's.
-    let Some(password) = ctx.users.get(&response.user) else {
-        let e =
-            MysqlError::access_denied(&response.user, &host, !response.auth_response.is_empty());
+    let auth = Credentials {
+        user: &response.user,
+        plugin: response.auth_plugin.as_deref(),
+        answer: response.auth_response.clone(),
+    };
+    let (next, verdict) = authenticate(ctx, &mut io, caps, &nonce, auth, seq, &host).await?;
+    seq = next;
+    if let Err(e) = verdict {
         refuse(&mut io, seq, e, ctx).await?;
         return Ok(None);
-    };
-    let chosen = response
-        .auth_plugin
-        .as_deref()
-        .and_then(AuthMethod::from_name);
-    let (method, answer) = match chosen {
-        Some(m) => (m, response.auth_response.clone()),
-        None if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) => {
-            io.write_packet(seq, &auth_switch_request(ctx.auth_method, &nonce));
-            io.flush().await?;
-            let Some(p) = io.read_packet(HANDSHAKE_MAX_PACKET).await? else {
-                return Ok(None);
-            };
-            seq = p.last_seq.wrapping_add(1);
-            (ctx.auth_method, p.payload.to_vec())
-        }
-        None => (AuthMethod::Native, response.auth_response.clone()),
-    };
-    if !method.verify(&nonce, password.as_bytes(), &answer) {
-        let e = MysqlError::access_denied(&response.user, &host, !answer.is_empty());
-        refuse(&mut io, seq, e, ctx).await?;
-        return Ok(None);
-    }
-    if method == AuthMethod::CachingSha2 {
-        seq = io.write_packet(seq, &[0x01, auth::FAST_AUTH_OK]);
     }
 
     let key = ConnKey::new(caps, response.collation);
@@ -195,6 +174,7 @@ async fn accept_inner(
         response.user,
         peer,
         connection_id,
+        nonce,
     );
     if let Some(db) = &response.database {
         // Like the database itself, refuse the connection when its schema is unusable.
@@ -210,6 +190,54 @@ async fn accept_inner(
     session.client().write_packet(seq, &ok);
     session.client().flush().await?;
     Ok(Some(session))
+}
+
+/// What a client offers to prove who it is.
+pub(super) struct Credentials<'a> {
+    pub user: &'a str,
+    /// The auth plugin the client used for `answer`, if it named one.
+    pub plugin: Option<&'a [u8]>,
+    pub answer: Vec<u8>,
+}
+
+/// Checks a client's credentials against the listener's users, asking the client to switch
+/// plugins when it answered with one Tandem does not speak. Returns the next sequence id and
+/// the verdict: the error to refuse the client with, if any.
+pub(super) async fn authenticate(
+    ctx: &ListenerContext,
+    io: &mut PacketIo<ClientStream>,
+    caps: CapabilityFlags,
+    nonce: &[u8; 20],
+    creds: Credentials<'_>,
+    mut seq: u8,
+    host: &str,
+) -> Result<(u8, Result<(), MysqlError>), HandshakeFailure> {
+    let Some(password) = ctx.users.get(creds.user) else {
+        let e = MysqlError::access_denied(creds.user, host, !creds.answer.is_empty());
+        return Ok((seq, Err(e)));
+    };
+    let (method, answer) = match creds.plugin.and_then(AuthMethod::from_name) {
+        Some(m) => (m, creds.answer),
+        None if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) => {
+            io.write_packet(seq, &auth_switch_request(ctx.auth_method, nonce));
+            io.flush().await?;
+            let p = io
+                .read_packet(HANDSHAKE_MAX_PACKET)
+                .await?
+                .ok_or(WireError::Truncated)?;
+            seq = p.last_seq.wrapping_add(1);
+            (ctx.auth_method, p.payload.to_vec())
+        }
+        None => (AuthMethod::Native, creds.answer),
+    };
+    if !method.verify(nonce, password.as_bytes(), &answer) {
+        let e = MysqlError::access_denied(creds.user, host, !answer.is_empty());
+        return Ok((seq, Err(e)));
+    }
+    if method == AuthMethod::CachingSha2 {
+        seq = io.write_packet(seq, &[0x01, auth::FAST_AUTH_OK]);
+    }
+    Ok((seq, Ok(())))
 }
 
 async fn refuse(

@@ -13,11 +13,13 @@ use std::time::Instant;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::sync::oneshot;
 
+use super::handshake::{authenticate, Credentials};
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
 use crate::sql::{classify, StatementKind};
+use crate::wire::handshake::ChangeUser;
 use crate::wire::response::ok_packet;
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::stream::ClientStream;
@@ -33,6 +35,7 @@ const COM_STATISTICS: u8 = 0x09;
 const COM_PROCESS_INFO: u8 = 0x0a;
 const COM_DEBUG: u8 = 0x0d;
 const COM_PING: u8 = 0x0e;
+const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
 const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
@@ -56,6 +59,8 @@ pub struct Session {
     user: String,
     peer: SocketAddr,
     connection_id: u32,
+    /// The greeting's nonce; COM_CHANGE_USER answers it again.
+    nonce: [u8; 20],
     backend: Option<PooledConn>,
     /// Prepared statement id → kind of statement, for metrics.
     prepared: HashMap<u32, StatementKind>,
@@ -70,6 +75,7 @@ impl Session {
         user: String,
         peer: SocketAddr,
         connection_id: u32,
+        nonce: [u8; 20],
     ) -> Self {
         Session {
             ctx,
@@ -79,6 +85,7 @@ impl Session {
             user,
             peer,
             connection_id,
+            nonce,
             backend: None,
             prepared: HashMap::new(),
         }
@@ -195,15 +202,70 @@ impl Session {
             }
             COM_FIELD_LIST => (StatementKind::Other, ResponseKind::FieldList),
             COM_PROCESS_INFO => (StatementKind::Show, ResponseKind::Query),
+            COM_CHANGE_USER => return self.change_user(&payload[1..]).await,
             _ => {
-                // Includes COM_CHANGE_USER and COM_PROCESS_KILL, whose meaning would refer to
-                // backend identities the client cannot know, and replication commands.
+                // Includes COM_PROCESS_KILL, whose connection id would name a backend
+                // connection the client cannot know, and replication commands.
                 return self
                     .reply_error(reply_seq, MysqlError::unknown_command(cmd))
                     .await;
             }
         };
         self.forward(seq, reply_seq, payload, kind, response).await
+    }
+
+    /// COM_CHANGE_USER: authenticate as a listener user again and start a fresh session, as
+    /// the database would: session state is dropped (the backend connection is reset and
+    /// returned to the pool) and the requested database becomes current.
+    async fn change_user(&mut self, body: &[u8]) -> Flow {
+        let req = match ChangeUser::parse(body, self.caps) {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = self
+                    .send_error(1, MysqlError::malformed_packet("COM_CHANGE_USER"))
+                    .await;
+                return Flow::Close;
+            }
+        };
+        let host = self.peer.ip().to_string();
+        let creds = Credentials {
+            user: &req.user,
+            plugin: req.auth_plugin.as_deref(),
+            answer: req.auth_response.clone(),
+        };
+        let nonce = self.nonce;
+        let verdict = authenticate(
+            &self.ctx,
+            &mut self.client,
+            self.caps,
+            &nonce,
+            creds,
+            1,
+            &host,
+        )
+        .await;
+        let seq = match verdict {
+            Ok((seq, Ok(()))) => seq,
+            Ok((seq, Err(e))) => {
+                // A failed change of user leaves no session to go back to.
+                let _ = self.send_error(seq, e).await;
+                return Flow::Close;
+            }
+            Err(_) => return Flow::Close,
+        };
+        self.backend = None;
+        self.prepared.clear();
+        self.user = req.user;
+        if let Some(collation) = req.collation {
+            self.key = ConnKey::new(self.caps, collation);
+        }
+        if let Some(db) = req.database.as_deref() {
+            if let Err(e) = self.pin_backend(Some(db)).await {
+                return self.reply_error(seq, e).await;
+            }
+        }
+        let ok = self.ok();
+        self.reply(seq, &ok).await
     }
 
     /// Forwards a command and relays its response.

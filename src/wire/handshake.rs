@@ -175,6 +175,52 @@ impl HandshakeResponse {
     }
 }
 
+/// COM_CHANGE_USER: the payload after the command byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeUser {
+    pub user: String,
+    pub auth_response: Vec<u8>,
+    pub database: Option<String>,
+    /// The new connection collation, when the client sent one.
+    pub collation: Option<u8>,
+    pub auth_plugin: Option<Vec<u8>>,
+}
+
+impl ChangeUser {
+    pub fn parse(payload: &[u8], caps: CapabilityFlags) -> Result<Self, HandshakeError> {
+        let mut r = Reader(payload);
+        let user = utf8(
+            r.null_terminated("user name not terminated")?,
+            "user name is not UTF-8",
+        )?;
+        let auth_response = if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+            let n = r.take(1)?[0] as usize;
+            r.take(n)?.to_vec()
+        } else {
+            r.null_terminated("auth response not terminated")?.to_vec()
+        };
+        let db = r.null_or_rest();
+        let database = (!db.is_empty())
+            .then(|| utf8(db, "database name is not UTF-8"))
+            .transpose()?;
+        let collation = if r.0.len() >= 2 {
+            let c = r.take(2)?;
+            Some(c[0])
+        } else {
+            None
+        };
+        let auth_plugin = (caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) && !r.0.is_empty())
+            .then(|| r.null_or_rest().to_vec());
+        Ok(ChangeUser {
+            user,
+            auth_response,
+            database,
+            collation,
+            auth_plugin,
+        })
+    }
+}
+
 /// An auth-switch request asking the client to answer `nonce` with `method`.
 pub fn auth_switch_request(method: AuthMethod, nonce: &[u8; 20]) -> Vec<u8> {
     let mut out = Vec::with_capacity(48);
@@ -259,6 +305,30 @@ mod tests {
             None,
         );
         assert!(HandshakeResponse::parse(&old).is_err());
+    }
+
+    #[test]
+    fn parses_change_user() {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let mut p = b"bob\0".to_vec();
+        p.push(20);
+        p.extend_from_slice(&[7; 20]);
+        p.extend_from_slice(b"shop\0");
+        p.extend_from_slice(&[33, 0]);
+        p.extend_from_slice(b"mysql_native_password\0");
+        let c = ChangeUser::parse(&p, caps).unwrap();
+        assert_eq!(c.user, "bob");
+        assert_eq!(c.auth_response, vec![7; 20]);
+        assert_eq!(c.database.as_deref(), Some("shop"));
+        assert_eq!(c.collation, Some(33));
+        assert_eq!(
+            c.auth_plugin.as_deref(),
+            Some(&b"mysql_native_password"[..])
+        );
+        assert!(ChangeUser::parse(b"no-terminator", caps).is_err());
+        assert!(ChangeUser::parse(b"bob\0\x05ab", caps).is_err());
     }
 
     #[test]
