@@ -9,7 +9,7 @@ use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::net::TcpStream;
 
 use super::listener::ListenerContext;
-use super::session::Session;
+use super::session::{Authenticated, Session};
 use crate::backend::ConnKey;
 use crate::wire::auth::{self, AuthMethod};
 use crate::wire::handshake::{auth_switch_request, ssl_request, Greeting, HandshakeResponse};
@@ -166,16 +166,15 @@ async fn accept_inner(
     }
 
     let key = ConnKey::new(caps, response.collation);
-    let mut session = Session::new(
-        ctx.clone(),
-        io,
+    let who = Authenticated {
         caps,
         key,
-        response.user,
+        user: response.user.clone(),
         peer,
         connection_id,
         nonce,
-    );
+    };
+    let mut session = Session::new(ctx.clone(), io, who);
     if let Some(db) = &response.database {
         // Like the database itself, refuse the connection when its schema is unusable.
         if let Err(e) = session.pin_backend(Some(db)).await {

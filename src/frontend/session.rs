@@ -51,6 +51,16 @@ enum Flow {
     Close,
 }
 
+/// What the handshake established about a client.
+pub(super) struct Authenticated {
+    pub caps: CapabilityFlags,
+    pub key: ConnKey,
+    pub user: String,
+    pub peer: SocketAddr,
+    pub connection_id: u32,
+    pub nonce: [u8; 20],
+}
+
 pub struct Session {
     ctx: Arc<ListenerContext>,
     client: PacketIo<ClientStream>,
@@ -70,22 +80,17 @@ impl Session {
     pub(super) fn new(
         ctx: Arc<ListenerContext>,
         client: PacketIo<ClientStream>,
-        caps: CapabilityFlags,
-        key: ConnKey,
-        user: String,
-        peer: SocketAddr,
-        connection_id: u32,
-        nonce: [u8; 20],
+        who: Authenticated,
     ) -> Self {
         Session {
             ctx,
             client,
-            caps,
-            key,
-            user,
-            peer,
-            connection_id,
-            nonce,
+            caps: who.caps,
+            key: who.key,
+            user: who.user,
+            peer: who.peer,
+            connection_id: who.connection_id,
+            nonce: who.nonce,
             backend: None,
             prepared: HashMap::new(),
         }
