@@ -94,33 +94,24 @@ async fn bad_commands_after_the_handshake() {
         "{ max: 8 }",
     ));
     let mut healthy = common::connect(&tandem.url(&db)).await;
-    let mut r = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        Some(&db),
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut r = raw::app(tandem.port, Some(&db)).await;
 
     // Unknown and refused commands: 1047, and the connection stays usable.
     for cmd in [0x00u8, 0x05, 0x0c, 0x12, 0x20, 0x99, 0xfe] {
         let resp = raw::command(&mut r, &[cmd, 1, 2, 3], ResponseKind::Single).await;
         assert_eq!(resp[0].1[0], 0xff, "command {cmd:#x}");
         assert_eq!(
-            u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]),
+            raw::error_code(&resp).unwrap_or(0),
             1047,
             "command {cmd:#x}"
         );
     }
     // An empty command packet: malformed.
     let resp = raw::command(&mut r, &[], ResponseKind::Single).await;
-    assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 1835);
+    assert_eq!(raw::error_code(&resp), Some(1835));
     // SQL that does not parse: the database's own syntax error.
     let resp = raw::query(&mut r, "SELEKT garbage ((").await;
-    assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 1064);
+    assert_eq!(raw::error_code(&resp), Some(1064));
     // Binary junk as SQL text.
     let mut junk = vec![0x03];
     junk.extend((0..200u32).map(|i| (i * 37 % 256) as u8));
@@ -156,16 +147,7 @@ async fn bad_commands_after_the_handshake() {
     );
 
     // A command that does not start at sequence id 0: 1156, then the connection closes.
-    let mut r2 = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        Some(&db),
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut r2 = raw::app(tandem.port, Some(&db)).await;
     let io = r2.io();
     io.write_packet(5, b"\x03SELECT 1");
     io.flush().await.unwrap();

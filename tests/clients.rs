@@ -82,3 +82,51 @@ fn node_mysql2_query_and_execute() {
         &[script.to_str().unwrap(), &port, USER, PASSWORD, &db],
     );
 }
+
+#[test]
+fn load_data_local_infile_is_relayed() {
+    let db = mariadb().fresh_db("infile");
+    let tandem = Tandem::start(&db);
+    let dir = common::scratch("infile");
+    let file = dir.join("rows.csv");
+    let rows: String = (1..=5000).map(|i| format!("{i},name-{i}\n")).collect();
+    std::fs::write(&file, rows).unwrap();
+    let sql = format!(
+        "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20));
+         LOAD DATA LOCAL INFILE '{}' INTO TABLE t FIELDS TERMINATED BY ',';
+         SELECT COUNT(*), SUM(id) FROM t;",
+        file.display()
+    );
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h127.0.0.1",
+            "--batch",
+            "--skip-column-names",
+            "--local-infile=1",
+        ])
+        .arg(format!("-P{}", tandem.port))
+        .arg(format!("-u{USER}"))
+        .arg(format!("-p{PASSWORD}"))
+        .arg(&db)
+        .arg("-e")
+        .arg(&sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "5000\t12502500\n");
+    // The session goes on after the transfer, and a missing file is the client's own error.
+    let out = mariadb_cli(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some(&db),
+        "SELECT name FROM t WHERE id = 4999",
+    )
+    .unwrap();
+    assert_eq!(out, "name-4999\n");
+}

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{error_code, mariadb, raw, single_config, Tandem, PASSWORD, USER};
+use common::{error_code, mariadb, raw, single_config, Tandem};
 use mysql_async::prelude::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,18 +107,9 @@ async fn database_down_gives_prompt_errors_and_service_resumes() {
         "{e2}"
     );
     // A session that has not touched the database yet keeps its connection to Tandem.
-    let mut fresh = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        None,
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut fresh = raw::app(tandem.port, None).await;
     let resp = raw::query(&mut fresh, "SELECT 1").await;
-    assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 2003);
+    assert_eq!(raw::error_code(&resp), Some(2003));
     let (status, body) = tandem.admin("/ready");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(r#""ok":false"#), "{body}");
@@ -150,18 +141,9 @@ async fn exhausted_pool_fails_after_the_acquire_timeout() {
         .await
         .expect_err("refused");
     assert_eq!(error_code(&e), Some(1040), "{e}");
-    let mut c = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        None,
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut c = raw::app(tandem.port, None).await;
     let resp = raw::query(&mut c, "SELECT 1").await;
-    assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 1040);
+    assert_eq!(raw::error_code(&resp), Some(1040));
     // When a session ends, its connection goes to the waiting client.
     let waiter = tokio::spawn(async move { raw::query(&mut c, "SELECT 3").await });
     tokio::time::sleep(Duration::from_millis(100)).await;

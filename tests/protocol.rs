@@ -30,16 +30,7 @@ async fn authentication_with_both_plugins() {
         let one: i64 = c.query_first("SELECT 1").await.unwrap().unwrap();
         assert_eq!(one, 1, "{plugin}");
         // The raw client answers with the plugin it was greeted with.
-        let mut r = raw::connect(
-            tandem.port,
-            USER,
-            PASSWORD,
-            Some(&db),
-            raw::driver_caps(true),
-            45,
-        )
-        .await
-        .unwrap();
+        let mut r = raw::app(tandem.port, Some(&db)).await;
         assert!(raw::query(&mut r, "SELECT 1").await.len() > 1);
         // An account with an empty password.
         let mut e = raw::connect(tandem.port, "other", "", None, raw::driver_caps(false), 45)
@@ -76,16 +67,7 @@ async fn initial_database_and_init_db() {
         .expect_err("refused");
     assert_eq!(error_code(&e), Some(1049));
     // COM_INIT_DB.
-    let mut r = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        None,
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut r = raw::app(tandem.port, None).await;
     let mut init = vec![0x02];
     init.extend_from_slice(b"information_schema");
     let resp = raw::command(&mut r, &init, ResponseKind::Single).await;
@@ -94,7 +76,7 @@ async fn initial_database_and_init_db() {
     bad.extend_from_slice(b"no_such_db_y");
     let resp = raw::command(&mut r, &bad, ResponseKind::Single).await;
     assert_eq!(resp[0].1[0], 0xff);
-    assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 1049);
+    assert_eq!(raw::error_code(&resp), Some(1049));
     let rows = raw::query(&mut r, "SELECT DATABASE()").await;
     assert!(rows.iter().any(|(_, p)| p.ends_with(b"information_schema")));
 }
@@ -146,16 +128,7 @@ async fn prepared_statement_commands() {
         "CREATE TABLE {db}.blobs (id INT PRIMARY KEY, b LONGBLOB)"
     ));
     let tandem = Tandem::start(&db);
-    let mut r = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        Some(&db),
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut r = raw::app(tandem.port, Some(&db)).await;
     let resp = raw::command(
         &mut r,
         b"\x16INSERT INTO blobs VALUES (?, ?)",
@@ -208,7 +181,7 @@ async fn prepared_statement_commands() {
     r.io().flush().await.unwrap();
     let resp = raw::command(&mut r, &exec, ResponseKind::Execute).await;
     assert_eq!(resp[0].1[0], 0xff, "executing a closed statement fails");
-    assert_eq!(u16::from_le_bytes([resp[0].1[1], resp[0].1[2]]), 1243);
+    assert_eq!(raw::error_code(&resp), Some(1243));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,16 +274,7 @@ async fn change_user_starts_a_fresh_session() {
 async fn quit_closes_the_connection() {
     let db = mariadb().fresh_db("quit");
     let tandem = Tandem::start(&db);
-    let mut r = raw::connect(
-        tandem.port,
-        USER,
-        PASSWORD,
-        Some(&db),
-        raw::driver_caps(true),
-        45,
-    )
-    .await
-    .unwrap();
+    let mut r = raw::app(tandem.port, Some(&db)).await;
     let io = r.io();
     io.write_packet(0, &[0x01]);
     io.flush().await.unwrap();

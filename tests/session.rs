@@ -276,3 +276,44 @@ async fn stored_procedures_with_several_results() {
     let still: i64 = c.query_first("SELECT 7").await.unwrap().unwrap();
     assert_eq!(still, 7);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packets_larger_than_16_mib_cross_in_both_directions() {
+    let (db, tandem) = setup("large");
+    mariadb().sql(&format!(
+        "CREATE TABLE {db}.blobs (id INT PRIMARY KEY, b LONGBLOB)"
+    ));
+    let mut c = common::connect(&tandem.url(&db)).await;
+    // 20 MiB: the statement and the row each span two protocol chunks.
+    let blob: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    c.exec_drop("INSERT INTO blobs VALUES (1, ?)", (&blob,))
+        .await
+        .unwrap();
+    let text_sql = format!(
+        "INSERT INTO blobs VALUES (2, x'{}')",
+        "ab".repeat(9 * 1024 * 1024)
+    );
+    c.query_drop(&text_sql).await.unwrap();
+    let back: Vec<u8> = c
+        .query_first("SELECT b FROM blobs WHERE id = 1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(back == blob, "text protocol read back {} bytes", back.len());
+    let back: Vec<u8> = c
+        .exec_first("SELECT b FROM blobs WHERE id = ?", (1,))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        back == blob,
+        "binary protocol read back {} bytes",
+        back.len()
+    );
+    let len: i64 = c
+        .query_first("SELECT LENGTH(b) FROM blobs WHERE id = 2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(len, 9 * 1024 * 1024);
+}

@@ -78,3 +78,28 @@ pub fn driver_caps(deprecate_eof: bool) -> CapabilityFlags {
     }
     caps
 }
+
+/// Connects as the test user with a driver's usual capabilities and utf8mb4.
+pub async fn app(port: u16, db: Option<&str>) -> BackendConn {
+    connect(
+        port,
+        super::USER,
+        super::PASSWORD,
+        db,
+        driver_caps(true),
+        45,
+    )
+    .await
+    .expect("connect as the test user")
+}
+
+/// The error code, when a response is an ERR packet.
+pub fn error_code(resp: &[(u8, Vec<u8>)]) -> Option<u16> {
+    let p = &resp.first()?.1;
+    (p.len() >= 3 && p[0] == 0xff).then(|| u16::from_le_bytes([p[1], p[2]]))
+}
+
+/// True when some packet of a response ends with `tail` (a cell at the end of a row).
+pub fn has_row_ending(resp: &[(u8, Vec<u8>)], tail: &[u8]) -> bool {
+    resp.iter().any(|(_, p)| p.ends_with(tail))
+}
