@@ -7,6 +7,8 @@
 //! * [`wire`]: Tandem's own MySQL protocol layer: packet framing, handshake and auth,
 //!   response scanning, error packets. Imports nothing above it.
 //! * [`config`]: the YAML model, `${NAME}` substitution and validation, pure and testable.
+//! * [`coordinator`]: global transaction state, branches and global row locks behind a
+//!   store interface (embedded redb file; in memory for tests). Knows nothing of SQL.
 //! * [`frontend`]: listeners, client handshake, the per-client session loop and the relay
 //!   that streams responses back.
 //! * [`sql`]: cheap statement classification (no parsing on the hot path).
@@ -18,6 +20,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod coordinator;
 pub mod frontend;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,257 @@
+//! One suite of the coordinator's store rules, run on every store.
+
+use super::embedded::EmbeddedStore;
+use super::memory::MemoryStore;
+use super::{RegisterError, Store, StoreError, Transition};
+use crate::coordinator::model::{Branch, BranchKind, BranchStatus, GlobalStatus, GlobalTx};
+
+use GlobalStatus::*;
+
+fn tx(xid: &str) -> GlobalTx {
+    GlobalTx {
+        xid: xid.into(),
+        status: Begin,
+        begun_at_ms: 1_000,
+        timeout_ms: 60_000,
+    }
+}
+
+fn branch(xid: &str, id: u64, keys: &[&str]) -> Branch {
+    Branch {
+        xid: xid.into(),
+        branch_id: id,
+        kind: BranchKind::At,
+        resource: "127.0.0.1:3306/db".into(),
+        status: BranchStatus::Registered,
+        lock_keys: keys.iter().map(|k| k.to_string()).collect(),
+        application_data: None,
+    }
+}
+
+async fn suite(s: impl Store) {
+    // Create, read back, refuse a duplicate.
+    s.create(&tx("a")).await.unwrap();
+    s.create(&tx("b")).await.unwrap();
+    assert_eq!(s.get("a").await.unwrap(), Some(tx("a")));
+    assert_eq!(s.get("zz").await.unwrap(), None);
+    assert_eq!(
+        s.create(&tx("a")).await,
+        Err(StoreError::Exists("a".into()))
+    );
+    assert_eq!(s.list().await.unwrap().len(), 2);
+
+    // Branch registration takes locks atomically; a conflict names the holder and leaves
+    // nothing behind; the same XID re-enters its own locks.
+    s.register_branch(&branch("a", 1, &["k2", "k1"]))
+        .await
+        .unwrap();
+    let conflict = s
+        .register_branch(&branch("b", 2, &["k0", "k1", "k3"]))
+        .await;
+    assert_eq!(
+        conflict,
+        Err(RegisterError::LockConflict {
+            key: "k1".into(),
+            holder: "a".into()
+        })
+    );
+    assert_eq!(
+        s.lock_holder("b", &["k0".into(), "k3".into()])
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s.branches("b").await.unwrap().is_empty());
+    s.register_branch(&branch("a", 3, &["k1", "k4"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lock_holder("b", &["k9".into(), "k4".into()])
+            .await
+            .unwrap(),
+        Some(("k4".into(), "a".into()))
+    );
+    assert_eq!(
+        s.lock_holder("a", &["k4".into()]).await.unwrap(),
+        None,
+        "own locks do not block"
+    );
+    let ids: Vec<u64> = s
+        .branches("a")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.branch_id)
+        .collect();
+    assert_eq!(ids, vec![1, 3], "registration order");
+    assert_eq!(
+        s.branches("a").await.unwrap()[0].lock_keys,
+        vec!["k1", "k2"],
+        "sorted"
+    );
+    assert_eq!(
+        s.register_branch(&branch("nope", 9, &["x"])).await,
+        Err(RegisterError::UnknownXid("nope".into()))
+    );
+
+    // Status: compare-and-set, only forward, families never cross.
+    assert_eq!(
+        s.transition("b", Committing, Committed, false)
+            .await
+            .unwrap(),
+        Transition::Found(Begin)
+    );
+    assert!(matches!(
+        s.transition("b", Begin, Committed, false).await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    assert_eq!(
+        s.transition("zz", Begin, Rollbacking, false).await.unwrap(),
+        Transition::NotFound
+    );
+    assert_eq!(
+        s.transition("b", Begin, Rollbacking, false).await.unwrap(),
+        Transition::Moved
+    );
+    assert_eq!(
+        s.transition("b", Begin, Committing, false).await.unwrap(),
+        Transition::Found(Rollbacking)
+    );
+    assert_eq!(
+        s.register_branch(&branch("b", 5, &["x"])).await,
+        Err(RegisterError::NotActive {
+            xid: "b".into(),
+            status: Rollbacking
+        })
+    );
+
+    // Rollback of a branch releases its locks, except rows another branch of the same XID
+    // still holds; a branch that needs a person keeps its locks.
+    s.create(&tx("c")).await.unwrap();
+    s.register_branch(&branch("c", 10, &["r1", "r2"]))
+        .await
+        .unwrap();
+    s.register_branch(&branch("c", 11, &["r2", "r3"]))
+        .await
+        .unwrap();
+    s.transition("c", Begin, Rollbacking, false).await.unwrap();
+    s.branch_done("c", 11, BranchStatus::RolledBack)
+        .await
+        .unwrap();
+    assert_eq!(s.lock_holder("x", &["r3".into()]).await.unwrap(), None);
+    assert_eq!(
+        s.lock_holder("x", &["r2".into()]).await.unwrap(),
+        Some(("r2".into(), "c".into()))
+    );
+    s.branch_done("c", 10, BranchStatus::NeedsAttention)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lock_holder("x", &["r1".into()]).await.unwrap(),
+        Some(("r1".into(), "c".into()))
+    );
+    let statuses: Vec<BranchStatus> = s
+        .branches("c")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![BranchStatus::NeedsAttention, BranchStatus::RolledBack]
+    );
+
+    // The commit decision releases every lock in the same write; finishing deletes branches.
+    let before = s.writes();
+    assert_eq!(
+        s.transition("a", Begin, Committing, true).await.unwrap(),
+        Transition::Moved
+    );
+    assert_eq!(
+        s.writes(),
+        before + 1,
+        "decision and lock release are one write"
+    );
+    assert_eq!(
+        s.lock_holder("x", &["k1".into(), "k2".into(), "k4".into()])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.finish("a", Committing, Committed).await.unwrap(),
+        Transition::Moved
+    );
+    assert_eq!(s.writes(), before + 2);
+    assert!(s.branches("a").await.unwrap().is_empty());
+    assert_eq!(s.get("a").await.unwrap().map(|t| t.status), Some(Committed));
+    assert_eq!(
+        s.finish("a", Committing, Committed).await.unwrap(),
+        Transition::Found(Committed)
+    );
+
+    // Forcing a stuck transaction to its end releases what its branches still held.
+    assert_eq!(
+        s.finish("c", Rollbacking, Rollbacked).await.unwrap(),
+        Transition::Moved
+    );
+    assert_eq!(
+        s.lock_holder("x", &["r1".into(), "r2".into()])
+            .await
+            .unwrap(),
+        None
+    );
+    s.forget("c").await.unwrap();
+    assert_eq!(s.get("c").await.unwrap(), None);
+
+    // Store writes for one global transaction with B branches: begin + B + decision + final.
+    let before = s.writes();
+    s.create(&tx("w")).await.unwrap();
+    for id in 100..103 {
+        s.register_branch(&branch("w", id, &[&format!("w{id}")]))
+            .await
+            .unwrap();
+    }
+    s.transition("w", Begin, Committing, true).await.unwrap();
+    s.finish("w", Committing, Committed).await.unwrap();
+    assert_eq!(s.writes() - before, 3 + 3);
+    // Reads and refused writes cost nothing.
+    let before = s.writes();
+    let _ = s.get("w").await;
+    let _ = s.transition("w", Begin, Committing, false).await;
+    assert_eq!(s.writes(), before);
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_rules() {
+    suite(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(EmbeddedStore::open(&dir.path().join("sub/tandem.db")).unwrap()).await;
+}
+
+#[tokio::test]
+async fn embedded_store_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.db");
+    {
+        let s = EmbeddedStore::open(&path).unwrap();
+        s.create(&tx("d")).await.unwrap();
+        s.register_branch(&branch("d", 1, &["k"])).await.unwrap();
+        s.transition("d", Begin, Committing, false).await.unwrap();
+    }
+    let s = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(
+        s.get("d").await.unwrap().map(|t| t.status),
+        Some(Committing)
+    );
+    assert_eq!(s.branches("d").await.unwrap().len(), 1);
+    assert_eq!(
+        s.lock_holder("x", &["k".into()]).await.unwrap(),
+        Some(("k".into(), "d".into()))
+    );
+}

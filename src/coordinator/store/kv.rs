@@ -1,0 +1,285 @@
+//! The coordinator's rules as operations on a key-value transaction.
+//!
+//! Three tables: `globals` (xid → [`GlobalTx`]), `branches` (`xid` NUL `branch id` →
+//! [`Branch`]) and `locks` (lock key → [`LockOwner`]). Values are JSON, so a store can be
+//! read with ordinary tools when something needs a person.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{RegisterError, StoreError, Transition};
+use crate::coordinator::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Globals,
+    Branches,
+    Locks,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Globals, Table::Branches, Table::Locks];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Globals => "globals",
+            Table::Branches => "branches",
+            Table::Locks => "locks",
+        }
+    }
+}
+
+/// A consistent view of the tables.
+pub trait KvRead {
+    fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries whose key starts with `prefix`, in key order.
+    fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+/// A read-write transaction: reads see the transaction's own writes; nothing is visible to
+/// others until the store commits it, and nothing is kept if the operation fails.
+pub trait KvTxn: KvRead {
+    fn put(&mut self, table: Table, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
+    fn delete(&mut self, table: Table, key: &str) -> Result<(), StoreError>;
+}
+
+/// A key-value store with transactions. Both calls block (the embedded store syncs to disk
+/// on commit); the [`super::Store`] implementation runs them off the async threads.
+pub trait KvStore: Clone + Send + Sync + 'static {
+    /// Runs `f` on a consistent snapshot.
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError>;
+
+    /// Runs `f` in a transaction, committed durably when `f` returns `Ok`, discarded when it
+    /// returns `Err`. Counts one store write when it committed changes.
+    fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E>,
+    ) -> Result<R, E>;
+
+    /// Committed writes so far.
+    fn writes(&self) -> u64;
+}
+
+/// Who holds a row lock: one transaction, possibly through several of its branches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub xid: String,
+    pub branches: Vec<u64>,
+}
+
+/// The `branches` key of one branch. Ids are zero-padded so key order is registration order;
+/// NUL cannot occur in an XID, so one transaction's prefix never matches another's.
+pub fn branch_key(xid: &str, branch_id: u64) -> String {
+    format!("{xid}\0{branch_id:020}")
+}
+
+fn branch_prefix(xid: &str) -> String {
+    format!("{xid}\0")
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs to JSON cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub fn get_global(t: &(impl KvRead + ?Sized), xid: &str) -> Result<Option<GlobalTx>, StoreError> {
+    t.get(Table::Globals, xid)?
+        .map(|b| decode(xid, &b))
+        .transpose()
+}
+
+pub fn list_globals(t: &(impl KvRead + ?Sized)) -> Result<Vec<GlobalTx>, StoreError> {
+    t.scan(Table::Globals, "")?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+pub fn create(t: &mut (impl KvTxn + ?Sized), tx: &GlobalTx) -> Result<(), StoreError> {
+    if t.get(Table::Globals, &tx.xid)?.is_some() {
+        return Err(StoreError::Exists(tx.xid.clone()));
+    }
+    t.put(Table::Globals, &tx.xid, encode(tx))
+}
+
+/// Compare-and-set of the status; optionally releases every lock of the transaction.
+pub fn transition(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    from: GlobalStatus,
+    to: GlobalStatus,
+    release_locks: bool,
+) -> Result<Transition, StoreError> {
+    if !from.can_move_to(to) {
+        return Err(StoreError::InvalidTransition { from, to });
+    }
+    let Some(mut tx) = get_global(t, xid)? else {
+        return Ok(Transition::NotFound);
+    };
+    if tx.status != from {
+        return Ok(Transition::Found(tx.status));
+    }
+    tx.status = to;
+    t.put(Table::Globals, xid, encode(&tx))?;
+    if release_locks {
+        for b in branches(t, xid)? {
+            release(t, xid, &b.lock_keys, None)?;
+        }
+    }
+    Ok(Transition::Moved)
+}
+
+pub fn branches(t: &(impl KvRead + ?Sized), xid: &str) -> Result<Vec<Branch>, StoreError> {
+    t.scan(Table::Branches, &branch_prefix(xid))?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+pub fn register_branch(
+    t: &mut (impl KvTxn + ?Sized),
+    branch: &Branch,
+) -> Result<(), RegisterError> {
+    let xid = &branch.xid;
+    let tx = get_global(t, xid)?.ok_or_else(|| RegisterError::UnknownXid(xid.clone()))?;
+    if tx.status != GlobalStatus::Begin {
+        return Err(RegisterError::NotActive {
+            xid: xid.clone(),
+            status: tx.status,
+        });
+    }
+    let mut keys: Vec<&LockKey> = branch.lock_keys.iter().collect();
+    keys.sort();
+    keys.dedup();
+    // Check every key before writing any, so a conflict leaves nothing behind.
+    let mut owners = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let owner = match t.get(Table::Locks, key)? {
+            Some(b) => {
+                let o: LockOwner = decode(key, &b)?;
+                if &o.xid != xid {
+                    return Err(RegisterError::LockConflict {
+                        key: (*key).clone(),
+                        holder: o.xid,
+                    });
+                }
+                o
+            }
+            None => LockOwner {
+                xid: xid.clone(),
+                branches: Vec::new(),
+            },
+        };
+        owners.push(owner);
+    }
+    for (key, mut owner) in keys.into_iter().zip(owners) {
+        if !owner.branches.contains(&branch.branch_id) {
+            owner.branches.push(branch.branch_id);
+        }
+        t.put(Table::Locks, key, encode(&owner))?;
+    }
+    let mut stored = branch.clone();
+    stored.lock_keys.sort();
+    stored.lock_keys.dedup();
+    t.put(
+        Table::Branches,
+        &branch_key(xid, branch.branch_id),
+        encode(&stored),
+    )?;
+    Ok(())
+}
+
+/// Releases `keys` held by `xid`: only those taken through `branch` when given, else all.
+fn release(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    keys: &[LockKey],
+    branch: Option<u64>,
+) -> Result<(), StoreError> {
+    for key in keys {
+        let Some(b) = t.get(Table::Locks, key)? else {
+            continue;
+        };
+        let mut owner: LockOwner = decode(key, &b)?;
+        if owner.xid != xid {
+            continue;
+        }
+        match branch {
+            Some(id) => owner.branches.retain(|b| *b != id),
+            None => owner.branches.clear(),
+        }
+        if owner.branches.is_empty() {
+            t.delete(Table::Locks, key)?;
+        } else {
+            t.put(Table::Locks, key, encode(&owner))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn branch_done(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    branch_id: u64,
+    status: BranchStatus,
+) -> Result<(), StoreError> {
+    let key = branch_key(xid, branch_id);
+    let Some(bytes) = t.get(Table::Branches, &key)? else {
+        return Ok(());
+    };
+    let mut branch: Branch = decode(&key, &bytes)?;
+    if status == BranchStatus::RolledBack {
+        release(t, xid, &branch.lock_keys, Some(branch_id))?;
+    }
+    branch.status = status;
+    t.put(Table::Branches, &key, encode(&branch))
+}
+
+pub fn finish(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    from: GlobalStatus,
+    to: GlobalStatus,
+) -> Result<Transition, StoreError> {
+    let moved = transition(t, xid, from, to, false)?;
+    if moved == Transition::Moved {
+        for b in branches(t, xid)? {
+            release(t, xid, &b.lock_keys, None)?;
+            t.delete(Table::Branches, &branch_key(xid, b.branch_id))?;
+        }
+    }
+    Ok(moved)
+}
+
+pub fn forget(t: &mut (impl KvTxn + ?Sized), xid: &str) -> Result<(), StoreError> {
+    for b in branches(t, xid)? {
+        release(t, xid, &b.lock_keys, None)?;
+        t.delete(Table::Branches, &branch_key(xid, b.branch_id))?;
+    }
+    t.delete(Table::Globals, xid)
+}
+
+pub fn lock_holder(
+    t: &(impl KvRead + ?Sized),
+    xid: &str,
+    keys: &[LockKey],
+) -> Result<Option<(LockKey, String)>, StoreError> {
+    for key in keys {
+        if let Some(b) = t.get(Table::Locks, key)? {
+            let owner: LockOwner = decode(key, &b)?;
+            if owner.xid != xid {
+                return Ok(Some((key.clone(), owner.xid)));
+            }
+        }
+    }
+    Ok(None)
+}
