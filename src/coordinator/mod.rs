@@ -12,7 +12,9 @@
 //! * locks are released when the commit decision is recorded, or after each branch's rollback.
 
 pub mod model;
+pub mod service;
 pub mod store;
 
 pub use model::{Branch, BranchKind, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+pub use service::{Coordinator, CoordinatorError, ResourceManager, RollbackOutcome};
 pub use store::{RegisterError, Store, StoreError, Transition};

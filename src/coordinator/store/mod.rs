@@ -5,6 +5,7 @@
 //! transactions, so they share every rule through [`kv`]: the rules are written once, as
 //! operations on a transaction, and each store only supplies transactions.
 
+pub mod any;
 pub mod embedded;
 pub mod kv;
 pub mod memory;

@@ -1,0 +1,543 @@
+//! The coordinator service: begins and ends global transactions, registers branches, runs
+//! phase 2 through the resource managers, and enforces timeouts.
+//!
+//! Crash rules, phase by phase:
+//! * before the decision is recorded, a crash leaves the transaction `Begin`; it times out
+//!   and rolls back;
+//! * once the decision is recorded it stands: after a restart [`Coordinator::recover`] (and
+//!   the background sweep) drive phase 2 of every decided transaction to its end;
+//! * phase-2 actions are idempotent, so one interrupted half-way is simply run again.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::model::{Branch, BranchStatus, GlobalStatus, GlobalTx};
+use super::store::any::AnyStore;
+use super::store::{RegisterError, StoreError, Transition};
+
+/// Longest XID accepted from clients.
+pub const MAX_XID_LEN: usize = 128;
+
+/// How long a finished transaction's final status stays queryable.
+const FINISHED_RETENTION: Duration = Duration::from_secs(600);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Phase2Error(pub String);
+
+/// How a branch rollback ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    RolledBack,
+    /// The data changed since phase 1 (dirty write): stop and keep the locks.
+    NeedsAttention(String),
+}
+
+/// Carries out phase 2 for the branches of one resource (Seata's resource manager). Both
+/// calls must be idempotent: after a crash they may run again for the same branch.
+pub trait ResourceManager: Send + Sync + 'static {
+    fn commit<'a>(&'a self, branch: &'a Branch) -> BoxFuture<'a, Result<(), Phase2Error>>;
+    fn rollback<'a>(
+        &'a self,
+        branch: &'a Branch,
+    ) -> BoxFuture<'a, Result<RollbackOutcome, Phase2Error>>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("unknown global transaction '{0}'")]
+    UnknownXid(String),
+    #[error("invalid XID: {0}")]
+    InvalidXid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Coordinator {
+    store: AnyStore,
+    default_timeout: Duration,
+    resources: RwLock<HashMap<String, Arc<dyn ResourceManager>>>,
+    /// Transactions whose phase 2 is running here now.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Removes the XID from the in-flight set when phase 2 ends, however it ends.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    xid: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.xid);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Coordinator {
+    pub fn new(store: AnyStore, default_timeout: Duration) -> Arc<Self> {
+        Arc::new(Coordinator {
+            store,
+            default_timeout,
+            resources: RwLock::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.store
+    }
+
+    /// Makes `rm` the phase-2 executor for branches of `resource`.
+    pub fn register_resource(&self, resource: &str, rm: Arc<dyn ResourceManager>) {
+        self.resources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(resource.to_string(), rm);
+    }
+
+    fn resource(&self, resource: &str) -> Option<Arc<dyn ResourceManager>> {
+        self.resources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(resource)
+            .cloned()
+    }
+
+    /// Begins a global transaction.
+    pub async fn begin(&self, timeout: Option<Duration>) -> Result<GlobalTx, CoordinatorError> {
+        let timeout = timeout.unwrap_or(self.default_timeout);
+        let tx = GlobalTx {
+            xid: new_xid(),
+            status: GlobalStatus::Begin,
+            begun_at_ms: now_ms(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+        };
+        self.store.create(&tx).await?;
+        Ok(tx)
+    }
+
+    pub async fn get(&self, xid: &str) -> Result<GlobalTx, CoordinatorError> {
+        check_xid(xid)?;
+        self.store
+            .get(xid)
+            .await?
+            .ok_or_else(|| CoordinatorError::UnknownXid(xid.to_string()))
+    }
+
+    /// Registers a branch with its locks (see [`crate::coordinator::Store::register_branch`]).
+    /// A transaction past its timeout is rolled back first, so the registration fails.
+    pub async fn register_branch(self: &Arc<Self>, branch: &Branch) -> Result<(), RegisterError> {
+        if let Some(tx) = self.store.get(&branch.xid).await? {
+            if tx.is_expired(now_ms()) {
+                self.decide(&tx.xid, GlobalStatus::TimeoutRollbacking)
+                    .await
+                    .map_err(|e| match e {
+                        CoordinatorError::Store(s) => RegisterError::Store(s),
+                        _ => RegisterError::UnknownXid(branch.xid.clone()),
+                    })?;
+            }
+        }
+        self.store.register_branch(branch).await
+    }
+
+    /// Commits: records the decision (releasing locks), then runs phase 2. Returns the
+    /// resulting status; asking again is harmless. A transaction past its timeout is rolled
+    /// back instead, and the timeout outcome is returned.
+    pub async fn commit(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
+        let tx = self.get(xid).await?;
+        let decision = if tx.is_expired(now_ms()) {
+            GlobalStatus::TimeoutRollbacking
+        } else {
+            GlobalStatus::Committing
+        };
+        self.decide(xid, decision).await
+    }
+
+    /// Rolls back: records the decision, then rolls branches back in reverse order.
+    pub async fn rollback(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
+        self.get(xid).await?;
+        self.decide(xid, GlobalStatus::Rollbacking).await
+    }
+
+    pub async fn status(&self, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
+        Ok(self.get(xid).await?.status)
+    }
+
+    /// Moves a `Begin` transaction to `decision` and runs phase 2; when it was already
+    /// decided, drives that decision instead. Returns the status afterwards.
+    async fn decide(
+        self: &Arc<Self>,
+        xid: &str,
+        decision: GlobalStatus,
+    ) -> Result<GlobalStatus, CoordinatorError> {
+        let release = decision == GlobalStatus::Committing;
+        let current = match self
+            .store
+            .transition(xid, GlobalStatus::Begin, decision, release)
+            .await?
+        {
+            Transition::Moved => decision,
+            Transition::Found(s) => s,
+            Transition::NotFound => return Err(CoordinatorError::UnknownXid(xid.to_string())),
+        };
+        if current.is_final() {
+            return Ok(current);
+        }
+        self.run_phase2(xid, current).await;
+        Ok(self.store.get(xid).await?.map_or(current, |t| t.status))
+    }
+
+    /// Runs phase 2 of a decided transaction unless it is already running here.
+    async fn run_phase2(&self, xid: &str, decision: GlobalStatus) {
+        {
+            let mut set = lock(&self.in_flight);
+            if !set.insert(xid.to_string()) {
+                return;
+            }
+        }
+        let _guard = InFlight {
+            set: &self.in_flight,
+            xid: xid.to_string(),
+        };
+        if let Err(e) = self.phase2(xid, decision).await {
+            tracing::warn!(%xid, error = %e, "phase 2 incomplete; it will be retried");
+        }
+    }
+
+    async fn phase2(&self, xid: &str, decision: GlobalStatus) -> Result<(), Phase2Error> {
+        let store_err = |e: StoreError| Phase2Error(e.to_string());
+        let branches = self.store.branches(xid).await.map_err(store_err)?;
+        if decision == GlobalStatus::Committing {
+            for b in branches
+                .iter()
+                .filter(|b| b.status == BranchStatus::Registered)
+            {
+                let rm = self.resource(&b.resource).ok_or_else(|| no_resource(b))?;
+                rm.commit(b).await?;
+            }
+            self.store
+                .finish(xid, GlobalStatus::Committing, GlobalStatus::Committed)
+                .await
+                .map_err(store_err)?;
+            return Ok(());
+        }
+        if branches
+            .iter()
+            .any(|b| b.status == BranchStatus::NeedsAttention)
+        {
+            return Err(Phase2Error("a branch needs attention".into()));
+        }
+        // Reverse registration order; the last rollback's lock release rides on `finish`.
+        let pending: Vec<&Branch> = branches
+            .iter()
+            .rev()
+            .filter(|b| b.status == BranchStatus::Registered)
+            .collect();
+        for (i, b) in pending.iter().enumerate() {
+            let rm = self.resource(&b.resource).ok_or_else(|| no_resource(b))?;
+            match rm.rollback(b).await? {
+                RollbackOutcome::RolledBack => {
+                    if i + 1 < pending.len() {
+                        self.store
+                            .branch_done(xid, b.branch_id, BranchStatus::RolledBack)
+                            .await
+                            .map_err(store_err)?;
+                    }
+                }
+                RollbackOutcome::NeedsAttention(why) => {
+                    tracing::error!(%xid, branch = b.branch_id, reason = %why, "rollback stopped: the branch needs a person");
+                    self.store
+                        .branch_done(xid, b.branch_id, BranchStatus::NeedsAttention)
+                        .await
+                        .map_err(store_err)?;
+                    return Err(Phase2Error(why));
+                }
+            }
+        }
+        let done = match decision {
+            GlobalStatus::TimeoutRollbacking => GlobalStatus::TimeoutRollbacked,
+            _ => GlobalStatus::Rollbacked,
+        };
+        self.store
+            .finish(xid, decision, done)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// One pass of the background work: time out expired transactions, drive decided ones
+    /// whose phase 2 is unfinished, and forget long-finished ones.
+    pub async fn sweep(self: &Arc<Self>) {
+        let txs = match self.store.list().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "coordinator sweep could not read the store");
+                return;
+            }
+        };
+        let now = now_ms();
+        for tx in txs {
+            if tx.is_expired(now) {
+                tracing::info!(xid = %tx.xid, "global transaction timed out; rolling back");
+                let _ = self.decide(&tx.xid, GlobalStatus::TimeoutRollbacking).await;
+            } else if tx.status.is_final() {
+                let age = now.saturating_sub(tx.begun_at_ms.saturating_add(tx.timeout_ms));
+                if age > FINISHED_RETENTION.as_millis() as u64 {
+                    let _ = self.store.forget(&tx.xid).await;
+                }
+            } else if tx.status != GlobalStatus::Begin {
+                self.run_phase2(&tx.xid, tx.status).await;
+            }
+        }
+    }
+
+    /// Sweeps every `interval` until `shutdown` turns true. The first sweep runs at once, so
+    /// a restarted Tandem finishes the phase 2 a crash interrupted.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stop = async {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                };
+                tokio::select! {
+                    _ = stop => return,
+                    _ = tick.tick() => {}
+                }
+                me.sweep().await;
+            }
+        });
+    }
+}
+
+fn no_resource(b: &Branch) -> Phase2Error {
+    Phase2Error(format!("no resource manager for '{}' here", b.resource))
+}
+
+fn check_xid(xid: &str) -> Result<(), CoordinatorError> {
+    if xid.is_empty() || xid.len() > MAX_XID_LEN || xid.contains('\0') {
+        return Err(CoordinatorError::InvalidXid(format!(
+            "an XID is 1 to {MAX_XID_LEN} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// A new XID: time-ordered, with 64 random bits so XIDs from many sidecars never collide.
+fn new_xid() -> String {
+    let r: u64 = rand::random();
+    format!("{:013x}-{r:016x}", now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::model::BranchKind;
+    use crate::coordinator::store::memory::MemoryStore;
+
+    /// A resource manager that records calls and can be told to fail or report a dirty write.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        fail: Mutex<bool>,
+        dirty: Mutex<Option<u64>>,
+    }
+
+    impl ResourceManager for Recorder {
+        fn commit<'a>(&'a self, b: &'a Branch) -> BoxFuture<'a, Result<(), Phase2Error>> {
+            Box::pin(async move {
+                if *lock(&self.fail) {
+                    return Err(Phase2Error("down".into()));
+                }
+                lock(&self.calls).push(format!("commit {}", b.branch_id));
+                Ok(())
+            })
+        }
+
+        fn rollback<'a>(
+            &'a self,
+            b: &'a Branch,
+        ) -> BoxFuture<'a, Result<RollbackOutcome, Phase2Error>> {
+            Box::pin(async move {
+                if *lock(&self.fail) {
+                    return Err(Phase2Error("down".into()));
+                }
+                lock(&self.calls).push(format!("rollback {}", b.branch_id));
+                if *lock(&self.dirty) == Some(b.branch_id) {
+                    return Ok(RollbackOutcome::NeedsAttention("row changed".into()));
+                }
+                Ok(RollbackOutcome::RolledBack)
+            })
+        }
+    }
+
+    fn setup() -> (Arc<Coordinator>, Arc<Recorder>) {
+        let c = Coordinator::new(
+            AnyStore::Memory(MemoryStore::new()),
+            Duration::from_secs(60),
+        );
+        let rm = Arc::new(Recorder::default());
+        c.register_resource("db1", rm.clone());
+        (c, rm)
+    }
+
+    fn branch(xid: &str, id: u64, key: &str) -> Branch {
+        Branch {
+            xid: xid.into(),
+            branch_id: id,
+            kind: BranchKind::At,
+            resource: "db1".into(),
+            status: BranchStatus::Registered,
+            lock_keys: vec![key.into()],
+            application_data: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_runs_phase2_and_is_idempotent() {
+        let (c, rm) = setup();
+        let tx = c.begin(None).await.unwrap();
+        c.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
+        c.register_branch(&branch(&tx.xid, 2, "b")).await.unwrap();
+        assert_eq!(c.commit(&tx.xid).await.unwrap(), GlobalStatus::Committed);
+        assert_eq!(*lock(&rm.calls), vec!["commit 1", "commit 2"]);
+        assert_eq!(c.commit(&tx.xid).await.unwrap(), GlobalStatus::Committed);
+        assert_eq!(c.rollback(&tx.xid).await.unwrap(), GlobalStatus::Committed);
+        assert_eq!(lock(&rm.calls).len(), 2, "no phase 2 ran twice");
+        // begin + 2 branches + decision + final
+        assert_eq!(c.store().writes(), 5);
+    }
+
+    #[tokio::test]
+    async fn rollback_runs_branches_in_reverse_and_stops_on_dirty_write() {
+        let (c, rm) = setup();
+        let tx = c.begin(None).await.unwrap();
+        for id in 1..=3 {
+            c.register_branch(&branch(&tx.xid, id, &format!("k{id}")))
+                .await
+                .unwrap();
+        }
+        *lock(&rm.dirty) = Some(2);
+        assert_eq!(
+            c.rollback(&tx.xid).await.unwrap(),
+            GlobalStatus::Rollbacking
+        );
+        assert_eq!(*lock(&rm.calls), vec!["rollback 3", "rollback 2"]);
+        for key in ["k1", "k2"] {
+            let holder = c.store().lock_holder("other", &[key.into()]).await.unwrap();
+            assert_eq!(
+                holder.map(|h| h.1),
+                Some(tx.xid.clone()),
+                "{key}: branches not rolled back keep locks"
+            );
+        }
+        assert_eq!(
+            c.store()
+                .lock_holder("other", &["k3".into()])
+                .await
+                .unwrap(),
+            None
+        );
+        // Sweeps do not retry a branch that needs a person.
+        c.sweep().await;
+        assert_eq!(lock(&rm.calls).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_phase2_is_retried_by_the_sweep() {
+        let (c, rm) = setup();
+        let tx = c.begin(None).await.unwrap();
+        c.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
+        *lock(&rm.fail) = true;
+        assert_eq!(c.commit(&tx.xid).await.unwrap(), GlobalStatus::Committing);
+        assert_eq!(
+            c.store().lock_holder("o", &["a".into()]).await.unwrap(),
+            None,
+            "locks go with the decision"
+        );
+        *lock(&rm.fail) = false;
+        c.sweep().await;
+        assert_eq!(c.status(&tx.xid).await.unwrap(), GlobalStatus::Committed);
+    }
+
+    #[tokio::test]
+    async fn timeouts_roll_back_and_refuse_late_work() {
+        let (c, rm) = setup();
+        let tx = c.begin(Some(Duration::from_millis(1))).await.unwrap();
+        c.store()
+            .register_branch(&branch(&tx.xid, 1, "a"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A late branch fails, and the transaction is rolled back on the spot.
+        let late = c.register_branch(&branch(&tx.xid, 2, "b")).await;
+        assert!(
+            matches!(late, Err(RegisterError::NotActive { .. })),
+            "{late:?}"
+        );
+        assert_eq!(
+            c.status(&tx.xid).await.unwrap(),
+            GlobalStatus::TimeoutRollbacked
+        );
+        assert_eq!(*lock(&rm.calls), vec!["rollback 1"]);
+        // A late commit reports the timeout outcome.
+        assert_eq!(
+            c.commit(&tx.xid).await.unwrap(),
+            GlobalStatus::TimeoutRollbacked
+        );
+
+        let tx = c.begin(Some(Duration::from_millis(1))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            c.commit(&tx.xid).await.unwrap(),
+            GlobalStatus::TimeoutRollbacked
+        );
+        let tx = c.begin(Some(Duration::from_millis(1))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c.sweep().await;
+        assert_eq!(
+            c.status(&tx.xid).await.unwrap(),
+            GlobalStatus::TimeoutRollbacked
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_and_invalid_xids() {
+        let (c, _) = setup();
+        assert_eq!(
+            c.commit("nope").await,
+            Err(CoordinatorError::UnknownXid("nope".into()))
+        );
+        assert!(matches!(
+            c.status("").await,
+            Err(CoordinatorError::InvalidXid(_))
+        ));
+        assert!(matches!(
+            c.rollback(&"x".repeat(129)).await,
+            Err(CoordinatorError::InvalidXid(_))
+        ));
+    }
+}

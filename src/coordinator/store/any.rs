@@ -1,0 +1,88 @@
+//! The store chosen by configuration, as one concrete type (static dispatch: the coordinator's
+//! futures stay `Send` without boxing).
+
+use super::embedded::EmbeddedStore;
+use super::memory::MemoryStore;
+use super::{RegisterError, Store, StoreError, Transition};
+use crate::coordinator::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+
+#[derive(Clone)]
+pub enum AnyStore {
+    Embedded(EmbeddedStore),
+    Memory(MemoryStore),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Embedded($s) => $e,
+            AnyStore::Memory($s) => $e,
+        }
+    };
+}
+
+impl AnyStore {
+    pub async fn create(&self, tx: &GlobalTx) -> Result<(), StoreError> {
+        each!(self, s => s.create(tx).await)
+    }
+
+    pub async fn get(&self, xid: &str) -> Result<Option<GlobalTx>, StoreError> {
+        each!(self, s => s.get(xid).await)
+    }
+
+    pub async fn list(&self) -> Result<Vec<GlobalTx>, StoreError> {
+        each!(self, s => s.list().await)
+    }
+
+    pub async fn transition(
+        &self,
+        xid: &str,
+        from: GlobalStatus,
+        to: GlobalStatus,
+        release_locks: bool,
+    ) -> Result<Transition, StoreError> {
+        each!(self, s => s.transition(xid, from, to, release_locks).await)
+    }
+
+    pub async fn register_branch(&self, branch: &Branch) -> Result<(), RegisterError> {
+        each!(self, s => s.register_branch(branch).await)
+    }
+
+    pub async fn branches(&self, xid: &str) -> Result<Vec<Branch>, StoreError> {
+        each!(self, s => s.branches(xid).await)
+    }
+
+    pub async fn branch_done(
+        &self,
+        xid: &str,
+        branch_id: u64,
+        status: BranchStatus,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.branch_done(xid, branch_id, status).await)
+    }
+
+    pub async fn finish(
+        &self,
+        xid: &str,
+        from: GlobalStatus,
+        to: GlobalStatus,
+    ) -> Result<Transition, StoreError> {
+        each!(self, s => s.finish(xid, from, to).await)
+    }
+
+    pub async fn forget(&self, xid: &str) -> Result<(), StoreError> {
+        each!(self, s => s.forget(xid).await)
+    }
+
+    pub async fn lock_holder(
+        &self,
+        xid: &str,
+        keys: &[LockKey],
+    ) -> Result<Option<(LockKey, String)>, StoreError> {
+        each!(self, s => s.lock_holder(xid, keys).await)
+    }
+
+    pub fn writes(&self) -> u64 {
+        each!(self, s => Store::writes(s))
+    }
+}
