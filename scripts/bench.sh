@@ -45,6 +45,8 @@ data_sources:
     pool: { max: 1100 }
 admin:
   address: 127.0.0.1:$admin_port
+coordinator:
+  embedded: { path: $PWD/$work/tandem.db }
 YAML
 target/release/tandem --config "$work/tandem.yaml" --log-level warn 2>"$work/tandem.log" &
 tandem_pid=$!

@@ -41,6 +41,8 @@ data_sources:
     pool: { max: 16, idle_timeout: 60s }
 admin:
   address: 127.0.0.1:$admin_port
+coordinator:
+  embedded: { path: $PWD/$work/tandem.db }
 YAML
 export APP_PASSWORD=demo-secret
 target/release/tandem check --config "$work/tandem.yaml"

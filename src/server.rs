@@ -11,7 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::Pool;
-use crate::config::{self, AuthPlugin, Config, Dsn};
+use crate::config::{self, AuthPlugin, Config, Dsn, StoreKind};
+use crate::coordinator::store::any::AnyStore;
+use crate::coordinator::store::embedded::EmbeddedStore;
+use crate::coordinator::Coordinator;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
 use crate::metrics::Metrics;
@@ -49,6 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let coordinator = start_coordinator(&config, shutdown_rx.clone())?;
     let (sessions_tx, mut sessions_rx) = mpsc::channel::<()>(1);
     let connection_ids = Arc::new(AtomicU32::new(1));
 
@@ -83,6 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             name: l.name.clone(),
             users: l.users.clone(),
             pool,
+            coordinator: coordinator.clone(),
             tls_required: l.tls.as_ref().is_some_and(|t| t.required),
             tls,
             max_allowed_packet: l.max_allowed_packet.0 as usize,
@@ -122,6 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let state = Arc::new(AdminState {
                 metrics: metrics.clone(),
                 pools: pools.clone(),
+                coordinator: coordinator.clone(),
             });
             Some(tokio::spawn(admin::serve(
                 listener,
@@ -147,6 +153,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the coordinator looks for timed-out transactions and unfinished phase 2.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Opens the coordinator store and starts the background sweep (which first finishes any
+/// phase 2 a previous run left undone).
+fn start_coordinator(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<Coordinator>, StartError> {
+    let c = &config.coordinator;
+    let store = match c.store {
+        StoreKind::Embedded => {
+            EmbeddedStore::open(&c.embedded.path).map_err(|e| StartError::Invalid {
+                field: "coordinator.embedded.path".into(),
+                message: e.to_string(),
+            })?
+        }
+        StoreKind::Etcd => {
+            return Err(StartError::Invalid {
+                field: "coordinator.store".into(),
+                message: "the etcd store is not available in this version of Tandem".into(),
+            })
+        }
+    };
+    let coordinator = Coordinator::new(AnyStore::Embedded(store), c.default_timeout.0);
+    coordinator.spawn_sweeper(SWEEP_INTERVAL, shutdown);
+    Ok(coordinator)
 }
 
 fn executor_pool(config: &Config, pools: &[Pool], executor: &str) -> Option<Pool> {

@@ -98,7 +98,8 @@ fn start_fails_clearly_when_the_port_is_taken() {
         "{ max: 1, connect_timeout: 100ms }",
     )
     .replace("{PORT}", &port.to_string())
-    .replace("{ADMIN}", &common::free_port().to_string());
+    .replace("{ADMIN}", &common::free_port().to_string())
+    .replace("{DIR}", &dir.display().to_string());
     let path = dir.join("t.yaml");
     std::fs::write(&path, yaml).unwrap();
     let (ok, _, err) = tandem(&["--config", path.to_str().unwrap()]);

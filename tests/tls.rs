@@ -123,7 +123,8 @@ fn tandem_check_rejects_a_missing_certificate() {
         "{ max: 8 }",
     )
     .replace("{PORT}", "1")
-    .replace("{ADMIN}", "2");
+    .replace("{ADMIN}", "2")
+    .replace("{DIR}", &dir.display().to_string());
     let path = dir.join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tandem"))

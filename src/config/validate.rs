@@ -150,10 +150,7 @@ impl Config {
                 "must be greater than zero",
             ));
         }
-        if c.store == StoreKind::Etcd {
-            let etcd = c.etcd.as_ref().ok_or_else(|| {
-                ConfigError::new("coordinator.etcd", "required when store is etcd")
-            })?;
+        if let Some(etcd) = &c.etcd {
             if etcd.endpoints.is_empty() {
                 return Err(ConfigError::new(
                     "coordinator.etcd.endpoints",
@@ -166,6 +163,12 @@ impl Config {
                     "must start and end with '/'",
                 ));
             }
+        }
+        if c.store == StoreKind::Etcd {
+            return Err(ConfigError::new(
+                "coordinator.store",
+                "the etcd store is not available in this version of Tandem (use embedded)",
+            ));
         }
 
         if let Some(admin) = &self.admin {

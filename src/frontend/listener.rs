@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Pool;
+use crate::coordinator::Coordinator;
 use crate::metrics::ListenerMetrics;
 use crate::wire::auth::AuthMethod;
 
@@ -22,6 +23,7 @@ pub struct ListenerContext {
     pub users: BTreeMap<String, String>,
     /// The executor's one data source (mode: single).
     pub pool: Pool,
+    pub coordinator: Arc<Coordinator>,
     pub tls: Option<TlsAcceptor>,
     pub tls_required: bool,
     pub max_allowed_packet: usize,

@@ -3,6 +3,7 @@
 //! [`listener`] accepts connections and spawns a task per client; [`handshake`] authenticates
 //! it; [`session`] runs its command loop; [`relay`] streams backend responses to it.
 
+pub mod functions;
 pub mod handshake;
 pub mod listener;
 pub mod relay;

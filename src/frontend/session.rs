@@ -13,14 +13,16 @@ use std::time::Instant;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::sync::oneshot;
 
+use super::functions;
 use super::handshake::{authenticate, Credentials};
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
+use crate::sql::functions::{self as sql_functions, Call, CallError};
 use crate::sql::{classify, StatementKind};
 use crate::wire::handshake::ChangeUser;
-use crate::wire::response::ok_packet;
+use crate::wire::response::{ok_packet, write_text_result};
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::stream::ClientStream;
 use crate::wire::{MysqlError, PacketIo, WireError};
@@ -182,7 +184,16 @@ impl Session {
         };
         let (kind, response) = match cmd {
             COM_QUIT => return Flow::Close,
-            COM_QUERY => (classify(&payload[1..]), ResponseKind::Query),
+            COM_QUERY => {
+                let sql = &payload[1..];
+                let kind = classify(sql);
+                if kind == StatementKind::Select {
+                    if let Some(call) = sql_functions::parse(sql) {
+                        return self.tandem_function(reply_seq, call).await;
+                    }
+                }
+                (kind, ResponseKind::Query)
+            }
             COM_STMT_PREPARE => (classify(&payload[1..]), ResponseKind::Prepare),
             COM_STMT_EXECUTE => (self.statement_kind(payload), ResponseKind::Execute),
             COM_STMT_FETCH => (self.statement_kind(payload), ResponseKind::Fetch),
@@ -217,6 +228,33 @@ impl Session {
             }
         };
         self.forward(seq, reply_seq, payload, kind, response).await
+    }
+
+    /// Answers one of Tandem's own SQL functions.
+    async fn tandem_function(&mut self, reply_seq: u8, call: Result<Call, CallError>) -> Flow {
+        let started = Instant::now();
+        let call = match call {
+            Ok(c) => c,
+            Err(e) => return self.reply_error(reply_seq, functions::call_error(&e)).await,
+        };
+        let value = match functions::run(&self.ctx.coordinator, &call).await {
+            Ok(v) => v,
+            Err(e) => return self.reply_error(reply_seq, e).await,
+        };
+        let status = self
+            .backend
+            .as_ref()
+            .map_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT, |b| b.status);
+        let row = vec![Some(value)];
+        let written =
+            write_text_result(&mut self.client, self.caps, status, &[&call.text], &[row]).await;
+        self.ctx
+            .metrics
+            .statement(StatementKind::Select, started.elapsed().as_secs_f64());
+        match written {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
     }
 
     /// COM_CHANGE_USER: authenticate as a listener user again and start a fresh session, as

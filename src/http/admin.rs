@@ -3,20 +3,23 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::Pool;
+use crate::coordinator::{Coordinator, CoordinatorError, GlobalStatus};
 use crate::metrics::Metrics;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub pools: Vec<Pool>,
+    pub coordinator: Arc<Coordinator>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -24,6 +27,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/transactions", post(tx_begin).get(tx_list))
+        .route("/v1/transactions/{xid}", get(tx_show))
+        .route("/v1/transactions/{xid}/commit", post(tx_commit))
+        .route("/v1/transactions/{xid}/rollback", post(tx_rollback))
         .with_state(state)
 }
 
@@ -91,4 +98,101 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+type ApiResult = Result<Json<serde_json::Value>, (StatusCode, Json<serde_json::Value>)>;
+
+fn api_error(e: CoordinatorError) -> (StatusCode, Json<serde_json::Value>) {
+    let status = match e {
+        CoordinatorError::UnknownXid(_) => StatusCode::NOT_FOUND,
+        CoordinatorError::InvalidXid(_) => StatusCode::BAD_REQUEST,
+        CoordinatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(json!({ "error": e.to_string() })))
+}
+
+fn bad_request(msg: &str) -> (StatusCode, Json<serde_json::Value>) {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg })))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BeginRequest {
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/transactions` with an optional `{"timeout_ms": N}` body: begins a global
+/// transaction.
+async fn tx_begin(State(state): State<Arc<AdminState>>, body: axum::body::Bytes) -> ApiResult {
+    let req: BeginRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        BeginRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?
+    };
+    let timeout = match req.timeout_ms {
+        Some(0) => return Err(bad_request("timeout_ms must be at least 1")),
+        Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        None => None,
+    };
+    let tx = state.coordinator.begin(timeout).await.map_err(api_error)?;
+    Ok(Json(
+        json!({ "xid": tx.xid, "status": tx.status.name(), "timeout_ms": tx.timeout_ms }),
+    ))
+}
+
+async fn tx_commit(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) -> ApiResult {
+    let status = state.coordinator.commit(&xid).await.map_err(api_error)?;
+    Ok(Json(json!({ "xid": xid, "status": status.name() })))
+}
+
+async fn tx_rollback(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) -> ApiResult {
+    let status = state.coordinator.rollback(&xid).await.map_err(api_error)?;
+    Ok(Json(json!({ "xid": xid, "status": status.name() })))
+}
+
+/// `GET /v1/transactions/{xid}`: status, timing, branches and the locks they hold.
+async fn tx_show(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) -> ApiResult {
+    let tx = state.coordinator.get(&xid).await.map_err(api_error)?;
+    let branches = state
+        .coordinator
+        .store()
+        .branches(&xid)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    Ok(Json(json!({
+        "xid": tx.xid,
+        "status": tx.status.name(),
+        "begun_at_ms": tx.begun_at_ms,
+        "timeout_ms": tx.timeout_ms,
+        "branches": branches,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+/// `GET /v1/transactions[?status=Name]`.
+async fn tx_list(State(state): State<Arc<AdminState>>, Query(q): Query<ListQuery>) -> ApiResult {
+    let filter = match q.status.as_deref() {
+        Some(name) => Some(
+            GlobalStatus::from_name(name)
+                .ok_or_else(|| bad_request(&format!("unknown status '{name}'")))?,
+        ),
+        None => None,
+    };
+    let txs = state
+        .coordinator
+        .store()
+        .list()
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    let items: Vec<_> = txs
+        .into_iter()
+        .filter(|t| filter.is_none_or(|f| t.status == f))
+        .map(|t| json!({ "xid": t.xid, "status": t.status.name(), "begun_at_ms": t.begun_at_ms, "timeout_ms": t.timeout_ms }))
+        .collect();
+    Ok(Json(json!({ "transactions": items })))
 }

@@ -1,5 +1,6 @@
 //! SQL analysis. On the hot path only [`classify`] runs: a byte scan for the leading keyword.
 
 pub mod classify;
+pub mod functions;
 
 pub use classify::{classify, StatementKind};

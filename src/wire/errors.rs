@@ -119,6 +119,42 @@ impl MysqlError {
         )
     }
 
+    /// 1210: bad arguments to one of Tandem's SQL functions.
+    pub fn wrong_arguments(function: &str, why: &str) -> Self {
+        Self::new(
+            1210,
+            "HY000",
+            format!("Incorrect arguments to {function}: {why}"),
+        )
+    }
+
+    /// 1582: wrong number of arguments to one of Tandem's SQL functions.
+    pub fn wrong_param_count(function: &str) -> Self {
+        Self::new(
+            1582,
+            "42000",
+            format!("Incorrect parameter count in the call to native function '{function}'"),
+        )
+    }
+
+    /// 1397 (XAER_NOTA): the XID names no global transaction Tandem knows.
+    pub fn unknown_xid(xid: &str) -> Self {
+        Self::new(
+            1397,
+            "XAE04",
+            format!("XAER_NOTA: Unknown global transaction '{xid}'"),
+        )
+    }
+
+    /// 1105: the coordinator store failed.
+    pub fn coordinator_unavailable(why: &str) -> Self {
+        Self::new(
+            1105,
+            "HY000",
+            format!("Global transaction coordinator unavailable: {why}"),
+        )
+    }
+
     /// Encodes the ERR packet payload (protocol 4.1 form, with SQLSTATE).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(9 + self.message.len());

@@ -191,6 +191,8 @@ data_sources:
     pool: {pool}
 admin:
   address: 127.0.0.1:{{ADMIN}}
+coordinator:
+  embedded: {{ path: "{{DIR}}/tandem.db" }}
 drain_timeout: 10s
 "#
     )
@@ -206,11 +208,12 @@ impl Tandem {
     pub fn start_yaml(yaml: &str) -> Tandem {
         let port = free_port();
         let admin_port = free_port();
-        let yaml = yaml
-            .replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string());
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = scratch(&format!("tandem-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let yaml = yaml
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string())
+            .replace("{DIR}", &dir.display().to_string());
         let config = dir.join("tandem.yaml");
         std::fs::write(&config, yaml).expect("write config");
         let log = std::fs::File::create(dir.join("tandem.log")).expect("log file");
@@ -279,6 +282,39 @@ impl Tandem {
         http_get(self.admin_port, path)
     }
 
+    pub fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        http(self.admin_port, "POST", path, body)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts Tandem again with the same configuration and directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("tandem.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--config")
+            .arg(self.dir.join("tandem.yaml"))
+            .arg("--log-level")
+            .arg("tandem=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tandem");
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
     /// Resident memory of the Tandem process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status =
@@ -328,12 +364,19 @@ impl Drop for Tandem {
 
 /// A minimal HTTP/1.1 GET; returns status and body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http(port, "GET", path, "")
+}
+
+/// A minimal HTTP/1.1 request with a JSON body; returns status and body.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::Write;
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(20))).ok();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("send");
     let mut resp = String::new();
