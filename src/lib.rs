@@ -4,6 +4,7 @@
 //! backend connection per client session, and forwards statements and results byte for byte,
 //! stepping in only where it must.
 //!
+//! * [`at`]: AT-mode branches (in progress: global row lock keys).
 //! * [`wire`]: Tandem's own MySQL protocol layer: packet framing, handshake and auth,
 //!   response scanning, error packets. Imports nothing above it.
 //! * [`config`]: the YAML model, `${NAME}` substitution and validation, pure and testable.
@@ -18,6 +19,7 @@
 //! * [`metrics`]: the Prometheus registry, passed by handle rather than held in a global.
 //! * [`server`]: wires the pieces together and runs until shutdown.
 
+pub mod at;
 pub mod backend;
 pub mod config;
 pub mod coordinator;

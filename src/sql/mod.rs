@@ -2,5 +2,6 @@
 
 pub mod classify;
 pub mod functions;
+pub mod hints;
 
 pub use classify::{classify, StatementKind};

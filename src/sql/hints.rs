@@ -1,0 +1,139 @@
+//! The XID hint: `/*+ XID('…') */` anywhere in a statement (DBPack-compatible) makes the
+//! statement's local transaction a branch of that global transaction.
+//!
+//! Read from the raw text with a byte scan; no parsing.
+
+/// Why a hint that names an XID could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintError(pub String);
+
+/// Finds the XID hint. `None` when the statement has none. Text inside quotes (strings,
+/// quoted identifiers) is skipped, so a literal that looks like a hint is not one.
+pub fn xid_hint(sql: &[u8]) -> Option<Result<String, HintError>> {
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < sql.len() {
+        let b = sql[i];
+        match quote {
+            Some(q) => {
+                if b == b'\\' && q != b'`' {
+                    i += 1;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None if b == b'\'' || b == b'"' || b == b'`' => quote = Some(b),
+            None if sql[i..].starts_with(b"/*") => {
+                let body_start = i + 2;
+                let end = sql[body_start..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(sql.len(), |e| body_start + e);
+                if sql.get(body_start) == Some(&b'+') {
+                    if let Some(found) = xid_in(&sql[body_start + 1..end]) {
+                        return Some(found);
+                    }
+                }
+                i = end + 2;
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Reads `XID('…')` (or `XID("…")`) inside one hint comment.
+fn xid_in(body: &[u8]) -> Option<Result<String, HintError>> {
+    let mut i = 0;
+    while i + 3 <= body.len() {
+        let word_start = i == 0 || !(body[i - 1].is_ascii_alphanumeric() || body[i - 1] == b'_');
+        if word_start && body[i..i + 3].eq_ignore_ascii_case(b"xid") {
+            let mut p = &body[i + 3..];
+            p = trim_start(p);
+            if p.first() != Some(&b'(') {
+                i += 3;
+                continue;
+            }
+            p = trim_start(&p[1..]);
+            let Some(&q @ (b'\'' | b'"')) = p.first() else {
+                return Some(Err(HintError("XID(...) takes a quoted string".into())));
+            };
+            let Some(close) = p[1..].iter().position(|&b| b == q) else {
+                return Some(Err(HintError("unterminated XID string in hint".into())));
+            };
+            let value = &p[1..1 + close];
+            let after = trim_start(&p[2 + close..]);
+            if after.first() != Some(&b')') {
+                return Some(Err(HintError("expected ')' after the XID".into())));
+            }
+            return Some(
+                String::from_utf8(value.to_vec())
+                    .map_err(|_| HintError("the XID is not UTF-8".into())),
+            );
+        }
+        i += 1;
+    }
+    None
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &s[n..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(sql: &str) -> Option<Result<String, HintError>> {
+        xid_hint(sql.as_bytes())
+    }
+
+    #[test]
+    fn finds_the_hint_wherever_it_stands() {
+        assert_eq!(
+            hint("/*+ XID('abc') */ UPDATE t SET a = 1"),
+            Some(Ok("abc".into()))
+        );
+        assert_eq!(
+            hint("UPDATE /*+XID(\"x-1\")*/ t SET a = 1"),
+            Some(Ok("x-1".into()))
+        );
+        assert_eq!(
+            hint("INSERT /*+ MAX_EXECUTION_TIME(10) xid( 'q' ) */ INTO t VALUES (1)"),
+            Some(Ok("q".into()))
+        );
+        assert_eq!(
+            hint("/*+ NO_INDEX(t) */ /*+ XID('second') */ DELETE FROM t"),
+            Some(Ok("second".into()))
+        );
+    }
+
+    #[test]
+    fn statements_without_a_hint() {
+        for sql in [
+            "SELECT 1",
+            "/* XID('not a hint') */ SELECT 1",
+            "/*+ NOXID('a') */ SELECT 1",
+            "SELECT '/*+'",
+            "SELECT '/*+ XID(''a'') */'",
+            "SELECT 'it\\'s /*+ XID(\"a\") */'",
+            "",
+        ] {
+            assert_eq!(hint(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn malformed_hints_are_errors() {
+        for sql in [
+            "/*+ XID(abc) */ SELECT 1",
+            "/*+ XID('abc */ SELECT 1",
+            "/*+ XID('abc' */ SELECT 1",
+        ] {
+            assert!(matches!(hint(sql), Some(Err(_))), "{sql}");
+        }
+    }
+}
