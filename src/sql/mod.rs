@@ -1,6 +1,7 @@
 //! SQL analysis. On the hot path only [`classify`] runs: a byte scan for the leading keyword.
 
 pub mod classify;
+pub mod dml;
 pub mod functions;
 pub mod hints;
 
