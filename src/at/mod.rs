@@ -4,4 +4,6 @@
 //!
 //! Built so far: [`lock_key`], the global lock key of a row.
 
+pub mod image;
 pub mod lock_key;
+pub mod meta;

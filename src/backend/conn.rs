@@ -296,6 +296,19 @@ impl BackendConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        let rows = self.query_raw(sql).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Runs a query and collects its rows as the bytes the server sent (text protocol).
+    pub async fn query_raw(&mut self, sql: &str) -> Result<Vec<Row>, BackendError> {
         let mut rows = Vec::new();
         let r = self
             .command_inner(0x03, sql.as_bytes(), ResponseKind::Query, Some(&mut rows))
@@ -356,7 +369,7 @@ impl BackendConn {
         cmd: u8,
         arg: &[u8],
         kind: ResponseKind,
-        mut rows: Option<&mut Vec<Vec<Option<String>>>>,
+        mut rows: Option<&mut Vec<Row>>,
     ) -> Result<(Summary, Option<MysqlError>), BackendError> {
         let mut payload = Vec::with_capacity(1 + arg.len());
         payload.push(cmd);
@@ -419,7 +432,10 @@ fn ok_status(payload: &[u8]) -> Option<StatusFlags> {
     ])))
 }
 
-fn decode_text_row(payload: &[u8], columns: u64) -> Result<Vec<Option<String>>, BackendError> {
+/// One text-protocol row: each cell's bytes, or `None` for NULL.
+pub type Row = Vec<Option<Vec<u8>>>;
+
+fn decode_text_row(payload: &[u8], columns: u64) -> Result<Row, BackendError> {
     let mut out = Vec::with_capacity(columns as usize);
     let mut rest = payload;
     for _ in 0..columns {
@@ -434,7 +450,7 @@ fn decode_text_row(payload: &[u8], columns: u64) -> Result<Vec<Option<String>>, 
         let cell = rest
             .get(n..n + len)
             .ok_or_else(|| BackendError::Protocol("row shorter than its cells".into()))?;
-        out.push(Some(String::from_utf8_lossy(cell).into_owned()));
+        out.push(Some(cell.to_vec()));
         rest = &rest[n + len..];
     }
     Ok(out)

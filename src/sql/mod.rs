@@ -4,5 +4,6 @@ pub mod classify;
 pub mod dml;
 pub mod functions;
 pub mod hints;
+pub mod quote;
 
 pub use classify::{classify, StatementKind};

@@ -1,0 +1,253 @@
+//! Row images: the rows a statement changes, read before and after it, and the SQL that reads
+//! and restores them.
+//!
+//! Each value is read in a form that writes back exactly: FLOAT as DOUBLE (no digits lost),
+//! TIMESTAMP as seconds since the epoch (no time zone involved), character data as the bytes
+//! of the column's own character set (no conversion to the client's), everything else as the
+//! server prints it. [`literal`] turns a value back into SQL.
+
+use serde::{Deserialize, Serialize};
+
+use super::meta::{Column, TableMeta, ValueKind};
+use crate::sql::dml::RowFilter;
+use crate::sql::quote;
+
+/// One row: a value per table column, in table order; `None` is NULL.
+pub type ImageRow = Vec<Option<Bytes>>;
+
+/// Bytes that serialize as a hex string (compact, and readable in the undo log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(self.0.len() * 2);
+        for b in &self.0 {
+            out.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+            out.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+        }
+        s.serialize_str(&out)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Bytes)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The expression that reads `col` of the table named `qualifier` into an image.
+fn read_expr(col: &Column, qualifier: &str) -> String {
+    let c = format!("{qualifier}.{}", quote::ident(&col.name));
+    match col.kind {
+        ValueKind::Float => format!("CAST({c} AS DOUBLE)"),
+        ValueKind::Timestamp => format!("UNIX_TIMESTAMP({c})"),
+        ValueKind::Text => format!("CAST({c} AS BINARY)"),
+        ValueKind::Number | ValueKind::Temporal | ValueKind::Bytes => c,
+    }
+}
+
+/// The select list reading every column of `meta`.
+pub fn select_list(meta: &TableMeta, qualifier: &str) -> String {
+    meta.columns
+        .iter()
+        .map(|c| read_expr(c, qualifier))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `schema`.`table`
+pub fn table_sql(meta: &TableMeta) -> String {
+    format!(
+        "{}.{}",
+        quote::ident(&meta.schema),
+        quote::ident(&meta.name)
+    )
+}
+
+/// The locking read of the rows an UPDATE or DELETE will change: its own filter, ordering
+/// and limit, on its own table (under its alias, which the filter may use).
+pub fn rows_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFilter) -> String {
+    let qualifier = alias.map_or_else(|| table_sql(meta), quote::ident);
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        select_list(meta, &qualifier),
+        table_sql(meta)
+    );
+    if let Some(a) = alias {
+        sql.push(' ');
+        sql.push_str(&quote::ident(a));
+    }
+    if let Some(w) = &filter.where_sql {
+        sql.push_str(" WHERE ");
+        sql.push_str(w);
+    }
+    if let Some(o) = &filter.order_by_sql {
+        sql.push_str(" ORDER BY ");
+        sql.push_str(o);
+    }
+    if let Some(l) = &filter.limit_sql {
+        sql.push_str(" LIMIT ");
+        sql.push_str(l);
+    }
+    sql.push_str(" FOR UPDATE");
+    sql
+}
+
+/// The primary key values of an image row.
+pub fn pk_of<'a>(meta: &TableMeta, row: &'a ImageRow) -> Vec<Option<&'a Bytes>> {
+    meta.primary_key
+        .iter()
+        .map(|&i| row.get(i).and_then(|v| v.as_ref()))
+        .collect()
+}
+
+/// `(pk1, pk2) = (v1, v2)` for one row, with literals as [`literal`] writes them.
+pub fn pk_match(meta: &TableMeta, pk: &[Option<&Bytes>]) -> String {
+    let cols: Vec<String> = meta
+        .primary_key
+        .iter()
+        .map(|&i| quote::ident(&meta.columns[i].name))
+        .collect();
+    let vals: Vec<String> = meta
+        .primary_key
+        .iter()
+        .zip(pk)
+        .map(|(&i, v)| literal(&meta.columns[i], v.map(|b| b.0.as_slice())))
+        .collect();
+    if cols.len() == 1 {
+        format!("{} = {}", cols[0], vals[0])
+    } else {
+        format!("({}) = ({})", cols.join(", "), vals.join(", "))
+    }
+}
+
+/// The locking read of rows by primary key (after images, dirty-write checks).
+pub fn rows_by_pk_sql(meta: &TableMeta, pks: &[Vec<Option<&Bytes>>]) -> String {
+    let conds: Vec<String> = pks.iter().map(|pk| pk_match(meta, pk)).collect();
+    format!(
+        "SELECT {} FROM {} WHERE {} FOR UPDATE",
+        select_list(meta, &table_sql(meta)),
+        table_sql(meta),
+        if conds.is_empty() {
+            "FALSE".to_string()
+        } else {
+            conds.join(" OR ")
+        }
+    )
+}
+
+/// An image value as SQL that writes it back (or compares with it) exactly.
+pub fn literal(col: &Column, value: Option<&[u8]>) -> String {
+    let Some(v) = value else {
+        return "NULL".to_string();
+    };
+    let numeric = !v.is_empty()
+        && v.iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    match col.kind {
+        ValueKind::Number | ValueKind::Float if numeric => String::from_utf8_lossy(v).into_owned(),
+        ValueKind::Timestamp if numeric => format!("FROM_UNIXTIME({})", String::from_utf8_lossy(v)),
+        ValueKind::Text => {
+            let mut s = quote::text(v, col.charset.as_deref().unwrap_or("binary"));
+            if let Some(c) = &col.collation {
+                let c: String = c
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                s = format!("{s} COLLATE {c}");
+            }
+            s
+        }
+        ValueKind::Temporal | ValueKind::Number | ValueKind::Float | ValueKind::Timestamp => {
+            quote::text(v, "utf8mb4")
+        }
+        ValueKind::Bytes => quote::hex(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> TableMeta {
+        let col = |name: &str, kind, charset: Option<&str>| Column {
+            name: name.into(),
+            kind,
+            charset: charset.map(Into::into),
+            collation: charset.map(|c| format!("{c}_general_ci")),
+            auto_increment: false,
+        };
+        TableMeta {
+            schema: "shop".into(),
+            name: "item".into(),
+            columns: vec![
+                col("id", ValueKind::Number, None),
+                col("code", ValueKind::Text, Some("utf8mb4")),
+                col("price", ValueKind::Float, None),
+                col("at", ValueKind::Timestamp, None),
+                col("raw", ValueKind::Bytes, None),
+            ],
+            primary_key: vec![0, 1],
+        }
+    }
+
+    #[test]
+    fn image_queries() {
+        let m = meta();
+        let filter = RowFilter {
+            where_sql: Some("i.price > 3".into()),
+            order_by_sql: Some("i.id".into()),
+            limit_sql: Some("5".into()),
+            ..RowFilter::default()
+        };
+        assert_eq!(
+            rows_by_filter_sql(&m, Some("i"), &filter),
+            "SELECT `i`.`id`, CAST(`i`.`code` AS BINARY), CAST(`i`.`price` AS DOUBLE), UNIX_TIMESTAMP(`i`.`at`), `i`.`raw` \
+             FROM `shop`.`item` `i` WHERE i.price > 3 ORDER BY i.id LIMIT 5 FOR UPDATE"
+        );
+        let a = Bytes(b"7".to_vec());
+        let b = Bytes(b"x'y".to_vec());
+        let sql = rows_by_pk_sql(&m, &[vec![Some(&a), Some(&b)]]);
+        assert!(
+            sql.ends_with("WHERE (`id`, `code`) = (7, CONVERT(X'782779' USING utf8mb4) COLLATE utf8mb4_general_ci) FOR UPDATE"),
+            "{sql}"
+        );
+        assert!(rows_by_pk_sql(&m, &[]).ends_with("WHERE FALSE FOR UPDATE"));
+    }
+
+    #[test]
+    fn literals_write_values_back_exactly() {
+        let m = meta();
+        assert_eq!(literal(&m.columns[0], Some(b"-12")), "-12");
+        assert_eq!(literal(&m.columns[0], None), "NULL");
+        // Something that is not a number is never spliced in raw.
+        assert_eq!(
+            literal(&m.columns[0], Some(b"1; DROP")),
+            "CONVERT(X'313B2044524F50' USING utf8mb4)"
+        );
+        assert_eq!(
+            literal(&m.columns[3], Some(b"1700000000.123")),
+            "FROM_UNIXTIME(1700000000.123)"
+        );
+        assert_eq!(literal(&m.columns[4], Some(&[0, 255])), "X'00FF'");
+    }
+
+    #[test]
+    fn bytes_serialize_as_hex() {
+        let row: ImageRow = vec![Some(Bytes(vec![0, 0xab])), None];
+        let json = serde_json::to_string(&row).unwrap();
+        assert_eq!(json, r#"["00ab",null]"#);
+        assert_eq!(serde_json::from_str::<ImageRow>(&json).unwrap(), row);
+        assert!(serde_json::from_str::<ImageRow>(r#"["0"]"#).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Table metadata for AT mode: columns with their types and the primary key, read from
+//! information_schema on the session's own backend connection and cached per data source.
+//!
+//! The cache is dropped whenever DDL passes through Tandem on that data source, and entries
+//! expire after a minute, so a table changed elsewhere is read again soon.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::backend::{BackendConn, BackendError};
+use crate::sql::quote;
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// How a column's values are read into images and written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueKind {
+    /// Integers, DECIMAL, DOUBLE, YEAR: ASCII numbers, written back as they are.
+    Number,
+    /// FLOAT: read as DOUBLE so no digit is lost, written back as a number.
+    Float,
+    /// DATE, TIME, DATETIME: text in the server's format.
+    Temporal,
+    /// TIMESTAMP: read as seconds since the epoch, independent of the session time zone.
+    Timestamp,
+    /// Character data (CHAR, VARCHAR, TEXT, ENUM, SET, JSON): bytes in the column's charset.
+    Text,
+    /// BINARY, VARBINARY, BLOB, BIT and everything else: raw bytes.
+    Bytes,
+}
+
+impl ValueKind {
+    fn of(data_type: &str) -> Self {
+        match data_type.to_ascii_lowercase().as_str() {
+            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
+            | "numeric" | "double" | "real" | "year" => ValueKind::Number,
+            "float" => ValueKind::Float,
+            "date" | "time" | "datetime" => ValueKind::Temporal,
+            "timestamp" => ValueKind::Timestamp,
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum"
+            | "set" | "json" => ValueKind::Text,
+            _ => ValueKind::Bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Column {
+    pub name: String,
+    pub kind: ValueKind,
+    /// Character set and collation of a text column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collation: Option<String>,
+    pub auto_increment: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMeta {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order.
+    pub primary_key: Vec<usize>,
+}
+
+impl TableMeta {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn is_primary_key(&self, name: &str) -> bool {
+        self.column_index(name)
+            .is_some_and(|i| self.primary_key.contains(&i))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("table '{0}' does not exist")]
+    NoSuchTable(String),
+    #[error("table '{0}' has no primary key, which a global transaction needs")]
+    NoPrimaryKey(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Metadata of one data source's tables.
+#[derive(Default)]
+pub struct MetaCache {
+    tables: Mutex<HashMap<(String, String), (Instant, Arc<TableMeta>)>>,
+}
+
+impl MetaCache {
+    /// Forgets everything (after DDL).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Arc<TableMeta>)>> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The metadata of `schema.table` (`schema` defaults to the connection's database).
+    pub async fn get(
+        &self,
+        conn: &mut BackendConn,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Arc<TableMeta>, MetaError> {
+        let schema = match schema {
+            Some(s) => s.to_string(),
+            None => conn
+                .query_rows("SELECT DATABASE()")
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten())
+                .ok_or_else(|| MetaError::NoSuchTable(table.to_string()))?,
+        };
+        // MariaDB table names are case-sensitive on Linux unless lower_case_table_names is set;
+        // information_schema comparisons below follow the server's own rule.
+        let key = (schema.clone(), table.to_string());
+        if let Some((at, meta)) = self.lock().get(&key) {
+            if at.elapsed() < TTL {
+                return Ok(meta.clone());
+            }
+        }
+        let meta = Arc::new(load(conn, &schema, table).await?);
+        self.lock().insert(key, (Instant::now(), meta.clone()));
+        Ok(meta)
+    }
+}
+
+async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<TableMeta, MetaError> {
+    let s = quote::text(schema.as_bytes(), "utf8mb4");
+    let t = quote::text(table.as_bytes(), "utf8mb4");
+    let rows = conn
+        .query_rows(&format!(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_KEY, EXTRA, COLLATION_NAME \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} \
+             ORDER BY ORDINAL_POSITION"
+        ))
+        .await?;
+    if rows.is_empty() {
+        return Err(MetaError::NoSuchTable(format!("{schema}.{table}")));
+    }
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut primary_key = Vec::new();
+    for (i, r) in rows.into_iter().enumerate() {
+        let cell = |n: usize| r.get(n).cloned().flatten().unwrap_or_default();
+        let kind = ValueKind::of(&cell(1));
+        if cell(3) == "PRI" {
+            primary_key.push(i);
+        }
+        columns.push(Column {
+            name: cell(0),
+            kind,
+            charset: (kind == ValueKind::Text)
+                .then(|| cell(2))
+                .filter(|c| !c.is_empty()),
+            collation: (kind == ValueKind::Text)
+                .then(|| cell(5))
+                .filter(|c| !c.is_empty()),
+            auto_increment: cell(4).contains("auto_increment"),
+        });
+    }
+    if primary_key.is_empty() {
+        return Err(MetaError::NoPrimaryKey(format!("{schema}.{table}")));
+    }
+    // COLUMN_KEY lists key columns in table order; the key's own order comes from
+    // KEY_COLUMN_USAGE.
+    if primary_key.len() > 1 {
+        let order = conn
+            .query_rows(&format!(
+                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} AND CONSTRAINT_NAME = 'PRIMARY' \
+                 ORDER BY ORDINAL_POSITION"
+            ))
+            .await?;
+        let names: Vec<String> = order
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        let ordered: Vec<usize> = names
+            .iter()
+            .filter_map(|n| columns.iter().position(|c| &c.name == n))
+            .collect();
+        if ordered.len() == primary_key.len() {
+            primary_key = ordered;
+        }
+    }
+    Ok(TableMeta {
+        schema: schema.to_string(),
+        name: table.to_string(),
+        columns,
+        primary_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_kinds_by_type() {
+        assert_eq!(ValueKind::of("BIGINT"), ValueKind::Number);
+        assert_eq!(ValueKind::of("decimal"), ValueKind::Number);
+        assert_eq!(ValueKind::of("float"), ValueKind::Float);
+        assert_eq!(ValueKind::of("timestamp"), ValueKind::Timestamp);
+        assert_eq!(ValueKind::of("datetime"), ValueKind::Temporal);
+        assert_eq!(ValueKind::of("longtext"), ValueKind::Text);
+        assert_eq!(ValueKind::of("enum"), ValueKind::Text);
+        assert_eq!(ValueKind::of("bit"), ValueKind::Bytes);
+        assert_eq!(ValueKind::of("varbinary"), ValueKind::Bytes);
+    }
+}

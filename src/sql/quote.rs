@@ -1,0 +1,50 @@
+//! Building SQL text safely: identifiers in backticks, values as hex literals.
+//!
+//! Values are never spliced in as quoted strings: a hex literal needs no escaping and means
+//! the same under every `sql_mode` (with or without NO_BACKSLASH_ESCAPES or ANSI_QUOTES).
+
+use std::fmt::Write;
+
+/// `name` as a quoted identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `X'…'`: the bytes as a binary string literal.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(3 + 2 * bytes.len());
+    out.push_str("X'");
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02X}");
+    }
+    out.push('\'');
+    out
+}
+
+/// A text value in character set `charset`, from its bytes.
+pub fn text(bytes: &[u8], charset: &str) -> String {
+    let cs: String = charset
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    format!(
+        "CONVERT({} USING {})",
+        hex(bytes),
+        if cs.is_empty() { "binary" } else { &cs }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(ident("a`b"), "`a``b`");
+        assert_eq!(hex(b"\x00'\\"), "X'00275C'");
+        assert_eq!(hex(b""), "X''");
+        assert_eq!(text(b"hi", "utf8mb4"), "CONVERT(X'6869' USING utf8mb4)");
+        assert_eq!(text(b"hi", "x; DROP"), "CONVERT(X'6869' USING xDROP)");
+    }
+}
