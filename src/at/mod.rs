@@ -7,3 +7,5 @@
 pub mod image;
 pub mod lock_key;
 pub mod meta;
+pub mod rm;
+pub mod undo;

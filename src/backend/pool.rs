@@ -122,6 +122,11 @@ impl Pool {
         }
     }
 
+    /// Takes a connection for Tandem's own statements (phase 2, housekeeping).
+    pub async fn acquire_control(&self) -> Result<PooledConn, AcquireError> {
+        self.acquire(default_key()).await
+    }
+
     /// Readiness: the data source answers a ping within the connect timeout.
     pub async fn check(&self) -> Result<(), String> {
         let idle = {
@@ -152,8 +157,13 @@ impl Pool {
     }
 }
 
+/// Connections for Tandem's own statements: utf8mb4, plain result sets.
 fn default_key() -> ConnKey {
-    ConnKey::new(mysql_common::constants::CapabilityFlags::empty(), 45)
+    ConnKey::new(
+        mysql_common::constants::CapabilityFlags::CLIENT_MULTI_RESULTS
+            | mysql_common::constants::CapabilityFlags::CLIENT_FOUND_ROWS,
+        45,
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,0 +1,248 @@
+//! Phase 2 of AT branches on one data source (the resource manager).
+//!
+//! Commit deletes the branch's undo log. Rollback, in one local transaction on a connection
+//! of its own: reads the undo log (locking it), checks every row against its after image, and
+//! restores the before images, items in reverse order; a row already equal to its before
+//! image is skipped; any other difference stops the branch as needing a person. Both are
+//! idempotent: run twice, the second finds nothing left to do.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::image::{self, ImageRow};
+use super::meta::TableMeta;
+use super::undo::{self, ChangeKind, UndoItem, UndoLog};
+use crate::backend::{BackendError, Pool, PooledConn};
+use crate::coordinator::service::{BoxFuture, Phase2Error, ResourceManager, RollbackOutcome};
+use crate::coordinator::Branch;
+use crate::sql::quote;
+
+pub struct AtResource {
+    pool: Pool,
+    undo_table_ready: AtomicBool,
+}
+
+fn err(e: impl std::fmt::Display) -> Phase2Error {
+    Phase2Error(e.to_string())
+}
+
+impl AtResource {
+    pub fn new(pool: Pool) -> Self {
+        AtResource {
+            pool,
+            undo_table_ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The identity branches of this data source carry.
+    pub fn identity(&self) -> String {
+        self.pool.dsn().identity()
+    }
+
+    async fn conn(&self) -> Result<PooledConn, Phase2Error> {
+        let mut c = self.pool.acquire_control().await.map_err(err)?;
+        // Restored TIMESTAMPs go through FROM_UNIXTIME: UTC avoids daylight-saving folds.
+        c.execute("SET time_zone = '+00:00'").await.map_err(err)?;
+        Ok(c)
+    }
+
+    /// Creates the undo_log table if needed, on a connection of its own (DDL would commit a
+    /// client's transaction).
+    pub async fn ensure_undo_table(&self) -> Result<(), BackendError> {
+        if self.undo_table_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut c = self
+            .pool
+            .acquire_control()
+            .await
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        c.execute(undo::UNDO_TABLE_DDL).await?;
+        self.undo_table_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn rollback_branch(&self, branch: &Branch) -> Result<RollbackOutcome, Phase2Error> {
+        self.ensure_undo_table().await.map_err(err)?;
+        let mut c = self.conn().await?;
+        c.execute("BEGIN").await.map_err(err)?;
+        let rows = c
+            .query_raw(&undo::select_sql(&branch.xid, branch.branch_id))
+            .await
+            .map_err(err)?;
+        let Some(row) = rows.into_iter().next() else {
+            // Phase 1 never committed (or not yet): leave the marker so it cannot.
+            c.execute(&undo::finished_marker_sql(&branch.xid, branch.branch_id))
+                .await
+                .map_err(err)?;
+            c.execute("COMMIT").await.map_err(err)?;
+            return Ok(RollbackOutcome::RolledBack);
+        };
+        let status = row
+            .get(1)
+            .cloned()
+            .flatten()
+            .and_then(|s| String::from_utf8(s).ok())
+            .and_then(|s| s.parse::<i64>().ok());
+        if status == Some(undo::STATUS_GLOBAL_FINISHED) {
+            c.execute("COMMIT").await.map_err(err)?;
+            return Ok(RollbackOutcome::RolledBack);
+        }
+        let info = row.first().cloned().flatten().unwrap_or_default();
+        let log: UndoLog =
+            serde_json::from_slice(&info).map_err(|e| err(format!("unreadable undo log: {e}")))?;
+        for item in log.items.iter().rev() {
+            if let Some(why) = undo_item(&mut c, item).await? {
+                c.execute("ROLLBACK").await.map_err(err)?;
+                return Ok(RollbackOutcome::NeedsAttention(why));
+            }
+        }
+        c.execute(&undo::delete_sql(&branch.xid, branch.branch_id))
+            .await
+            .map_err(err)?;
+        c.execute("COMMIT").await.map_err(err)?;
+        Ok(RollbackOutcome::RolledBack)
+    }
+}
+
+impl ResourceManager for AtResource {
+    fn commit<'a>(&'a self, branch: &'a Branch) -> BoxFuture<'a, Result<(), Phase2Error>> {
+        Box::pin(async move {
+            self.ensure_undo_table().await.map_err(err)?;
+            let mut c = self.conn().await?;
+            c.execute(&undo::delete_sql(&branch.xid, branch.branch_id))
+                .await
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        branch: &'a Branch,
+    ) -> BoxFuture<'a, Result<RollbackOutcome, Phase2Error>> {
+        Box::pin(self.rollback_branch(branch))
+    }
+}
+
+fn pk_key(meta: &TableMeta, row: &ImageRow) -> Vec<Option<Vec<u8>>> {
+    image::pk_of(meta, row)
+        .into_iter()
+        .map(|v| v.map(|b| b.0.clone()))
+        .collect()
+}
+
+/// Undoes one item. Returns why it cannot, when a row changed since phase 1.
+async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>, Phase2Error> {
+    let meta = item.meta();
+    let table = image::table_sql(&meta);
+    let keyed = match item.kind {
+        ChangeKind::Update | ChangeKind::Insert => &item.after,
+        ChangeKind::Delete => &item.before,
+    };
+    let pks: Vec<_> = keyed.iter().map(|r| image::pk_of(&meta, r)).collect();
+    let rows = c
+        .query_raw(&image::rows_by_pk_sql(&meta, &pks))
+        .await
+        .map_err(err)?;
+    let current: HashMap<Vec<Option<Vec<u8>>>, ImageRow> = rows
+        .into_iter()
+        .map(|r| {
+            let row: ImageRow = r.into_iter().map(|v| v.map(image::Bytes)).collect();
+            (pk_key(&meta, &row), row)
+        })
+        .collect();
+    let dirty = |row: &ImageRow| {
+        Some(format!(
+            "{}.{}: row {:?} changed since the global transaction wrote it",
+            meta.schema,
+            meta.name,
+            pk_key(&meta, row)
+                .into_iter()
+                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .collect::<Vec<_>>()
+        ))
+    };
+    match item.kind {
+        ChangeKind::Update => {
+            for (after, before) in item.after.iter().zip(&item.before) {
+                match current.get(&pk_key(&meta, after)) {
+                    Some(cur) if cur == after => {
+                        let sets: Vec<String> = meta
+                            .columns
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| !meta.primary_key.contains(i))
+                            .map(|(i, col)| {
+                                let v = before
+                                    .get(i)
+                                    .and_then(|v| v.as_ref())
+                                    .map(|b| b.0.as_slice());
+                                format!("{} = {}", quote::ident(&col.name), image::literal(col, v))
+                            })
+                            .collect();
+                        if sets.is_empty() {
+                            continue;
+                        }
+                        let sql = format!(
+                            "UPDATE {table} SET {} WHERE {}",
+                            sets.join(", "),
+                            image::pk_match(&meta, &image::pk_of(&meta, before))
+                        );
+                        c.execute(&sql).await.map_err(err)?;
+                    }
+                    Some(cur) if cur == before => {}
+                    _ => return Ok(dirty(after)),
+                }
+            }
+        }
+        ChangeKind::Insert => {
+            for after in &item.after {
+                match current.get(&pk_key(&meta, after)) {
+                    Some(cur) if cur == after => {
+                        let sql = format!(
+                            "DELETE FROM {table} WHERE {}",
+                            image::pk_match(&meta, &image::pk_of(&meta, after))
+                        );
+                        c.execute(&sql).await.map_err(err)?;
+                    }
+                    None => {}
+                    Some(_) => return Ok(dirty(after)),
+                }
+            }
+        }
+        ChangeKind::Delete => {
+            for before in &item.before {
+                match current.get(&pk_key(&meta, before)) {
+                    None => {
+                        let cols: Vec<String> =
+                            meta.columns.iter().map(|c| quote::ident(&c.name)).collect();
+                        let vals: Vec<String> = meta
+                            .columns
+                            .iter()
+                            .enumerate()
+                            .map(|(i, col)| {
+                                image::literal(
+                                    col,
+                                    before
+                                        .get(i)
+                                        .and_then(|v| v.as_ref())
+                                        .map(|b| b.0.as_slice()),
+                                )
+                            })
+                            .collect();
+                        let sql = format!(
+                            "INSERT INTO {table} ({}) VALUES ({})",
+                            cols.join(", "),
+                            vals.join(", ")
+                        );
+                        c.execute(&sql).await.map_err(err)?;
+                    }
+                    Some(cur) if cur == before => {}
+                    Some(_) => return Ok(dirty(before)),
+                }
+            }
+        }
+    }
+    Ok(None)
+}
