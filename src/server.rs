@@ -10,6 +10,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::at::branch::{AtSource, LockRetry};
+use crate::at::meta::MetaCache;
+use crate::at::rm::AtResource;
 use crate::backend::Pool;
 use crate::config::{self, AuthPlugin, Config, Dsn, StoreKind};
 use crate::coordinator::store::any::AnyStore;
@@ -53,14 +56,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let coordinator = start_coordinator(&config, shutdown_rx.clone())?;
+    let at_sources: Vec<Arc<AtSource>> = pools
+        .iter()
+        .map(|pool| {
+            let resource = Arc::new(AtResource::new(pool.clone()));
+            coordinator.register_resource(&resource.identity(), resource.clone());
+            Arc::new(AtSource {
+                resource,
+                meta: MetaCache::default(),
+                lock_retry: LockRetry {
+                    interval: config.coordinator.lock_retry_interval.0,
+                    attempts: config.coordinator.lock_retry_attempts,
+                },
+            })
+        })
+        .collect();
     let (sessions_tx, mut sessions_rx) = mpsc::channel::<()>(1);
     let connection_ids = Arc::new(AtomicU32::new(1));
 
     for (i, l) in config.listeners.iter().enumerate() {
-        let pool =
-            executor_pool(&config, &pools, &l.executor).ok_or_else(|| StartError::Invalid {
-                field: format!("listeners[{i}].executor"),
-                message: format!("no usable executor '{}'", l.executor),
+        let (pool, at) =
+            executor_pool(&config, &pools, &at_sources, &l.executor).ok_or_else(|| {
+                StartError::Invalid {
+                    field: format!("listeners[{i}].executor"),
+                    message: format!("no usable executor '{}'", l.executor),
+                }
             })?;
         let tls =
             match &l.tls {
@@ -88,6 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             users: l.users.clone(),
             pool,
             coordinator: coordinator.clone(),
+            at,
             tls_required: l.tls.as_ref().is_some_and(|t| t.required),
             tls,
             max_allowed_packet: l.max_allowed_packet.0 as usize,
@@ -184,8 +205,14 @@ fn start_coordinator(
     Ok(coordinator)
 }
 
-fn executor_pool(config: &Config, pools: &[Pool], executor: &str) -> Option<Pool> {
+fn executor_pool(
+    config: &Config,
+    pools: &[Pool],
+    at: &[Arc<AtSource>],
+    executor: &str,
+) -> Option<(Pool, Arc<AtSource>)> {
     let e = config.executors.iter().find(|e| e.name == executor)?;
     let ds = e.data_source.as_deref()?;
-    pools.iter().find(|p| p.name() == ds).cloned()
+    let i = pools.iter().position(|p| p.name() == ds)?;
+    Some((pools[i].clone(), at.get(i)?.clone()))
 }

@@ -90,10 +90,13 @@ pub enum MetaError {
     Backend(#[from] BackendError),
 }
 
+/// (schema, table) → when it was read, and what.
+type Entries = HashMap<(String, String), (Instant, Arc<TableMeta>)>;
+
 /// Metadata of one data source's tables.
 #[derive(Default)]
 pub struct MetaCache {
-    tables: Mutex<HashMap<(String, String), (Instant, Arc<TableMeta>)>>,
+    tables: Mutex<Entries>,
 }
 
 impl MetaCache {
@@ -102,9 +105,7 @@ impl MetaCache {
         self.lock().clear();
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Arc<TableMeta>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -4,6 +4,7 @@
 //!
 //! Built so far: [`lock_key`], the global lock key of a row.
 
+pub mod branch;
 pub mod image;
 pub mod lock_key;
 pub mod meta;

@@ -175,6 +175,21 @@ pub struct Coordinator {
     /// Timeout of a global transaction begun without one. Default 60s.
     #[serde(default = "default_tx_timeout")]
     pub default_timeout: Seconds,
+    /// A writer that finds a row locked by another global transaction tries again this
+    /// often… Default 10ms.
+    #[serde(default = "default_lock_retry_interval")]
+    pub lock_retry_interval: Seconds,
+    /// …this many times in all, then fails with error 1205. Default 30.
+    #[serde(default = "default_lock_retry_attempts", deserialize_with = "count")]
+    pub lock_retry_attempts: u32,
+}
+
+fn default_lock_retry_interval() -> Seconds {
+    Seconds(std::time::Duration::from_millis(10))
+}
+
+fn default_lock_retry_attempts() -> u32 {
+    30
 }
 
 impl Default for Coordinator {
@@ -184,6 +199,8 @@ impl Default for Coordinator {
             embedded: Embedded::default(),
             etcd: None,
             default_timeout: default_tx_timeout(),
+            lock_retry_interval: default_lock_retry_interval(),
+            lock_retry_attempts: default_lock_retry_attempts(),
         }
     }
 }

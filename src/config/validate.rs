@@ -150,6 +150,12 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if c.lock_retry_attempts == 0 {
+            return Err(ConfigError::new(
+                "coordinator.lock_retry_attempts",
+                "must be at least 1",
+            ));
+        }
         if let Some(etcd) = &c.etcd {
             if etcd.endpoints.is_empty() {
                 return Err(ConfigError::new(

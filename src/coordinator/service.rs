@@ -66,6 +66,8 @@ pub struct Coordinator {
     resources: RwLock<HashMap<String, Arc<dyn ResourceManager>>>,
     /// Transactions whose phase 2 is running here now.
     in_flight: Mutex<HashSet<String>>,
+    /// The next branch id; starts from the clock so ids keep increasing across restarts.
+    next_branch: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -97,7 +99,14 @@ impl Coordinator {
             default_timeout,
             resources: RwLock::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            next_branch: std::sync::atomic::AtomicU64::new(now_ms() << 16),
         })
+    }
+
+    /// A new branch id: unique, and increasing in registration order.
+    pub fn new_branch_id(&self) -> u64 {
+        self.next_branch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &AnyStore {

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::at::branch::AtSource;
 use crate::backend::Pool;
 use crate::coordinator::Coordinator;
 use crate::metrics::ListenerMetrics;
@@ -24,6 +25,8 @@ pub struct ListenerContext {
     /// The executor's one data source (mode: single).
     pub pool: Pool,
     pub coordinator: Arc<Coordinator>,
+    /// AT-mode state of the data source.
+    pub at: Arc<AtSource>,
     pub tls: Option<TlsAcceptor>,
     pub tls_required: bool,
     pub max_allowed_packet: usize,

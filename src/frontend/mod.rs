@@ -4,6 +4,7 @@
 //! it; [`session`] runs its command loop; [`relay`] streams backend responses to it.
 
 pub mod functions;
+mod global;
 pub mod handshake;
 pub mod listener;
 pub mod relay;

@@ -14,13 +14,15 @@ use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::sync::oneshot;
 
 use super::functions;
+use super::global::Global;
 use super::handshake::{authenticate, Credentials};
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
+use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
 use crate::sql::functions::{self as sql_functions, Call, CallError};
-use crate::sql::{classify, StatementKind};
+use crate::sql::{classify, hints, StatementKind};
 use crate::wire::handshake::ChangeUser;
 use crate::wire::response::{ok_packet, write_text_result};
 use crate::wire::scanner::{ResponseKind, Summary};
@@ -48,7 +50,7 @@ const COM_STMT_FETCH: u8 = 0x1c;
 const COM_RESET_CONNECTION: u8 = 0x1f;
 
 /// Whether the session goes on after a command.
-enum Flow {
+pub(super) enum Flow {
     Continue,
     Close,
 }
@@ -64,8 +66,8 @@ pub(super) struct Authenticated {
 }
 
 pub struct Session {
-    ctx: Arc<ListenerContext>,
-    client: PacketIo<ClientStream>,
+    pub(super) ctx: Arc<ListenerContext>,
+    pub(super) client: PacketIo<ClientStream>,
     caps: CapabilityFlags,
     key: ConnKey,
     user: String,
@@ -73,9 +75,13 @@ pub struct Session {
     connection_id: u32,
     /// The greeting's nonce; COM_CHANGE_USER answers it again.
     nonce: [u8; 20],
-    backend: Option<PooledConn>,
+    pub(super) backend: Option<PooledConn>,
     /// Prepared statement id → kind of statement, for metrics.
     prepared: HashMap<u32, StatementKind>,
+    /// The global transaction this session joins (`SET tandem_xid`).
+    pub(super) xid: Option<String>,
+    /// The AT branch the current local transaction is, while it runs.
+    pub(super) branch: Option<BranchWork>,
 }
 
 impl Session {
@@ -95,6 +101,8 @@ impl Session {
             nonce: who.nonce,
             backend: None,
             prepared: HashMap::new(),
+            xid: None,
+            branch: None,
         }
     }
 
@@ -175,7 +183,6 @@ impl Session {
     }
 
     async fn dispatch(&mut self, last_seq: u8, payload: &[u8]) -> Flow {
-        let seq = 0;
         let reply_seq = last_seq.wrapping_add(1);
         let Some(&cmd) = payload.first() else {
             return self
@@ -187,14 +194,43 @@ impl Session {
             COM_QUERY => {
                 let sql = &payload[1..];
                 let kind = classify(sql);
-                if kind == StatementKind::Select {
-                    if let Some(call) = sql_functions::parse(sql) {
-                        return self.tandem_function(reply_seq, call).await;
+                match kind {
+                    StatementKind::Select => {
+                        if let Some(call) = sql_functions::parse(sql) {
+                            return self.tandem_function(reply_seq, call).await;
+                        }
                     }
+                    StatementKind::Set => {
+                        if let Some(value) = hints::set_xid(sql) {
+                            return self.set_xid(reply_seq, value).await;
+                        }
+                    }
+                    StatementKind::Commit if self.branch.is_some() => {
+                        return self.global_commit(reply_seq, payload).await;
+                    }
+                    StatementKind::Rollback => self.branch = None,
+                    StatementKind::Ddl => self.ctx.at.meta.clear(),
+                    _ => {}
+                }
+                match self.classify_global(kind, sql) {
+                    Global::Plain => {}
+                    Global::Join(xid) => return self.global_dml(reply_seq, payload, xid).await,
+                    Global::Refuse(e) => return self.reply_error(reply_seq, e).await,
                 }
                 (kind, ResponseKind::Query)
             }
-            COM_STMT_PREPARE => (classify(&payload[1..]), ResponseKind::Prepare),
+            COM_STMT_PREPARE => {
+                let kind = classify(&payload[1..]);
+                if !matches!(self.classify_global(kind, &payload[1..]), Global::Plain) {
+                    // Never let a statement that should join a global transaction run
+                    // without its undo log.
+                    let e = MysqlError::not_supported(
+                        "prepared statements that join a global transaction (use the text protocol)",
+                    );
+                    return self.reply_error(reply_seq, e).await;
+                }
+                (kind, ResponseKind::Prepare)
+            }
             COM_STMT_EXECUTE => (self.statement_kind(payload), ResponseKind::Execute),
             COM_STMT_FETCH => (self.statement_kind(payload), ResponseKind::Fetch),
             COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
@@ -203,7 +239,7 @@ impl Session {
                         self.prepared.remove(&id);
                     }
                 }
-                return self.forward_no_reply(seq, payload).await;
+                return self.forward_no_reply(payload).await;
             }
             COM_PING if self.backend.is_none() => {
                 let ok = self.ok();
@@ -227,7 +263,7 @@ impl Session {
                     .await;
             }
         };
-        self.forward(seq, reply_seq, payload, kind, response).await
+        self.forward(reply_seq, payload, kind, response).await
     }
 
     /// Answers one of Tandem's own SQL functions.
@@ -312,9 +348,8 @@ impl Session {
     }
 
     /// Forwards a command and relays its response.
-    async fn forward(
+    pub(super) async fn forward(
         &mut self,
-        seq: u8,
         reply_seq: u8,
         payload: &[u8],
         kind: StatementKind,
@@ -328,7 +363,7 @@ impl Session {
             return Flow::Close;
         };
         let io = backend.io();
-        io.write_packet(seq, payload);
+        io.write_packet(0, payload);
         if io.flush().await.is_err() {
             return self.backend_lost(reply_seq, false).await;
         }
@@ -374,13 +409,13 @@ impl Session {
     }
 
     /// Forwards a command that has no response (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA).
-    async fn forward_no_reply(&mut self, seq: u8, payload: &[u8]) -> Flow {
+    async fn forward_no_reply(&mut self, payload: &[u8]) -> Flow {
         let Some(backend) = self.backend.as_mut() else {
             // No backend yet means no statement was prepared: nothing to close.
             return Flow::Continue;
         };
         let io = backend.io();
-        io.write_packet(seq, payload);
+        io.write_packet(0, payload);
         if io.flush().await.is_err() {
             backend.mark_broken();
             return Flow::Close;
@@ -390,7 +425,7 @@ impl Session {
 
     /// The backend connection broke: its session state is gone, so the client's is too.
     /// Tell the client if the protocol still allows it, then close, as the database would.
-    async fn backend_lost(&mut self, reply_seq: u8, forwarded: bool) -> Flow {
+    pub(super) async fn backend_lost(&mut self, reply_seq: u8, forwarded: bool) -> Flow {
         if let Some(mut b) = self.backend.take() {
             b.mark_broken();
         }
@@ -407,7 +442,7 @@ impl Session {
             .unwrap_or(StatementKind::Other)
     }
 
-    fn ok(&self) -> Vec<u8> {
+    pub(super) fn ok(&self) -> Vec<u8> {
         let status = self
             .backend
             .as_ref()
@@ -419,7 +454,7 @@ impl Session {
         ok
     }
 
-    async fn reply(&mut self, seq: u8, payload: &[u8]) -> Flow {
+    pub(super) async fn reply(&mut self, seq: u8, payload: &[u8]) -> Flow {
         self.client.write_packet(seq, payload);
         match self.client.flush().await {
             Ok(()) => Flow::Continue,
@@ -427,7 +462,7 @@ impl Session {
         }
     }
 
-    async fn reply_error(&mut self, seq: u8, e: MysqlError) -> Flow {
+    pub(super) async fn reply_error(&mut self, seq: u8, e: MysqlError) -> Flow {
         match self.send_error(seq, e).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,

@@ -137,3 +137,74 @@ mod tests {
         }
     }
 }
+
+/// `SET tandem_xid = 'X'` (`Some(Some(X))`) or `SET tandem_xid = NULL` (`Some(None)`);
+/// `None` when the statement is some other SET.
+pub fn set_xid(sql: &[u8]) -> Option<Result<Option<String>, HintError>> {
+    let s = super::classify::skip_noise(sql);
+    let rest = s
+        .get(..3)
+        .filter(|h| h.eq_ignore_ascii_case(b"set"))
+        .map(|_| &s[3..])?;
+    let rest = trim_start(rest);
+    let name = b"tandem_xid";
+    if rest.len() < name.len() || !rest[..name.len()].eq_ignore_ascii_case(name) {
+        return None;
+    }
+    let rest = trim_start(&rest[name.len()..]);
+    let rest = rest
+        .strip_prefix(b":=")
+        .or_else(|| rest.strip_prefix(b"="))?;
+    let rest = trim_start(rest);
+    let end = |tail: &[u8]| {
+        let t = trim_start(tail);
+        let t = t.strip_prefix(b";").map_or(t, trim_start);
+        t.is_empty()
+    };
+    if rest.len() >= 4 && rest[..4].eq_ignore_ascii_case(b"null") && end(&rest[4..]) {
+        return Some(Ok(None));
+    }
+    let Some(&q @ (b'\'' | b'"')) = rest.first() else {
+        return Some(Err(HintError(
+            "tandem_xid is set to a quoted XID or NULL".into(),
+        )));
+    };
+    let Some(close) = rest[1..].iter().position(|&b| b == q) else {
+        return Some(Err(HintError("unterminated XID string".into())));
+    };
+    if !end(&rest[2 + close..]) {
+        return Some(Err(HintError(
+            "SET tandem_xid takes one value and nothing else".into(),
+        )));
+    }
+    Some(
+        String::from_utf8(rest[1..1 + close].to_vec())
+            .map(Some)
+            .map_err(|_| HintError("the XID is not UTF-8".into())),
+    )
+}
+
+#[cfg(test)]
+mod set_tests {
+    use super::*;
+
+    #[test]
+    fn set_tandem_xid() {
+        assert_eq!(
+            set_xid(b"SET tandem_xid = 'abc'"),
+            Some(Ok(Some("abc".into())))
+        );
+        assert_eq!(
+            set_xid(b"set TANDEM_XID:=\"x\";"),
+            Some(Ok(Some("x".into())))
+        );
+        assert_eq!(set_xid(b"SET tandem_xid = NULL"), Some(Ok(None)));
+        assert_eq!(set_xid(b"SET autocommit = 0"), None);
+        assert_eq!(set_xid(b"SET tandem_xidx = 1"), None);
+        assert!(matches!(set_xid(b"SET tandem_xid = abc"), Some(Err(_))));
+        assert!(matches!(
+            set_xid(b"SET tandem_xid = 'a', autocommit = 0"),
+            Some(Err(_))
+        ));
+    }
+}

@@ -155,6 +155,47 @@ impl MysqlError {
         )
     }
 
+    /// 1205: a global row lock stayed held by another global transaction.
+    pub fn global_lock_timeout(key: &str, holder: &str) -> Self {
+        Self::new(
+            1205,
+            "HY000",
+            format!("Lock wait timeout exceeded; global row lock on {key} is held by global transaction {holder}"),
+        )
+    }
+
+    /// 1402 (XA_RBROLLBACK): the global transaction no longer takes branches.
+    pub fn global_not_active(xid: &str, why: &str) -> Self {
+        Self::new(
+            1402,
+            "XA100",
+            format!("XA_RBROLLBACK: global transaction {xid} takes no new branches: {why}"),
+        )
+    }
+
+    /// 1064: a statement Tandem must understand inside a global transaction does not parse.
+    pub fn cannot_parse(why: &str) -> Self {
+        Self::new(
+            1064,
+            "42000",
+            format!("Tandem cannot parse this statement inside a global transaction: {why}"),
+        )
+    }
+
+    /// 1146: no such table.
+    pub fn no_such_table(table: &str) -> Self {
+        Self::new(1146, "42S02", format!("Table '{table}' doesn't exist"))
+    }
+
+    /// 1173: a global transaction needs a primary key to lock and restore rows.
+    pub fn requires_primary_key(table: &str) -> Self {
+        Self::new(
+            1173,
+            "42000",
+            format!("Table '{table}' has no primary key, which a global transaction needs"),
+        )
+    }
+
     /// Encodes the ERR packet payload (protocol 4.1 form, with SQLSTATE).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(9 + self.message.len());

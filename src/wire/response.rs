@@ -66,6 +66,27 @@ pub fn ok_packet(
     out
 }
 
+/// Replaces the status flags of an OK packet payload in place. Returns false when the payload
+/// is not an OK packet.
+pub fn set_ok_status(payload: &mut [u8], status: StatusFlags) -> bool {
+    if payload.first() != Some(&0x00) {
+        return false;
+    }
+    let Some((_, a)) = payload.get(1..).and_then(read_lenenc_int) else {
+        return false;
+    };
+    let Some((_, b)) = payload.get(1 + a..).and_then(read_lenenc_int) else {
+        return false;
+    };
+    match payload.get_mut(1 + a + b..3 + a + b) {
+        Some(s) => {
+            s.copy_from_slice(&status.bits().to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
 /// The packet that ends a result set: an EOF packet, or an OK packet with the 0xFE header
 /// when the client set CLIENT_DEPRECATE_EOF.
 pub fn end_of_rows(caps: CapabilityFlags, status: StatusFlags) -> Vec<u8> {
@@ -163,6 +184,18 @@ mod tests {
         }
         assert_eq!(read_lenenc_int(&[0xfb]), None);
         assert_eq!(read_lenenc_int(&[0xfc, 1]), None);
+    }
+
+    #[test]
+    fn ok_status_is_replaced_in_place() {
+        let mut p = ok_packet(300, 7, StatusFlags::SERVER_STATUS_IN_TRANS, 2);
+        p.extend_from_slice(b"Rows matched: 1");
+        assert!(set_ok_status(&mut p, StatusFlags::SERVER_STATUS_AUTOCOMMIT));
+        let mut want = ok_packet(300, 7, StatusFlags::SERVER_STATUS_AUTOCOMMIT, 2);
+        want.extend_from_slice(b"Rows matched: 1");
+        assert_eq!(p, want);
+        assert!(!set_ok_status(&mut [0xff, 1, 2], StatusFlags::empty()));
+        assert!(!set_ok_status(&mut [0x00, 1], StatusFlags::empty()));
     }
 
     #[test]

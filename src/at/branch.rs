@@ -1,0 +1,330 @@
+//! Phase 1 of an AT branch, on the session's own backend connection: row images around each
+//! statement, then at local COMMIT the branch registration (with its row locks) and the undo
+//! log, in that order, inside the local transaction.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlparser::ast::{Expr, UnaryOperator, Value};
+
+use super::image::{self, ImageRow};
+use super::lock_key::lock_key;
+use super::meta::{MetaCache, MetaError, TableMeta};
+use super::rm::AtResource;
+use super::undo::{self, ChangeKind, UndoItem, UndoLog};
+use crate::backend::{BackendConn, BackendError};
+use crate::coordinator::{Branch, BranchKind, BranchStatus, Coordinator, RegisterError};
+use crate::sql::dml::{Dml, Insert};
+
+/// How long a writer waits for a global row lock: `attempts` tries, `interval` apart.
+#[derive(Debug, Clone, Copy)]
+pub struct LockRetry {
+    pub interval: Duration,
+    pub attempts: u32,
+}
+
+/// AT state of one data source, shared by the sessions that use it.
+pub struct AtSource {
+    pub resource: Arc<AtResource>,
+    pub meta: MetaCache,
+    pub lock_retry: LockRetry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AtError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("global row lock on {key} is held by global transaction {holder}")]
+    LockTimeout { key: String, holder: String },
+    #[error("global transaction {xid} takes no new branches: {why}")]
+    NotActive { xid: String, why: String },
+    #[error("coordinator unavailable: {0}")]
+    Coordinator(String),
+}
+
+/// A local transaction that is a branch of a global transaction, while it runs.
+#[derive(Debug, Default)]
+pub struct BranchWork {
+    pub xid: String,
+    pub log: UndoLog,
+    pub lock_keys: BTreeSet<String>,
+    /// Set when a statement's undo could not be recorded: the branch must not commit.
+    pub poisoned: Option<String>,
+}
+
+/// What was read before a statement, to finish its undo item after it.
+pub struct Pending {
+    kind: ChangeKind,
+    meta: Arc<TableMeta>,
+    before: Vec<ImageRow>,
+    insert: Option<InsertKeys>,
+}
+
+/// The primary key of each inserted row: as written in the statement, or assigned by
+/// AUTO_INCREMENT.
+struct InsertKeys {
+    rows: Vec<Vec<Option<String>>>,
+}
+
+fn unsupported<T>(what: &str) -> Result<T, AtError> {
+    Err(AtError::Unsupported(format!(
+        "{what} is not supported inside a global transaction"
+    )))
+}
+
+/// A literal as SQL, or `None` for NULL/DEFAULT (a value AUTO_INCREMENT assigns).
+fn literal_sql(e: &Expr) -> Result<Option<String>, AtError> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Null => Ok(None),
+            Value::Number(..) | Value::SingleQuotedString(_) | Value::DoubleQuotedString(_) => {
+                Ok(Some(e.to_string()))
+            }
+            _ => unsupported("a primary key value that is not a literal"),
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } if matches!(expr.as_ref(), Expr::Value(_)) => Ok(Some(e.to_string())),
+        Expr::Identifier(i) if i.value.eq_ignore_ascii_case("default") => Ok(None),
+        _ => unsupported("a primary key value that is not a literal"),
+    }
+}
+
+fn insert_keys(meta: &TableMeta, ins: &Insert) -> Result<InsertKeys, AtError> {
+    let position = |name: &str| -> Option<usize> {
+        if ins.columns.is_empty() {
+            meta.column_index(name)
+        } else {
+            ins.columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(name))
+        }
+    };
+    let mut rows = Vec::with_capacity(ins.rows.len());
+    for row in &ins.rows {
+        let mut key = Vec::with_capacity(meta.primary_key.len());
+        for &pk in &meta.primary_key {
+            let col = &meta.columns[pk];
+            let value = match position(&col.name).and_then(|p| row.get(p)) {
+                Some(e) => literal_sql(e)?,
+                None => None,
+            };
+            if value.is_none() && !col.auto_increment {
+                return unsupported("an INSERT without a value for primary key column");
+            }
+            key.push(value);
+        }
+        rows.push(key);
+    }
+    Ok(InsertKeys { rows })
+}
+
+/// Reads the before image of a statement (locking its rows) and what is needed for the after
+/// image.
+pub async fn before(
+    conn: &mut BackendConn,
+    source: &AtSource,
+    dml: &Dml,
+) -> Result<Pending, AtError> {
+    let (table, kind) = match dml {
+        Dml::Insert(i) => (&i.table, ChangeKind::Insert),
+        Dml::Update(u) => (&u.table, ChangeKind::Update),
+        Dml::Delete(d) => (&d.table, ChangeKind::Delete),
+    };
+    let meta = source
+        .meta
+        .get(conn, table.schema.as_deref(), &table.name)
+        .await?;
+    match dml {
+        Dml::Insert(ins) => {
+            if ins.on_duplicate.is_some() {
+                return unsupported("INSERT … ON DUPLICATE KEY UPDATE");
+            }
+            let keys = insert_keys(&meta, ins)?;
+            Ok(Pending {
+                kind,
+                meta,
+                before: Vec::new(),
+                insert: Some(keys),
+            })
+        }
+        Dml::Update(u) => {
+            if u.assignments.iter().any(|(c, _)| meta.is_primary_key(c)) {
+                return unsupported("an UPDATE of a primary key column");
+            }
+            let sql = image::rows_by_filter_sql(&meta, u.table.alias.as_deref(), &u.filter);
+            let before = read_rows(conn, &sql).await?;
+            Ok(Pending {
+                kind,
+                meta,
+                before,
+                insert: None,
+            })
+        }
+        Dml::Delete(d) => {
+            let sql = image::rows_by_filter_sql(&meta, d.table.alias.as_deref(), &d.filter);
+            let before = read_rows(conn, &sql).await?;
+            Ok(Pending {
+                kind,
+                meta,
+                before,
+                insert: None,
+            })
+        }
+    }
+}
+
+async fn read_rows(conn: &mut BackendConn, sql: &str) -> Result<Vec<ImageRow>, AtError> {
+    Ok(conn
+        .query_raw(sql)
+        .await?
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v.map(image::Bytes)).collect())
+        .collect())
+}
+
+/// Reads the after image once the statement succeeded and adds the statement's undo item
+/// and row locks to the branch.
+pub async fn after(
+    conn: &mut BackendConn,
+    identity_host: &str,
+    pending: Pending,
+    last_insert_id: u64,
+    work: &mut BranchWork,
+) -> Result<(), AtError> {
+    let meta = pending.meta;
+    let after = match pending.kind {
+        ChangeKind::Delete => Vec::new(),
+        ChangeKind::Update => {
+            let pks: Vec<_> = pending
+                .before
+                .iter()
+                .map(|r| image::pk_of(&meta, r))
+                .collect();
+            read_rows(conn, &image::rows_by_pk_sql(&meta, &pks)).await?
+        }
+        ChangeKind::Insert => {
+            let keys = pending.insert.map(|k| k.rows).unwrap_or_default();
+            let step = if keys.iter().flatten().any(|v| v.is_none()) {
+                auto_increment_increment(conn).await?
+            } else {
+                1
+            };
+            let mut next_auto = last_insert_id;
+            let mut conds = Vec::with_capacity(keys.len());
+            for key in keys {
+                let vals: Vec<String> = key
+                    .into_iter()
+                    .map(|v| {
+                        v.unwrap_or_else(|| {
+                            let id = next_auto;
+                            next_auto += step;
+                            id.to_string()
+                        })
+                    })
+                    .collect();
+                let cols: Vec<String> = meta
+                    .primary_key
+                    .iter()
+                    .map(|&i| crate::sql::quote::ident(&meta.columns[i].name))
+                    .collect();
+                conds.push(format!("({}) = ({})", cols.join(", "), vals.join(", ")));
+            }
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {} FOR UPDATE",
+                image::select_list(&meta, &image::table_sql(&meta)),
+                image::table_sql(&meta),
+                if conds.is_empty() {
+                    "FALSE".into()
+                } else {
+                    conds.join(" OR ")
+                }
+            );
+            read_rows(conn, &sql).await?
+        }
+    };
+    let identity = format!("{identity_host}/{}", meta.schema);
+    for row in pending.before.iter().chain(&after) {
+        let pk: Vec<&[u8]> = image::pk_of(&meta, row)
+            .into_iter()
+            .map(|v| v.map_or(&b""[..], |b| b.0.as_slice()))
+            .collect();
+        work.lock_keys.insert(lock_key(&identity, &meta.name, &pk));
+    }
+    if !(pending.before.is_empty() && after.is_empty()) {
+        work.log
+            .items
+            .push(UndoItem::new(pending.kind, &meta, pending.before, after));
+    }
+    Ok(())
+}
+
+async fn auto_increment_increment(conn: &mut BackendConn) -> Result<u64, AtError> {
+    let rows = conn.query_rows("SELECT @@auto_increment_increment").await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1))
+}
+
+/// At local COMMIT: registers the branch with all its row locks (retrying while another
+/// global transaction holds one), then writes the undo log in the local transaction. The
+/// caller then commits locally, or rolls back on error.
+pub async fn register(
+    conn: &mut BackendConn,
+    coordinator: &Arc<Coordinator>,
+    source: &AtSource,
+    work: BranchWork,
+) -> Result<u64, AtError> {
+    if work.log.items.is_empty() {
+        // Nothing changed: nothing to undo, no branch needed.
+        return Ok(0);
+    }
+    source.resource.ensure_undo_table().await?;
+    let branch = Branch {
+        xid: work.xid.clone(),
+        branch_id: coordinator.new_branch_id(),
+        kind: BranchKind::At,
+        resource: source.resource.identity(),
+        status: BranchStatus::Registered,
+        lock_keys: work.lock_keys.into_iter().collect(),
+        application_data: None,
+    };
+    let mut attempt = 0;
+    loop {
+        match coordinator.register_branch(&branch).await {
+            Ok(()) => break,
+            Err(RegisterError::LockConflict { key, holder }) => {
+                attempt += 1;
+                if attempt >= source.lock_retry.attempts {
+                    return Err(AtError::LockTimeout { key, holder });
+                }
+                tokio::time::sleep(source.lock_retry.interval).await;
+            }
+            Err(RegisterError::NotActive { xid, status }) => {
+                return Err(AtError::NotActive {
+                    xid,
+                    why: format!("it is {}", status.name()),
+                })
+            }
+            Err(RegisterError::UnknownXid(xid)) => {
+                return Err(AtError::NotActive {
+                    xid,
+                    why: "it does not exist".into(),
+                })
+            }
+            Err(RegisterError::Store(e)) => return Err(AtError::Coordinator(e.to_string())),
+        }
+    }
+    conn.execute(&undo::insert_sql(&branch.xid, branch.branch_id, &work.log))
+        .await?;
+    Ok(branch.branch_id)
+}
