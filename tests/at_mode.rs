@@ -337,3 +337,136 @@ async fn statements_that_cannot_be_undone_are_refused() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// Every column type survives update, delete and insert rollbacks exactly, through a client
+/// whose character set differs from the table's.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_restores_exact_before_images_for_every_type() {
+    let (a, _b, tandem, _) = two_databases("types");
+    let ddl = "CREATE TABLE t (
+        id INT, k VARCHAR(10), ti TINYINT, biu BIGINT UNSIGNED, d DECIMAL(65,30), f FLOAT,
+        db DOUBLE, dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP(3) NULL, y YEAR,
+        c CHAR(5), vc VARCHAR(50), tx TEXT, bn BINARY(4), vb VARBINARY(20), bl BLOB, bt BIT(10),
+        js JSON, en ENUM('a','b'), st SET('x','y'), PRIMARY KEY (id, k)
+    ) CHARACTER SET utf8mb4";
+    let row1 = "(1, 'é1', -128, 18446744073709551615, '-1234567890123456789012345678901234.123456789012345678901234567890', \
+        3.1415927, 2.718281828459045, '2024-02-29', '-838:59:59.999999', '9999-12-31 23:59:59.999999', \
+        '2038-01-19 03:14:07.999', 2155, 'ab', 'héllo 😀', 'long text 𝄞', X'00FF7F80', X'000102FEFF', X'DEADBEEF00', \
+        b'1010101010', '{\"a\": [1, null]}', 'b', 'x,y')";
+    let row2 = "(2, 'k2', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+    common::mariadb_cli(
+        mariadb().port,
+        "root",
+        "",
+        Some(&a),
+        &format!("{ddl}; INSERT INTO t VALUES {row1}, {row2}"),
+    )
+    .unwrap();
+    let snapshot = || async {
+        let mut c = common::connect(&mariadb().url(&a)).await;
+        let rows: Vec<mysql_async::Row> = c.query("SELECT * FROM t ORDER BY id").await.unwrap();
+        rows.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>()
+    };
+    let original = snapshot().await;
+
+    // A latin1 client: images must not pass through its character set.
+    let opts =
+        mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&tandem.url(&a)).unwrap())
+            .setup(vec!["SET NAMES latin1"]);
+    let mut c = mysql_async::Conn::new(opts).await.unwrap();
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!("SET tandem_xid = '{xid}'"))
+        .await
+        .unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop("UPDATE t SET ti = 1, biu = 0, d = 0, f = 0, db = 0, dt = '2000-01-01', tm = '00:00:00', dtm = NOW(), ts = NOW(), y = 2000, c = 'z', vc = 'z', tx = 'z', bn = X'01', vb = X'01', bl = X'01', bt = b'1', js = '[]', en = 'a', st = '' WHERE id = 1").await.unwrap();
+    c.query_drop("UPDATE t SET vc = 'twice' WHERE id = 1")
+        .await
+        .unwrap();
+    c.query_drop("DELETE FROM t WHERE id = 2").await.unwrap();
+    c.query_drop("INSERT INTO t (id, k, vc) VALUES (3, 'new', 'inserted'), (4, 'new', 'inserted')")
+        .await
+        .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    c.query_drop("SET tandem_xid = NULL").await.unwrap();
+    assert_ne!(snapshot().await, original);
+    let s: String = c
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    assert_eq!(snapshot().await, original, "every value restored exactly");
+}
+
+/// Two branches of one global transaction change the same row; rollback undoes the later
+/// branch first, so the row ends as it began.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_branches_on_one_row_roll_back_in_reverse() {
+    let (a, _b, tandem, _) = two_databases("samerow");
+    let mut c1 = common::connect(&tandem.url(&a)).await;
+    let mut c2 = common::connect(&tandem.url(&a)).await;
+    let xid: String = c1
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c1.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = 1 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    // Same XID from another session: the lock is re-entrant.
+    c2.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = 2 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    let s: String = c1
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    assert_eq!(balances(&a).await[0], (1, "100.00".to_string()));
+}
+
+/// A branch whose local COMMIT arrives after the global rollback fails and commits nothing.
+/// (Its registration is refused; a branch registered just before the rollback would instead
+/// collide with the "global finished" marker the rollback leaves when it finds no undo log.)
+#[tokio::test(flavor = "multi_thread")]
+async fn late_phase_one_commit_fails_after_rollback() {
+    let (a, _b, tandem, _) = two_databases("late");
+    let mut c = common::connect(&tandem.url(&a)).await;
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!("SET tandem_xid = '{xid}'"))
+        .await
+        .unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop("UPDATE account SET balance = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    // The global transaction is rolled back while this branch has not committed locally.
+    let mut other = common::connect(&tandem.url(&a)).await;
+    let s: String = other
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    let e = c.query_drop("COMMIT").await.unwrap_err();
+    assert_eq!(error_code(&e), Some(1402), "{e}");
+    assert_eq!(
+        balances(&a).await[1],
+        (2, "50.00".to_string()),
+        "nothing committed after the rollback"
+    );
+}
