@@ -20,6 +20,22 @@ pub struct Metrics {
     backend_connections: IntGaugeVec,
     backend_connects: IntCounterVec,
     errors: IntCounterVec,
+    coordinator: CoordinatorMetrics,
+}
+
+/// Handles for the global transaction coordinator.
+#[derive(Clone)]
+pub struct CoordinatorMetrics {
+    /// Global transactions that reached a final status, by status.
+    pub outcomes: IntCounterVec,
+    /// Time of one branch's phase 2, by action (commit, rollback).
+    pub phase2_seconds: HistogramVec,
+    /// Branch registrations refused because another global transaction held a row.
+    pub lock_conflicts: IntCounter,
+    /// Coordinator store writes so far.
+    pub store_writes: IntGauge,
+    /// Store writes divided by finished global transactions.
+    pub store_writes_per_transaction: prometheus::Gauge,
 }
 
 /// Handles for one listener.
@@ -111,6 +127,49 @@ impl Metrics {
             &["listener", "code"],
         )
         .expect("valid metric");
+        let coordinator = CoordinatorMetrics {
+            outcomes: IntCounterVec::new(
+                Opts::new(
+                    "tandem_global_transactions_total",
+                    "Global transactions finished, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            phase2_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "tandem_branch_phase2_seconds",
+                    "Time of one branch's phase 2",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.5, 12).expect("valid buckets")),
+                &["action"],
+            )
+            .expect("valid metric"),
+            lock_conflicts: IntCounter::new(
+                "tandem_global_lock_conflicts_total",
+                "Branch registrations that found a row locked by another global transaction",
+            )
+            .expect("valid metric"),
+            store_writes: IntGauge::new(
+                "tandem_coordinator_store_writes",
+                "Coordinator store writes since start",
+            )
+            .expect("valid metric"),
+            store_writes_per_transaction: prometheus::Gauge::new(
+                "tandem_store_writes_per_global_transaction",
+                "Coordinator store writes since start divided by global transactions finished",
+            )
+            .expect("valid metric"),
+        };
+        for c in [
+            Box::new(coordinator.outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(coordinator.phase2_seconds.clone()),
+            Box::new(coordinator.lock_conflicts.clone()),
+            Box::new(coordinator.store_writes.clone()),
+            Box::new(coordinator.store_writes_per_transaction.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
         for c in [
             Box::new(client_connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(client_connections_total.clone()),
@@ -131,7 +190,12 @@ impl Metrics {
             backend_connections,
             backend_connects,
             errors,
+            coordinator,
         }
+    }
+
+    pub fn coordinator(&self) -> CoordinatorMetrics {
+        self.coordinator.clone()
     }
 
     pub fn listener(&self, name: &str) -> ListenerMetrics {

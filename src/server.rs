@@ -20,7 +20,7 @@ use crate::coordinator::store::embedded::EmbeddedStore;
 use crate::coordinator::Coordinator;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
-use crate::metrics::Metrics;
+use crate::metrics::{CoordinatorMetrics, Metrics};
 use crate::wire::auth::AuthMethod;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let coordinator = start_coordinator(&config, shutdown_rx.clone())?;
+    let coordinator = start_coordinator(&config, metrics.coordinator(), shutdown_rx.clone())?;
     let at_sources: Vec<Arc<AtSource>> = pools
         .iter()
         .map(|pool| {
@@ -183,6 +183,7 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500
 /// phase 2 a previous run left undone).
 fn start_coordinator(
     config: &Config,
+    metrics: CoordinatorMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Coordinator>, StartError> {
     let c = &config.coordinator;
@@ -200,7 +201,7 @@ fn start_coordinator(
             })
         }
     };
-    let coordinator = Coordinator::new(AnyStore::Embedded(store), c.default_timeout.0);
+    let coordinator = Coordinator::new(AnyStore::Embedded(store), c.default_timeout.0, metrics);
     coordinator.spawn_sweeper(SWEEP_INTERVAL, shutdown);
     Ok(coordinator)
 }

@@ -269,6 +269,75 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
         .unwrap()
         .unwrap();
     assert_eq!(bal, "42.00", "the other writer's value is left alone");
+
+    // A person puts the row back as the global transaction left it, and retries.
+    mariadb().sql(&format!("UPDATE {a}.account SET balance = 0 WHERE id = 1"));
+    let (code, body) = tandem.admin_post(&format!("/v1/transactions/{xid}/retry"), "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Rollbacked"), "{body}");
+    let bal: String = direct
+        .query_first("SELECT CAST(balance AS CHAR) FROM account WHERE id = 1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bal, "100.00");
+
+    // Another one stuck for good: a person fixes the data by hand and force-finishes it.
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = 5 WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    mariadb().sql(&format!("UPDATE {a}.account SET balance = 6 WHERE id = 2"));
+    let s: String = c
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacking");
+    let (code, body) = tandem.admin_post(&format!("/v1/transactions/{xid}/finish"), "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Rollbacked"), "{body}");
+    assert_eq!(undo_rows(&a).await, 0, "its undo log is gone");
+    // The row is free for other global transactions again.
+    let other: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{other}') */ UPDATE account SET balance = 7 WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    let _: String = c
+        .query_first(format!("SELECT tandem_commit('{other}')"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (_, m) = tandem.admin("/metrics");
+    assert!(
+        m.contains(r#"tandem_global_transactions_total{outcome="Rollbacked"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tandem_global_transactions_total{outcome="Committed"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains("tandem_branch_phase2_seconds_count{action=\"rollback\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tandem_store_writes_per_global_transaction"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

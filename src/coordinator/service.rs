@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::model::{Branch, BranchStatus, GlobalStatus, GlobalTx};
 use super::store::any::AnyStore;
 use super::store::{RegisterError, StoreError, Transition};
+use crate::metrics::CoordinatorMetrics;
 
 /// Longest XID accepted from clients.
 pub const MAX_XID_LEN: usize = 128;
@@ -68,6 +69,7 @@ pub struct Coordinator {
     in_flight: Mutex<HashSet<String>>,
     /// The next branch id; starts from the clock so ids keep increasing across restarts.
     next_branch: std::sync::atomic::AtomicU64,
+    metrics: CoordinatorMetrics,
 }
 
 fn now_ms() -> u64 {
@@ -93,13 +95,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Coordinator {
-    pub fn new(store: AnyStore, default_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        store: AnyStore,
+        default_timeout: Duration,
+        metrics: CoordinatorMetrics,
+    ) -> Arc<Self> {
         Arc::new(Coordinator {
             store,
             default_timeout,
             resources: RwLock::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             next_branch: std::sync::atomic::AtomicU64::new(now_ms() << 16),
+            metrics,
         })
     }
 
@@ -163,7 +170,11 @@ impl Coordinator {
                     })?;
             }
         }
-        self.store.register_branch(branch).await
+        let r = self.store.register_branch(branch).await;
+        if matches!(r, Err(RegisterError::LockConflict { .. })) {
+            self.metrics.lock_conflicts.inc();
+        }
+        r
     }
 
     /// Commits: records the decision (releasing locks), then runs phase 2. Returns the
@@ -239,12 +250,16 @@ impl Coordinator {
                 .filter(|b| b.status == BranchStatus::Registered)
             {
                 let rm = self.resource(&b.resource).ok_or_else(|| no_resource(b))?;
+                let started = std::time::Instant::now();
                 rm.commit(b).await?;
+                self.observe_phase2("commit", started);
             }
-            self.store
+            let t = self
+                .store
                 .finish(xid, GlobalStatus::Committing, GlobalStatus::Committed)
                 .await
                 .map_err(store_err)?;
+            self.finished(t, GlobalStatus::Committed);
             return Ok(());
         }
         if branches
@@ -261,7 +276,10 @@ impl Coordinator {
             .collect();
         for (i, b) in pending.iter().enumerate() {
             let rm = self.resource(&b.resource).ok_or_else(|| no_resource(b))?;
-            match rm.rollback(b).await? {
+            let started = std::time::Instant::now();
+            let outcome = rm.rollback(b).await?;
+            self.observe_phase2("rollback", started);
+            match outcome {
                 RollbackOutcome::RolledBack => {
                     if i + 1 < pending.len() {
                         self.store
@@ -284,11 +302,89 @@ impl Coordinator {
             GlobalStatus::TimeoutRollbacking => GlobalStatus::TimeoutRollbacked,
             _ => GlobalStatus::Rollbacked,
         };
-        self.store
+        let t = self
+            .store
             .finish(xid, decision, done)
             .await
             .map_err(store_err)?;
+        self.finished(t, done);
         Ok(())
+    }
+
+    fn observe_phase2(&self, action: &str, started: std::time::Instant) {
+        self.metrics
+            .phase2_seconds
+            .with_label_values(&[action])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a transaction that reached its final status here.
+    fn finished(&self, t: Transition, status: GlobalStatus) {
+        if t != Transition::Moved {
+            return;
+        }
+        let m = &self.metrics;
+        m.outcomes.with_label_values(&[status.name()]).inc();
+        let writes = self.store.writes();
+        m.store_writes.set(writes as i64);
+        let done: u64 = GlobalStatus::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| m.outcomes.with_label_values(&[s.name()]).get())
+            .sum();
+        if done > 0 {
+            m.store_writes_per_transaction
+                .set(writes as f64 / done as f64);
+        }
+    }
+
+    /// Runs phase 2 again for a transaction whose branches stopped as needing a person, once
+    /// the person has fixed the data: those branches are rolled back again.
+    pub async fn retry(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
+        let tx = self.get(xid).await?;
+        if tx.status.is_final() || tx.status == GlobalStatus::Begin {
+            return Ok(tx.status);
+        }
+        for b in self.store.branches(xid).await? {
+            if b.status == BranchStatus::NeedsAttention {
+                self.store
+                    .branch_done(xid, b.branch_id, BranchStatus::Registered)
+                    .await?;
+            }
+        }
+        self.run_phase2(xid, tx.status).await;
+        self.status(xid).await
+    }
+
+    /// Ends a decided transaction without undoing what its remaining branches did (after a
+    /// person restored the data by hand): their undo logs are deleted, locks released, and
+    /// the final status recorded.
+    pub async fn force_finish(
+        self: &Arc<Self>,
+        xid: &str,
+    ) -> Result<GlobalStatus, CoordinatorError> {
+        let tx = self.get(xid).await?;
+        let done = match tx.status {
+            GlobalStatus::Committing => GlobalStatus::Committed,
+            GlobalStatus::Rollbacking => GlobalStatus::Rollbacked,
+            GlobalStatus::TimeoutRollbacking => GlobalStatus::TimeoutRollbacked,
+            other => return Ok(other),
+        };
+        for b in self.store.branches(xid).await? {
+            if matches!(
+                b.status,
+                BranchStatus::Registered | BranchStatus::NeedsAttention
+            ) {
+                if let Some(rm) = self.resource(&b.resource) {
+                    rm.commit(&b)
+                        .await
+                        .map_err(|e| CoordinatorError::Store(StoreError::Backend(e.0)))?;
+                }
+            }
+        }
+        let t = self.store.finish(xid, tx.status, done).await?;
+        self.finished(t, done);
+        self.status(xid).await
     }
 
     /// One pass of the background work: time out expired transactions, drive decided ones
@@ -404,9 +500,11 @@ mod tests {
     }
 
     fn setup() -> (Arc<Coordinator>, Arc<Recorder>) {
+        let metrics = crate::metrics::Metrics::new().coordinator();
         let c = Coordinator::new(
             AnyStore::Memory(MemoryStore::new()),
             Duration::from_secs(60),
+            metrics,
         );
         let rm = Arc::new(Recorder::default());
         c.register_resource("db1", rm.clone());
@@ -473,6 +571,38 @@ mod tests {
         // Sweeps do not retry a branch that needs a person.
         c.sweep().await;
         assert_eq!(lock(&rm.calls).len(), 2);
+        // After the person fixed the data, a retry finishes the rollback.
+        *lock(&rm.dirty) = None;
+        assert_eq!(c.retry(&tx.xid).await.unwrap(), GlobalStatus::Rollbacked);
+        assert_eq!(
+            *lock(&rm.calls),
+            vec!["rollback 3", "rollback 2", "rollback 2", "rollback 1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn force_finish_ends_a_stuck_transaction() {
+        let (c, rm) = setup();
+        let tx = c.begin(None).await.unwrap();
+        c.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
+        *lock(&rm.dirty) = Some(1);
+        assert_eq!(
+            c.rollback(&tx.xid).await.unwrap(),
+            GlobalStatus::Rollbacking
+        );
+        assert_eq!(
+            c.force_finish(&tx.xid).await.unwrap(),
+            GlobalStatus::Rollbacked
+        );
+        assert_eq!(
+            lock(&rm.calls).last().map(String::as_str),
+            Some("commit 1"),
+            "undo log dropped"
+        );
+        assert_eq!(
+            c.store().lock_holder("o", &["a".into()]).await.unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

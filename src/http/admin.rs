@@ -31,6 +31,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/transactions/{xid}", get(tx_show))
         .route("/v1/transactions/{xid}/commit", post(tx_commit))
         .route("/v1/transactions/{xid}/rollback", post(tx_rollback))
+        .route("/v1/transactions/{xid}/retry", post(tx_retry))
+        .route("/v1/transactions/{xid}/finish", post(tx_finish))
         .with_state(state)
 }
 
@@ -148,6 +150,22 @@ async fn tx_commit(State(state): State<Arc<AdminState>>, Path(xid): Path<String>
 
 async fn tx_rollback(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) -> ApiResult {
     let status = state.coordinator.rollback(&xid).await.map_err(api_error)?;
+    Ok(Json(json!({ "xid": xid, "status": status.name() })))
+}
+
+/// `POST /v1/transactions/{xid}/retry`: runs phase 2 again for branches that needed a person.
+async fn tx_retry(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) -> ApiResult {
+    let status = state.coordinator.retry(&xid).await.map_err(api_error)?;
+    Ok(Json(json!({ "xid": xid, "status": status.name() })))
+}
+
+/// `POST /v1/transactions/{xid}/finish`: ends a stuck transaction after a person fixed the data.
+async fn tx_finish(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) -> ApiResult {
+    let status = state
+        .coordinator
+        .force_finish(&xid)
+        .await
+        .map_err(api_error)?;
     Ok(Json(json!({ "xid": xid, "status": status.name() })))
 }
 
