@@ -539,3 +539,71 @@ async fn late_phase_one_commit_fails_after_rollback() {
         "nothing committed after the rollback"
     );
 }
+
+/// Inside a global transaction, SELECT … FOR UPDATE waits for other global transactions'
+/// locks; a plain SELECT does not (Seata AT's read-uncommitted default).
+#[tokio::test(flavor = "multi_thread")]
+async fn select_for_update_checks_global_locks() {
+    let (a, _b, tandem, _) = two_databases("sfu");
+    let mut c1 = common::connect(&tandem.url(&a)).await;
+    let mut c2 = common::connect(&tandem.url(&a)).await;
+    let x1: String = c1
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    let x2: String = c2
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c1.query_drop(format!(
+        "/*+ XID('{x1}') */ UPDATE account SET balance = 7 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+
+    c2.query_drop(format!("SET tandem_xid = '{x2}'"))
+        .await
+        .unwrap();
+    let seen: String = c2
+        .query_first("SELECT CAST(balance AS CHAR) FROM account WHERE id = 1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen, "7.00",
+        "a plain read sees the uncommitted global change"
+    );
+    let e = c2
+        .query_drop("SELECT * FROM account WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1205), "{e}");
+    assert!(e.to_string().contains(&x1), "{e}");
+    // Rows nobody holds, and the holder itself, are not blocked.
+    let n: Vec<mysql_async::Row> = c2
+        .query("SELECT * FROM account WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(n.len(), 1);
+    let own: Vec<mysql_async::Row> = c1
+        .query(format!(
+            "SELECT /*+ XID('{x1}') */ * FROM account WHERE id = 1 FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(own.len(), 1);
+    // Once the holder ends, the locking read goes through.
+    let _: String = c1
+        .query_first(format!("SELECT tandem_rollback('{x1}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    let v: String = c2
+        .query_first("SELECT CAST(balance AS CHAR) FROM account WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v, "100.00");
+}

@@ -328,3 +328,45 @@ pub async fn register(
         .await?;
     Ok(branch.branch_id)
 }
+
+/// `SELECT … FOR UPDATE` inside a global transaction reads committed data: it waits while
+/// another global transaction holds a global lock on one of the rows, then fails with the
+/// lock error. Locks `xid` itself holds do not count.
+pub async fn check_global_locks(
+    conn: &mut BackendConn,
+    coordinator: &Arc<Coordinator>,
+    source: &AtSource,
+    identity_host: &str,
+    xid: &str,
+    select: &crate::sql::dml::LockingSelect,
+) -> Result<(), AtError> {
+    let meta = source
+        .meta
+        .get(conn, select.table.schema.as_deref(), &select.table.name)
+        .await?;
+    let sql = image::pks_by_filter_sql(&meta, select.table.alias.as_deref(), &select.filter);
+    let identity = format!("{identity_host}/{}", meta.schema);
+    let keys: Vec<String> = conn
+        .query_raw(&sql)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let pk: Vec<&[u8]> = row.iter().map(|v| v.as_deref().unwrap_or(b"")).collect();
+            lock_key(&identity, &meta.name, &pk)
+        })
+        .collect();
+    let mut attempt = 0;
+    loop {
+        match coordinator.store().lock_holder(xid, &keys).await {
+            Ok(None) => return Ok(()),
+            Ok(Some((key, holder))) => {
+                attempt += 1;
+                if attempt >= source.lock_retry.attempts {
+                    return Err(AtError::LockTimeout { key, holder });
+                }
+                tokio::time::sleep(source.lock_retry.interval).await;
+            }
+            Err(e) => return Err(AtError::Coordinator(e.to_string())),
+        }
+    }
+}

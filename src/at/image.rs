@@ -103,6 +103,27 @@ pub fn rows_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFil
     sql
 }
 
+/// The locking read of the primary keys of the rows a `SELECT … FOR UPDATE` locks.
+pub fn pks_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFilter) -> String {
+    let qualifier = alias.map_or_else(|| table_sql(meta), quote::ident);
+    let cols: Vec<String> = meta
+        .primary_key
+        .iter()
+        .map(|&i| read_expr(&meta.columns[i], &qualifier))
+        .collect();
+    let mut sql = format!("SELECT {} FROM {}", cols.join(", "), table_sql(meta));
+    if let Some(a) = alias {
+        sql.push(' ');
+        sql.push_str(&quote::ident(a));
+    }
+    if let Some(w) = &filter.where_sql {
+        sql.push_str(" WHERE ");
+        sql.push_str(w);
+    }
+    sql.push_str(" FOR UPDATE");
+    sql
+}
+
 /// The primary key values of an image row.
 pub fn pk_of<'a>(meta: &TableMeta, row: &'a ImageRow) -> Vec<Option<&'a Bytes>> {
     meta.primary_key

@@ -28,8 +28,20 @@ pub(super) enum Global {
     Plain,
     /// A DML statement that joins this XID.
     Join(String),
+    /// A `SELECT … FOR UPDATE` that must first wait for this XID's competitors' locks.
+    LockingRead(String),
     /// Refused before reaching the database.
     Refuse(MysqlError),
+}
+
+/// True when a statement ends with `FOR UPDATE` (a constant-time look at its tail).
+fn ends_with_for_update(sql: &[u8]) -> bool {
+    let end = sql
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+        .map_or(0, |p| p + 1);
+    let tail = &sql[..end];
+    tail.len() >= 10 && tail[tail.len() - 10..].eq_ignore_ascii_case(b"for update")
 }
 
 pub(super) fn at_error(e: AtError) -> MysqlError {
@@ -62,6 +74,25 @@ impl Session {
                 | StatementKind::Replace
         );
         let in_global = self.xid.is_some() || self.branch.is_some();
+        if kind == StatementKind::Select && ends_with_for_update(sql) {
+            return match hints::xid_hint(sql) {
+                Some(Ok(x)) => Global::LockingRead(x),
+                Some(Err(e)) => Global::Refuse(MysqlError::new(
+                    1210,
+                    "HY000",
+                    format!("Incorrect XID hint: {}", e.0),
+                )),
+                None => match self
+                    .branch
+                    .as_ref()
+                    .map(|b| b.xid.clone())
+                    .or_else(|| self.xid.clone())
+                {
+                    Some(x) => Global::LockingRead(x),
+                    None => Global::Plain,
+                },
+            };
+        }
         if !dml {
             return match kind {
                 StatementKind::Ddl if in_global => Global::Refuse(MysqlError::not_supported(
@@ -90,6 +121,52 @@ impl Session {
         match xid {
             Some(x) => Global::Join(x),
             None => Global::Plain,
+        }
+    }
+
+    /// `SELECT … FOR UPDATE` in a global transaction: wait for other global transactions'
+    /// locks on the rows (read committed), then run the statement as usual.
+    pub(super) async fn global_locking_read(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        xid: String,
+    ) -> Flow {
+        let checked = async {
+            let sql = std::str::from_utf8(&payload[1..]).map_err(|_| {
+                MysqlError::not_supported(
+                    "a statement that is not UTF-8 inside a global transaction",
+                )
+            })?;
+            let select = dml::analyze_locking_select(sql).map_err(|e| match e {
+                AnalyzeError::Parse(m) => MysqlError::cannot_parse(&m),
+                AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
+            })?;
+            self.pin_backend(None).await?;
+            let identity_host = {
+                let dsn = self.ctx.pool.dsn();
+                format!("{}:{}", dsn.host, dsn.port)
+            };
+            let (at, coordinator) = (self.ctx.at.clone(), self.ctx.coordinator.clone());
+            let Some(backend) = self.backend.as_mut() else {
+                return Err(MysqlError::backend_lost(self.ctx.pool.name()));
+            };
+            branch::check_global_locks(backend, &coordinator, &at, &identity_host, &xid, &select)
+                .await
+                .map_err(at_error)
+        }
+        .await;
+        match checked {
+            Ok(()) => {
+                self.forward(
+                    reply_seq,
+                    payload,
+                    StatementKind::Select,
+                    ResponseKind::Query,
+                )
+                .await
+            }
+            Err(e) => self.reply_error(reply_seq, e).await,
         }
     }
 

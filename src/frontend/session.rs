@@ -215,6 +215,9 @@ impl Session {
                 match self.classify_global(kind, sql) {
                     Global::Plain => {}
                     Global::Join(xid) => return self.global_dml(reply_seq, payload, xid).await,
+                    Global::LockingRead(xid) => {
+                        return self.global_locking_read(reply_seq, payload, xid).await
+                    }
                     Global::Refuse(e) => return self.reply_error(reply_seq, e).await,
                 }
                 (kind, ResponseKind::Query)

@@ -81,6 +81,37 @@ fn unsupported<T>(what: &str) -> Result<T, AnalyzeError> {
     )))
 }
 
+/// A `SELECT … FOR UPDATE` on one table: which rows it locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockingSelect {
+    pub table: TableName,
+    pub filter: RowFilter,
+}
+
+/// Analyses a `SELECT … FOR UPDATE` inside a global transaction. Only single-table selects
+/// are understood; ORDER BY and LIMIT are ignored, so the rows checked are a superset.
+pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> {
+    let mut statements =
+        Parser::parse_sql(&MySqlDialect {}, sql).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
+    if statements.len() != 1 {
+        return unsupported("more than one statement in one query");
+    }
+    let Statement::Query(q) = statements.remove(0) else {
+        return unsupported("this statement");
+    };
+    let SetExpr::Select(select) = *q.body else {
+        return unsupported("a SELECT … FOR UPDATE with set operations");
+    };
+    let [from] = select.from.as_slice() else {
+        return unsupported("a SELECT … FOR UPDATE over several tables");
+    };
+    let table = single_table(from)?;
+    Ok(LockingSelect {
+        table,
+        filter: filter(select.selection.as_ref(), &[], None, 0),
+    })
+}
+
 /// Analyses one INSERT, UPDATE or DELETE.
 pub fn analyze(sql: &str) -> Result<Dml, AnalyzeError> {
     let mut statements =
@@ -337,6 +368,17 @@ mod tests {
             panic!("not an insert")
         };
         assert!(i.columns.is_empty());
+    }
+
+    #[test]
+    fn locking_selects() {
+        let l = analyze_locking_select(
+            "SELECT * FROM acct a WHERE a.id = 3 ORDER BY id LIMIT 1 FOR UPDATE",
+        )
+        .unwrap();
+        assert_eq!(l.table.alias.as_deref(), Some("a"));
+        assert_eq!(l.filter.where_sql.as_deref(), Some("a.id = 3"));
+        assert!(analyze_locking_select("SELECT * FROM a JOIN b ON a.x = b.x FOR UPDATE").is_err());
     }
 
     #[test]
