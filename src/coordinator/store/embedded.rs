@@ -1,8 +1,13 @@
-//! The embedded store: one redb file, each operation one ACID transaction synced to disk
-//! before it returns, so a decision acknowledged to a client survives a crash of the process.
+//! The embedded store: one redb file, each operation atomic and synced to disk before it
+//! returns, so a decision acknowledged to a client survives a crash of the process.
+//!
+//! Writes go through one writer thread that commits the operations waiting at that moment in
+//! one redb transaction (group commit): one disk sync serves many concurrent operations, and
+//! each caller is answered only after that sync. Reads use redb's snapshots and never wait.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -13,6 +18,9 @@ use super::StoreError;
 const GLOBALS: TableDefinition<&str, &[u8]> = TableDefinition::new("globals");
 const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 256;
 
 fn definition(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match t {
@@ -26,14 +34,39 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Called once the batch holding an operation committed (`None`) or failed (`Some`).
+type Done = Box<dyn FnOnce(Option<StoreError>) + Send>;
+/// One queued operation: runs in the batch's transaction, says whether it failed after
+/// writing (which spoils the whole batch), and how to answer its caller.
+type Job = Box<dyn FnOnce(&mut Writer) -> (bool, Done) + Send>;
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    // Declared first so it drops first: the writer thread ends before the file is closed.
+    writer: Arc<WriterThread>,
     db: Arc<Database>,
     writes: Arc<AtomicU64>,
 }
 
+/// The writer thread and its queue. Dropping the last handle closes the queue and waits for
+/// the thread, so the file is free to open again at once.
+struct WriterThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl EmbeddedStore {
-    /// Opens the store file, creating it (and its directory) if needed.
+    /// Opens the store file, creating it (and its directory) if needed, and starts its writer
+    /// thread (which ends when the last handle is dropped).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| backend(format!("{}: {e}", dir.display())))?;
@@ -45,10 +78,70 @@ impl EmbeddedStore {
             txn.open_table(definition(t)).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        Ok(EmbeddedStore {
-            db: Arc::new(db),
-            writes: Arc::new(AtomicU64::new(0)),
-        })
+        let db = Arc::new(db);
+        let writes = Arc::new(AtomicU64::new(0));
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let thread = {
+            let (db, writes) = (db.clone(), writes.clone());
+            std::thread::Builder::new()
+                .name("tandem-store".into())
+                .spawn(move || writer_loop(&db, &writes, &queue))
+                .map_err(backend)?
+        };
+        let writer = Arc::new(WriterThread {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        });
+        Ok(EmbeddedStore { writer, db, writes })
+    }
+}
+
+/// Commits queued operations in batches until every handle is gone.
+fn writer_loop(db: &Database, writes: &AtomicU64, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut w = Writer {
+            txn: db.begin_write().map_err(backend),
+            changes: 0,
+        };
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut spoiled = false;
+        let mut changed = 0u64;
+        for job in batch {
+            let before = w.changes;
+            let (dirty, done) = job(&mut w);
+            spoiled |= dirty;
+            if w.changes != before {
+                changed += 1;
+            }
+            answers.push(done);
+        }
+        let outcome = match w.txn {
+            Err(e) => Some(e),
+            Ok(txn) if spoiled => {
+                let _ = txn.abort();
+                Some(StoreError::Backend(
+                    "a store operation failed half-way; its batch was not committed".into(),
+                ))
+            }
+            Ok(txn) if w.changes == 0 => txn.abort().err().map(backend),
+            Ok(txn) => match txn.commit() {
+                Ok(()) => {
+                    writes.fetch_add(changed, Ordering::Relaxed);
+                    None
+                }
+                Err(e) => Some(backend(e)),
+            },
+        };
+        for done in answers {
+            done(outcome.clone());
+        }
     }
 }
 
@@ -81,74 +174,82 @@ impl KvRead for Reader {
     }
 }
 
+/// The batch's write transaction (or why there is none), and how many writes it holds.
 struct Writer {
-    txn: redb::WriteTransaction,
-    changed: bool,
+    txn: Result<redb::WriteTransaction, StoreError>,
+    changes: u64,
+}
+
+impl Writer {
+    fn txn(&self) -> Result<&redb::WriteTransaction, StoreError> {
+        self.txn.as_ref().map_err(Clone::clone)
+    }
 }
 
 impl KvRead for Writer {
     fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.txn.open_table(definition(table)).map_err(backend)?;
+        let t = self.txn()?.open_table(definition(table)).map_err(backend)?;
         let v = t.get(key).map_err(backend)?.map(|v| v.value().to_vec());
         Ok(v)
     }
 
     fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let t = self.txn.open_table(definition(table)).map_err(backend)?;
+        let t = self.txn()?.open_table(definition(table)).map_err(backend)?;
         scan_table(&t, prefix)
     }
 }
 
 impl KvTxn for Writer {
     fn put(&mut self, table: Table, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        let mut t = self.txn.open_table(definition(table)).map_err(backend)?;
-        t.insert(key, value.as_slice()).map_err(backend)?;
-        self.changed = true;
+        {
+            let mut t = self.txn()?.open_table(definition(table)).map_err(backend)?;
+            t.insert(key, value.as_slice()).map_err(backend)?;
+        }
+        self.changes += 1;
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &str) -> Result<(), StoreError> {
-        let mut t = self.txn.open_table(definition(table)).map_err(backend)?;
-        t.remove(key).map_err(backend)?;
-        self.changed = true;
+        {
+            let mut t = self.txn()?.open_table(definition(table)).map_err(backend)?;
+            t.remove(key).map_err(backend)?;
+        }
+        self.changes += 1;
         Ok(())
     }
 }
 
 impl KvStore for EmbeddedStore {
-    fn read<R>(
-        &self,
-        f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+    fn read<R>(&self, f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         f(&Reader(txn))
     }
 
-    fn write<R, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E>,
-    ) -> Result<R, E> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let mut w = Writer {
-            txn,
-            changed: false,
-        };
-        match f(&mut w) {
-            Ok(v) => {
-                if w.changed {
-                    w.txn.commit().map_err(backend)?;
-                    self.writes.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    w.txn.abort().map_err(backend)?;
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                // Dropping an uncommitted transaction discards it; abort says so explicitly.
-                let _ = w.txn.abort();
-                Err(e)
-            }
+    fn write<R, E>(&self, f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel::<Result<R, E>>(1);
+        let job: Job = Box::new(move |w: &mut Writer| {
+            let before = w.changes;
+            let result = f(w);
+            let dirty = result.is_err() && w.changes != before;
+            let done: Done = Box::new(move |failure| {
+                let answer = match failure {
+                    None => result,
+                    Some(e) => Err(E::from(e)),
+                };
+                let _ = tx.send(answer);
+            });
+            (dirty, done)
+        });
+        let stopped = || E::from(StoreError::Backend("the store writer has stopped".into()));
+        match &self.writer.jobs {
+            Some(jobs) if jobs.send(job).is_ok() => {}
+            _ => return Err(stopped()),
         }
+        rx.recv().unwrap_or_else(|_| Err(stopped()))
     }
 
     fn writes(&self) -> u64 {

@@ -52,11 +52,15 @@ pub trait KvStore: Clone + Send + Sync + 'static {
     ) -> Result<R, StoreError>;
 
     /// Runs `f` in a transaction, committed durably when `f` returns `Ok`, discarded when it
-    /// returns `Err`. Counts one store write when it committed changes.
-    fn write<R, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E>,
-    ) -> Result<R, E>;
+    /// returns `Err`. Counts one store write when it committed changes. A store may commit
+    /// several callers' operations together (group commit); each still sees all or nothing.
+    ///
+    /// An operation that fails must fail before it writes, unless the failure is the store's
+    /// own (unreadable data, I/O): every operation in this module checks first.
+    fn write<R, E>(&self, f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static;
 
     /// Committed writes so far.
     fn writes(&self) -> u64;

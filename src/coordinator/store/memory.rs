@@ -98,10 +98,11 @@ impl KvStore for MemoryStore {
         f(&Snapshot(&tables))
     }
 
-    fn write<R, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E>,
-    ) -> Result<R, E> {
+    fn write<R, E>(&self, f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
         let mut tables = lock(&self.tables);
         let (result, changes) = {
             let mut txn = Overlay {

@@ -135,7 +135,7 @@ where
 impl<K: kv::KvStore> Store for K {
     fn create(&self, tx: &GlobalTx) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, tx) = (self.clone(), tx.clone());
-        blocking(move || s.write(|t| kv::create(t, &tx)))
+        blocking(move || s.write(move |t| kv::create(t, &tx)))
     }
 
     fn get(&self, xid: &str) -> impl Future<Output = Result<Option<GlobalTx>, StoreError>> + Send {
@@ -156,7 +156,7 @@ impl<K: kv::KvStore> Store for K {
         release_locks: bool,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(|t| kv::transition(t, &xid, from, to, release_locks)))
+        blocking(move || s.write(move |t| kv::transition(t, &xid, from, to, release_locks)))
     }
 
     fn register_branch(
@@ -164,7 +164,7 @@ impl<K: kv::KvStore> Store for K {
         branch: &Branch,
     ) -> impl Future<Output = Result<(), RegisterError>> + Send {
         let (s, branch) = (self.clone(), branch.clone());
-        blocking(move || s.write(|t| kv::register_branch(t, &branch)))
+        blocking(move || s.write(move |t| kv::register_branch(t, &branch)))
     }
 
     fn branches(&self, xid: &str) -> impl Future<Output = Result<Vec<Branch>, StoreError>> + Send {
@@ -179,7 +179,7 @@ impl<K: kv::KvStore> Store for K {
         status: BranchStatus,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(|t| kv::branch_done(t, &xid, branch_id, status)))
+        blocking(move || s.write(move |t| kv::branch_done(t, &xid, branch_id, status)))
     }
 
     fn finish(
@@ -189,12 +189,12 @@ impl<K: kv::KvStore> Store for K {
         to: GlobalStatus,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(|t| kv::finish(t, &xid, from, to)))
+        blocking(move || s.write(move |t| kv::finish(t, &xid, from, to)))
     }
 
     fn forget(&self, xid: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(|t| kv::forget(t, &xid)))
+        blocking(move || s.write(move |t| kv::forget(t, &xid)))
     }
 
     fn lock_holder(
