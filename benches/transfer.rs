@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 const ACCOUNTS: u32 = 1000;
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench_transfer.sh"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench_transfer.sh"))
 }
 
 struct Run {
@@ -38,7 +39,10 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
             let mut cb = mysql_async::Conn::from_url(&b).await.expect("connect b");
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let (from, to) = (rng.random_range(1..=ACCOUNTS), rng.random_range(1..=ACCOUNTS));
+                let (from, to) = (
+                    rng.random_range(1..=ACCOUNTS),
+                    rng.random_range(1..=ACCOUNTS),
+                );
                 let t = Instant::now();
                 let ok = if global {
                     transfer_global(&mut ca, &mut cb, from, to).await
@@ -68,13 +72,24 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
     }
 }
 
-async fn transfer_plain(a: &mut mysql_async::Conn, b: &mut mysql_async::Conn, from: u32, to: u32) -> bool {
+async fn transfer_plain(
+    a: &mut mysql_async::Conn,
+    b: &mut mysql_async::Conn,
+    from: u32,
+    to: u32,
+) -> bool {
     let r: Result<(), mysql_async::Error> = async {
         a.query_drop("BEGIN").await?;
-        a.query_drop(format!("UPDATE account SET balance = balance - 1 WHERE id = {from}")).await?;
+        a.query_drop(format!(
+            "UPDATE account SET balance = balance - 1 WHERE id = {from}"
+        ))
+        .await?;
         a.query_drop("COMMIT").await?;
         b.query_drop("BEGIN").await?;
-        b.query_drop(format!("UPDATE account SET balance = balance + 1 WHERE id = {to}")).await?;
+        b.query_drop(format!(
+            "UPDATE account SET balance = balance + 1 WHERE id = {to}"
+        ))
+        .await?;
         b.query_drop("COMMIT").await?;
         Ok(())
     }
@@ -82,20 +97,33 @@ async fn transfer_plain(a: &mut mysql_async::Conn, b: &mut mysql_async::Conn, fr
     r.is_ok()
 }
 
-async fn transfer_global(a: &mut mysql_async::Conn, b: &mut mysql_async::Conn, from: u32, to: u32) -> bool {
+async fn transfer_global(
+    a: &mut mysql_async::Conn,
+    b: &mut mysql_async::Conn,
+    from: u32,
+    to: u32,
+) -> bool {
     let Ok(Some(xid)) = a.query_first::<String, _>("SELECT tandem_begin()").await else {
         return false;
     };
     let r: Result<(), mysql_async::Error> = async {
-        a.query_drop(format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance - 1 WHERE id = {from}"))
-            .await?;
-        b.query_drop(format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {to}"))
-            .await?;
+        a.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 1 WHERE id = {from}"
+        ))
+        .await?;
+        b.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {to}"
+        ))
+        .await?;
         Ok(())
     }
     .await;
     let end = if r.is_ok() { "commit" } else { "rollback" };
-    let status: Option<String> = a.query_first(format!("SELECT tandem_{end}('{xid}')")).await.ok().flatten();
+    let status: Option<String> = a
+        .query_first(format!("SELECT tandem_{end}('{xid}')"))
+        .await
+        .ok()
+        .flatten();
     r.is_ok() && status.as_deref() == Some("Committed")
 }
 
@@ -110,7 +138,11 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 fn metric(admin: &str, name: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     body.lines()
@@ -137,7 +169,8 @@ async fn main() {
         global.push(run(clients, seconds, true, &tandem_a, &tandem_b).await);
     }
     let tps = |runs: &[Run]| {
-        runs.iter().map(|r| r.done as f64).sum::<f64>() / runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>()
+        runs.iter().map(|r| r.done as f64).sum::<f64>()
+            / runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>()
     };
     let lat = |runs: &[Run]| {
         let mut all: Vec<Duration> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
@@ -146,7 +179,9 @@ async fn main() {
     };
     let (p50, p99) = lat(&global);
     let (pp50, pp99) = lat(&plain);
-    println!("clients: {clients}, {seconds} s per run, 2 runs each, {ACCOUNTS} accounts per database");
+    println!(
+        "clients: {clients}, {seconds} s per run, 2 runs each, {ACCOUNTS} accounts per database"
+    );
     println!(
         "plain local transactions (direct):  {:>8.1} transfers/s   p50 {pp50:.2} ms  p99 {pp99:.2} ms",
         tps(&plain)
@@ -156,7 +191,10 @@ async fn main() {
         tps(&global),
         global.iter().map(|r| r.failed).sum::<u64>()
     );
-    println!("ratio global/plain:                 {:>8.3}", tps(&global) / tps(&plain));
+    println!(
+        "ratio global/plain:                 {:>8.3}",
+        tps(&global) / tps(&plain)
+    );
     if let Some(w) = metric(&admin, "tandem_store_writes_per_global_transaction") {
         println!("store writes per global transaction: {w:.2} (2 branches: target <= 6)");
     }

@@ -60,4 +60,8 @@ export DIRECT_B="mysql://root@127.0.0.1:$db_port/bank_b"
 export TANDEM_A="mysql://app:app@127.0.0.1:$port_a/bank_a"
 export TANDEM_B="mysql://app:app@127.0.0.1:$port_b/bank_b"
 export TANDEM_ADMIN="127.0.0.1:$admin_port"
+cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+t0=$(cpu $tandem_pid); m0=$(cpu $(cat $work/mariadb/pid))
+if [ -n "${BENCH_PERF:-}" ]; then (sleep 7; perf record -F 499 -g -p $tandem_pid -o $work/perf.data -- sleep 4 >/dev/null 2>&1) & fi
 cargo bench --bench transfer --quiet 2>/dev/null
+echo "CPU seconds during the runs: tandem $(( ($(cpu $tandem_pid) - t0) / 100 )), mariadb $(( ($(cpu $(cat $work/mariadb/pid)) - m0) / 100 ))"

@@ -100,7 +100,9 @@ async fn crash_between_the_decision_and_phase_two_finishes_after_restart() {
     common::stop_mariadb(&dir);
     let (code, body) = tandem.admin_post(&format!("/v1/transactions/{committed}/commit"), "");
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("Committing"), "{body}");
+    assert!(body.contains("Committed"), "the outcome is decided: {body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_status(&tandem, &committed, "Committing").await; // phase 2 cannot run yet
     let (_, body) = tandem.admin_post(&format!("/v1/transactions/{rolled}/rollback"), "");
     assert!(body.contains("Rollback"), "{body}");
 

@@ -321,7 +321,15 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
         .unwrap()
         .unwrap();
 
-    let (_, m) = tandem.admin("/metrics");
+    // The commit's phase 2 ends in the background.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = tandem.admin("/metrics").1;
+        if m.contains(r#"tandem_global_transactions_total{outcome="Committed"} 1"#) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         m.contains(r#"tandem_global_transactions_total{outcome="Rollbacked"} 2"#),
         "{m}"

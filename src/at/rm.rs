@@ -39,6 +39,7 @@ impl AtResource {
         self.pool.dsn().identity()
     }
 
+    /// A connection for restoring rows.
     async fn conn(&self) -> Result<PooledConn, Phase2Error> {
         let mut c = self.pool.acquire_control().await.map_err(err)?;
         // Restored TIMESTAMPs go through FROM_UNIXTIME: UTC avoids daylight-saving folds.
@@ -109,7 +110,9 @@ impl ResourceManager for AtResource {
     fn commit<'a>(&'a self, branch: &'a Branch) -> BoxFuture<'a, Result<(), Phase2Error>> {
         Box::pin(async move {
             self.ensure_undo_table().await.map_err(err)?;
-            let mut c = self.conn().await?;
+            let mut c = self.pool.acquire_control().await.map_err(err)?;
+            // One autocommit DELETE leaves no session state: no reset needed.
+            c.keep_clean();
             c.execute(&undo::delete_sql(&branch.xid, branch.branch_id))
                 .await
                 .map_err(err)?;

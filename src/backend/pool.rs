@@ -266,8 +266,9 @@ impl PooledConn {
         }
     }
 
-    /// For pool-internal uses that leave no session state behind.
-    fn keep_clean(&mut self) {
+    /// Declares that this use changed no session state, so the connection goes back to the
+    /// pool without a reset.
+    pub fn keep_clean(&mut self) {
         self.dirty = false;
     }
 

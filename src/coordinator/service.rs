@@ -177,8 +177,9 @@ impl Coordinator {
         r
     }
 
-    /// Commits: records the decision (releasing locks), then runs phase 2. Returns the
-    /// resulting status; asking again is harmless. A transaction past its timeout is rolled
+    /// Commits: records the decision (releasing locks) and answers `Committed`; phase 2
+    /// cleans up in the background (the status reads `Committing` until it is done). Asking
+    /// again is harmless. A transaction past its timeout is rolled
     /// back instead, and the timeout outcome is returned.
     pub async fn commit(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
         let tx = self.get(xid).await?;
@@ -219,6 +220,14 @@ impl Coordinator {
         };
         if current.is_final() {
             return Ok(current);
+        }
+        if current == GlobalStatus::Committing {
+            // The outcome is fixed the moment the decision is on disk; phase 2 only cleans up
+            // (deletes undo logs), so it runs in the background, as Seata's async commit does.
+            let me = self.clone();
+            let xid = xid.to_string();
+            tokio::spawn(async move { me.run_phase2(&xid, GlobalStatus::Committing).await });
+            return Ok(GlobalStatus::Committed);
         }
         self.run_phase2(xid, current).await;
         Ok(self.store.get(xid).await?.map_or(current, |t| t.status))
@@ -511,6 +520,17 @@ mod tests {
         (c, rm)
     }
 
+    /// Waits for background phase 2 to end.
+    async fn settle(c: &Arc<Coordinator>, xid: &str) {
+        for _ in 0..100 {
+            if c.status(xid).await.unwrap().is_final() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{xid} did not settle");
+    }
+
     fn branch(xid: &str, id: u64, key: &str) -> Branch {
         Branch {
             xid: xid.into(),
@@ -530,6 +550,7 @@ mod tests {
         c.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
         c.register_branch(&branch(&tx.xid, 2, "b")).await.unwrap();
         assert_eq!(c.commit(&tx.xid).await.unwrap(), GlobalStatus::Committed);
+        settle(&c, &tx.xid).await;
         assert_eq!(*lock(&rm.calls), vec!["commit 1", "commit 2"]);
         assert_eq!(c.commit(&tx.xid).await.unwrap(), GlobalStatus::Committed);
         assert_eq!(c.rollback(&tx.xid).await.unwrap(), GlobalStatus::Committed);
@@ -611,7 +632,17 @@ mod tests {
         let tx = c.begin(None).await.unwrap();
         c.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
         *lock(&rm.fail) = true;
-        assert_eq!(c.commit(&tx.xid).await.unwrap(), GlobalStatus::Committing);
+        assert_eq!(
+            c.commit(&tx.xid).await.unwrap(),
+            GlobalStatus::Committed,
+            "the outcome is fixed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            c.status(&tx.xid).await.unwrap(),
+            GlobalStatus::Committing,
+            "cleanup pending"
+        );
         assert_eq!(
             c.store().lock_holder("o", &["a".into()]).await.unwrap(),
             None,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::kv::{KvRead, KvStore, KvTxn, Table};
 use super::StoreError;
@@ -36,9 +36,13 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 /// Called once the batch holding an operation committed (`None`) or failed (`Some`).
 type Done = Box<dyn FnOnce(Option<StoreError>) + Send>;
-/// One queued operation: runs in the batch's transaction, says whether it failed after
-/// writing (which spoils the whole batch), and how to answer its caller.
-type Job = Box<dyn FnOnce(&mut Writer) -> (bool, Done) + Send>;
+/// One queued operation: whether it must be on disk before its caller hears back, and the
+/// work, which runs in the batch's transaction, says whether it failed after writing (which
+/// spoils the whole batch), and how to answer its caller.
+struct Job {
+    durable: bool,
+    run: Box<dyn FnOnce(&mut Writer) -> (bool, Done) + Send>,
+}
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -106,16 +110,25 @@ fn writer_loop(db: &Database, writes: &AtomicU64, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut w = Writer {
-            txn: db.begin_write().map_err(backend),
-            changes: 0,
-        };
+        let durable = batch.iter().any(|j| j.durable);
+        let mut txn = db.begin_write().map_err(backend);
+        if let Ok(t) = txn.as_mut() {
+            let level = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            if let Err(e) = t.set_durability(level) {
+                txn = Err(backend(e));
+            }
+        }
+        let mut w = Writer { txn, changes: 0 };
         let mut answers = Vec::with_capacity(batch.len());
         let mut spoiled = false;
         let mut changed = 0u64;
         for job in batch {
             let before = w.changes;
-            let (dirty, done) = job(&mut w);
+            let (dirty, done) = (job.run)(&mut w);
             spoiled |= dirty;
             if w.changes != before {
                 changed += 1;
@@ -220,18 +233,25 @@ impl KvTxn for Writer {
 }
 
 impl KvStore for EmbeddedStore {
-    fn read<R>(&self, f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         f(&Reader(txn))
     }
 
-    fn write<R, E>(&self, f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    async fn write<R, E>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
     where
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let (tx, rx) = mpsc::sync_channel::<Result<R, E>>(1);
-        let job: Job = Box::new(move |w: &mut Writer| {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, E>>();
+        let run = Box::new(move |w: &mut Writer| {
             let before = w.changes;
             let result = f(w);
             let dirty = result.is_err() && w.changes != before;
@@ -244,12 +264,13 @@ impl KvStore for EmbeddedStore {
             });
             (dirty, done)
         });
+        let job = Job { durable, run };
         let stopped = || E::from(StoreError::Backend("the store writer has stopped".into()));
         match &self.writer.jobs {
             Some(jobs) if jobs.send(job).is_ok() => {}
             _ => return Err(stopped()),
         }
-        rx.recv().unwrap_or_else(|_| Err(stopped()))
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     fn writes(&self) -> u64 {

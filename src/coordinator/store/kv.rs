@@ -42,8 +42,11 @@ pub trait KvTxn: KvRead {
     fn delete(&mut self, table: Table, key: &str) -> Result<(), StoreError>;
 }
 
-/// A key-value store with transactions. Both calls block (the embedded store syncs to disk
-/// on commit); the [`super::Store`] implementation runs them off the async threads.
+/// A key-value store with transactions.
+///
+/// Reads run on the caller's thread: they touch memory-mapped pages and return at once.
+/// Writes may wait for the disk, so they are futures: the embedded store hands them to its
+/// writer thread and wakes the caller when the batch holding them is on disk.
 pub trait KvStore: Clone + Send + Sync + 'static {
     /// Runs `f` on a consistent snapshot.
     fn read<R>(
@@ -51,13 +54,21 @@ pub trait KvStore: Clone + Send + Sync + 'static {
         f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
     ) -> Result<R, StoreError>;
 
-    /// Runs `f` in a transaction, committed durably when `f` returns `Ok`, discarded when it
-    /// returns `Err`. Counts one store write when it committed changes. A store may commit
-    /// several callers' operations together (group commit); each still sees all or nothing.
+    /// Runs `f` in a transaction, committed when `f` returns `Ok`, discarded when it returns
+    /// `Err`. Counts one store write when it committed changes. A store may commit several
+    /// callers' operations together (group commit); each still sees all or nothing.
     ///
     /// An operation that fails must fail before it writes, unless the failure is the store's
     /// own (unreadable data, I/O): every operation in this module checks first.
-    fn write<R, E>(&self, f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    ///
+    /// `durable: false` lets the store answer before the change reaches the disk: for writes
+    /// whose loss in a crash only makes work be done again (a begin that nobody joined yet, a
+    /// final status whose phase 2 is simply re-run). The next durable write persists it.
+    fn write<R, E>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R, E>> + Send
     where
         R: Send + 'static,
         E: From<StoreError> + Send + 'static;

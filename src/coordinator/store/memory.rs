@@ -98,7 +98,11 @@ impl KvStore for MemoryStore {
         f(&Snapshot(&tables))
     }
 
-    fn write<R, E>(&self, f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static) -> Result<R, E>
+    async fn write<R, E>(
+        &self,
+        _durable: bool,
+        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
     where
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,

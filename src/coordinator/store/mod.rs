@@ -121,31 +121,20 @@ pub trait Store: Send + Sync + 'static {
     fn writes(&self) -> u64;
 }
 
-/// Runs a blocking store call on tokio's blocking threads.
-async fn blocking<R, E>(f: impl FnOnce() -> Result<R, E> + Send + 'static) -> Result<R, E>
-where
-    R: Send + 'static,
-    E: From<StoreError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Backend(format!("store task failed: {e}")).into()))
-}
-
 impl<K: kv::KvStore> Store for K {
     fn create(&self, tx: &GlobalTx) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, tx) = (self.clone(), tx.clone());
-        blocking(move || s.write(move |t| kv::create(t, &tx)))
+        async move { s.write(false, move |t| kv::create(t, &tx)).await }
     }
 
     fn get(&self, xid: &str) -> impl Future<Output = Result<Option<GlobalTx>, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.read(|t| kv::get_global(t, &xid)))
+        async move { s.read(|t| kv::get_global(t, &xid)) }
     }
 
     fn list(&self) -> impl Future<Output = Result<Vec<GlobalTx>, StoreError>> + Send {
         let s = self.clone();
-        blocking(move || s.read(|t| kv::list_globals(t)))
+        async move { s.read(|t| kv::list_globals(t)) }
     }
 
     fn transition(
@@ -156,7 +145,12 @@ impl<K: kv::KvStore> Store for K {
         release_locks: bool,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(move |t| kv::transition(t, &xid, from, to, release_locks)))
+        async move {
+            s.write(true, move |t| {
+                kv::transition(t, &xid, from, to, release_locks)
+            })
+            .await
+        }
     }
 
     fn register_branch(
@@ -164,12 +158,15 @@ impl<K: kv::KvStore> Store for K {
         branch: &Branch,
     ) -> impl Future<Output = Result<(), RegisterError>> + Send {
         let (s, branch) = (self.clone(), branch.clone());
-        blocking(move || s.write(move |t| kv::register_branch(t, &branch)))
+        async move {
+            s.write(true, move |t| kv::register_branch(t, &branch))
+                .await
+        }
     }
 
     fn branches(&self, xid: &str) -> impl Future<Output = Result<Vec<Branch>, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.read(|t| kv::branches(t, &xid)))
+        async move { s.read(|t| kv::branches(t, &xid)) }
     }
 
     fn branch_done(
@@ -179,7 +176,10 @@ impl<K: kv::KvStore> Store for K {
         status: BranchStatus,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(move |t| kv::branch_done(t, &xid, branch_id, status)))
+        async move {
+            s.write(false, move |t| kv::branch_done(t, &xid, branch_id, status))
+                .await
+        }
     }
 
     fn finish(
@@ -189,12 +189,12 @@ impl<K: kv::KvStore> Store for K {
         to: GlobalStatus,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(move |t| kv::finish(t, &xid, from, to)))
+        async move { s.write(false, move |t| kv::finish(t, &xid, from, to)).await }
     }
 
     fn forget(&self, xid: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        blocking(move || s.write(move |t| kv::forget(t, &xid)))
+        async move { s.write(false, move |t| kv::forget(t, &xid)).await }
     }
 
     fn lock_holder(
@@ -203,7 +203,7 @@ impl<K: kv::KvStore> Store for K {
         keys: &[LockKey],
     ) -> impl Future<Output = Result<Option<(LockKey, String)>, StoreError>> + Send {
         let (s, xid, keys) = (self.clone(), xid.to_string(), keys.to_vec());
-        blocking(move || s.read(|t| kv::lock_holder(t, &xid, &keys)))
+        async move { s.read(|t| kv::lock_holder(t, &xid, &keys)) }
     }
 
     fn writes(&self) -> u64 {
