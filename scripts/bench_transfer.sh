@@ -5,6 +5,10 @@
 #
 #   scripts/bench_transfer.sh                  # 15 s per run
 #   BENCH_SECONDS=5 scripts/bench_transfer.sh
+#
+# MariaDB runs with its production default durability (innodb_flush_log_at_trx_commit=1),
+# as the coordinator's own store syncs its decisions to disk; set
+# MARIADB_FLUSH_LOG_AT_TRX_COMMIT=2 to compare against a database that does not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -21,7 +25,8 @@ db_port=$(free_port)
 port_a=$(free_port)
 port_b=$(free_port)
 admin_port=$(free_port)
-scripts/mariadb.sh start "$work/mariadb" "$db_port"
+MARIADB_FLUSH_LOG_AT_TRX_COMMIT=${MARIADB_FLUSH_LOG_AT_TRX_COMMIT:-1} \
+  scripts/mariadb.sh start "$work/mariadb" "$db_port"
 tandem_pid=""
 cleanup() {
   [ -n "$tandem_pid" ] && kill "$tandem_pid" 2>/dev/null && wait "$tandem_pid" 2>/dev/null

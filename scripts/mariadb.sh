@@ -25,7 +25,7 @@ start)
     --bind-address=127.0.0.1 --socket="$dir/sock" --pid-file="$dir/pid" \
     --skip-log-bin --max-connections=2000 --max-allowed-packet=256M \
     --innodb-buffer-pool-size=256M --innodb-log-file-size=128M \
-    --innodb-flush-log-at-trx-commit=2 --character-set-server=utf8mb4 \
+    --innodb-flush-log-at-trx-commit="${MARIADB_FLUSH_LOG_AT_TRX_COMMIT:-2}" --character-set-server=utf8mb4 \
     --collation-server=utf8mb4_general_ci --local-infile=1 \
     --log-error="$dir/error.log" >/dev/null 2>&1 &
   echo $! >"$dir/launcher.pid"

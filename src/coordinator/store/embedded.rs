@@ -41,8 +41,11 @@ type Done = Box<dyn FnOnce(Option<StoreError>) + Send>;
 /// spoils the whole batch), and how to answer its caller.
 struct Job {
     durable: bool,
-    run: Box<dyn FnOnce(&mut Writer) -> (bool, Done) + Send>,
+    run: Run,
 }
+
+/// Runs an operation in the batch's transaction: (failed after writing?, how to answer).
+type Run = Box<dyn FnOnce(&mut Writer) -> (bool, Done) + Send>;
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -251,7 +254,7 @@ impl KvStore for EmbeddedStore {
         E: From<StoreError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R, E>>();
-        let run = Box::new(move |w: &mut Writer| {
+        let run: Run = Box::new(move |w: &mut Writer| {
             let before = w.changes;
             let result = f(w);
             let dirty = result.is_err() && w.changes != before;
