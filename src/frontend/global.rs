@@ -34,6 +34,11 @@ pub(super) enum Global {
     Refuse(MysqlError),
 }
 
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// True when a statement ends with `FOR UPDATE` (a constant-time look at its tail).
 fn ends_with_for_update(sql: &[u8]) -> bool {
     let end = sql
@@ -104,6 +109,16 @@ impl Session {
                 StatementKind::Savepoint if self.branch.is_some() => Global::Refuse(MysqlError::not_supported(
                     "savepoints inside a branch of a global transaction",
                 )),
+                // A procedure or other statement could change data with no undo log.
+                StatementKind::Call | StatementKind::Other if in_global => Global::Refuse(MysqlError::not_supported(
+                    "this statement inside a global transaction (Tandem cannot undo what it does)",
+                )),
+                // SET autocommit = 1 would commit the open branch behind Tandem's back.
+                StatementKind::Set if self.branch.is_some() && contains_ignore_case(sql, b"autocommit") => {
+                    Global::Refuse(MysqlError::not_supported(
+                        "changing autocommit while a branch of a global transaction is open: COMMIT or ROLLBACK it first",
+                    ))
+                }
                 _ => Global::Plain,
             };
         }
