@@ -395,15 +395,23 @@ async fn statements_that_cannot_be_undone_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), Some(1235), "{e}");
-    let e = c
-        .exec_drop("UPDATE account SET balance = ? WHERE id = 1", (5,))
+    for sql in [
+        "CALL some_proc()",
+        "LOCK TABLES account WRITE",
+        "DO 1",
+        "PREPARE p FROM 'DELETE FROM account'",
+    ] {
+        let e = c.query_drop(sql).await.unwrap_err();
+        assert_eq!(error_code(&e), Some(1235), "{sql}: {e}");
+    }
+    // Inside an open branch, autocommit cannot be switched on behind Tandem's back.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop("UPDATE account SET owner = 'ann' WHERE id = 1")
         .await
-        .unwrap_err();
-    assert_eq!(
-        error_code(&e),
-        Some(1235),
-        "prepared statements are refused, not passed through: {e}"
-    );
+        .unwrap();
+    let e = c.query_drop("SET autocommit = 1").await.unwrap_err();
+    assert_eq!(error_code(&e), Some(1235), "{e}");
+    c.query_drop("ROLLBACK").await.unwrap();
     c.query_drop("SET tandem_xid = NULL").await.unwrap();
     // Nothing changed.
     let mut direct = common::connect(&mariadb().url(&a)).await;
@@ -614,4 +622,107 @@ async fn select_for_update_checks_global_locks() {
         .unwrap()
         .unwrap();
     assert_eq!(v, "100.00");
+}
+
+/// Prepared statements join global transactions too: their parameters are read from the
+/// COM_STMT_EXECUTE to build the images, and the client's own execution is what runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_join_global_transactions() {
+    let (a, _b, tandem, _) = two_databases("prep");
+    let mut c = common::connect(&tandem.url(&a)).await;
+    let before_log: Vec<(i64, String)> = Vec::new();
+
+    // Rollback: UPDATE, INSERT (AUTO_INCREMENT) and DELETE with parameters of several types.
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!("SET tandem_xid = '{xid}'"))
+        .await
+        .unwrap();
+    c.exec_drop(
+        "UPDATE account SET balance = balance - ?, owner = ? WHERE id = ?",
+        ("12.50", "zoë 😀", 1),
+    )
+    .await
+    .unwrap();
+    c.exec_drop("INSERT INTO log (note) VALUES (?), (?)", ("x", "y"))
+        .await
+        .unwrap();
+    c.exec_drop("DELETE FROM account WHERE id = ? AND owner = ?", (2, "bob"))
+        .await
+        .unwrap();
+    assert_eq!(balances(&a).await, vec![(1, "87.50".into())]);
+    c.query_drop("SET tandem_xid = NULL").await.unwrap();
+    let s: String = c
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    assert_eq!(
+        balances(&a).await,
+        vec![(1, "100.00".into()), (2, "50.00".into())]
+    );
+    let mut direct = common::connect(&mariadb().url(&a)).await;
+    let logs: Vec<(i64, String)> = direct.query("SELECT id, note FROM log").await.unwrap();
+    assert_eq!(logs, before_log);
+    let owner: String = direct
+        .query_first("SELECT owner FROM account WHERE id = 1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner, "ann");
+
+    // Commit, with the XID as a hint inside the prepared text, in an explicit transaction.
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    let stmt = c
+        .prep(format!(
+            "UPDATE /*+ XID('{xid}') */ account SET balance = ? WHERE id = ?"
+        ))
+        .await
+        .unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    c.exec_drop(&stmt, (1, 1)).await.unwrap();
+    c.exec_drop(&stmt, (2, 2)).await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    let s: String = c
+        .query_first(format!("SELECT tandem_commit('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Committed");
+    assert_eq!(
+        balances(&a).await,
+        vec![(1, "1.00".into()), (2, "2.00".into())]
+    );
+    // A prepared locking read checks global locks as well.
+    let holder: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{holder}') */ UPDATE account SET balance = 3 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    let other: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!("SET tandem_xid = '{other}'"))
+        .await
+        .unwrap();
+    let e = c
+        .exec_drop("SELECT * FROM account WHERE id = ? FOR UPDATE", (1,))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1205), "{e}");
 }

@@ -16,11 +16,38 @@ use crate::at::meta::MetaError;
 use crate::backend::BackendError;
 use crate::coordinator::{CoordinatorError, GlobalStatus};
 use crate::sql::dml::{self, AnalyzeError};
-use crate::sql::hints;
 use crate::sql::StatementKind;
+use crate::sql::{hints, params};
 use crate::wire::response::set_ok_status;
 use crate::wire::scanner::ResponseKind;
 use crate::wire::{MysqlError, PacketIo};
+
+/// A statement that joins a global transaction: the client's packet (what runs), the text
+/// Tandem analyses (for a prepared statement, its SQL with the parameters filled in), and the
+/// response's shape.
+pub(super) struct GlobalStatement<'a> {
+    pub payload: &'a [u8],
+    pub sql: Result<String, MysqlError>,
+    pub response: ResponseKind,
+}
+
+impl<'a> GlobalStatement<'a> {
+    /// A COM_QUERY: its own text.
+    pub fn text(payload: &'a [u8]) -> Self {
+        let sql = std::str::from_utf8(&payload[1..])
+            .map(str::to_string)
+            .map_err(|_| {
+                MysqlError::not_supported(
+                    "a statement that is not UTF-8 inside a global transaction",
+                )
+            });
+        GlobalStatement {
+            payload,
+            sql,
+            response: ResponseKind::Query,
+        }
+    }
+}
 
 /// What a statement means for the session's global transaction.
 pub(super) enum Global {
@@ -144,16 +171,17 @@ impl Session {
     pub(super) async fn global_locking_read(
         &mut self,
         reply_seq: u8,
-        payload: &[u8],
+        stmt: GlobalStatement<'_>,
         xid: String,
     ) -> Flow {
+        let GlobalStatement {
+            payload,
+            sql,
+            response,
+        } = stmt;
         let checked = async {
-            let sql = std::str::from_utf8(&payload[1..]).map_err(|_| {
-                MysqlError::not_supported(
-                    "a statement that is not UTF-8 inside a global transaction",
-                )
-            })?;
-            let select = dml::analyze_locking_select(sql).map_err(|e| match e {
+            let sql = sql?;
+            let select = dml::analyze_locking_select(&sql).map_err(|e| match e {
                 AnalyzeError::Parse(m) => MysqlError::cannot_parse(&m),
                 AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
             })?;
@@ -173,16 +201,56 @@ impl Session {
         .await;
         match checked {
             Ok(()) => {
-                self.forward(
-                    reply_seq,
-                    payload,
-                    StatementKind::Select,
-                    ResponseKind::Query,
-                )
-                .await
+                self.forward(reply_seq, payload, StatementKind::Select, response)
+                    .await
             }
             Err(e) => self.reply_error(reply_seq, e).await,
         }
+    }
+
+    /// COM_STMT_EXECUTE of a prepared statement that joins a global transaction (or must
+    /// check global locks): runs it as an AT statement and returns how the session goes on;
+    /// `None` when the execution is an ordinary one.
+    pub(super) async fn global_execute(&mut self, reply_seq: u8, payload: &[u8]) -> Option<Flow> {
+        let id = super::session::statement_id(payload)?;
+        let charset = mysql_common::collations::Collation::from(
+            mysql_common::collations::CollationId::from(self.key.collation as u16),
+        )
+        .charset
+        .to_string();
+        let p = self.prepared.get_mut(&id)?;
+        let sql = p.sql.clone()?;
+        let kind = p.kind;
+        let global = self.classify_global(kind, sql.as_bytes());
+        let xid = match global {
+            Global::Plain => return None,
+            Global::Refuse(e) => return Some(self.reply_error(reply_seq, e).await),
+            Global::Join(ref x) | Global::LockingRead(ref x) => x.clone(),
+        };
+        let p = self.prepared.get_mut(&id)?;
+        let text = if p.long_data {
+            Err(MysqlError::not_supported(
+                "parameters sent with COM_STMT_SEND_LONG_DATA in a global transaction",
+            ))
+        } else {
+            params::decode(payload, p.params as usize, &mut p.types, &charset)
+                .and_then(|lits| params::substitute(&sql, &lits))
+                .map_err(|e| {
+                    MysqlError::not_supported(&format!(
+                        "this prepared statement in a global transaction ({})",
+                        e.0
+                    ))
+                })
+        };
+        let stmt = GlobalStatement {
+            payload,
+            sql: text,
+            response: ResponseKind::Execute,
+        };
+        Some(match global {
+            Global::LockingRead(_) => self.global_locking_read(reply_seq, stmt, xid).await,
+            _ => self.global_dml(reply_seq, stmt, xid).await,
+        })
     }
 
     /// `SET tandem_xid = 'X' | NULL`.
@@ -238,8 +306,13 @@ impl Session {
     }
 
     /// Runs a DML statement as part of global transaction `xid`.
-    pub(super) async fn global_dml(&mut self, reply_seq: u8, payload: &[u8], xid: String) -> Flow {
-        match self.global_dml_inner(reply_seq, payload, xid).await {
+    pub(super) async fn global_dml(
+        &mut self,
+        reply_seq: u8,
+        stmt: GlobalStatement<'_>,
+        xid: String,
+    ) -> Flow {
+        match self.global_dml_inner(reply_seq, stmt, xid).await {
             Ok(flow) => flow,
             Err(e) => self.reply_error(reply_seq, e).await,
         }
@@ -248,12 +321,15 @@ impl Session {
     async fn global_dml_inner(
         &mut self,
         reply_seq: u8,
-        payload: &[u8],
+        stmt: GlobalStatement<'_>,
         xid: String,
     ) -> Result<Flow, MysqlError> {
-        let sql = std::str::from_utf8(&payload[1..]).map_err(|_| {
-            MysqlError::not_supported("a statement that is not UTF-8 inside a global transaction")
-        })?;
+        let GlobalStatement {
+            payload,
+            sql,
+            response,
+        } = stmt;
+        let sql = sql?;
         if let Some(work) = &self.branch {
             if work.xid != xid {
                 return Err(MysqlError::not_supported(&format!(
@@ -264,7 +340,7 @@ impl Session {
         } else {
             self.check_active(&xid).await?;
         }
-        let dml = dml::analyze(sql).map_err(|e| match e {
+        let dml = dml::analyze(&sql).map_err(|e| match e {
             AnalyzeError::Parse(m) => MysqlError::cannot_parse(&m),
             AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
         })?;
@@ -301,11 +377,11 @@ impl Session {
         let max = self.ctx.max_allowed_packet;
         let outcome = if wrap {
             let mut sink = PacketIo::new(tokio::io::join(tokio::io::empty(), Vec::new()));
-            relay(backend, &mut sink, ResponseKind::Query, max)
+            relay(backend, &mut sink, response, max)
                 .await
                 .map(|s| (s, Some(sink)))
         } else {
-            relay(backend, &mut self.client, ResponseKind::Query, max)
+            relay(backend, &mut self.client, response, max)
                 .await
                 .map(|s| (s, None))
         };

@@ -14,7 +14,7 @@ use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::sync::oneshot;
 
 use super::functions;
-use super::global::Global;
+use super::global::{Global, GlobalStatement};
 use super::handshake::{authenticate, Credentials};
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
@@ -55,6 +55,19 @@ pub(super) enum Flow {
     Close,
 }
 
+/// A statement the client prepared: enough to classify its executions and, when one joins a
+/// global transaction, to analyse it with its parameters filled in.
+pub(super) struct PreparedStmt {
+    pub kind: StatementKind,
+    /// The statement's text (`None` when it is not UTF-8).
+    pub sql: Option<String>,
+    pub params: u16,
+    /// Parameter types bound by the last execution.
+    pub types: Vec<[u8; 2]>,
+    /// COM_STMT_SEND_LONG_DATA sent a parameter since the last execution or reset.
+    pub long_data: bool,
+}
+
 /// What the handshake established about a client.
 pub(super) struct Authenticated {
     pub caps: CapabilityFlags,
@@ -69,7 +82,7 @@ pub struct Session {
     pub(super) ctx: Arc<ListenerContext>,
     pub(super) client: PacketIo<ClientStream>,
     caps: CapabilityFlags,
-    key: ConnKey,
+    pub(super) key: ConnKey,
     user: String,
     peer: SocketAddr,
     connection_id: u32,
@@ -77,7 +90,7 @@ pub struct Session {
     nonce: [u8; 20],
     pub(super) backend: Option<PooledConn>,
     /// Prepared statement id → kind of statement, for metrics.
-    prepared: HashMap<u32, StatementKind>,
+    pub(super) prepared: HashMap<u32, PreparedStmt>,
     /// The global transaction this session joins (`SET tandem_xid`).
     pub(super) xid: Option<String>,
     /// The AT branch the current local transaction is, while it runs.
@@ -214,9 +227,13 @@ impl Session {
                 }
                 match self.classify_global(kind, sql) {
                     Global::Plain => {}
-                    Global::Join(xid) => return self.global_dml(reply_seq, payload, xid).await,
+                    Global::Join(xid) => {
+                        let stmt = GlobalStatement::text(payload);
+                        return self.global_dml(reply_seq, stmt, xid).await;
+                    }
                     Global::LockingRead(xid) => {
-                        return self.global_locking_read(reply_seq, payload, xid).await
+                        let stmt = GlobalStatement::text(payload);
+                        return self.global_locking_read(reply_seq, stmt, xid).await;
                     }
                     Global::Refuse(e) => return self.reply_error(reply_seq, e).await,
                 }
@@ -224,22 +241,24 @@ impl Session {
             }
             COM_STMT_PREPARE => {
                 let kind = classify(&payload[1..]);
-                if !matches!(self.classify_global(kind, &payload[1..]), Global::Plain) {
-                    // Never let a statement that should join a global transaction run
-                    // without its undo log.
-                    let e = MysqlError::not_supported(
-                        "prepared statements that join a global transaction (use the text protocol)",
-                    );
+                if let Global::Refuse(e) = self.classify_global(kind, &payload[1..]) {
                     return self.reply_error(reply_seq, e).await;
                 }
                 (kind, ResponseKind::Prepare)
             }
-            COM_STMT_EXECUTE => (self.statement_kind(payload), ResponseKind::Execute),
+            COM_STMT_EXECUTE => {
+                if let Some(flow) = self.global_execute(reply_seq, payload).await {
+                    return flow;
+                }
+                (self.statement_kind(payload), ResponseKind::Execute)
+            }
             COM_STMT_FETCH => (self.statement_kind(payload), ResponseKind::Fetch),
             COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
-                if cmd == COM_STMT_CLOSE {
-                    if let Some(id) = statement_id(payload) {
+                if let Some(id) = statement_id(payload) {
+                    if cmd == COM_STMT_CLOSE {
                         self.prepared.remove(&id);
+                    } else if let Some(p) = self.prepared.get_mut(&id) {
+                        p.long_data = true;
                     }
                 }
                 return self.forward_no_reply(payload).await;
@@ -252,6 +271,12 @@ impl Session {
             | COM_STATISTICS | COM_DEBUG | COM_REFRESH => {
                 if cmd == COM_RESET_CONNECTION {
                     self.prepared.clear();
+                }
+                if cmd == COM_STMT_RESET {
+                    if let Some(p) = statement_id(payload).and_then(|id| self.prepared.get_mut(&id))
+                    {
+                        p.long_data = false;
+                    }
                 }
                 (StatementKind::Other, ResponseKind::Single)
             }
@@ -405,8 +430,15 @@ impl Session {
             b.status = status;
         }
         if payload.first() == Some(&COM_STMT_PREPARE) {
-            if let Some((id, _, _)) = summary.prepared {
-                self.prepared.insert(id, kind);
+            if let Some((id, params, _)) = summary.prepared {
+                let stmt = PreparedStmt {
+                    kind,
+                    sql: String::from_utf8(payload[1..].to_vec()).ok(),
+                    params,
+                    types: Vec::new(),
+                    long_data: false,
+                };
+                self.prepared.insert(id, stmt);
             }
         }
     }
@@ -441,7 +473,7 @@ impl Session {
 
     fn statement_kind(&self, payload: &[u8]) -> StatementKind {
         statement_id(payload)
-            .and_then(|id| self.prepared.get(&id).copied())
+            .and_then(|id| self.prepared.get(&id).map(|p| p.kind))
             .unwrap_or(StatementKind::Other)
     }
 
@@ -480,7 +512,7 @@ impl Session {
 }
 
 /// The statement id at the start of a COM_STMT_* payload.
-fn statement_id(payload: &[u8]) -> Option<u32> {
+pub(super) fn statement_id(payload: &[u8]) -> Option<u32> {
     let b = payload.get(1..5)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }

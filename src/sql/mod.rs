@@ -4,6 +4,7 @@ pub mod classify;
 pub mod dml;
 pub mod functions;
 pub mod hints;
+pub mod params;
 pub mod quote;
 
 pub use classify::{classify, StatementKind};
