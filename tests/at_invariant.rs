@@ -30,30 +30,13 @@ async fn transfers_keep_the_total_and_every_balance() {
             rows.join(", ")
         ));
     }
-    let port_b = common::free_port();
-    let tandem = Tandem::start_yaml(&format!(
-        r#"
-listeners:
-  - {{ name: a, address: "127.0.0.1:{{PORT}}", users: {{ {USER}: "{PASSWORD}" }}, executor: a }}
-  - {{ name: b, address: "127.0.0.1:{port_b}", users: {{ {USER}: "{PASSWORD}" }}, executor: b }}
-executors:
-  - {{ name: a, mode: single, data_source: a }}
-  - {{ name: b, mode: single, data_source: b }}
-data_sources:
-  - {{ name: a, dsn: "{}" }}
-  - {{ name: b, dsn: "{}" }}
-admin:
-  address: 127.0.0.1:{{ADMIN}}
-coordinator:
-  embedded: {{ path: "{{DIR}}/tandem.db" }}
-  lock_retry_interval: 10ms
-  lock_retry_attempts: 30
-"#,
-        mariadb().url(&a),
-        mariadb().url(&b)
+    let tandem = Tandem::start_yaml(&common::two_databases_config(
+        &mariadb().url(&a),
+        &mariadb().url(&b),
+        "  lock_retry_interval: 10ms\n  lock_retry_attempts: 30",
     ));
     let url_a = tandem.url(&a);
-    let url_b = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{port_b}/{b}");
+    let url_b = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{b}", tandem.port_b);
 
     // Committed deltas per (database, account).
     let committed: Arc<Mutex<HashMap<(char, i64), i64>>> = Arc::default();

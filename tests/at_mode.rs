@@ -18,35 +18,13 @@ fn two_databases(prefix: &str) -> (String, String, Tandem, u16) {
              CREATE TABLE {db}.nokey (a INT);"
         ));
     }
-    let port_b = common::free_port();
-    let yaml = format!(
-        r#"
-listeners:
-  - name: a
-    address: 127.0.0.1:{{PORT}}
-    users: {{ {USER}: "{PASSWORD}" }}
-    executor: a
-  - name: b
-    address: 127.0.0.1:{port_b}
-    users: {{ {USER}: "{PASSWORD}" }}
-    executor: b
-executors:
-  - {{ name: a, mode: single, data_source: a }}
-  - {{ name: b, mode: single, data_source: b }}
-data_sources:
-  - {{ name: a, dsn: "{}" }}
-  - {{ name: b, dsn: "{}" }}
-admin:
-  address: 127.0.0.1:{{ADMIN}}
-coordinator:
-  embedded: {{ path: "{{DIR}}/tandem.db" }}
-  lock_retry_interval: 20ms
-  lock_retry_attempts: 10
-"#,
-        mariadb().url(&a),
-        mariadb().url(&b)
+    let yaml = common::two_databases_config(
+        &mariadb().url(&a),
+        &mariadb().url(&b),
+        "  lock_retry_interval: 20ms\n  lock_retry_attempts: 10",
     );
     let t = Tandem::start_yaml(&yaml);
+    let port_b = t.port_b;
     (a, b, t, port_b)
 }
 

@@ -141,43 +141,35 @@ pub async fn before(
         .meta
         .get(conn, table.schema.as_deref(), &table.name)
         .await?;
-    match dml {
+    let filter = match dml {
         Dml::Insert(ins) => {
             if ins.on_duplicate.is_some() {
                 return unsupported("INSERT … ON DUPLICATE KEY UPDATE");
             }
             let keys = insert_keys(&meta, ins)?;
-            Ok(Pending {
+            return Ok(Pending {
                 kind,
                 meta,
                 before: Vec::new(),
                 insert: Some(keys),
-            })
+            });
         }
         Dml::Update(u) => {
             if u.assignments.iter().any(|(c, _)| meta.is_primary_key(c)) {
                 return unsupported("an UPDATE of a primary key column");
             }
-            let sql = image::rows_by_filter_sql(&meta, u.table.alias.as_deref(), &u.filter);
-            let before = read_rows(conn, &sql).await?;
-            Ok(Pending {
-                kind,
-                meta,
-                before,
-                insert: None,
-            })
+            &u.filter
         }
-        Dml::Delete(d) => {
-            let sql = image::rows_by_filter_sql(&meta, d.table.alias.as_deref(), &d.filter);
-            let before = read_rows(conn, &sql).await?;
-            Ok(Pending {
-                kind,
-                meta,
-                before,
-                insert: None,
-            })
-        }
-    }
+        Dml::Delete(d) => &d.filter,
+    };
+    let sql = image::rows_by_filter_sql(&meta, table.alias.as_deref(), filter);
+    let before = read_rows(conn, &sql).await?;
+    Ok(Pending {
+        kind,
+        meta,
+        before,
+        insert: None,
+    })
 }
 
 async fn read_rows(conn: &mut BackendConn, sql: &str) -> Result<Vec<ImageRow>, AtError> {

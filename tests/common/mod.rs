@@ -163,6 +163,8 @@ pub fn mariadb_cli(
 pub struct Tandem {
     child: Option<Child>,
     pub port: u16,
+    /// The port of a second listener, when the config has `{PORT_B}`.
+    pub port_b: u16,
     pub admin_port: u16,
     pub dir: PathBuf,
 }
@@ -198,6 +200,29 @@ drain_timeout: 10s
     )
 }
 
+/// A config with listener `a` (on `{PORT}`) in front of `dsn_a` and listener `b` (on
+/// `{PORT_B}`) in front of `dsn_b`; `coordinator` adds lines to the coordinator section.
+pub fn two_databases_config(dsn_a: &str, dsn_b: &str, coordinator: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - {{ name: a, address: "127.0.0.1:{{PORT}}", users: {{ {USER}: "{PASSWORD}" }}, executor: a }}
+  - {{ name: b, address: "127.0.0.1:{{PORT_B}}", users: {{ {USER}: "{PASSWORD}" }}, executor: b }}
+executors:
+  - {{ name: a, mode: single, data_source: a }}
+  - {{ name: b, mode: single, data_source: b }}
+data_sources:
+  - {{ name: a, dsn: "{dsn_a}" }}
+  - {{ name: b, dsn: "{dsn_b}" }}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+coordinator:
+  embedded: {{ path: "{{DIR}}/tandem.db" }}
+{coordinator}
+"#
+    )
+}
+
 impl Tandem {
     /// Starts Tandem in front of database `db` of the test MariaDB.
     pub fn start(db: &str) -> Tandem {
@@ -205,21 +230,53 @@ impl Tandem {
     }
 
     /// Starts Tandem with a YAML config; `{PORT}` and `{ADMIN}` are replaced by free ports.
+    ///
+    /// `{PORT_B}` names a second listener's port. A port another process took between its
+    /// choice and Tandem's bind is chosen again.
     pub fn start_yaml(yaml: &str) -> Tandem {
-        let port = free_port();
-        let admin_port = free_port();
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = scratch(&format!("tandem-{}", N.fetch_add(1, Ordering::Relaxed)));
-        let yaml = yaml
-            .replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string())
-            .replace("{DIR}", &dir.display().to_string());
-        let config = dir.join("tandem.yaml");
-        std::fs::write(&config, yaml).expect("write config");
-        let log = std::fs::File::create(dir.join("tandem.log")).expect("log file");
+        for attempt in 0.. {
+            let (port, port_b, admin_port) = (free_port(), free_port(), free_port());
+            let text = yaml
+                .replace("{PORT}", &port.to_string())
+                .replace("{PORT_B}", &port_b.to_string())
+                .replace("{ADMIN}", &admin_port.to_string())
+                .replace("{DIR}", &dir.display().to_string());
+            std::fs::write(dir.join("tandem.yaml"), text).expect("write config");
+            let mut t = Tandem {
+                child: None,
+                port,
+                port_b,
+                admin_port,
+                dir: dir.clone(),
+            };
+            match t.try_spawn() {
+                Ok(()) => return t,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("tandem did not start:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Starts the process with the config in its directory, logging to `tandem.log` there,
+    /// and waits until it listens.
+    fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("tandem did not start:\n{log}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tandem.log"))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .arg("--config")
-            .arg(&config)
+            .arg(self.dir.join("tandem.yaml"))
             .arg("--log-level")
             .arg("tandem=debug,info")
             .stdin(Stdio::null())
@@ -227,35 +284,30 @@ impl Tandem {
             .stderr(log)
             .spawn()
             .expect("spawn tandem");
-        let mut t = Tandem {
-            child: Some(child),
-            port,
-            admin_port,
-            dir,
-        };
-        t.wait_listening();
-        t
+        self.child = Some(child);
+        self.wait_listening()
     }
 
-    fn wait_listening(&mut self) {
+    /// Waits until the client and admin ports accept connections; the log if the process
+    /// exits first or never listens.
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            let up = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
+            if up(self.port) && up(self.admin_port) {
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "tandem exited with {status} during start-up:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("tandem did not start listening:\n{}", self.log());
+        Err(format!("did not start listening:\n{}", self.log()))
     }
 
     pub fn log(&self) -> String {
@@ -297,22 +349,7 @@ impl Tandem {
     /// Starts Tandem again with the same configuration and directory.
     pub fn restart(&mut self) {
         self.kill9();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.join("tandem.log"))
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .arg("--config")
-            .arg(self.dir.join("tandem.yaml"))
-            .arg("--log-level")
-            .arg("tandem=debug,info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tandem");
-        self.child = Some(child);
-        self.wait_listening();
+        self.spawn();
     }
 
     /// Resident memory of the Tandem process, in KiB.
