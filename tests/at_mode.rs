@@ -704,3 +704,57 @@ async fn prepared_statements_join_global_transactions() {
         .unwrap_err();
     assert_eq!(error_code(&e), Some(1205), "{e}");
 }
+
+/// INSERT … ON DUPLICATE KEY UPDATE: rows that existed (by primary key or another unique
+/// key) get update-undo, new rows insert-undo.
+#[tokio::test(flavor = "multi_thread")]
+async fn upsert_rolls_back_updates_and_inserts() {
+    let (a, _b, tandem, _) = two_databases("upsert");
+    mariadb().sql(&format!(
+        "CREATE TABLE {a}.item (id INT PRIMARY KEY, code VARCHAR(10) UNIQUE, qty INT);
+         INSERT INTO {a}.item VALUES (1, 'a', 10), (2, 'b', 20);"
+    ));
+    let snapshot = || async {
+        let mut c = common::connect(&mariadb().url(&a)).await;
+        c.query::<(i32, String, i32), _>("SELECT id, code, qty FROM item ORDER BY id")
+            .await
+            .unwrap()
+    };
+    let original = snapshot().await;
+    let mut c = common::connect(&tandem.url(&a)).await;
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    // id 1 exists; code 'b' exists under id 2; id 7 is new.
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ INSERT INTO item (id, code, qty) VALUES (1, 'x', 1), (9, 'b', 2), (7, 'n', 3) \
+         ON DUPLICATE KEY UPDATE qty = qty + VALUES(qty)"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        snapshot().await,
+        vec![(1, "a".into(), 11), (2, "b".into(), 22), (7, "n".into(), 3)]
+    );
+    let s: String = c
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    assert_eq!(snapshot().await, original);
+
+    // With an AUTO_INCREMENT key left to the database, Tandem cannot know the rows: refused.
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    let e = c
+        .query_drop(format!("/*+ XID('{xid}') */ INSERT INTO log (note) VALUES ('z') ON DUPLICATE KEY UPDATE note = 'y'"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1235), "{e}");
+}

@@ -69,6 +69,8 @@ pub struct Pending {
 /// AUTO_INCREMENT.
 struct InsertKeys {
     rows: Vec<Vec<Option<String>>>,
+    /// INSERT … ON DUPLICATE KEY UPDATE: rows in the before image were updated, not inserted.
+    upsert: bool,
 }
 
 fn unsupported<T>(what: &str) -> Result<T, AtError> {
@@ -122,7 +124,56 @@ fn insert_keys(meta: &TableMeta, ins: &Insert) -> Result<InsertKeys, AtError> {
         }
         rows.push(key);
     }
-    Ok(InsertKeys { rows })
+    Ok(InsertKeys {
+        rows,
+        upsert: false,
+    })
+}
+
+/// The rows an INSERT … ON DUPLICATE KEY UPDATE may hit: any row sharing the primary key or
+/// another unique key with one of the inserted rows. Every key column must be a literal.
+fn upsert_conflicts(meta: &TableMeta, ins: &Insert) -> Result<String, AtError> {
+    let position = |name: &str| -> Option<usize> {
+        if ins.columns.is_empty() {
+            meta.column_index(name)
+        } else {
+            ins.columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(name))
+        }
+    };
+    let mut conds = Vec::new();
+    for row in &ins.rows {
+        for key in std::iter::once(&meta.primary_key).chain(&meta.unique_keys) {
+            let mut cols = Vec::with_capacity(key.len());
+            let mut vals = Vec::with_capacity(key.len());
+            for &i in key {
+                let col = &meta.columns[i];
+                let Some(e) = position(&col.name).and_then(|p| row.get(p)) else {
+                    return unsupported("INSERT … ON DUPLICATE KEY UPDATE without a value for every unique key column");
+                };
+                match literal_sql(e)? {
+                    Some(v) => {
+                        cols.push(crate::sql::quote::ident(&col.name));
+                        vals.push(v);
+                    }
+                    // NULL never conflicts on a unique key.
+                    None => {
+                        cols.clear();
+                        break;
+                    }
+                }
+            }
+            if !cols.is_empty() {
+                conds.push(format!("({}) = ({})", cols.join(", "), vals.join(", ")));
+            }
+        }
+    }
+    Ok(if conds.is_empty() {
+        "FALSE".into()
+    } else {
+        conds.join(" OR ")
+    })
 }
 
 /// Reads the before image of a statement (locking its rows) and what is needed for the after
@@ -143,14 +194,30 @@ pub async fn before(
         .await?;
     let filter = match dml {
         Dml::Insert(ins) => {
-            if ins.on_duplicate.is_some() {
-                return unsupported("INSERT … ON DUPLICATE KEY UPDATE");
+            let mut keys = insert_keys(&meta, ins)?;
+            let mut before = Vec::new();
+            if let Some(assignments) = &ins.on_duplicate {
+                if assignments.iter().any(|(c, _)| meta.is_primary_key(c)) {
+                    return unsupported("an ON DUPLICATE KEY UPDATE of a primary key column");
+                }
+                if keys.rows.iter().flatten().any(Option::is_none) {
+                    return unsupported(
+                        "INSERT … ON DUPLICATE KEY UPDATE with AUTO_INCREMENT keys",
+                    );
+                }
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE {} FOR UPDATE",
+                    image::select_list(&meta, &image::table_sql(&meta)),
+                    image::table_sql(&meta),
+                    upsert_conflicts(&meta, ins)?
+                );
+                before = read_rows(conn, &sql).await?;
+                keys.upsert = true;
             }
-            let keys = insert_keys(&meta, ins)?;
             return Ok(Pending {
                 kind,
                 meta,
-                before: Vec::new(),
+                before,
                 insert: Some(keys),
             });
         }
@@ -208,8 +275,13 @@ pub async fn after(
             } else {
                 1
             };
+            let cols: Vec<String> = meta
+                .primary_key
+                .iter()
+                .map(|&i| crate::sql::quote::ident(&meta.columns[i].name))
+                .collect();
             let mut next_auto = last_insert_id;
-            let mut conds = Vec::with_capacity(keys.len());
+            let mut conds = Vec::with_capacity(keys.len() + pending.before.len());
             for key in keys {
                 let vals: Vec<String> = key
                     .into_iter()
@@ -221,12 +293,11 @@ pub async fn after(
                         })
                     })
                     .collect();
-                let cols: Vec<String> = meta
-                    .primary_key
-                    .iter()
-                    .map(|&i| crate::sql::quote::ident(&meta.columns[i].name))
-                    .collect();
                 conds.push(format!("({}) = ({})", cols.join(", "), vals.join(", ")));
+            }
+            // Rows an upsert updated keep their own keys, which may differ from the VALUES.
+            for row in &pending.before {
+                conds.push(image::pk_match(&meta, &image::pk_of(&meta, row)));
             }
             let sql = format!(
                 "SELECT {} FROM {} WHERE {} FOR UPDATE",
@@ -248,6 +319,42 @@ pub async fn after(
             .map(|v| v.map_or(&b""[..], |b| b.0.as_slice()))
             .collect();
         work.lock_keys.insert(lock_key(&identity, &meta.name, &pk));
+    }
+    if pending.kind == ChangeKind::Insert && !pending.before.is_empty() {
+        // An upsert: rows that existed were updated (update-undo), the rest inserted.
+        let key = |r: &ImageRow| -> Vec<Option<image::Bytes>> {
+            image::pk_of(&meta, r)
+                .into_iter()
+                .map(|v| v.cloned())
+                .collect()
+        };
+        let mut updated_before = Vec::new();
+        let mut updated_after = Vec::new();
+        let mut inserted = Vec::new();
+        for row in after {
+            match pending.before.iter().find(|b| key(b) == key(&row)) {
+                Some(b) => {
+                    updated_before.push(b.clone());
+                    updated_after.push(row);
+                }
+                None => inserted.push(row),
+            }
+        }
+        work.log.items.push(UndoItem::new(
+            ChangeKind::Update,
+            &meta,
+            updated_before,
+            updated_after,
+        ));
+        if !inserted.is_empty() {
+            work.log.items.push(UndoItem::new(
+                ChangeKind::Insert,
+                &meta,
+                Vec::new(),
+                inserted,
+            ));
+        }
+        return Ok(());
     }
     if !(pending.before.is_empty() && after.is_empty()) {
         work.log

@@ -219,6 +219,7 @@ mod tests {
                 col("raw", ValueKind::Bytes, None),
             ],
             primary_key: vec![0, 1],
+            unique_keys: Vec::new(),
         }
     }
 

@@ -65,6 +65,9 @@ pub struct TableMeta {
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary key, in key order.
     pub primary_key: Vec<usize>,
+    /// The other unique keys, each as indexes into `columns` (for INSERT … ON DUPLICATE KEY
+    /// UPDATE, which may hit any of them).
+    pub unique_keys: Vec<Vec<usize>>,
 }
 
 impl TableMeta {
@@ -198,11 +201,33 @@ async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<Table
             primary_key = ordered;
         }
     }
+    let uniques = conn
+        .query_rows(&format!(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX"
+        ))
+        .await?;
+    let mut unique_keys: Vec<(String, Vec<usize>)> = Vec::new();
+    for r in uniques {
+        let (Some(Some(index)), Some(Some(column))) = (r.first().cloned(), r.get(1).cloned())
+        else {
+            continue;
+        };
+        let Some(i) = columns.iter().position(|c| c.name == column) else {
+            continue;
+        };
+        match unique_keys.last_mut() {
+            Some((name, cols)) if *name == index => cols.push(i),
+            _ => unique_keys.push((index, vec![i])),
+        }
+    }
     Ok(TableMeta {
         schema: schema.to_string(),
         name: table.to_string(),
         columns,
         primary_key,
+        unique_keys: unique_keys.into_iter().map(|(_, c)| c).collect(),
     })
 }
 

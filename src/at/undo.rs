@@ -72,6 +72,7 @@ impl UndoItem {
             name: self.table.clone(),
             columns: self.columns.clone(),
             primary_key: self.primary_key.clone(),
+            unique_keys: Vec::new(),
         }
     }
 }
@@ -139,6 +140,7 @@ mod tests {
                 auto_increment: true,
             }],
             primary_key: vec![0],
+            unique_keys: Vec::new(),
         };
         let log = UndoLog {
             items: vec![UndoItem::new(
