@@ -207,8 +207,9 @@ async fn idle_connections_are_checked_and_expire() {
             metric(state)
         );
     };
-    // Two sessions end: their connections go back to the pool, idle.
+    // Two sessions at once end: their two connections go back to the pool, idle.
     let mut thread_ids = Vec::new();
+    let mut sessions = Vec::new();
     for _ in 0..2 {
         let mut c = common::connect(&tandem.url(&db)).await;
         let id: u64 = c
@@ -217,8 +218,10 @@ async fn idle_connections_are_checked_and_expire() {
             .unwrap()
             .unwrap();
         thread_ids.push(id);
-        drop(c);
+        sessions.push(c);
     }
+    assert_ne!(thread_ids[0], thread_ids[1]);
+    drop(sessions);
     wait_for("idle", 2);
     // One dies behind Tandem's back; the health check notices and drops it.
     mariadb().sql(&format!("KILL {}", thread_ids[0]));
