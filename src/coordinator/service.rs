@@ -67,6 +67,8 @@ pub struct Coordinator {
     resources: RwLock<HashMap<String, Arc<dyn ResourceManager>>>,
     /// Transactions whose phase 2 is running here now.
     in_flight: Mutex<HashSet<String>>,
+    /// Phase 2 that failed: when to try again, and how many tries so far.
+    backoff: Mutex<HashMap<String, (std::time::Instant, u32)>>,
     /// The next branch id; starts from the clock so ids keep increasing across restarts.
     next_branch: std::sync::atomic::AtomicU64,
     metrics: CoordinatorMetrics,
@@ -105,6 +107,7 @@ impl Coordinator {
             default_timeout,
             resources: RwLock::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            backoff: Mutex::new(HashMap::new()),
             next_branch: std::sync::atomic::AtomicU64::new(now_ms() << 16),
             metrics,
         })
@@ -245,9 +248,28 @@ impl Coordinator {
             set: &self.in_flight,
             xid: xid.to_string(),
         };
-        if let Err(e) = self.phase2(xid, decision).await {
-            tracing::warn!(%xid, error = %e, "phase 2 incomplete; it will be retried");
+        match self.phase2(xid, decision).await {
+            Ok(()) => {
+                lock(&self.backoff).remove(xid);
+            }
+            Err(e) => {
+                let mut b = lock(&self.backoff);
+                let attempts = b.get(xid).map_or(0, |(_, n)| *n) + 1;
+                let wait = retry_delay(attempts);
+                b.insert(
+                    xid.to_string(),
+                    (std::time::Instant::now() + wait, attempts),
+                );
+                tracing::warn!(%xid, error = %e, attempts, retry_in = ?wait, "phase 2 incomplete; it will be retried");
+            }
         }
+    }
+
+    /// True when an earlier phase-2 failure asks to wait before trying this XID again.
+    fn backing_off(&self, xid: &str) -> bool {
+        lock(&self.backoff)
+            .get(xid)
+            .is_some_and(|(at, _)| std::time::Instant::now() < *at)
     }
 
     async fn phase2(&self, xid: &str, decision: GlobalStatus) -> Result<(), Phase2Error> {
@@ -416,7 +438,7 @@ impl Coordinator {
                 if age > FINISHED_RETENTION.as_millis() as u64 {
                     let _ = self.store.forget(&tx.xid).await;
                 }
-            } else if tx.status != GlobalStatus::Begin {
+            } else if tx.status != GlobalStatus::Begin && !self.backing_off(&tx.xid) {
                 self.run_phase2(&tx.xid, tx.status).await;
             }
         }
@@ -445,6 +467,13 @@ impl Coordinator {
             }
         });
     }
+}
+
+/// How long to wait before the `attempts`-th retry of a failed phase 2: doubling from the
+/// sweep interval, at most a minute.
+fn retry_delay(attempts: u32) -> Duration {
+    let ms = 250u64.saturating_mul(1u64 << attempts.min(16));
+    Duration::from_millis(ms.min(60_000))
 }
 
 fn no_resource(b: &Branch) -> Phase2Error {
@@ -601,6 +630,14 @@ mod tests {
         );
     }
 
+    #[test]
+    fn retries_back_off_up_to_a_minute() {
+        assert_eq!(retry_delay(1), Duration::from_millis(500));
+        assert_eq!(retry_delay(2), Duration::from_secs(1));
+        assert_eq!(retry_delay(8), Duration::from_secs(60));
+        assert_eq!(retry_delay(40), Duration::from_secs(60));
+    }
+
     #[tokio::test]
     async fn force_finish_ends_a_stuck_transaction() {
         let (c, rm) = setup();
@@ -649,6 +686,11 @@ mod tests {
             "locks go with the decision"
         );
         *lock(&rm.fail) = false;
+        // The failure asked for a pause: a sweep right away leaves it alone…
+        c.sweep().await;
+        assert_eq!(c.status(&tx.xid).await.unwrap(), GlobalStatus::Committing);
+        // …and one after the pause finishes it.
+        tokio::time::sleep(retry_delay(1)).await;
         c.sweep().await;
         assert_eq!(c.status(&tx.xid).await.unwrap(), GlobalStatus::Committed);
     }
