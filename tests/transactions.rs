@@ -80,8 +80,41 @@ async fn sql_functions_begin_and_end_global_transactions() {
         .unwrap()
         .unwrap();
     assert_eq!(row.columns_ref()[0].name_str(), "tandem_begin()");
-    // Through the binary protocol the call goes to the database, which has no such function.
-    assert!(c.exec_drop("SELECT tandem_begin()", ()).await.is_err());
+    // Through the prepared-statement protocol too, with `?` arguments.
+    let px: String = c
+        .exec_first("SELECT tandem_begin(?)", (60_000,))
+        .await
+        .unwrap()
+        .unwrap();
+    let s: String = c
+        .exec_first("SELECT tandem_status(?)", (&px,))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Begin");
+    let stmt = c.prep("SELECT tandem_commit(?)").await.unwrap();
+    assert_eq!(stmt.num_params(), 1);
+    let s: String = c.exec_first(&stmt, (&px,)).await.unwrap().unwrap();
+    assert_eq!(s, "Committed");
+    let again: String = c.exec_first(&stmt, (&px,)).await.unwrap().unwrap();
+    assert_eq!(again, "Committed");
+    c.close(stmt).await.unwrap();
+    let e = c
+        .exec_drop("SELECT tandem_commit(?)", ("no-such",))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1397), "{e}");
+    let e = c
+        .exec_drop("SELECT tandem_begin(?)", ("soon",))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1210), "{e}");
+    let no_params: String = c
+        .exec_first("SELECT tandem_begin()", ())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!no_params.is_empty());
 
     // Bad calls get clear errors and the session goes on.
     let cases = [

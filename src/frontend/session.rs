@@ -21,10 +21,11 @@ use super::relay::{relay, RelayError};
 use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
-use crate::sql::functions::{self as sql_functions, Call, CallError};
+use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
+use crate::sql::params;
 use crate::sql::{classify, hints, StatementKind};
 use crate::wire::handshake::ChangeUser;
-use crate::wire::response::{ok_packet, write_text_result};
+use crate::wire::response::{ok_packet, write_binary_result, write_prepare_ok, write_text_result};
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::stream::ClientStream;
 use crate::wire::{MysqlError, PacketIo, WireError};
@@ -91,6 +92,10 @@ pub struct Session {
     pub(super) backend: Option<PooledConn>,
     /// Prepared statement id → kind of statement, for metrics.
     pub(super) prepared: HashMap<u32, PreparedStmt>,
+    /// Prepared calls of Tandem's own SQL functions, answered without the backend, under ids
+    /// from the top half of the range (the database counts its own from 1).
+    tandem_stmts: HashMap<u32, Call>,
+    next_tandem_stmt: u32,
     /// The global transaction this session joins (`SET tandem_xid`).
     pub(super) xid: Option<String>,
     /// The AT branch the current local transaction is, while it runs.
@@ -114,6 +119,8 @@ impl Session {
             nonce: who.nonce,
             backend: None,
             prepared: HashMap::new(),
+            tandem_stmts: HashMap::new(),
+            next_tandem_stmt: 0x8000_0000,
             xid: None,
             branch: None,
         }
@@ -241,12 +248,22 @@ impl Session {
             }
             COM_STMT_PREPARE => {
                 let kind = classify(&payload[1..]);
+                if kind == StatementKind::Select {
+                    if let Some(call) = sql_functions::parse(&payload[1..]) {
+                        return self.prepare_tandem_function(reply_seq, call).await;
+                    }
+                }
                 if let Global::Refuse(e) = self.classify_global(kind, &payload[1..]) {
                     return self.reply_error(reply_seq, e).await;
                 }
                 (kind, ResponseKind::Prepare)
             }
             COM_STMT_EXECUTE => {
+                if let Some(call) = statement_id(payload).and_then(|id| self.tandem_stmts.get(&id))
+                {
+                    let call = call.clone();
+                    return self.execute_tandem_function(reply_seq, call, payload).await;
+                }
                 if let Some(flow) = self.global_execute(reply_seq, payload).await {
                     return flow;
                 }
@@ -254,6 +271,14 @@ impl Session {
             }
             COM_STMT_FETCH => (self.statement_kind(payload), ResponseKind::Fetch),
             COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
+                if let Some(id) =
+                    statement_id(payload).filter(|id| self.tandem_stmts.contains_key(id))
+                {
+                    if cmd == COM_STMT_CLOSE {
+                        self.tandem_stmts.remove(&id);
+                    }
+                    return Flow::Continue;
+                }
                 if let Some(id) = statement_id(payload) {
                     if cmd == COM_STMT_CLOSE {
                         self.prepared.remove(&id);
@@ -262,6 +287,12 @@ impl Session {
                     }
                 }
                 return self.forward_no_reply(payload).await;
+            }
+            COM_STMT_RESET
+                if statement_id(payload).is_some_and(|id| self.tandem_stmts.contains_key(&id)) =>
+            {
+                let ok = self.ok();
+                return self.reply(reply_seq, &ok).await;
             }
             COM_PING if self.backend.is_none() => {
                 let ok = self.ok();
@@ -312,6 +343,75 @@ impl Session {
         let row = vec![Some(value)];
         let written =
             write_text_result(&mut self.client, self.caps, status, &[&call.text], &[row]).await;
+        self.ctx
+            .metrics
+            .statement(StatementKind::Select, started.elapsed().as_secs_f64());
+        match written {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// COM_STMT_PREPARE of one of Tandem's SQL functions: answered here, with `?` arguments
+    /// as parameters.
+    async fn prepare_tandem_function(
+        &mut self,
+        reply_seq: u8,
+        call: Result<Call, CallError>,
+    ) -> Flow {
+        let call = match call {
+            Ok(c) => c,
+            Err(e) => return self.reply_error(reply_seq, functions::call_error(&e)).await,
+        };
+        let id = self.next_tandem_stmt;
+        self.next_tandem_stmt = self.next_tandem_stmt.wrapping_add(1).max(0x8000_0000);
+        let params = call.args.iter().filter(|a| matches!(a, Arg::Param)).count() as u16;
+        let written =
+            write_prepare_ok(&mut self.client, self.caps, id, params, &[&call.text]).await;
+        self.tandem_stmts.insert(id, call);
+        match written {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// COM_STMT_EXECUTE of a prepared Tandem function: binds the parameters and answers with
+    /// a binary-protocol row.
+    async fn execute_tandem_function(
+        &mut self,
+        reply_seq: u8,
+        mut call: Call,
+        payload: &[u8],
+    ) -> Flow {
+        let started = Instant::now();
+        let params = call.args.iter().filter(|a| matches!(a, Arg::Param)).count();
+        let mut types = Vec::new();
+        let values = match params::decode_plain(payload, params, &mut types) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = MysqlError::wrong_arguments(call.function.name(), &e.0);
+                return self.reply_error(reply_seq, e).await;
+            }
+        };
+        let mut values = values.into_iter();
+        for arg in call.args.iter_mut().filter(|a| matches!(a, Arg::Param)) {
+            *arg = match values.next().flatten() {
+                Some(params::Plain::Int(i)) => Arg::Int(i),
+                Some(params::Plain::Text(t)) => Arg::Str(t),
+                None => Arg::Param,
+            };
+        }
+        let value = match functions::run(&self.ctx.coordinator, &call).await {
+            Ok(v) => v,
+            Err(e) => return self.reply_error(reply_seq, e).await,
+        };
+        let status = self
+            .backend
+            .as_ref()
+            .map_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT, |b| b.status);
+        let row = vec![Some(value)];
+        let written =
+            write_binary_result(&mut self.client, self.caps, status, &[&call.text], &[row]).await;
         self.ctx
             .metrics
             .statement(StatementKind::Select, started.elapsed().as_secs_f64());

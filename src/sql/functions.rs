@@ -30,6 +30,8 @@ impl Function {
 pub enum Arg {
     Int(i64),
     Str(String),
+    /// A `?` placeholder of a prepared call, bound at execution.
+    Param,
 }
 
 /// A recognised call: the function, its arguments, and the call's text (the column name).
@@ -133,6 +135,7 @@ fn skip_ws(s: &[u8]) -> &[u8] {
 
 fn read_arg(p: &[u8]) -> Result<(Arg, &[u8]), String> {
     match p.first() {
+        Some(b'?') => Ok((Arg::Param, &p[1..])),
         Some(&q @ (b'\'' | b'"')) => {
             let mut out = Vec::new();
             let mut i = 1;

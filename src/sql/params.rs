@@ -179,6 +179,54 @@ fn time(r: &mut Reader<'_>) -> Result<String, ParamError> {
     ))
 }
 
+/// A parameter as a plain value, for calls Tandem answers itself (`tandem_*` functions):
+/// integers as numbers, everything else as its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plain {
+    Int(i64),
+    Text(String),
+}
+
+/// Decodes parameters into plain values (see [`Plain`]); `None` is NULL.
+pub fn decode_plain(
+    payload: &[u8],
+    count: usize,
+    types: &mut Vec<[u8; 2]>,
+) -> Result<Vec<Option<Plain>>, ParamError> {
+    let literals = decode(payload, count, types, "binary")?;
+    literals
+        .into_iter()
+        .zip(types.iter())
+        .map(|(lit, [ty, _])| {
+            let Some(lit) = lit else { return Ok(None) };
+            Ok(Some(match ty {
+                // Numbers (some drivers send every number as a DOUBLE): whole ones as integers.
+                1 | 2 | 3 | 4 | 5 | 8 | 9 | 13 | 0 | 246 => match lit.parse::<i64>() {
+                    Ok(i) => Plain::Int(i),
+                    Err(_) => match lit.parse::<f64>() {
+                        Ok(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Plain::Int(f as i64),
+                        _ => Plain::Text(lit),
+                    },
+                },
+                15 | 16 | 245..=255 => {
+                    // `_binary X'…'`: back to the bytes.
+                    let hex = lit.trim_start_matches("_binary X'").trim_end_matches('\'');
+                    let bytes: Result<Vec<u8>, _> = (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                        .collect();
+                    let bytes = bytes.map_err(|_| bad("bad string parameter"))?;
+                    Plain::Text(
+                        String::from_utf8(bytes)
+                            .map_err(|_| bad("a parameter that is not UTF-8"))?,
+                    )
+                }
+                _ => Plain::Text(lit),
+            }))
+        })
+        .collect()
+}
+
 /// Replaces each `?` placeholder (outside strings, quoted names and comments) with its
 /// literal, in order.
 pub fn substitute(sql: &str, literals: &[Option<String>]) -> Result<String, ParamError> {

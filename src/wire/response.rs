@@ -162,6 +162,89 @@ pub async fn write_text_result<S: AsyncRead + AsyncWrite + Unpin>(
     io.flush().await
 }
 
+/// The answer to a COM_STMT_PREPARE that Tandem handles itself: `params` parameters and
+/// string columns named `columns`.
+pub async fn write_prepare_ok<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut PacketIo<S>,
+    caps: CapabilityFlags,
+    stmt_id: u32,
+    params: u16,
+    columns: &[&str],
+) -> Result<(), std::io::Error> {
+    const UTF8MB4: u16 = 45;
+    let mut ok = vec![0x00];
+    ok.extend_from_slice(&stmt_id.to_le_bytes());
+    ok.extend_from_slice(&(columns.len() as u16).to_le_bytes());
+    ok.extend_from_slice(&params.to_le_bytes());
+    ok.extend_from_slice(&[0, 0, 0]);
+    let mut seq = io.write_packet(1, &ok);
+    let eof = !caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+    if params > 0 {
+        for _ in 0..params {
+            seq = io.write_packet(
+                seq,
+                &column_definition("?", ColumnType::MYSQL_TYPE_VAR_STRING, 0, UTF8MB4),
+            );
+        }
+        if eof {
+            seq = io.write_packet(seq, &eof_packet(StatusFlags::empty()));
+        }
+    }
+    if !columns.is_empty() {
+        for name in columns {
+            seq = io.write_packet(
+                seq,
+                &column_definition(name, ColumnType::MYSQL_TYPE_VAR_STRING, 1024, UTF8MB4),
+            );
+        }
+        if eof {
+            io.write_packet(seq, &eof_packet(StatusFlags::empty()));
+        }
+    }
+    io.flush().await
+}
+
+/// Writes a complete binary-protocol result set of string (or NULL) cells, starting at
+/// sequence id 1 (the answer to a COM_STMT_EXECUTE Tandem handles itself).
+pub async fn write_binary_result<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut PacketIo<S>,
+    caps: CapabilityFlags,
+    status: StatusFlags,
+    columns: &[&str],
+    rows: &[Vec<Option<String>>],
+) -> Result<(), std::io::Error> {
+    const UTF8MB4: u16 = 45;
+    let mut count = Vec::new();
+    put_lenenc_int(&mut count, columns.len() as u64);
+    let mut seq = io.write_packet(1, &count);
+    for name in columns {
+        seq = io.write_packet(
+            seq,
+            &column_definition(name, ColumnType::MYSQL_TYPE_VAR_STRING, 1024, UTF8MB4),
+        );
+    }
+    if !caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+        seq = io.write_packet(seq, &eof_packet(status));
+    }
+    for row in rows {
+        // Header, then a NULL bitmap offset by two bits, then the non-NULL values.
+        let mut out = vec![0x00];
+        let mut bitmap = vec![0u8; (row.len() + 7 + 2) / 8];
+        for (i, cell) in row.iter().enumerate() {
+            if cell.is_none() {
+                bitmap[(i + 2) / 8] |= 1 << ((i + 2) % 8);
+            }
+        }
+        out.extend_from_slice(&bitmap);
+        for v in row.iter().flatten() {
+            put_lenenc_bytes(&mut out, v.as_bytes());
+        }
+        seq = io.write_packet(seq, &out);
+    }
+    io.write_packet(seq, &end_of_rows(caps, status));
+    io.flush().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,15 @@ function check(cond, what) {
   const [after] = await c.execute('SELECT s FROM js_types WHERE id = ?', [1]);
   check(after[0].s === row[4], 'rollback');
 
+  // Tandem's own functions through `execute` (prepared) and `query`.
+  const [b] = await c.execute('SELECT tandem_begin(?)', [30000]);
+  const xid = Object.values(b[0])[0];
+  check(typeof xid === 'string' && xid.length > 0, `execute tandem_begin: ${JSON.stringify(b)}`);
+  const [st] = await c.execute('SELECT tandem_status(?)', [xid]);
+  check(Object.values(st[0])[0] === 'Begin', `execute tandem_status: ${JSON.stringify(st)}`);
+  const [cm] = await c.query(`SELECT tandem_commit('${xid}')`);
+  check(Object.values(cm[0])[0] === 'Committed', `query tandem_commit: ${JSON.stringify(cm)}`);
+
   let refused = false;
   try {
     await mysql.createConnection({ host: '127.0.0.1', port: Number(port), user, password: 'wrong' });
