@@ -213,13 +213,17 @@ impl Session {
     /// `None` when the execution is an ordinary one.
     pub(super) async fn global_execute(&mut self, reply_seq: u8, payload: &[u8]) -> Option<Flow> {
         let id = super::session::statement_id(payload)?;
+        let p = self.prepared.get(&id)?;
+        // The hot path: an execution outside any global transaction costs one lookup.
+        if self.xid.is_none() && self.branch.is_none() && !p.has_hint {
+            return None;
+        }
+        let sql = p.sql.clone()?;
         let charset = mysql_common::collations::Collation::from(
             mysql_common::collations::CollationId::from(self.key.collation as u16),
         )
         .charset
         .to_string();
-        let p = self.prepared.get_mut(&id)?;
-        let sql = p.sql.clone()?;
         let kind = p.kind;
         let global = self.classify_global(kind, sql.as_bytes());
         let xid = match global {

@@ -67,6 +67,8 @@ pub(super) struct PreparedStmt {
     pub types: Vec<[u8; 2]>,
     /// COM_STMT_SEND_LONG_DATA sent a parameter since the last execution or reset.
     pub long_data: bool,
+    /// The text carries an XID hint (read once, at prepare).
+    pub has_hint: bool,
 }
 
 /// What the handshake established about a client.
@@ -537,6 +539,7 @@ impl Session {
                     params,
                     types: Vec::new(),
                     long_data: false,
+                    has_hint: hints::xid_hint(&payload[1..]).is_some(),
                 };
                 self.prepared.insert(id, stmt);
             }
