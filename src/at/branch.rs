@@ -98,16 +98,20 @@ fn literal_sql(e: &Expr) -> Result<Option<String>, AtError> {
     }
 }
 
+/// Where column `name`'s value stands in each row of an INSERT: by its column list, or by
+/// table order when it lists none.
+fn value_index(meta: &TableMeta, ins: &Insert, name: &str) -> Option<usize> {
+    if ins.columns.is_empty() {
+        meta.column_index(name)
+    } else {
+        ins.columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
+    }
+}
+
 fn insert_keys(meta: &TableMeta, ins: &Insert) -> Result<InsertKeys, AtError> {
-    let position = |name: &str| -> Option<usize> {
-        if ins.columns.is_empty() {
-            meta.column_index(name)
-        } else {
-            ins.columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name))
-        }
-    };
+    let position = |name: &str| value_index(meta, ins, name);
     let mut rows = Vec::with_capacity(ins.rows.len());
     for row in &ins.rows {
         let mut key = Vec::with_capacity(meta.primary_key.len());
@@ -133,15 +137,7 @@ fn insert_keys(meta: &TableMeta, ins: &Insert) -> Result<InsertKeys, AtError> {
 /// The rows an INSERT … ON DUPLICATE KEY UPDATE may hit: any row sharing the primary key or
 /// another unique key with one of the inserted rows. Every key column must be a literal.
 fn upsert_conflicts(meta: &TableMeta, ins: &Insert) -> Result<String, AtError> {
-    let position = |name: &str| -> Option<usize> {
-        if ins.columns.is_empty() {
-            meta.column_index(name)
-        } else {
-            ins.columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name))
-        }
-    };
+    let position = |name: &str| value_index(meta, ins, name);
     let mut conds = Vec::new();
     for row in &ins.rows {
         for key in std::iter::once(&meta.primary_key).chain(&meta.unique_keys) {

@@ -25,7 +25,7 @@ use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
 use crate::sql::params;
 use crate::sql::{classify, hints, StatementKind};
 use crate::wire::handshake::ChangeUser;
-use crate::wire::response::{ok_packet, write_binary_result, write_prepare_ok, write_text_result};
+use crate::wire::response::{ok_packet, write_prepare_ok, write_result, RowFormat};
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::stream::ClientStream;
 use crate::wire::{MysqlError, PacketIo, WireError};
@@ -334,7 +334,20 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.reply_error(reply_seq, functions::call_error(&e)).await,
         };
-        let value = match functions::run(&self.ctx.coordinator, &call).await {
+        self.answer_tandem_function(reply_seq, &call, false, started)
+            .await
+    }
+
+    /// Runs a Tandem function call and answers with its one-row result, in the text or the
+    /// binary protocol.
+    async fn answer_tandem_function(
+        &mut self,
+        reply_seq: u8,
+        call: &Call,
+        binary: bool,
+        started: Instant,
+    ) -> Flow {
+        let value = match functions::run(&self.ctx.coordinator, call).await {
             Ok(v) => v,
             Err(e) => return self.reply_error(reply_seq, e).await,
         };
@@ -343,8 +356,13 @@ impl Session {
             .as_ref()
             .map_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT, |b| b.status);
         let row = vec![Some(value)];
-        let written =
-            write_text_result(&mut self.client, self.caps, status, &[&call.text], &[row]).await;
+        let (io, caps, columns) = (&mut self.client, self.caps, [call.text.as_str()]);
+        let format = if binary {
+            RowFormat::Binary
+        } else {
+            RowFormat::Text
+        };
+        let written = write_result(io, caps, status, format, &columns, &[row]).await;
         self.ctx
             .metrics
             .statement(StatementKind::Select, started.elapsed().as_secs_f64());
@@ -403,24 +421,8 @@ impl Session {
                 None => Arg::Param,
             };
         }
-        let value = match functions::run(&self.ctx.coordinator, &call).await {
-            Ok(v) => v,
-            Err(e) => return self.reply_error(reply_seq, e).await,
-        };
-        let status = self
-            .backend
-            .as_ref()
-            .map_or(StatusFlags::SERVER_STATUS_AUTOCOMMIT, |b| b.status);
-        let row = vec![Some(value)];
-        let written =
-            write_binary_result(&mut self.client, self.caps, status, &[&call.text], &[row]).await;
-        self.ctx
-            .metrics
-            .statement(StatementKind::Select, started.elapsed().as_secs_f64());
-        match written {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close,
-        }
+        self.answer_tandem_function(reply_seq, &call, true, started)
+            .await
     }
 
     /// COM_CHANGE_USER: authenticate as a listener user again and start a fresh session, as

@@ -125,20 +125,59 @@ pub fn column_definition(name: &str, ty: ColumnType, length: u32, charset: u16) 
     out
 }
 
-/// Writes a complete text result set of string (or NULL) cells, starting at sequence id 1.
-pub async fn write_text_result<S: AsyncRead + AsyncWrite + Unpin>(
+/// utf8mb4_general_ci: Tandem's own results are always UTF-8 text.
+const UTF8MB4: u16 = 45;
+
+/// How the rows of a result Tandem builds itself are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    /// COM_QUERY: length-encoded text cells, 0xFB for NULL.
+    Text,
+    /// COM_STMT_EXECUTE: a 0x00 header, a NULL bitmap offset by two bits, then the non-NULL
+    /// values.
+    Binary,
+}
+
+fn encode_row(format: RowFormat, row: &[Option<String>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match format {
+        RowFormat::Text => {
+            for cell in row {
+                match cell {
+                    Some(v) => put_lenenc_bytes(&mut out, v.as_bytes()),
+                    None => out.push(0xfb),
+                }
+            }
+        }
+        RowFormat::Binary => {
+            out.push(0x00);
+            let mut bitmap = vec![0u8; (row.len() + 7 + 2) / 8];
+            for (i, cell) in row.iter().enumerate() {
+                if cell.is_none() {
+                    bitmap[(i + 2) / 8] |= 1 << ((i + 2) % 8);
+                }
+            }
+            out.extend_from_slice(&bitmap);
+            for v in row.iter().flatten() {
+                put_lenenc_bytes(&mut out, v.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Writes a complete result set of string (or NULL) cells, starting at sequence id 1.
+pub async fn write_result<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut PacketIo<S>,
     caps: CapabilityFlags,
     status: StatusFlags,
+    format: RowFormat,
     columns: &[&str],
     rows: &[Vec<Option<String>>],
 ) -> Result<(), std::io::Error> {
-    /// utf8mb4_general_ci: Tandem's own results are always UTF-8 text.
-    const UTF8MB4: u16 = 45;
-    let mut seq = 1u8;
     let mut count = Vec::new();
     put_lenenc_int(&mut count, columns.len() as u64);
-    seq = io.write_packet(seq, &count);
+    let mut seq = io.write_packet(1, &count);
     for name in columns {
         seq = io.write_packet(
             seq,
@@ -149,14 +188,7 @@ pub async fn write_text_result<S: AsyncRead + AsyncWrite + Unpin>(
         seq = io.write_packet(seq, &eof_packet(status));
     }
     for row in rows {
-        let mut out = Vec::new();
-        for cell in row {
-            match cell {
-                Some(v) => put_lenenc_bytes(&mut out, v.as_bytes()),
-                None => out.push(0xfb),
-            }
-        }
-        seq = io.write_packet(seq, &out);
+        seq = io.write_packet(seq, &encode_row(format, row));
     }
     io.write_packet(seq, &end_of_rows(caps, status));
     io.flush().await
@@ -171,7 +203,6 @@ pub async fn write_prepare_ok<S: AsyncRead + AsyncWrite + Unpin>(
     params: u16,
     columns: &[&str],
 ) -> Result<(), std::io::Error> {
-    const UTF8MB4: u16 = 45;
     let mut ok = vec![0x00];
     ok.extend_from_slice(&stmt_id.to_le_bytes());
     ok.extend_from_slice(&(columns.len() as u16).to_le_bytes());
@@ -201,47 +232,6 @@ pub async fn write_prepare_ok<S: AsyncRead + AsyncWrite + Unpin>(
             io.write_packet(seq, &eof_packet(StatusFlags::empty()));
         }
     }
-    io.flush().await
-}
-
-/// Writes a complete binary-protocol result set of string (or NULL) cells, starting at
-/// sequence id 1 (the answer to a COM_STMT_EXECUTE Tandem handles itself).
-pub async fn write_binary_result<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut PacketIo<S>,
-    caps: CapabilityFlags,
-    status: StatusFlags,
-    columns: &[&str],
-    rows: &[Vec<Option<String>>],
-) -> Result<(), std::io::Error> {
-    const UTF8MB4: u16 = 45;
-    let mut count = Vec::new();
-    put_lenenc_int(&mut count, columns.len() as u64);
-    let mut seq = io.write_packet(1, &count);
-    for name in columns {
-        seq = io.write_packet(
-            seq,
-            &column_definition(name, ColumnType::MYSQL_TYPE_VAR_STRING, 1024, UTF8MB4),
-        );
-    }
-    if !caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
-        seq = io.write_packet(seq, &eof_packet(status));
-    }
-    for row in rows {
-        // Header, then a NULL bitmap offset by two bits, then the non-NULL values.
-        let mut out = vec![0x00];
-        let mut bitmap = vec![0u8; (row.len() + 7 + 2) / 8];
-        for (i, cell) in row.iter().enumerate() {
-            if cell.is_none() {
-                bitmap[(i + 2) / 8] |= 1 << ((i + 2) % 8);
-            }
-        }
-        out.extend_from_slice(&bitmap);
-        for v in row.iter().flatten() {
-            put_lenenc_bytes(&mut out, v.as_bytes());
-        }
-        seq = io.write_packet(seq, &out);
-    }
-    io.write_packet(seq, &end_of_rows(caps, status));
     io.flush().await
 }
 
