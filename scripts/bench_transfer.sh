@@ -53,7 +53,7 @@ data_sources:
 admin:
   address: 127.0.0.1:$admin_port
 coordinator:
-  embedded: { path: $PWD/$work/tandem.db }
+  embedded: { path: ${BENCH_STORE_DIR:-$PWD/$work}/tandem.db }
 YAML
 target/release/tandem --config "$work/tandem.yaml" --log-level warn 2>"$work/tandem.log" &
 tandem_pid=$!
@@ -67,6 +67,11 @@ export TANDEM_B="mysql://app:app@127.0.0.1:$port_b/bank_b"
 export TANDEM_ADMIN="127.0.0.1:$admin_port"
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 t0=$(cpu $tandem_pid); m0=$(cpu $(cat $work/mariadb/pid))
-if [ -n "${BENCH_PERF:-}" ]; then (sleep 7; perf record -F 499 -g -p $tandem_pid -o $work/perf.data -- sleep 4 >/dev/null 2>&1) & fi
+# BENCH_PERF=tandem (or mariadb) profiles that process during the first global run.
+if [ -n "${BENCH_PERF:-}" ]; then
+  perf_pid=$tandem_pid
+  [ "$BENCH_PERF" = mariadb ] && perf_pid=$(cat "$work/mariadb/pid")
+  (sleep $((BENCH_SECONDS + 2)); perf record -F 499 -g -p "$perf_pid" -o "$work/perf.data" -- sleep $((BENCH_SECONDS - 1)) >/dev/null 2>&1) &
+fi
 cargo bench --bench transfer --quiet 2>/dev/null
 echo "CPU seconds during the runs: tandem $(( ($(cpu $tandem_pid) - t0) / 100 )), mariadb $(( ($(cpu $(cat $work/mariadb/pid)) - m0) / 100 ))"

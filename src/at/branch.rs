@@ -63,6 +63,32 @@ pub struct Pending {
     meta: Arc<TableMeta>,
     before: Vec<ImageRow>,
     insert: Option<InsertKeys>,
+    /// An UPDATE's after image is read by primary key, known before the statement runs:
+    /// the query can travel right behind the statement.
+    after_sql: Option<String>,
+    after_queued: bool,
+}
+
+impl Pending {
+    /// Queues the after-image query, when it can be known in advance, to go out with the
+    /// statement. Its reply must then be consumed by [`after`] or [`Pending::discard`].
+    pub fn queue_after(&mut self, conn: &mut BackendConn) {
+        if let Some(sql) = &self.after_sql {
+            conn.queue(sql);
+            self.after_queued = true;
+        }
+    }
+
+    /// Drops the statement's undo item (it failed), reading any reply still due.
+    pub async fn discard(self, conn: &mut BackendConn) -> Result<(), AtError> {
+        if self.after_queued {
+            match conn.read_reply(None).await {
+                Err(e) if e.is_fatal() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The primary key of each inserted row: as written in the statement, or assigned by
@@ -173,11 +199,13 @@ fn upsert_conflicts(meta: &TableMeta, ins: &Insert) -> Result<String, AtError> {
 }
 
 /// Reads the before image of a statement (locking its rows) and what is needed for the after
-/// image.
+/// image. With `begin`, first opens the local transaction, in the same round trip as the
+/// before image.
 pub async fn before(
     conn: &mut BackendConn,
     source: &AtSource,
     dml: &Dml,
+    begin: bool,
 ) -> Result<Pending, AtError> {
     let (table, kind) = match dml {
         Dml::Insert(i) => (&i.table, ChangeKind::Insert),
@@ -207,14 +235,18 @@ pub async fn before(
                     image::table_sql(&meta),
                     upsert_conflicts(&meta, ins)?
                 );
-                before = read_rows(conn, &sql).await?;
+                before = read_rows_after(conn, begin, &sql).await?;
                 keys.upsert = true;
+            } else if begin {
+                conn.execute("BEGIN").await?;
             }
             return Ok(Pending {
                 kind,
                 meta,
                 before,
                 insert: Some(keys),
+                after_sql: None,
+                after_queued: false,
             });
         }
         Dml::Update(u) => {
@@ -226,22 +258,48 @@ pub async fn before(
         Dml::Delete(d) => &d.filter,
     };
     let sql = image::rows_by_filter_sql(&meta, table.alias.as_deref(), filter);
-    let before = read_rows(conn, &sql).await?;
+    let before = read_rows_after(conn, begin, &sql).await?;
+    let after_sql = (kind == ChangeKind::Update && !before.is_empty()).then(|| {
+        let pks: Vec<_> = before.iter().map(|r| image::pk_of(&meta, r)).collect();
+        image::rows_by_pk_sql(&meta, &pks)
+    });
     Ok(Pending {
         kind,
         meta,
         before,
         insert: None,
+        after_sql,
+        after_queued: false,
     })
 }
 
 async fn read_rows(conn: &mut BackendConn, sql: &str) -> Result<Vec<ImageRow>, AtError> {
-    Ok(conn
-        .query_raw(sql)
-        .await?
-        .into_iter()
+    Ok(into_image(conn.query_raw(sql).await?))
+}
+
+/// Runs `sql`, preceded by BEGIN in the same round trip when `begin` asks.
+async fn read_rows_after(
+    conn: &mut BackendConn,
+    begin: bool,
+    sql: &str,
+) -> Result<Vec<ImageRow>, AtError> {
+    if !begin {
+        return read_rows(conn, sql).await;
+    }
+    conn.queue("BEGIN");
+    conn.queue(sql);
+    let began = conn.read_reply(None).await;
+    let mut rows = Vec::new();
+    let read = conn.read_reply(Some(&mut rows)).await;
+    began?;
+    read?;
+    Ok(into_image(rows))
+}
+
+fn into_image(rows: Vec<crate::backend::Row>) -> Vec<ImageRow> {
+    rows.into_iter()
         .map(|r| r.into_iter().map(|v| v.map(image::Bytes)).collect())
-        .collect())
+        .collect()
 }
 
 /// Reads the after image once the statement succeeded and adds the statement's undo item
@@ -256,14 +314,15 @@ pub async fn after(
     let meta = pending.meta;
     let after = match pending.kind {
         ChangeKind::Delete => Vec::new(),
-        ChangeKind::Update => {
-            let pks: Vec<_> = pending
-                .before
-                .iter()
-                .map(|r| image::pk_of(&meta, r))
-                .collect();
-            read_rows(conn, &image::rows_by_pk_sql(&meta, &pks)).await?
-        }
+        ChangeKind::Update => match (&pending.after_sql, pending.after_queued) {
+            (_, true) => {
+                let mut rows = Vec::new();
+                conn.read_reply(Some(&mut rows)).await?;
+                into_image(rows)
+            }
+            (Some(sql), false) => read_rows(conn, sql).await?,
+            (None, false) => Vec::new(),
+        },
         ChangeKind::Insert => {
             let keys = pending.insert.map(|k| k.rows).unwrap_or_default();
             let step = if keys.iter().flatten().any(|v| v.is_none()) {
@@ -393,10 +452,27 @@ pub async fn register(
         lock_keys: work.lock_keys.into_iter().collect(),
         application_data: None,
     };
+    // The undo log goes out first and is written while the coordinator records the branch;
+    // the local COMMIT, which makes both count, waits for both.
+    conn.queue(&undo::insert_sql(&branch.xid, branch.branch_id, &work.log));
+    conn.send_queued().await?;
+    let registered = register_with_retry(coordinator, source, &branch).await;
+    let inserted = conn.read_reply(None).await;
+    registered?;
+    inserted?;
+    Ok(branch.branch_id)
+}
+
+/// Registers `branch`, retrying while another global transaction holds one of its rows.
+async fn register_with_retry(
+    coordinator: &Arc<Coordinator>,
+    source: &AtSource,
+    branch: &Branch,
+) -> Result<(), AtError> {
     let mut attempt = 0;
     loop {
-        match coordinator.register_branch(&branch).await {
-            Ok(()) => break,
+        match coordinator.register_branch(branch).await {
+            Ok(()) => return Ok(()),
             Err(RegisterError::LockConflict { key, holder }) => {
                 attempt += 1;
                 if attempt >= source.lock_retry.attempts {
@@ -419,9 +495,6 @@ pub async fn register(
             Err(RegisterError::Store(e)) => return Err(AtError::Coordinator(e.to_string())),
         }
     }
-    conn.execute(&undo::insert_sql(&branch.xid, branch.branch_id, &work.log))
-        .await?;
-    Ok(branch.branch_id)
 }
 
 /// `SELECT … FOR UPDATE` inside a global transaction reads committed data: it waits while

@@ -1,6 +1,7 @@
 //! Phase 2 of AT branches on one data source (the resource manager).
 //!
-//! Commit deletes the branch's undo log. Rollback, in one local transaction on a connection
+//! Commit deletes the branch's undo log; deletions are batched: while one DELETE runs, the
+//! branches committed meanwhile queue up and go out together in the next. Rollback, in one local transaction on a connection
 //! of its own: reads the undo log (locking it), checks every row against its after image, and
 //! restores the before images, items in reverse order; a row already equal to its before
 //! image is skipped; any other difference stops the branch as needing a person. Both are
@@ -8,6 +9,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::image::{self, ImageRow};
 use super::meta::TableMeta;
@@ -19,18 +23,34 @@ use crate::sql::quote;
 
 pub struct AtResource {
     pool: Pool,
-    undo_table_ready: AtomicBool,
+    undo_table_ready: Arc<AtomicBool>,
+    deletions: mpsc::UnboundedSender<Deletion>,
 }
+
+/// A committed branch whose undo log is to be deleted, and who waits for it.
+struct Deletion {
+    xid: String,
+    branch_id: u64,
+    done: oneshot::Sender<Result<(), Phase2Error>>,
+}
+
+/// The most undo logs one DELETE removes.
+const DELETE_BATCH: usize = 256;
 
 fn err(e: impl std::fmt::Display) -> Phase2Error {
     Phase2Error(e.to_string())
 }
 
 impl AtResource {
+    /// Must be called inside the runtime: it starts the task that deletes undo logs.
     pub fn new(pool: Pool) -> Self {
+        let (deletions, rx) = mpsc::unbounded_channel();
+        let undo_table_ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(delete_undo_logs(pool.clone(), undo_table_ready.clone(), rx));
         AtResource {
             pool,
-            undo_table_ready: AtomicBool::new(false),
+            undo_table_ready,
+            deletions,
         }
     }
 
@@ -50,17 +70,7 @@ impl AtResource {
     /// Creates the undo_log table if needed, on a connection of its own (DDL would commit a
     /// client's transaction).
     pub async fn ensure_undo_table(&self) -> Result<(), BackendError> {
-        if self.undo_table_ready.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut c = self
-            .pool
-            .acquire_control()
-            .await
-            .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        c.execute(undo::UNDO_TABLE_DDL).await?;
-        self.undo_table_ready.store(true, Ordering::Release);
-        Ok(())
+        ensure_undo_table(&self.pool, &self.undo_table_ready).await
     }
 
     async fn rollback_branch(&self, branch: &Branch) -> Result<RollbackOutcome, Phase2Error> {
@@ -109,14 +119,18 @@ impl AtResource {
 impl ResourceManager for AtResource {
     fn commit<'a>(&'a self, branch: &'a Branch) -> BoxFuture<'a, Result<(), Phase2Error>> {
         Box::pin(async move {
-            self.ensure_undo_table().await.map_err(err)?;
-            let mut c = self.pool.acquire_control().await.map_err(err)?;
-            // One autocommit DELETE leaves no session state: no reset needed.
-            c.keep_clean();
-            c.execute(&undo::delete_sql(&branch.xid, branch.branch_id))
+            let (done, result) = oneshot::channel();
+            let deletion = Deletion {
+                xid: branch.xid.clone(),
+                branch_id: branch.branch_id,
+                done,
+            };
+            if self.deletions.send(deletion).is_err() {
+                return Err(err("the undo-log cleaner has stopped"));
+            }
+            result
                 .await
-                .map_err(err)?;
-            Ok(())
+                .unwrap_or_else(|_| Err(err("the undo-log cleaner has stopped")))
         })
     }
 
@@ -125,6 +139,51 @@ impl ResourceManager for AtResource {
         branch: &'a Branch,
     ) -> BoxFuture<'a, Result<RollbackOutcome, Phase2Error>> {
         Box::pin(self.rollback_branch(branch))
+    }
+}
+
+async fn ensure_undo_table(pool: &Pool, ready: &AtomicBool) -> Result<(), BackendError> {
+    if ready.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut c = pool
+        .acquire_control()
+        .await
+        .map_err(|e| BackendError::Protocol(e.to_string()))?;
+    c.execute(undo::UNDO_TABLE_DDL).await?;
+    ready.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Deletes the undo logs of committed branches: everything queued while the last DELETE ran
+/// goes out in the next one. Ends when the resource is dropped.
+async fn delete_undo_logs(
+    pool: Pool,
+    undo_table_ready: Arc<AtomicBool>,
+    mut rx: mpsc::UnboundedReceiver<Deletion>,
+) {
+    let mut batch = Vec::with_capacity(DELETE_BATCH);
+    while rx.recv_many(&mut batch, DELETE_BATCH).await > 0 {
+        let keys: Vec<(&str, u64)> = batch
+            .iter()
+            .map(|d| (d.xid.as_str(), d.branch_id))
+            .collect();
+        let result = async {
+            ensure_undo_table(&pool, &undo_table_ready)
+                .await
+                .map_err(err)?;
+            let mut c = pool.acquire_control().await.map_err(err)?;
+            // One autocommit DELETE leaves no session state: no reset needed.
+            c.keep_clean();
+            c.execute(&undo::delete_many_sql(&keys))
+                .await
+                .map_err(err)?;
+            Ok::<(), Phase2Error>(())
+        }
+        .await;
+        for d in batch.drain(..) {
+            let _ = d.done.send(result.clone());
+        }
     }
 }
 

@@ -121,6 +121,16 @@ pub fn delete_sql(xid: &str, branch_id: u64) -> String {
     )
 }
 
+/// Deletes the undo logs of several branches: one equality pair per branch, which the range
+/// optimizer serves from the `(xid, branch_id)` index.
+pub fn delete_many_sql(keys: &[(&str, u64)]) -> String {
+    let conds: Vec<String> = keys
+        .iter()
+        .map(|(xid, id)| format!("(xid = {} AND branch_id = {id})", xid_literal(xid)))
+        .collect();
+    format!("DELETE FROM undo_log WHERE {}", conds.join(" OR "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

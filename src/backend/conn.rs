@@ -362,19 +362,59 @@ impl BackendConn {
         }
     }
 
-    /// Sends one command and reads its response packet by packet. Rows are decoded only when
-    /// `rows` asks for them; an ERR packet's content is returned beside the summary.
+    /// Queues a query without waiting for its reply: it is sent with the next flush, and its
+    /// reply must be read with [`read_reply`](Self::read_reply), replies in the order the
+    /// queries were queued. The server runs pipelined queries one after another, exactly as
+    /// if each had waited: this only saves round trips.
+    pub fn queue(&mut self, sql: &str) {
+        self.write_command(0x03, sql.as_bytes());
+    }
+
+    /// Sends whatever is queued.
+    pub async fn send_queued(&mut self) -> Result<(), BackendError> {
+        let r = self.io.flush().await.map_err(BackendError::from);
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    /// Sends whatever is queued, then reads the oldest unread reply (a text-protocol query's),
+    /// collecting its rows when `rows` asks for them.
+    pub async fn read_reply(
+        &mut self,
+        rows: Option<&mut Vec<Row>>,
+    ) -> Result<Summary, BackendError> {
+        let r = self.read_response(ResponseKind::Query, rows).await;
+        self.settle(r)
+    }
+
+    fn write_command(&mut self, cmd: u8, arg: &[u8]) {
+        let mut payload = Vec::with_capacity(1 + arg.len());
+        payload.push(cmd);
+        payload.extend_from_slice(arg);
+        self.io.write_packet(0, &payload);
+    }
+
+    /// Sends one command and reads its response.
     async fn command_inner(
         &mut self,
         cmd: u8,
         arg: &[u8],
         kind: ResponseKind,
+        rows: Option<&mut Vec<Row>>,
+    ) -> Result<(Summary, Option<MysqlError>), BackendError> {
+        self.write_command(cmd, arg);
+        self.read_response(kind, rows).await
+    }
+
+    /// Flushes, then reads one response packet by packet. Rows are decoded only when `rows`
+    /// asks for them; an ERR packet's content is returned beside the summary.
+    async fn read_response(
+        &mut self,
+        kind: ResponseKind,
         mut rows: Option<&mut Vec<Row>>,
     ) -> Result<(Summary, Option<MysqlError>), BackendError> {
-        let mut payload = Vec::with_capacity(1 + arg.len());
-        payload.push(cmd);
-        payload.extend_from_slice(arg);
-        self.io.write_packet(0, &payload);
         self.io.flush().await?;
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
         let mut columns = 0u64;

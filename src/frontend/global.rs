@@ -356,13 +356,7 @@ impl Session {
         let status = backend.status;
         let wrap = !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
             && status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
-        if wrap {
-            backend
-                .execute("BEGIN")
-                .await
-                .map_err(|e| at_error(e.into()))?;
-        }
-        let pending = match branch::before(backend, &at, &dml).await {
+        let mut pending = match branch::before(backend, &at, &dml, wrap).await {
             Ok(p) => p,
             Err(e) => {
                 if wrap {
@@ -372,10 +366,11 @@ impl Session {
             }
         };
 
-        // The statement itself: the client's own text.
-        let io = backend.io();
-        io.write_packet(0, payload);
-        if io.flush().await.is_err() {
+        // The statement itself: the client's own text, and behind it the after-image query
+        // when that is known in advance.
+        backend.io().write_packet(0, payload);
+        pending.queue_after(backend);
+        if backend.send_queued().await.is_err() {
             return Ok(self.backend_lost(reply_seq, false).await);
         }
         let max = self.ctx.max_allowed_packet;
@@ -404,6 +399,9 @@ impl Session {
         }
         if summary.error.is_some() {
             // The statement failed and changed nothing: no undo item.
+            if pending.discard(backend).await.is_err() {
+                return Ok(self.backend_lost(reply_seq, captured.is_none()).await);
+            }
             if let Some(sink) = captured {
                 let _ = backend.execute("ROLLBACK").await;
                 return Ok(self.send_captured(sink, None).await);
