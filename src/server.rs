@@ -59,9 +59,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let at_sources: Vec<Arc<AtSource>> = pools
         .iter()
         .map(|pool| {
-            let resource = Arc::new(AtResource::new(pool.clone()));
+            let resource = Arc::new(AtResource::new(
+                pool.clone(),
+                config.coordinator.finished_marker_retention.0,
+            ));
             coordinator.register_resource(&resource.identity(), resource.clone());
             Arc::new(AtSource {
+                server: pool.dsn().server_identity(),
                 resource,
                 meta: MetaCache::default(),
                 lock_retry: LockRetry {

@@ -8,6 +8,10 @@ use mysql_async::prelude::*;
 
 /// Tandem with two listeners, one in front of each of two databases.
 fn two_databases(prefix: &str) -> (String, String, Tandem, u16) {
+    two_databases_with(prefix, "")
+}
+
+fn two_databases_with(prefix: &str, coordinator: &str) -> (String, String, Tandem, u16) {
     let a = mariadb().fresh_db(&format!("{prefix}_a"));
     let b = mariadb().fresh_db(&format!("{prefix}_b"));
     for db in [&a, &b] {
@@ -21,7 +25,7 @@ fn two_databases(prefix: &str) -> (String, String, Tandem, u16) {
     let yaml = common::two_databases_config(
         &mariadb().url(&a),
         &mariadb().url(&b),
-        "  lock_retry_interval: 20ms\n  lock_retry_attempts: 10",
+        &format!("  lock_retry_interval: 20ms\n  lock_retry_attempts: 10\n{coordinator}"),
     );
     let t = Tandem::start_yaml(&yaml);
     let port_b = t.port_b;
@@ -532,6 +536,71 @@ async fn late_phase_one_commit_fails_after_rollback() {
         (2, "50.00".to_string()),
         "nothing committed after the rollback"
     );
+}
+
+/// A rollback that finds a registered branch without its undo log (its phase-1 commit not
+/// landed yet) leaves the "global finished" marker: the late commit's undo-log insert then
+/// collides with it, so the local transaction cannot commit. Old markers are deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_marker_stops_a_late_commit_and_expires() {
+    let (a, _b, tandem, _) = two_databases_with("marker", "  finished_marker_retention: 2s");
+    let mut c = common::connect(&tandem.url(&a)).await;
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = 1 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    // Take the undo log away, as if the branch's local commit were still on its way.
+    let mut direct = common::connect(&mariadb().url(&a)).await;
+    let branch_id: u64 = direct
+        .query_first(format!(
+            "SELECT branch_id FROM undo_log WHERE xid = '{xid}'"
+        ))
+        .await
+        .unwrap()
+        .expect("the branch's undo log");
+    direct
+        .query_drop(format!("DELETE FROM undo_log WHERE xid = '{xid}'"))
+        .await
+        .unwrap();
+
+    let s: String = c
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    let status: Option<i32> = direct
+        .query_first(format!(
+            "SELECT log_status FROM undo_log WHERE xid = '{xid}' AND branch_id = {branch_id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, Some(1), "the global-finished marker");
+    // The late phase-1 commit writes its undo log in its local transaction: it fails there.
+    let e = direct
+        .query_drop(format!(
+            "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status, log_created, log_modified) \
+             VALUES ({branch_id}, '{xid}', 'serializer=json', '{{}}', 0, NOW(6), NOW(6))"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1062), "{e}");
+
+    // Past the retention, the marker goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while undo_rows(&a).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the marker outlived its retention"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Inside a global transaction, SELECT … FOR UPDATE waits for other global transactions'

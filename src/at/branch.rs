@@ -26,6 +26,8 @@ pub struct LockRetry {
 
 /// AT state of one data source, shared by the sessions that use it.
 pub struct AtSource {
+    /// The server's `host:port`, the first part of this source's lock keys.
+    pub server: String,
     pub resource: Arc<AtResource>,
     pub meta: MetaCache,
     pub lock_retry: LockRetry,
@@ -306,7 +308,7 @@ fn into_image(rows: Vec<crate::backend::Row>) -> Vec<ImageRow> {
 /// and row locks to the branch.
 pub async fn after(
     conn: &mut BackendConn,
-    identity_host: &str,
+    server: &str,
     pending: Pending,
     last_insert_id: u64,
     work: &mut BranchWork,
@@ -367,7 +369,7 @@ pub async fn after(
             read_rows(conn, &sql).await?
         }
     };
-    let identity = format!("{identity_host}/{}", meta.schema);
+    let identity = format!("{server}/{}", meta.schema);
     for row in pending.before.iter().chain(&after) {
         let pk: Vec<&[u8]> = image::pk_of(&meta, row)
             .into_iter()
@@ -504,7 +506,6 @@ pub async fn check_global_locks(
     conn: &mut BackendConn,
     coordinator: &Arc<Coordinator>,
     source: &AtSource,
-    identity_host: &str,
     xid: &str,
     select: &crate::sql::dml::LockingSelect,
 ) -> Result<(), AtError> {
@@ -513,7 +514,7 @@ pub async fn check_global_locks(
         .get(conn, select.table.schema.as_deref(), &select.table.name)
         .await?;
     let sql = image::pks_by_filter_sql(&meta, select.table.alias.as_deref(), &select.filter);
-    let identity = format!("{identity_host}/{}", meta.schema);
+    let identity = format!("{}/{}", source.server, meta.schema);
     let keys: Vec<String> = conn
         .query_raw(&sql)
         .await?

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,11 +43,17 @@ fn err(e: impl std::fmt::Display) -> Phase2Error {
 }
 
 impl AtResource {
-    /// Must be called inside the runtime: it starts the task that deletes undo logs.
-    pub fn new(pool: Pool) -> Self {
+    /// Must be called inside the runtime: it starts the task that deletes undo logs, and
+    /// "global finished" markers once they are `marker_retention` old.
+    pub fn new(pool: Pool, marker_retention: Duration) -> Self {
         let (deletions, rx) = mpsc::unbounded_channel();
         let undo_table_ready = Arc::new(AtomicBool::new(false));
-        tokio::spawn(delete_undo_logs(pool.clone(), undo_table_ready.clone(), rx));
+        tokio::spawn(delete_undo_logs(
+            pool.clone(),
+            undo_table_ready.clone(),
+            rx,
+            marker_retention,
+        ));
         AtResource {
             pool,
             undo_table_ready,
@@ -156,14 +163,26 @@ async fn ensure_undo_table(pool: &Pool, ready: &AtomicBool) -> Result<(), Backen
 }
 
 /// Deletes the undo logs of committed branches: everything queued while the last DELETE ran
-/// goes out in the next one. Ends when the resource is dropped.
+/// goes out in the next one. Now and then also deletes old "global finished" markers. Ends
+/// when the resource is dropped.
 async fn delete_undo_logs(
     pool: Pool,
     undo_table_ready: Arc<AtomicBool>,
     mut rx: mpsc::UnboundedReceiver<Deletion>,
+    marker_retention: Duration,
 ) {
+    let every = (marker_retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let mut markers = tokio::time::interval(every);
+    markers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(DELETE_BATCH);
-    while rx.recv_many(&mut batch, DELETE_BATCH).await > 0 {
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, DELETE_BATCH) => if n == 0 { return },
+            _ = markers.tick() => {
+                delete_old_markers(&pool, marker_retention).await;
+                continue;
+            }
+        }
         let keys: Vec<(&str, u64)> = batch
             .iter()
             .map(|d| (d.xid.as_str(), d.branch_id))
@@ -186,6 +205,33 @@ async fn delete_undo_logs(
         }
     }
 }
+
+/// Deletes "global finished" markers older than `retention`: by then no phase-1 commit of
+/// their branch can still be on its way. A database without an undo_log table has none.
+async fn delete_old_markers(pool: &Pool, retention: Duration) {
+    let warn = |e: &dyn std::fmt::Display| {
+        tracing::warn!(data_source = pool.name(), error = %e, "could not delete old global-finished markers");
+    };
+    let mut c = match pool.acquire_control().await {
+        Ok(c) => c,
+        Err(e) => return warn(&e),
+    };
+    c.keep_clean();
+    match c.execute(&undo::delete_old_markers_sql(retention)).await {
+        Ok(s) if s.affected_rows > 0 => {
+            tracing::info!(
+                data_source = pool.name(),
+                markers = s.affected_rows,
+                "deleted old global-finished markers"
+            );
+        }
+        Ok(_) => {}
+        Err(BackendError::Server(e)) if e.code == NO_SUCH_TABLE => {}
+        Err(e) => warn(&e),
+    }
+}
+
+const NO_SUCH_TABLE: u16 = 1146;
 
 fn pk_key(meta: &TableMeta, row: &ImageRow) -> Vec<Option<Vec<u8>>> {
     image::pk_of(meta, row)

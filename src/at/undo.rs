@@ -121,6 +121,16 @@ pub fn delete_sql(xid: &str, branch_id: u64) -> String {
     )
 }
 
+/// Deletes "global finished" markers older than `age` (markers are written in UTC), a
+/// thousand at a time.
+pub fn delete_old_markers_sql(age: std::time::Duration) -> String {
+    format!(
+        "DELETE FROM undo_log WHERE log_status = {STATUS_GLOBAL_FINISHED} \
+         AND log_created < UTC_TIMESTAMP(6) - INTERVAL {} MICROSECOND LIMIT 1000",
+        age.as_micros()
+    )
+}
+
 /// Deletes the undo logs of several branches: one equality pair per branch, which the range
 /// optimizer serves from the `(xid, branch_id)` index.
 pub fn delete_many_sql(keys: &[(&str, u64)]) -> String {

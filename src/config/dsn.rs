@@ -57,14 +57,29 @@ impl Dsn {
         })
     }
 
-    /// `host:port/db`: how the data source is named in lock keys and messages.
+    /// `host:port/db`: how the data source is named in branches, lock keys and messages.
     pub fn identity(&self) -> String {
         format!(
-            "{}:{}/{}",
-            self.host,
-            self.port,
+            "{}/{}",
+            self.server_identity(),
             self.database.as_deref().unwrap_or("")
         )
+    }
+
+    /// `host:port` of the server, spelled one way: host names in lower case, and the loopback
+    /// names (`localhost`, `127.0.0.1`, `::1`) as `127.0.0.1`, so two DSNs naming one server
+    /// differently still see each other's row locks.
+    pub fn server_identity(&self) -> String {
+        let host = self.host.to_ascii_lowercase();
+        let host = match host.as_str() {
+            "localhost" | "::1" | "127.0.0.1" => "127.0.0.1",
+            h => h,
+        };
+        if host.contains(':') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
     }
 }
 
@@ -125,5 +140,18 @@ mod tests {
         assert!(Dsn::parse("mysql://@h/x").is_err());
         assert!(Dsn::parse("mysql://u@:1/x").is_err());
         assert!(Dsn::parse("mysql://u:%zz@h/x").is_err());
+    }
+
+    #[test]
+    fn one_server_has_one_identity() {
+        let id = |s: &str| Dsn::parse(s).unwrap().identity();
+        assert_eq!(id("mysql://u@localhost:3307/a"), "127.0.0.1:3307/a");
+        assert_eq!(id("mysql://u@[::1]:3307/a"), "127.0.0.1:3307/a");
+        assert_eq!(id("mysql://u@DB.Example:3307/a"), "db.example:3307/a");
+        assert_eq!(id("mysql://u@[fe80::1]/a"), "[fe80::1]:3306/a");
+        assert_ne!(
+            id("mysql://u@localhost:3307/a"),
+            id("mysql://u@localhost:3308/a")
+        );
     }
 }

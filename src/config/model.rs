@@ -182,6 +182,14 @@ pub struct Coordinator {
     /// …this many times in all, then fails with error 1205. Default 30.
     #[serde(default = "default_lock_retry_attempts", deserialize_with = "count")]
     pub lock_retry_attempts: u32,
+    /// "Global finished" rows (left in `undo_log` by a rollback that found no undo log, to
+    /// stop a late phase-1 commit) are deleted once this old. Default 24h.
+    #[serde(default = "default_marker_retention")]
+    pub finished_marker_retention: Seconds,
+}
+
+fn default_marker_retention() -> Seconds {
+    Seconds(std::time::Duration::from_secs(24 * 3600))
 }
 
 fn default_lock_retry_interval() -> Seconds {
@@ -201,6 +209,7 @@ impl Default for Coordinator {
             default_timeout: default_tx_timeout(),
             lock_retry_interval: default_lock_retry_interval(),
             lock_retry_attempts: default_lock_retry_attempts(),
+            finished_marker_retention: default_marker_retention(),
         }
     }
 }

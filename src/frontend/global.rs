@@ -186,15 +186,11 @@ impl Session {
                 AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
             })?;
             self.pin_backend(None).await?;
-            let identity_host = {
-                let dsn = self.ctx.pool.dsn();
-                format!("{}:{}", dsn.host, dsn.port)
-            };
             let (at, coordinator) = (self.ctx.at.clone(), self.ctx.coordinator.clone());
             let Some(backend) = self.backend.as_mut() else {
                 return Err(MysqlError::backend_lost(self.ctx.pool.name()));
             };
-            branch::check_global_locks(backend, &coordinator, &at, &identity_host, &xid, &select)
+            branch::check_global_locks(backend, &coordinator, &at, &xid, &select)
                 .await
                 .map_err(at_error)
         }
@@ -409,22 +405,12 @@ impl Session {
             return Ok(Flow::Continue);
         }
 
-        let identity_host = {
-            let dsn = self.ctx.pool.dsn();
-            format!("{}:{}", dsn.host, dsn.port)
-        };
         let work = self.branch.get_or_insert_with(|| BranchWork {
             xid: xid.clone(),
             ..BranchWork::default()
         });
-        let recorded = branch::after(
-            backend,
-            &identity_host,
-            pending,
-            summary.last_insert_id,
-            work,
-        )
-        .await;
+        let recorded =
+            branch::after(backend, &at.server, pending, summary.last_insert_id, work).await;
         let Some(sink) = captured else {
             // Inside the client's own transaction the client already has its answer; a
             // failure here must stop the branch from committing.
