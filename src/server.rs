@@ -17,6 +17,7 @@ use crate::backend::Pool;
 use crate::config::{self, AuthPlugin, Config, Dsn, StoreKind};
 use crate::coordinator::store::any::AnyStore;
 use crate::coordinator::store::embedded::EmbeddedStore;
+use crate::coordinator::store::etcd::EtcdStore;
 use crate::coordinator::Coordinator;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
@@ -55,7 +56,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let coordinator = start_coordinator(&config, metrics.coordinator(), shutdown_rx.clone())?;
+    let coordinator =
+        start_coordinator(&config, metrics.coordinator(), shutdown_rx.clone()).await?;
     let at_sources: Vec<Arc<AtSource>> = pools
         .iter()
         .map(|pool| {
@@ -185,27 +187,35 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500
 
 /// Opens the coordinator store and starts the background sweep (which first finishes any
 /// phase 2 a previous run left undone).
-fn start_coordinator(
+async fn start_coordinator(
     config: &Config,
     metrics: CoordinatorMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Coordinator>, StartError> {
     let c = &config.coordinator;
-    let store = match c.store {
-        StoreKind::Embedded => {
-            EmbeddedStore::open(&c.embedded.path).map_err(|e| StartError::Invalid {
-                field: "coordinator.embedded.path".into(),
-                message: e.to_string(),
-            })?
+    let store = match (&c.store, &c.etcd) {
+        (StoreKind::Embedded, _) => {
+            AnyStore::Embedded(EmbeddedStore::open(&c.embedded.path).map_err(|e| {
+                StartError::Invalid {
+                    field: "coordinator.embedded.path".into(),
+                    message: e.to_string(),
+                }
+            })?)
         }
-        StoreKind::Etcd => {
+        (StoreKind::Etcd, Some(etcd)) => AnyStore::Etcd(EtcdStore::connect(etcd).await.map_err(
+            |e| StartError::Invalid {
+                field: "coordinator.etcd.endpoints".into(),
+                message: e.to_string(),
+            },
+        )?),
+        (StoreKind::Etcd, None) => {
             return Err(StartError::Invalid {
-                field: "coordinator.store".into(),
-                message: "the etcd store is not available in this version of Tandem".into(),
+                field: "coordinator.etcd".into(),
+                message: "store: etcd needs the etcd section".into(),
             })
         }
     };
-    let coordinator = Coordinator::new(AnyStore::Embedded(store), c.default_timeout.0, metrics);
+    let coordinator = Coordinator::new(store, c.default_timeout.0, metrics);
     coordinator.spawn_sweeper(SWEEP_INTERVAL, shutdown);
     Ok(coordinator)
 }

@@ -172,7 +172,7 @@ async fn delete_undo_logs(
     marker_retention: Duration,
 ) {
     let every = (marker_retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
-    let mut markers = tokio::time::interval(every);
+    let mut markers = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     markers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(DELETE_BATCH);
     loop {

@@ -249,9 +249,29 @@ fn default_store_path() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Etcd {
+    /// Client URLs (`http://host:port`, `https://…`, or `host:port`).
     pub endpoints: Vec<String>,
-    /// Key prefix; must end with '/'.
+    /// Key prefix; must start and end with '/'.
     pub prefix: String,
+    /// etcd user and password, when the cluster has authentication enabled.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS towards etcd: the CA that signed the members' certificates, and a client
+    /// certificate and key when the cluster asks for one (PEM files).
+    #[serde(default)]
+    pub tls: Option<EtcdTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

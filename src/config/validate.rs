@@ -169,11 +169,25 @@ impl Config {
                     "must start and end with '/'",
                 ));
             }
+            if etcd.user.is_some() != etcd.password.is_some() {
+                return Err(ConfigError::new(
+                    "coordinator.etcd.user",
+                    "user and password go together",
+                ));
+            }
+            if let Some(tls) = &etcd.tls {
+                if tls.cert.is_some() != tls.key.is_some() {
+                    return Err(ConfigError::new(
+                        "coordinator.etcd.tls.cert",
+                        "a client certificate needs its key, and the reverse",
+                    ));
+                }
+            }
         }
-        if c.store == StoreKind::Etcd {
+        if c.store == StoreKind::Etcd && c.etcd.is_none() {
             return Err(ConfigError::new(
-                "coordinator.store",
-                "the etcd store is not available in this version of Tandem (use embedded)",
+                "coordinator.etcd",
+                "store: etcd needs the etcd section (endpoints, prefix)",
             ));
         }
 

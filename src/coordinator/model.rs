@@ -98,6 +98,10 @@ pub enum BranchKind {
 /// Status of one branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BranchStatus {
+    /// Its row locks are being taken in several store writes (more rows than the store
+    /// takes in one). Until it is `Registered` its local transaction cannot commit, so phase
+    /// 2 has nothing to do for it; its locks are released with the transaction's.
+    Registering,
     /// Phase 1 is done: the local transaction committed with its undo log.
     Registered,
     /// Phase 2 committed (undo log deleted).

@@ -2,6 +2,7 @@
 //! futures stay `Send` without boxing).
 
 use super::embedded::EmbeddedStore;
+use super::etcd::EtcdStore;
 use super::memory::MemoryStore;
 use super::{RegisterError, Store, StoreError, Transition};
 use crate::coordinator::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, LockKey};
@@ -9,6 +10,7 @@ use crate::coordinator::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, Lo
 #[derive(Clone)]
 pub enum AnyStore {
     Embedded(EmbeddedStore),
+    Etcd(EtcdStore),
     Memory(MemoryStore),
 }
 
@@ -16,6 +18,7 @@ macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             AnyStore::Embedded($s) => $e,
+            AnyStore::Etcd($s) => $e,
             AnyStore::Memory($s) => $e,
         }
     };

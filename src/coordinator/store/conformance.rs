@@ -1,6 +1,7 @@
 //! One suite of the coordinator's store rules, run on every store.
 
 use super::embedded::EmbeddedStore;
+use super::etcd::EtcdStore;
 use super::memory::MemoryStore;
 use super::{RegisterError, Store, StoreError, Transition};
 use crate::coordinator::model::{Branch, BranchKind, BranchStatus, GlobalStatus, GlobalTx};
@@ -28,15 +29,19 @@ fn branch(xid: &str, id: u64, keys: &[&str]) -> Branch {
     }
 }
 
-async fn suite(s: impl Store) {
+async fn suite(s: impl Store + Clone) {
     // Create, read back, refuse a duplicate.
     s.create(&tx("a")).await.unwrap();
     s.create(&tx("b")).await.unwrap();
     assert_eq!(s.get("a").await.unwrap(), Some(tx("a")));
     assert_eq!(s.get("zz").await.unwrap(), None);
+    let mut other = tx("a");
+    other.timeout_ms += 1;
+    assert_eq!(s.create(&other).await, Err(StoreError::Exists("a".into())));
     assert_eq!(
         s.create(&tx("a")).await,
-        Err(StoreError::Exists("a".into()))
+        Ok(()),
+        "the same record again (a retried write) is no conflict"
     );
     assert_eq!(s.list().await.unwrap().len(), 2);
 
@@ -205,6 +210,61 @@ async fn suite(s: impl Store) {
     s.forget("c").await.unwrap();
     assert_eq!(s.get("c").await.unwrap(), None);
 
+    // A branch with more rows than etcd takes in one transaction still registers all or
+    // nothing, and conflicts on any of its rows.
+    s.create(&tx("big")).await.unwrap();
+    let many: Vec<String> = (1000..1300).map(|i| format!("big/{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    s.register_branch(&branch("big", 20, &many)).await.unwrap();
+    assert_eq!(s.branches("big").await.unwrap()[0].lock_keys.len(), 300);
+    assert_eq!(
+        s.branches("big").await.unwrap()[0].status,
+        BranchStatus::Registered
+    );
+    // The conflicting row sorts last: the rows taken before it are given back.
+    s.create(&tx("big2")).await.unwrap();
+    let mut overlapping: Vec<String> = (0..300).map(|i| format!("big/0{i:03}")).collect();
+    overlapping.push("big/1299".into());
+    let overlapping: Vec<&str> = overlapping.iter().map(String::as_str).collect();
+    assert_eq!(
+        s.register_branch(&branch("big2", 21, &overlapping)).await,
+        Err(RegisterError::LockConflict {
+            key: "big/1299".into(),
+            holder: "big".into()
+        })
+    );
+    assert_eq!(
+        s.lock_holder("x", &["big/0000".into(), "big/0150".into()])
+            .await
+            .unwrap(),
+        None,
+        "a refused registration leaves nothing behind"
+    );
+    assert!(s.branches("big2").await.unwrap().is_empty());
+    s.transition("big", Begin, Committing, true).await.unwrap();
+    assert_eq!(
+        s.lock_holder("x", &["big/1000".into(), "big/1299".into()])
+            .await
+            .unwrap(),
+        None
+    );
+    s.register_branch(&branch("big2", 21, &overlapping))
+        .await
+        .unwrap();
+    s.transition("big2", Begin, Rollbacking, false)
+        .await
+        .unwrap();
+    s.branch_done("big2", 21, BranchStatus::RolledBack)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lock_holder("x", &["big/0000".into(), "big/1299".into()])
+            .await
+            .unwrap(),
+        None,
+        "a large rolled-back branch releases its rows"
+    );
+
     // Store writes for one global transaction with B branches: begin + B + decision + final.
     let before = s.writes();
     s.create(&tx("w")).await.unwrap();
@@ -223,9 +283,37 @@ async fn suite(s: impl Store) {
     assert_eq!(s.writes(), before);
 }
 
+/// Concurrent registrations of different transactions on one row: exactly one wins.
+async fn contention(s: impl Store + Clone) {
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let xid = format!("race{i}");
+            s.create(&tx(&xid)).await.unwrap();
+            s.register_branch(&branch(&xid, 1000 + i, &["hot", &format!("cold{i}")]))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(RegisterError::LockConflict { key, .. }) => assert_eq!(key, "hot"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1, "one transaction holds the row");
+}
+
 #[tokio::test]
 async fn memory_store_keeps_the_rules() {
     suite(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn split_writes_keep_the_rules() {
+    suite(MemoryStore::with_keys_per_write(64)).await;
 }
 
 #[tokio::test]
@@ -254,4 +342,88 @@ async fn embedded_store_survives_reopening() {
         s.lock_holder("x", &["k".into()]).await.unwrap(),
         Some(("k".into(), "d".into()))
     );
+}
+
+/// A private single-member etcd on free loopback ports, stopped when dropped.
+struct TestEtcd {
+    child: std::process::Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEtcd {
+    fn start() -> TestEtcd {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (client, peer) = (free(), free());
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd is installed (scripts/setup.sh installs it)");
+        TestEtcd {
+            child,
+            endpoint,
+            _dir: dir,
+        }
+    }
+
+    async fn store(&self, prefix: &str) -> EtcdStore {
+        let cfg = crate::config::Etcd {
+            endpoints: vec![self.endpoint.clone()],
+            prefix: prefix.into(),
+            user: None,
+            password: None,
+            tls: None,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match EtcdStore::connect(&cfg).await {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("etcd did not start: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for TestEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_store_keeps_the_rules() {
+    let etcd = TestEtcd::start();
+    suite(etcd.store("/conformance/").await).await;
+    contention(etcd.store("/contention/").await).await;
+}
+
+#[tokio::test]
+async fn stores_resolve_contention() {
+    contention(MemoryStore::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    contention(EmbeddedStore::open(&dir.path().join("tandem.db")).unwrap()).await;
 }

@@ -236,9 +236,9 @@ impl KvTxn for Writer {
 }
 
 impl KvStore for EmbeddedStore {
-    fn read<R>(
+    async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
+        f: impl Fn(&dyn KvRead) -> Result<R, StoreError> + Send + Sync + 'static,
     ) -> Result<R, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         f(&Reader(txn))
@@ -247,7 +247,7 @@ impl KvStore for EmbeddedStore {
     async fn write<R, E>(
         &self,
         durable: bool,
-        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static,
+        f: impl Fn(&mut dyn KvTxn) -> Result<R, E> + Send + Sync + 'static,
     ) -> Result<R, E>
     where
         R: Send + 'static,

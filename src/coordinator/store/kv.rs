@@ -44,15 +44,17 @@ pub trait KvTxn: KvRead {
 
 /// A key-value store with transactions.
 ///
-/// Reads run on the caller's thread: they touch memory-mapped pages and return at once.
-/// Writes may wait for the disk, so they are futures: the embedded store hands them to its
-/// writer thread and wakes the caller when the batch holding them is on disk.
+/// The operations are plain functions over a transaction, so each store runs them its own
+/// way: the embedded store reads memory-mapped pages on the caller's thread and hands writes
+/// to its writer thread, which wakes the caller when the batch holding them is on disk; the
+/// etcd store runs them optimistically and runs them again when another writer got there
+/// first (so they may run more than once, hence `Fn`).
 pub trait KvStore: Clone + Send + Sync + 'static {
     /// Runs `f` on a consistent snapshot.
-    fn read<R>(
+    fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError>;
+        f: impl Fn(&dyn KvRead) -> Result<R, StoreError> + Send + Sync + 'static,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> + Send;
 
     /// Runs `f` in a transaction, committed when `f` returns `Ok`, discarded when it returns
     /// `Err`. Counts one store write when it committed changes. A store may commit several
@@ -67,7 +69,7 @@ pub trait KvStore: Clone + Send + Sync + 'static {
     fn write<R, E>(
         &self,
         durable: bool,
-        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static,
+        f: impl Fn(&mut dyn KvTxn) -> Result<R, E> + Send + Sync + 'static,
     ) -> impl std::future::Future<Output = Result<R, E>> + Send
     where
         R: Send + 'static,
@@ -75,6 +77,13 @@ pub trait KvStore: Clone + Send + Sync + 'static {
 
     /// Committed writes so far.
     fn writes(&self) -> u64;
+
+    /// The most keys one write may read and change, when the store has such a limit (etcd
+    /// does). A branch with more row locks registers in several writes, see
+    /// [`begin_registration`].
+    fn keys_per_write(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Who holds a row lock: one transaction, possibly through several of its branches.
@@ -120,7 +129,11 @@ pub fn list_globals(t: &(impl KvRead + ?Sized)) -> Result<Vec<GlobalTx>, StoreEr
 }
 
 pub fn create(t: &mut (impl KvTxn + ?Sized), tx: &GlobalTx) -> Result<(), StoreError> {
-    if t.get(Table::Globals, &tx.xid)?.is_some() {
+    if let Some(existing) = get_global(t, &tx.xid)? {
+        // The same record again (a retried write that had landed): nothing to do.
+        if &existing == tx {
+            return Ok(());
+        }
         return Err(StoreError::Exists(tx.xid.clone()));
     }
     t.put(Table::Globals, &tx.xid, encode(tx))
@@ -160,19 +173,106 @@ pub fn branches(t: &(impl KvRead + ?Sized), xid: &str) -> Result<Vec<Branch>, St
         .collect()
 }
 
+/// Fails unless `xid` exists and takes branches.
+fn check_begin(t: &(impl KvRead + ?Sized), xid: &str) -> Result<(), RegisterError> {
+    let tx = get_global(t, xid)?.ok_or_else(|| RegisterError::UnknownXid(xid.to_string()))?;
+    if tx.status != GlobalStatus::Begin {
+        return Err(RegisterError::NotActive {
+            xid: xid.to_string(),
+            status: tx.status,
+        });
+    }
+    Ok(())
+}
+
+/// The branch as stored: lock keys sorted, each once.
+fn stored(branch: &Branch, status: BranchStatus) -> Branch {
+    let mut stored = branch.clone();
+    stored.lock_keys.sort();
+    stored.lock_keys.dedup();
+    stored.status = status;
+    stored
+}
+
 pub fn register_branch(
     t: &mut (impl KvTxn + ?Sized),
     branch: &Branch,
 ) -> Result<(), RegisterError> {
-    let xid = &branch.xid;
-    let tx = get_global(t, xid)?.ok_or_else(|| RegisterError::UnknownXid(xid.clone()))?;
-    if tx.status != GlobalStatus::Begin {
-        return Err(RegisterError::NotActive {
-            xid: xid.clone(),
-            status: tx.status,
-        });
-    }
-    let mut keys: Vec<&LockKey> = branch.lock_keys.iter().collect();
+    check_begin(t, &branch.xid)?;
+    take_locks(t, &branch.xid, branch.branch_id, &branch.lock_keys)?;
+    t.put(
+        Table::Branches,
+        &branch_key(&branch.xid, branch.branch_id),
+        encode(&stored(branch, branch.status)),
+    )?;
+    Ok(())
+}
+
+/// The first of the writes that register a branch with more row locks than one write holds:
+/// records the branch as `Registering` with all its keys, so whatever locks it gets are
+/// released with the transaction even if the registration never ends. Then
+/// [`take_locks_of`] for each slice of the keys, then [`complete_registration`]; on a
+/// conflict, [`abandon_registration`].
+pub fn begin_registration(
+    t: &mut (impl KvTxn + ?Sized),
+    branch: &Branch,
+) -> Result<(), RegisterError> {
+    check_begin(t, &branch.xid)?;
+    t.put(
+        Table::Branches,
+        &branch_key(&branch.xid, branch.branch_id),
+        encode(&stored(branch, BranchStatus::Registering)),
+    )?;
+    Ok(())
+}
+
+/// Takes some of a registering branch's locks, all or nothing.
+pub fn take_locks_of(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    branch_id: u64,
+    keys: &[LockKey],
+) -> Result<(), RegisterError> {
+    check_begin(t, xid)?;
+    take_locks(t, xid, branch_id, keys)
+}
+
+/// Ends a registration in several writes: the branch becomes `Registered`.
+pub fn complete_registration(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    branch_id: u64,
+) -> Result<(), RegisterError> {
+    check_begin(t, xid)?;
+    let key = branch_key(xid, branch_id);
+    let bytes = t
+        .get(Table::Branches, &key)?
+        .ok_or_else(|| RegisterError::UnknownXid(xid.to_string()))?;
+    let mut branch: Branch = decode(&key, &bytes)?;
+    branch.status = BranchStatus::Registered;
+    t.put(Table::Branches, &key, encode(&branch))?;
+    Ok(())
+}
+
+/// Removes a registration that failed part way: the branch record (its locks are released
+/// first, with [`release_some`]).
+pub fn abandon_registration(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    branch_id: u64,
+) -> Result<(), StoreError> {
+    t.delete(Table::Branches, &branch_key(xid, branch_id))
+}
+
+/// Takes `keys` for branch `branch_id` of `xid`, all or nothing; keys `xid` already holds
+/// are re-entered.
+fn take_locks(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    branch_id: u64,
+    keys: &[LockKey],
+) -> Result<(), RegisterError> {
+    let mut keys: Vec<&LockKey> = keys.iter().collect();
     keys.sort();
     keys.dedup();
     // Check every key before writing any, so a conflict leaves nothing behind.
@@ -181,7 +281,7 @@ pub fn register_branch(
         let owner = match t.get(Table::Locks, key)? {
             Some(b) => {
                 let o: LockOwner = decode(key, &b)?;
-                if &o.xid != xid {
+                if o.xid != xid {
                     return Err(RegisterError::LockConflict {
                         key: (*key).clone(),
                         holder: o.xid,
@@ -190,27 +290,30 @@ pub fn register_branch(
                 o
             }
             None => LockOwner {
-                xid: xid.clone(),
+                xid: xid.to_string(),
                 branches: Vec::new(),
             },
         };
         owners.push(owner);
     }
     for (key, mut owner) in keys.into_iter().zip(owners) {
-        if !owner.branches.contains(&branch.branch_id) {
-            owner.branches.push(branch.branch_id);
+        if !owner.branches.contains(&branch_id) {
+            owner.branches.push(branch_id);
         }
         t.put(Table::Locks, key, encode(&owner))?;
     }
-    let mut stored = branch.clone();
-    stored.lock_keys.sort();
-    stored.lock_keys.dedup();
-    t.put(
-        Table::Branches,
-        &branch_key(xid, branch.branch_id),
-        encode(&stored),
-    )?;
     Ok(())
+}
+
+/// Releases some of `xid`'s locks: a slice of a release too large for one write. Releasing
+/// is safe to split: each key is free again as soon as its own write lands.
+pub fn release_some(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    keys: &[LockKey],
+    branch: Option<u64>,
+) -> Result<(), StoreError> {
+    release(t, xid, keys, branch)
 }
 
 /// Releases `keys` held by `xid`: only those taken through `branch` when given, else all.
@@ -241,43 +344,57 @@ fn release(
     Ok(())
 }
 
+/// Records a branch's phase-2 outcome; a rolled-back branch's locks are released in the
+/// same write unless `locks_released` says a split release did it already.
 pub fn branch_done(
     t: &mut (impl KvTxn + ?Sized),
     xid: &str,
     branch_id: u64,
     status: BranchStatus,
+    locks_released: bool,
 ) -> Result<(), StoreError> {
     let key = branch_key(xid, branch_id);
     let Some(bytes) = t.get(Table::Branches, &key)? else {
         return Ok(());
     };
     let mut branch: Branch = decode(&key, &bytes)?;
-    if status == BranchStatus::RolledBack {
+    if status == BranchStatus::RolledBack && !locks_released {
         release(t, xid, &branch.lock_keys, Some(branch_id))?;
     }
     branch.status = status;
     t.put(Table::Branches, &key, encode(&branch))
 }
 
+/// Moves a decided transaction to its final status and deletes its branches, releasing any
+/// locks left unless `locks_released` says a split release did it already.
 pub fn finish(
     t: &mut (impl KvTxn + ?Sized),
     xid: &str,
     from: GlobalStatus,
     to: GlobalStatus,
+    locks_released: bool,
 ) -> Result<Transition, StoreError> {
     let moved = transition(t, xid, from, to, false)?;
     if moved == Transition::Moved {
         for b in branches(t, xid)? {
-            release(t, xid, &b.lock_keys, None)?;
+            if !locks_released {
+                release(t, xid, &b.lock_keys, None)?;
+            }
             t.delete(Table::Branches, &branch_key(xid, b.branch_id))?;
         }
     }
     Ok(moved)
 }
 
-pub fn forget(t: &mut (impl KvTxn + ?Sized), xid: &str) -> Result<(), StoreError> {
+pub fn forget(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    locks_released: bool,
+) -> Result<(), StoreError> {
     for b in branches(t, xid)? {
-        release(t, xid, &b.lock_keys, None)?;
+        if !locks_released {
+            release(t, xid, &b.lock_keys, None)?;
+        }
         t.delete(Table::Branches, &branch_key(xid, b.branch_id))?;
     }
     t.delete(Table::Globals, xid)

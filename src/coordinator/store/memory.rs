@@ -14,11 +14,21 @@ type Tables = HashMap<Table, BTreeMap<String, Vec<u8>>>;
 pub struct MemoryStore {
     tables: Arc<Mutex<Tables>>,
     writes: Arc<AtomicU64>,
+    keys_per_write: Option<usize>,
 }
 
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that, like etcd, refuses writes changing more than `n` keys: to exercise the
+    /// split paths without etcd.
+    pub fn with_keys_per_write(n: usize) -> Self {
+        MemoryStore {
+            keys_per_write: Some(n),
+            ..Self::default()
+        }
     }
 }
 
@@ -90,9 +100,9 @@ fn lock(m: &Mutex<Tables>) -> std::sync::MutexGuard<'_, Tables> {
 }
 
 impl KvStore for MemoryStore {
-    fn read<R>(
+    async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn KvRead) -> Result<R, StoreError>,
+        f: impl Fn(&dyn KvRead) -> Result<R, StoreError> + Send + Sync + 'static,
     ) -> Result<R, StoreError> {
         let tables = lock(&self.tables);
         f(&Snapshot(&tables))
@@ -101,7 +111,7 @@ impl KvStore for MemoryStore {
     async fn write<R, E>(
         &self,
         _durable: bool,
-        f: impl FnOnce(&mut dyn KvTxn) -> Result<R, E> + Send + 'static,
+        f: impl Fn(&mut dyn KvTxn) -> Result<R, E> + Send + Sync + 'static,
     ) -> Result<R, E>
     where
         R: Send + 'static,
@@ -117,6 +127,9 @@ impl KvStore for MemoryStore {
             (r, txn.changes)
         };
         let value = result?;
+        if self.keys_per_write.is_some_and(|n| changes.len() > n) {
+            return Err(E::from(StoreError::TooLarge));
+        }
         if !changes.is_empty() {
             for ((table, key), v) in changes {
                 let t = tables.entry(table).or_default();
@@ -132,5 +145,9 @@ impl KvStore for MemoryStore {
 
     fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
+    }
+
+    fn keys_per_write(&self) -> Option<usize> {
+        self.keys_per_write
     }
 }

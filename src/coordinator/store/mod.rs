@@ -1,12 +1,14 @@
 //! Where coordinator state lives, behind one interface.
 //!
 //! [`Store`] is what the coordinator uses. The embedded store ([`embedded::EmbeddedStore`],
-//! a redb file) and the in-memory store used in tests are both key-value stores with
-//! transactions, so they share every rule through [`kv`]: the rules are written once, as
-//! operations on a transaction, and each store only supplies transactions.
+//! a redb file), the etcd store ([`etcd::EtcdStore`]) and the in-memory store used in tests
+//! are all key-value stores with transactions, so they share every rule through [`kv`]: the
+//! rules are written once, as operations on a transaction, and each store only supplies
+//! transactions.
 
 pub mod any;
 pub mod embedded;
+pub mod etcd;
 pub mod kv;
 pub mod memory;
 
@@ -30,6 +32,10 @@ pub enum StoreError {
         from: GlobalStatus,
         to: GlobalStatus,
     },
+    /// The operation touches more keys than the store applies in one atomic write; the
+    /// caller may split it where splitting is safe.
+    #[error("coordinator store: one operation touches more keys than one write can hold")]
+    TooLarge,
 }
 
 /// Why a branch could not be registered.
@@ -129,12 +135,12 @@ impl<K: kv::KvStore> Store for K {
 
     fn get(&self, xid: &str) -> impl Future<Output = Result<Option<GlobalTx>, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        async move { s.read(|t| kv::get_global(t, &xid)) }
+        async move { s.read(move |t| kv::get_global(t, &xid)).await }
     }
 
     fn list(&self) -> impl Future<Output = Result<Vec<GlobalTx>, StoreError>> + Send {
         let s = self.clone();
-        async move { s.read(|t| kv::list_globals(t)) }
+        async move { s.read(move |t| kv::list_globals(t)).await }
     }
 
     fn transition(
@@ -146,10 +152,25 @@ impl<K: kv::KvStore> Store for K {
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
         async move {
-            s.write(true, move |t| {
-                kv::transition(t, &xid, from, to, release_locks)
-            })
-            .await
+            let x = xid.clone();
+            let one_write = s
+                .write(true, move |t| {
+                    kv::transition(t, &x, from, to, release_locks)
+                })
+                .await;
+            match one_write {
+                Err(StoreError::TooLarge) if release_locks => {
+                    let x = xid.clone();
+                    let moved = s
+                        .write(true, move |t| kv::transition(t, &x, from, to, false))
+                        .await?;
+                    if moved == Transition::Moved {
+                        release_in_slices(&s, &xid, None).await?;
+                    }
+                    Ok(moved)
+                }
+                r => r,
+            }
         }
     }
 
@@ -159,14 +180,21 @@ impl<K: kv::KvStore> Store for K {
     ) -> impl Future<Output = Result<(), RegisterError>> + Send {
         let (s, branch) = (self.clone(), branch.clone());
         async move {
-            s.write(true, move |t| kv::register_branch(t, &branch))
-                .await
+            match s.keys_per_write() {
+                Some(limit) if branch.lock_keys.len() + KEYS_BESIDE_LOCKS > limit => {
+                    register_in_steps(&s, branch, limit - KEYS_BESIDE_LOCKS).await
+                }
+                _ => {
+                    s.write(true, move |t| kv::register_branch(t, &branch))
+                        .await
+                }
+            }
         }
     }
 
     fn branches(&self, xid: &str) -> impl Future<Output = Result<Vec<Branch>, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        async move { s.read(|t| kv::branches(t, &xid)) }
+        async move { s.read(move |t| kv::branches(t, &xid)).await }
     }
 
     fn branch_done(
@@ -177,8 +205,24 @@ impl<K: kv::KvStore> Store for K {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
         async move {
-            s.write(false, move |t| kv::branch_done(t, &xid, branch_id, status))
-                .await
+            let x = xid.clone();
+            let one_write = s
+                .write(false, move |t| {
+                    kv::branch_done(t, &x, branch_id, status, false)
+                })
+                .await;
+            match one_write {
+                Err(StoreError::TooLarge) => {
+                    if status == BranchStatus::RolledBack {
+                        release_in_slices(&s, &xid, Some(branch_id)).await?;
+                    }
+                    s.write(false, move |t| {
+                        kv::branch_done(t, &xid, branch_id, status, true)
+                    })
+                    .await
+                }
+                r => r,
+            }
         }
     }
 
@@ -189,12 +233,37 @@ impl<K: kv::KvStore> Store for K {
         to: GlobalStatus,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        async move { s.write(false, move |t| kv::finish(t, &xid, from, to)).await }
+        async move {
+            let x = xid.clone();
+            match s
+                .write(false, move |t| kv::finish(t, &x, from, to, false))
+                .await
+            {
+                Err(StoreError::TooLarge) => {
+                    // Only a decided transaction finishes: releasing early is safe.
+                    if s.get(&xid).await?.map(|t| t.status) == Some(from) {
+                        release_in_slices(&s, &xid, None).await?;
+                    }
+                    s.write(false, move |t| kv::finish(t, &xid, from, to, true))
+                        .await
+                }
+                r => r,
+            }
+        }
     }
 
     fn forget(&self, xid: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
-        async move { s.write(false, move |t| kv::forget(t, &xid)).await }
+        async move {
+            let x = xid.clone();
+            match s.write(false, move |t| kv::forget(t, &x, false)).await {
+                Err(StoreError::TooLarge) => {
+                    release_in_slices(&s, &xid, None).await?;
+                    s.write(false, move |t| kv::forget(t, &xid, true)).await
+                }
+                r => r,
+            }
+        }
     }
 
     fn lock_holder(
@@ -203,10 +272,90 @@ impl<K: kv::KvStore> Store for K {
         keys: &[LockKey],
     ) -> impl Future<Output = Result<Option<(LockKey, String)>, StoreError>> + Send {
         let (s, xid, keys) = (self.clone(), xid.to_string(), keys.to_vec());
-        async move { s.read(|t| kv::lock_holder(t, &xid, &keys)) }
+        async move { s.read(move |t| kv::lock_holder(t, &xid, &keys)).await }
     }
 
     fn writes(&self) -> u64 {
         kv::KvStore::writes(self)
     }
+}
+
+/// Keys a registration reads or writes besides its locks (the global transaction, the
+/// branch), with room to spare.
+const KEYS_BESIDE_LOCKS: usize = 8;
+
+/// Registers a branch with more row locks than one write of `K` holds: the branch first (as
+/// `Registering`), then its locks a slice at a time, each slice all or nothing, then the
+/// branch becomes `Registered`. On a conflict the slices taken are released and the branch
+/// removed, so the outcome is still all or nothing; if the process dies half way, the locks
+/// taken are released with the transaction, which cannot commit this branch.
+async fn register_in_steps<K: kv::KvStore>(
+    s: &K,
+    branch: Branch,
+    slice: usize,
+) -> Result<(), RegisterError> {
+    let mut keys = branch.lock_keys.clone();
+    keys.sort();
+    keys.dedup();
+    let (xid, id) = (branch.xid.clone(), branch.branch_id);
+    s.write(true, move |t| kv::begin_registration(t, &branch))
+        .await?;
+    for part in keys.chunks(slice.max(1)) {
+        let (x, part) = (xid.clone(), part.to_vec());
+        let taken = s
+            .write(true, move |t| kv::take_locks_of(t, &x, id, &part))
+            .await;
+        if let Err(e) = taken {
+            abandon(s, &xid, id).await;
+            return Err(e);
+        }
+    }
+    let x = xid.clone();
+    let done = s
+        .write(true, move |t| kv::complete_registration(t, &x, id))
+        .await;
+    if done.is_err() {
+        abandon(s, &xid, id).await;
+    }
+    done
+}
+
+/// Undoes a registration that failed part way. Best effort: what it cannot undo now is
+/// released with the transaction.
+async fn abandon<K: kv::KvStore>(s: &K, xid: &str, branch_id: u64) {
+    let undone = async {
+        release_in_slices(s, xid, Some(branch_id)).await?;
+        let x = xid.to_string();
+        s.write(false, move |t| kv::abandon_registration(t, &x, branch_id))
+            .await
+    };
+    if let Err(e) = undone.await {
+        tracing::warn!(%xid, branch = branch_id, error = %e, "could not undo a partial branch registration; its locks go with the transaction");
+    }
+}
+
+/// Releases `xid`'s locks (only those of `branch`, when given) a slice at a time.
+async fn release_in_slices<K: kv::KvStore>(
+    s: &K,
+    xid: &str,
+    branch: Option<u64>,
+) -> Result<(), StoreError> {
+    let x = xid.to_string();
+    let branches = s.read(move |t| kv::branches(t, &x)).await?;
+    let mut keys: Vec<LockKey> = branches
+        .into_iter()
+        .filter(|b| branch.is_none_or(|id| b.branch_id == id))
+        .flat_map(|b| b.lock_keys)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let slice = s.keys_per_write().map_or(keys.len().max(1), |n| {
+        n.saturating_sub(KEYS_BESIDE_LOCKS).max(1)
+    });
+    for part in keys.chunks(slice) {
+        let (x, part) = (xid.to_string(), part.to_vec());
+        s.write(false, move |t| kv::release_some(t, &x, &part, branch))
+            .await?;
+    }
+    Ok(())
 }

@@ -1,0 +1,200 @@
+//! A private etcd cluster on loopback ports, for the tests that share a coordinator store.
+//!
+//! Each member runs in a directory of its own under the test's scratch directory; members
+//! can be killed and restarted (with their data) to test failures. Everything is stopped when
+//! the cluster is dropped, and a watchdog stops the members if the test process dies.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{free_port, scratch};
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+struct Member {
+    name: String,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers.
+    pub fn start(n: usize) -> EtcdCluster {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = scratch(&format!("etcd-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                dir: base.join(format!("m{i}")),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// The endpoints as a YAML flow list.
+    pub fn endpoints_yaml(&self) -> String {
+        format!("[{}]", self.endpoints().join(", "))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial_cluster = self.initial_cluster.clone();
+        let m = &mut self.members[i];
+        std::fs::create_dir_all(&m.dir).expect("member dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.dir.join("etcd.log"))
+            .expect("etcd log");
+        let client = format!("http://127.0.0.1:{}", m.client);
+        let peer = format!("http://127.0.0.1:{}", m.peer);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(m.dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "tandem-test"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd is installed (scripts/setup.sh installs it)");
+        watchdog(child.id());
+        m.child = Some(child);
+    }
+
+    /// Kills member `i` at once (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again with its data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// Waits until every running member reports itself healthy.
+    pub fn wait_healthy(&self) {
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["endpoint", "health", "--command-timeout=2s"])
+                .arg(format!("--endpoints={}", running.join(",")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The index of the member that is the leader now.
+    pub fn leader(&self) -> usize {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["endpoint", "status", "--write-out=json"])
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .output()
+            .expect("run etcdctl");
+        let statuses: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("etcdctl endpoint status JSON");
+        statuses
+            .iter()
+            .find(|s| {
+                let st = &s["Status"];
+                st["header"]["member_id"] == st["leader"]
+            })
+            .and_then(|s| s["Endpoint"].as_str())
+            .and_then(|e| self.endpoints().iter().position(|x| x == e))
+            .expect("a leader")
+    }
+
+    /// The values under `prefix`, as `etcdctl get --prefix` prints them (key, value, ...).
+    pub fn get_prefix(&self, prefix: &str) -> Vec<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["get", "--prefix", prefix])
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .output()
+            .expect("run etcdctl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Kills `pid` when this test process ends, however it ends.
+// The watchdog outlives this function on purpose: it waits for the test process to end.
+#[allow(clippy::zombie_processes)]
+fn watchdog(pid: u32) {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null",
+        me = std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start watchdog");
+}

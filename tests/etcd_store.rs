@@ -1,0 +1,102 @@
+//! Global transactions with the coordinator's state in a real 3-member etcd cluster.
+
+mod common;
+
+use common::etcd::EtcdCluster;
+use common::{mariadb, Tandem, PASSWORD, USER};
+use mysql_async::prelude::*;
+
+fn databases(prefix: &str) -> (String, String) {
+    let a = mariadb().fresh_db(&format!("{prefix}_a"));
+    let b = mariadb().fresh_db(&format!("{prefix}_b"));
+    for db in [&a, &b] {
+        mariadb().sql(&format!(
+            "CREATE TABLE {db}.account (id INT PRIMARY KEY, balance BIGINT NOT NULL);
+             INSERT INTO {db}.account VALUES (1, 100), (2, 100);"
+        ));
+    }
+    (a, b)
+}
+
+async fn balance(db: &str, id: i32) -> i64 {
+    let mut c = common::connect(&mariadb().url(db)).await;
+    c.query_first(format!("SELECT balance FROM account WHERE id = {id}"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Moves `amount` from a.account 1 to b.account 2 in one global transaction, ending it with
+/// `end` (commit or rollback); returns the status Tandem answered.
+async fn transfer(tandem: &Tandem, a: &str, b: &str, amount: i64, end: &str) -> String {
+    let mut ca = common::connect(&tandem.url(a)).await;
+    let mut cb = common::connect(&format!(
+        "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{b}",
+        tandem.port_b
+    ))
+    .await;
+    let xid: String = ca
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    ca.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance - {amount} WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    cb.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance + {amount} WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    ca.query_first(format!("SELECT tandem_{end}('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn global_transactions_on_an_etcd_cluster_survive_losing_the_leader() {
+    let mut etcd = EtcdCluster::start(3);
+    let (a, b) = databases("etcd");
+    let yaml = common::two_databases_config(&mariadb().url(&a), &mariadb().url(&b), "").replace(
+        "coordinator:\n",
+        &format!(
+            "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {}, prefix: /tandem/test/ }}\n",
+            etcd.endpoints_yaml()
+        ),
+    );
+    let tandem = Tandem::start_yaml(&yaml);
+
+    assert_eq!(transfer(&tandem, &a, &b, 10, "commit").await, "Committed");
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+    assert_eq!(transfer(&tandem, &a, &b, 7, "rollback").await, "Rollbacked");
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+
+    // The state is in etcd under the prefix; finished transactions hold no locks.
+    let keys = etcd.get_prefix("/tandem/test/");
+    assert!(
+        keys.iter().any(|k| k.starts_with("/tandem/test/globals/")),
+        "{keys:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while etcd
+        .get_prefix("/tandem/test/locks/")
+        .iter()
+        .any(|k| k.starts_with("/tandem/test/locks/"))
+    {
+        assert!(std::time::Instant::now() < deadline, "locks left behind");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The leader down: the other two elect a new one, and Tandem carries on.
+    let leader = etcd.leader();
+    etcd.kill(leader);
+    assert_eq!(transfer(&tandem, &a, &b, 5, "commit").await, "Committed");
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (85, 115));
+    etcd.restart(leader);
+    etcd.wait_healthy();
+    assert_eq!(transfer(&tandem, &a, &b, 5, "rollback").await, "Rollbacked");
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (85, 115));
+}
