@@ -15,6 +15,6 @@ pub mod model;
 pub mod service;
 pub mod store;
 
-pub use model::{Branch, BranchKind, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+pub use model::{Branch, BranchKind, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
 pub use service::{Coordinator, CoordinatorError, ResourceManager, RollbackOutcome};
 pub use store::{RegisterError, Store, StoreError, Transition};

@@ -35,6 +35,16 @@ impl GlobalStatus {
     ];
 
     /// Whether a transition from `self` to `next` is allowed.
+    /// The final status a decided transaction reaches once its phase 2 is done.
+    pub fn outcome(self) -> Option<GlobalStatus> {
+        match self {
+            GlobalStatus::Committing => Some(GlobalStatus::Committed),
+            GlobalStatus::Rollbacking => Some(GlobalStatus::Rollbacked),
+            GlobalStatus::TimeoutRollbacking => Some(GlobalStatus::TimeoutRollbacked),
+            _ => None,
+        }
+    }
+
     pub fn can_move_to(self, next: GlobalStatus) -> bool {
         use GlobalStatus::*;
         matches!(
@@ -111,6 +121,14 @@ pub enum BranchStatus {
     /// Rollback found data changed by someone else since phase 1 (dirty write): a person
     /// must look. The branch keeps its locks.
     NeedsAttention,
+}
+
+/// Proof, checked inside a store write, that `node` owns `resource`: only the owner of a
+/// data source records phase 2 of its branches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub resource: String,
+    pub node: String,
 }
 
 /// A global transaction.

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::model::{Branch, BranchStatus, GlobalStatus, GlobalTx};
+use super::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx};
 use super::store::any::AnyStore;
 use super::store::{RegisterError, StoreError, Transition};
 use crate::metrics::CoordinatorMetrics;
@@ -51,6 +51,16 @@ pub trait ResourceManager: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<RollbackOutcome, Phase2Error>>;
 }
 
+/// A resource whose phase 2 is this process's: its manager, and the fence to present.
+type Mine = (Arc<dyn ResourceManager>, Option<Fence>);
+
+/// Which resources this process runs phase 2 for, when several processes share the store
+/// (a mesh of sidecars): each resource has one owner at a time.
+pub trait Ownership: Send + Sync + 'static {
+    /// The fence proving this process owns `resource` now; `None` when it does not.
+    fn fence(&self, resource: &str) -> Option<Fence>;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoordinatorError {
     #[error("unknown global transaction '{0}'")]
@@ -65,6 +75,8 @@ pub struct Coordinator {
     store: AnyStore,
     default_timeout: Duration,
     resources: RwLock<HashMap<String, Arc<dyn ResourceManager>>>,
+    /// Set when the store is shared: then only owned resources are this process's work.
+    ownership: std::sync::OnceLock<Arc<dyn Ownership>>,
     /// Transactions whose phase 2 is running here now.
     in_flight: Mutex<HashSet<String>>,
     /// Phase 2 that failed: when to try again, and how many tries so far.
@@ -106,6 +118,7 @@ impl Coordinator {
             store,
             default_timeout,
             resources: RwLock::new(HashMap::new()),
+            ownership: std::sync::OnceLock::new(),
             in_flight: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
             next_branch: std::sync::atomic::AtomicU64::new(now_ms() << 16),
@@ -272,25 +285,72 @@ impl Coordinator {
             .is_some_and(|(at, _)| std::time::Instant::now() < *at)
     }
 
+    /// Makes this process one of several sharing the store: from now on it runs phase 2
+    /// only for the resources `ownership` says it owns.
+    pub fn set_ownership(&self, ownership: Arc<dyn Ownership>) {
+        let _ = self.ownership.set(ownership);
+    }
+
+    /// Whether phase 2 of `resource` is this process's to run, and with which fence: alone
+    /// with the store, every resource it serves is (an unknown one is an error); in a mesh,
+    /// the resources it owns now.
+    fn runs(&self, resource: &str) -> Result<Option<Mine>, Phase2Error> {
+        let rm = self.resource(resource);
+        match (self.ownership.get(), rm) {
+            (None, Some(rm)) => Ok(Some((rm, None))),
+            (None, None) => Err(Phase2Error(format!(
+                "no data source here serves {resource}: is it missing from the config?"
+            ))),
+            (Some(o), Some(rm)) => Ok(o.fence(resource).map(|f| (rm, Some(f)))),
+            (Some(_), None) => Ok(None),
+        }
+    }
+
+    /// Phase 2 of the branches that are this process's. Commit: every such branch at once,
+    /// recorded in one write. Rollback: from the last registered branch backwards, stopping
+    /// at a branch that belongs to another process (its owner rolls it back, and this runs
+    /// again when it has).
     async fn phase2(&self, xid: &str, decision: GlobalStatus) -> Result<(), Phase2Error> {
         let store_err = |e: StoreError| Phase2Error(e.to_string());
         let branches = self.store.branches(xid).await.map_err(store_err)?;
-        if decision == GlobalStatus::Committing {
-            for b in branches
-                .iter()
-                .filter(|b| b.status == BranchStatus::Registered)
-            {
-                let rm = self.resource(&b.resource).ok_or_else(|| no_resource(b))?;
-                let started = std::time::Instant::now();
-                rm.commit(b).await?;
-                self.observe_phase2("commit", started);
-            }
+        let open: Vec<&Branch> = branches
+            .iter()
+            .filter(|b| {
+                matches!(
+                    b.status,
+                    BranchStatus::Registered | BranchStatus::Registering
+                )
+            })
+            .collect();
+        if branches.is_empty() {
+            let done = decision.outcome().unwrap_or(decision);
             let t = self
                 .store
-                .finish(xid, GlobalStatus::Committing, GlobalStatus::Committed)
+                .finish(xid, decision, done)
                 .await
                 .map_err(store_err)?;
-            self.finished(t, GlobalStatus::Committed);
+            self.finished(t, done);
+            return Ok(());
+        }
+        if decision == GlobalStatus::Committing {
+            let mut ids = Vec::new();
+            let mut fences = Vec::new();
+            for b in open {
+                let Some((rm, fence)) = self.runs(&b.resource)? else {
+                    continue;
+                };
+                // A branch still registering never committed locally: nothing to delete.
+                if b.status == BranchStatus::Registered {
+                    let started = std::time::Instant::now();
+                    rm.commit(b).await?;
+                    self.observe_phase2("commit", started);
+                }
+                ids.push(b.branch_id);
+                fences.extend(fence.filter(|f| !fences.contains(f)));
+            }
+            if !ids.is_empty() {
+                self.record_finished(xid, &ids, &fences).await?;
+            }
             return Ok(());
         }
         if branches
@@ -299,25 +359,22 @@ impl Coordinator {
         {
             return Err(Phase2Error("a branch needs attention".into()));
         }
-        // Reverse registration order; the last rollback's lock release rides on `finish`.
-        let pending: Vec<&Branch> = branches
-            .iter()
-            .rev()
-            .filter(|b| b.status == BranchStatus::Registered)
-            .collect();
-        for (i, b) in pending.iter().enumerate() {
-            let rm = self.resource(&b.resource).ok_or_else(|| no_resource(b))?;
-            let started = std::time::Instant::now();
-            let outcome = rm.rollback(b).await?;
-            self.observe_phase2("rollback", started);
+        for b in open.iter().rev() {
+            let Some((rm, fence)) = self.runs(&b.resource)? else {
+                return Ok(());
+            };
+            let outcome = if b.status == BranchStatus::Registered {
+                let started = std::time::Instant::now();
+                let outcome = rm.rollback(b).await?;
+                self.observe_phase2("rollback", started);
+                outcome
+            } else {
+                RollbackOutcome::RolledBack
+            };
             match outcome {
                 RollbackOutcome::RolledBack => {
-                    if i + 1 < pending.len() {
-                        self.store
-                            .branch_done(xid, b.branch_id, BranchStatus::RolledBack)
-                            .await
-                            .map_err(store_err)?;
-                    }
+                    let fences: Vec<Fence> = fence.into_iter().collect();
+                    self.record_finished(xid, &[b.branch_id], &fences).await?;
                 }
                 RollbackOutcome::NeedsAttention(why) => {
                     tracing::error!(%xid, branch = b.branch_id, reason = %why, "rollback stopped: the branch needs a person");
@@ -329,16 +386,25 @@ impl Coordinator {
                 }
             }
         }
-        let done = match decision {
-            GlobalStatus::TimeoutRollbacking => GlobalStatus::TimeoutRollbacked,
-            _ => GlobalStatus::Rollbacked,
-        };
-        let t = self
+        Ok(())
+    }
+
+    /// Records branches whose phase 2 is done (releasing their locks), and counts the
+    /// transaction when that ended it.
+    async fn record_finished(
+        &self,
+        xid: &str,
+        ids: &[u64],
+        fences: &[Fence],
+    ) -> Result<(), Phase2Error> {
+        let ended = self
             .store
-            .finish(xid, decision, done)
+            .finish_branches(xid, ids, fences)
             .await
-            .map_err(store_err)?;
-        self.finished(t, done);
+            .map_err(|e| Phase2Error(e.to_string()))?;
+        if let Some(status) = ended {
+            self.finished(Transition::Moved, status);
+        }
         Ok(())
     }
 
@@ -474,10 +540,6 @@ impl Coordinator {
 fn retry_delay(attempts: u32) -> Duration {
     let ms = 250u64.saturating_mul(1u64 << attempts.min(16));
     Duration::from_millis(ms.min(60_000))
-}
-
-fn no_resource(b: &Branch) -> Phase2Error {
-    Phase2Error(format!("no resource manager for '{}' here", b.resource))
 }
 
 fn check_xid(xid: &str) -> Result<(), CoordinatorError> {

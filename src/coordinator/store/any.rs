@@ -5,7 +5,7 @@ use super::embedded::EmbeddedStore;
 use super::etcd::EtcdStore;
 use super::memory::MemoryStore;
 use super::{RegisterError, Store, StoreError, Transition};
-use crate::coordinator::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+use crate::coordinator::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
 
 #[derive(Clone)]
 pub enum AnyStore {
@@ -71,6 +71,15 @@ impl AnyStore {
         to: GlobalStatus,
     ) -> Result<Transition, StoreError> {
         each!(self, s => s.finish(xid, from, to).await)
+    }
+
+    pub async fn finish_branches(
+        &self,
+        xid: &str,
+        ids: &[u64],
+        fences: &[Fence],
+    ) -> Result<Option<GlobalStatus>, StoreError> {
+        each!(self, s => s.finish_branches(xid, ids, fences).await)
     }
 
     pub async fn forget(&self, xid: &str) -> Result<(), StoreError> {

@@ -265,6 +265,48 @@ async fn suite(s: impl Store + Clone) {
         "a large rolled-back branch releases its rows"
     );
 
+    // Phase 2 recorded branch by branch: each releases its own rows; the last one ends the
+    // transaction. A fence for a resource this node does not own refuses the write.
+    s.create(&tx("p2")).await.unwrap();
+    s.register_branch(&branch("p2", 30, &["p/1", "p/2"]))
+        .await
+        .unwrap();
+    s.register_branch(&branch("p2", 31, &["p/2", "p/3"]))
+        .await
+        .unwrap();
+    s.transition("p2", Begin, Rollbacking, false).await.unwrap();
+    let fence = crate::coordinator::Fence {
+        resource: "127.0.0.1:3306/db".into(),
+        node: "elsewhere".into(),
+    };
+    assert_eq!(
+        s.finish_branches("p2", &[31], &[fence]).await,
+        Err(StoreError::NotOwner("127.0.0.1:3306/db".into()))
+    );
+    assert_eq!(s.finish_branches("p2", &[31], &[]).await, Ok(None));
+    assert_eq!(
+        s.lock_holder("x", &["p/3".into(), "p/2".into()])
+            .await
+            .unwrap(),
+        Some(("p/2".into(), "p2".into())),
+        "rows of the other branch stay locked"
+    );
+    assert_eq!(
+        s.finish_branches("p2", &[30], &[]).await,
+        Ok(Some(Rollbacked))
+    );
+    assert_eq!(
+        s.get("p2").await.unwrap().map(|t| t.status),
+        Some(Rollbacked)
+    );
+    assert_eq!(
+        s.lock_holder("x", &["p/1".into(), "p/2".into()])
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s.branches("p2").await.unwrap().is_empty());
+
     // Store writes for one global transaction with B branches: begin + B + decision + final.
     let before = s.writes();
     s.create(&tx("w")).await.unwrap();

@@ -18,6 +18,7 @@ use super::StoreError;
 const GLOBALS: TableDefinition<&str, &[u8]> = TableDefinition::new("globals");
 const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
+const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -27,6 +28,7 @@ fn definition(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]>
         Table::Globals => GLOBALS,
         Table::Branches => BRANCHES,
         Table::Locks => LOCKS,
+        Table::Owners => OWNERS,
     }
 }
 

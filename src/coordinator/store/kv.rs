@@ -1,29 +1,32 @@
 //! The coordinator's rules as operations on a key-value transaction.
 //!
-//! Three tables: `globals` (xid → [`GlobalTx`]), `branches` (`xid` NUL `branch id` →
-//! [`Branch`]) and `locks` (lock key → [`LockOwner`]). Values are JSON, so a store can be
+//! Four tables: `globals` (xid → [`GlobalTx`]), `branches` (`xid` NUL `branch id` →
+//! [`Branch`]), `locks` (lock key → [`LockOwner`]) and `owners` (resource → the node that
+//! runs its phase 2, when several processes share the store). Values are JSON, so a store can be
 //! read with ordinary tools when something needs a person.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{RegisterError, StoreError, Transition};
-use crate::coordinator::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+use crate::coordinator::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
     Globals,
     Branches,
     Locks,
+    Owners,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Globals, Table::Branches, Table::Locks];
+    pub const ALL: [Table; 4] = [Table::Globals, Table::Branches, Table::Locks, Table::Owners];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Globals => "globals",
             Table::Branches => "branches",
             Table::Locks => "locks",
+            Table::Owners => "owners",
         }
     }
 }
@@ -384,6 +387,55 @@ pub fn finish(
         }
     }
     Ok(moved)
+}
+
+/// Fails unless `fence.node` owns `fence.resource` now. Inside an operation this makes the
+/// operation's write conditional on the ownership it read.
+fn check_owner(t: &(impl KvRead + ?Sized), fence: &Fence) -> Result<(), StoreError> {
+    let owner: Option<String> = t
+        .get(Table::Owners, &fence.resource)?
+        .map(|b| decode(&fence.resource, &b))
+        .transpose()?;
+    if owner.as_deref() == Some(fence.node.as_str()) {
+        Ok(())
+    } else {
+        Err(StoreError::NotOwner(fence.resource.clone()))
+    }
+}
+
+/// Phase 2 of branches `ids` is done: deletes them and releases their locks (unless
+/// `locks_released` says a split release did); when no branch is left, moves the decided
+/// transaction to its final status, which is returned. With fences, only while each
+/// fence's node owns its resource.
+pub fn finish_branches(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    ids: &[u64],
+    fences: &[Fence],
+    locks_released: bool,
+) -> Result<Option<GlobalStatus>, StoreError> {
+    for f in fences {
+        check_owner(t, f)?;
+    }
+    let Some(mut tx) = get_global(t, xid)? else {
+        return Ok(None);
+    };
+    let Some(done) = tx.status.outcome() else {
+        return Ok(None);
+    };
+    let all = branches(t, xid)?;
+    for b in all.iter().filter(|b| ids.contains(&b.branch_id)) {
+        if !locks_released {
+            release(t, xid, &b.lock_keys, Some(b.branch_id))?;
+        }
+        t.delete(Table::Branches, &branch_key(xid, b.branch_id))?;
+    }
+    if !all.iter().all(|b| ids.contains(&b.branch_id)) {
+        return Ok(None);
+    }
+    tx.status = done;
+    t.put(Table::Globals, xid, encode(&tx))?;
+    Ok(Some(done))
 }
 
 pub fn forget(

@@ -17,7 +17,7 @@ mod conformance;
 
 use std::future::Future;
 
-use super::model::{Branch, BranchStatus, GlobalStatus, GlobalTx, LockKey};
+use super::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +32,9 @@ pub enum StoreError {
         from: GlobalStatus,
         to: GlobalStatus,
     },
+    /// Another node owns the resource now: its phase 2 is not this node's to record.
+    #[error("this node no longer owns {0}")]
+    NotOwner(String),
     /// The operation touches more keys than the store applies in one atomic write; the
     /// caller may split it where splitting is safe.
     #[error("coordinator store: one operation touches more keys than one write can hold")]
@@ -111,6 +114,16 @@ pub trait Store: Send + Sync + 'static {
         from: GlobalStatus,
         to: GlobalStatus,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send;
+
+    /// Records that phase 2 of branches `ids` is done: deletes them and releases their locks
+    /// in one write, and when no branch is left moves the transaction to its final status
+    /// (returned). With fences, only while each fence's node owns its resource.
+    fn finish_branches(
+        &self,
+        xid: &str,
+        ids: &[u64],
+        fences: &[Fence],
+    ) -> impl Future<Output = Result<Option<GlobalStatus>, StoreError>> + Send;
 
     /// Deletes a transaction's record entirely (after its final status was kept long enough
     /// to answer late queries).
@@ -246,6 +259,33 @@ impl<K: kv::KvStore> Store for K {
                     }
                     s.write(false, move |t| kv::finish(t, &xid, from, to, true))
                         .await
+                }
+                r => r,
+            }
+        }
+    }
+
+    fn finish_branches(
+        &self,
+        xid: &str,
+        ids: &[u64],
+        fences: &[Fence],
+    ) -> impl Future<Output = Result<Option<GlobalStatus>, StoreError>> + Send {
+        let (s, xid, ids, fences) = (self.clone(), xid.to_string(), ids.to_vec(), fences.to_vec());
+        async move {
+            let (x, i, f) = (xid.clone(), ids.clone(), fences.clone());
+            let one_write = s
+                .write(true, move |t| kv::finish_branches(t, &x, &i, &f, false))
+                .await;
+            match one_write {
+                Err(StoreError::TooLarge) => {
+                    for id in &ids {
+                        release_in_slices(&s, &xid, Some(*id)).await?;
+                    }
+                    s.write(true, move |t| {
+                        kv::finish_branches(t, &xid, &ids, &fences, true)
+                    })
+                    .await
                 }
                 r => r,
             }
