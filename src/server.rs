@@ -15,6 +15,7 @@ use crate::at::meta::MetaCache;
 use crate::at::rm::AtResource;
 use crate::backend::Pool;
 use crate::config::{self, AuthPlugin, Config, Dsn, StoreKind};
+use crate::coordinator::mesh::{Mesh, NodeInfo};
 use crate::coordinator::store::any::AnyStore;
 use crate::coordinator::store::embedded::EmbeddedStore;
 use crate::coordinator::store::etcd::EtcdStore;
@@ -56,8 +57,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let coordinator =
-        start_coordinator(&config, metrics.coordinator(), shutdown_rx.clone()).await?;
+    let coordinator = open_coordinator(&config, metrics.coordinator()).await?;
     let at_sources: Vec<Arc<AtSource>> = pools
         .iter()
         .map(|pool| {
@@ -77,6 +77,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })
         })
         .collect();
+    // With a shared store, phase 2 is run for owned data sources only: join the mesh before
+    // the sweep starts.
+    let mesh = match (coordinator.store(), &config.coordinator.etcd) {
+        (AnyStore::Etcd(store), Some(etcd)) => {
+            let info = NodeInfo {
+                node: etcd.node_name.clone().unwrap_or_else(node_name),
+                admin: config.admin.as_ref().map(|a| a.address.clone()),
+                resources: at_sources.iter().map(|a| a.resource.identity()).collect(),
+            };
+            tracing::info!(node = %info.node, "joining the mesh of sidecars sharing etcd");
+            let mesh = Mesh::join(store.clone(), info, etcd.lease_ttl.0, shutdown_rx.clone());
+            coordinator.set_ownership(mesh.clone());
+            Some(mesh)
+        }
+        _ => None,
+    };
+    coordinator.spawn_sweeper(SWEEP_INTERVAL, shutdown_rx.clone());
     let (sessions_tx, mut sessions_rx) = mpsc::channel::<()>(1);
     let connection_ids = Arc::new(AtomicU32::new(1));
 
@@ -155,6 +172,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 metrics: metrics.clone(),
                 pools: pools.clone(),
                 coordinator: coordinator.clone(),
+                mesh: mesh.clone(),
             });
             Some(tokio::spawn(admin::serve(
                 listener,
@@ -185,12 +203,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// How often the coordinator looks for timed-out transactions and unfinished phase 2.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Opens the coordinator store and starts the background sweep (which first finishes any
-/// phase 2 a previous run left undone).
-async fn start_coordinator(
+/// Opens the coordinator store. Its background sweep (which first finishes any phase 2 a
+/// previous run left undone) is started once the resources are known.
+async fn open_coordinator(
     config: &Config,
     metrics: CoordinatorMetrics,
-    shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Coordinator>, StartError> {
     let c = &config.coordinator;
     let store = match (&c.store, &c.etcd) {
@@ -215,9 +232,17 @@ async fn start_coordinator(
             })
         }
     };
-    let coordinator = Coordinator::new(store, c.default_timeout.0, metrics);
-    coordinator.spawn_sweeper(SWEEP_INTERVAL, shutdown);
-    Ok(coordinator)
+    Ok(Coordinator::new(store, c.default_timeout.0, metrics))
+}
+
+/// A node name for this process: the host name and a random suffix.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tandem".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 fn executor_pool(

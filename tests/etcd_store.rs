@@ -100,3 +100,99 @@ async fn global_transactions_on_an_etcd_cluster_survive_losing_the_leader() {
     assert_eq!(transfer(&tandem, &a, &b, 5, "rollback").await, "Rollbacked");
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (85, 115));
 }
+
+/// A sidecar in front of one database, sharing the etcd cluster's store.
+fn sidecar(etcd: &EtcdCluster, db: &str, name: &str) -> Tandem {
+    let yaml = common::single_config(&mariadb().url(db), "", "{ max: 8 }").replace(
+        "coordinator:\n  embedded: { path: \"{DIR}/tandem.db\" }\n",
+        &format!(
+            "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {}, prefix: /tandem/mesh/, node_name: {name}, lease_ttl: 3s }}\n",
+            etcd.endpoints_yaml()
+        ),
+    );
+    assert!(yaml.contains("store: etcd"), "{yaml}");
+    Tandem::start_yaml(&yaml)
+}
+
+async fn undo_rows(db: &str) -> i64 {
+    let mut c = common::connect(&mariadb().url(db)).await;
+    c.query_first("SELECT COUNT(*) FROM undo_log")
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Fails the test if `start` is more than 20 s ago: for polling loops.
+fn within_20s(start: std::time::Instant, what: &str) {
+    assert!(start.elapsed().as_secs() < 20, "never: {what}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+}
+
+/// One global transaction, two sidecars, each in front of its own database: each runs phase
+/// 2 for its own branch, rollback goes backwards across them, and the cluster API shows who
+/// owns what.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sidecars_finish_one_transaction() {
+    let etcd = EtcdCluster::start(3);
+    let (a, b) = databases("mesh");
+    let sa = sidecar(&etcd, &a, "sidecar-a");
+    let sb = sidecar(&etcd, &b, "sidecar-b");
+
+    // Each owns its own data source.
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = sa.admin("/v1/cluster");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let owned = |n: &serde_json::Value| n["owns"].as_array().map_or(0, Vec::len);
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        if status == 200 && nodes.len() == 2 && nodes.iter().all(|n| owned(n) == 1) {
+            break;
+        }
+        within_20s(
+            start,
+            &format!("both sidecars own their data source: {body}"),
+        );
+    }
+
+    let mut ca = common::connect(&sa.url(&a)).await;
+    let mut cb = common::connect(&sb.url(&b)).await;
+    for (end, want, amount) in [("commit", "Committed", 10), ("rollback", "Rollbacked", 3)] {
+        let xid: String = ca
+            .query_first("SELECT tandem_begin()")
+            .await
+            .unwrap()
+            .unwrap();
+        ca.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE account SET balance = balance - {amount} WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+        cb.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE account SET balance = balance + {amount} WHERE id = 2"
+        ))
+        .await
+        .unwrap();
+        let status: String = ca
+            .query_first(format!("SELECT tandem_{end}('{xid}')"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, want);
+        // Sidecar b finishes its branch by itself; both see the final status.
+        let start = std::time::Instant::now();
+        loop {
+            let s: Option<String> = cb
+                .query_first(format!("SELECT tandem_status('{xid}')"))
+                .await
+                .unwrap();
+            if s.as_deref() == Some(want) && undo_rows(&a).await == 0 && undo_rows(&b).await == 0 {
+                break;
+            }
+            within_20s(
+                start,
+                &format!("{xid} {want} with no undo log left (now {s:?})"),
+            );
+        }
+    }
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+}

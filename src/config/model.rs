@@ -262,6 +262,18 @@ pub struct Etcd {
     /// certificate and key when the cluster asks for one (PEM files).
     #[serde(default)]
     pub tls: Option<EtcdTls>,
+    /// This process's name among the sidecars sharing the cluster. Default: the host name
+    /// and a random suffix, new at each start.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// How long the cluster waits for a silent sidecar before its data sources pass to
+    /// another replica. Default 10s.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: Seconds,
+}
+
+fn default_lease_ttl() -> Seconds {
+    Seconds(std::time::Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,8 @@ pub mod model;
 pub mod service;
 pub mod store;
 
+pub mod mesh;
+
 pub use model::{Branch, BranchKind, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
 pub use service::{Coordinator, CoordinatorError, ResourceManager, RollbackOutcome};
 pub use store::{RegisterError, Store, StoreError, Transition};

@@ -24,6 +24,10 @@ use crate::metrics::CoordinatorMetrics;
 /// Longest XID accepted from clients.
 pub const MAX_XID_LEN: usize = 128;
 
+/// How long a rollback asked of one sidecar waits for the others to roll back their
+/// branches before answering with the status it sees.
+const MESH_ROLLBACK_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a finished transaction's final status stays queryable.
 const FINISHED_RETENTION: Duration = Duration::from_secs(600);
 
@@ -246,7 +250,19 @@ impl Coordinator {
             return Ok(GlobalStatus::Committed);
         }
         self.run_phase2(xid, current).await;
-        Ok(self.store.get(xid).await?.map_or(current, |t| t.status))
+        let mut status = self.store.get(xid).await?.map_or(current, |t| t.status);
+        // Other sidecars roll back their own branches as they see the decision: give them a
+        // moment, so the answer is usually the final status.
+        let deadline = std::time::Instant::now() + MESH_ROLLBACK_WAIT;
+        while self.ownership.get().is_some()
+            && !status.is_final()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.run_phase2(xid, current).await;
+            status = self.store.get(xid).await?.map_or(current, |t| t.status);
+        }
+        Ok(status)
     }
 
     /// Runs phase 2 of a decided transaction unless it is already running here.

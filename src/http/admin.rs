@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::Pool;
+use crate::coordinator::mesh::Mesh;
 use crate::coordinator::{Coordinator, CoordinatorError, GlobalStatus};
 use crate::metrics::Metrics;
 
@@ -20,6 +21,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub pools: Vec<Pool>,
     pub coordinator: Arc<Coordinator>,
+    /// Set when sidecars share an etcd store.
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -27,6 +30,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/transactions", post(tx_begin).get(tx_list))
         .route("/v1/transactions/{xid}", get(tx_show))
         .route("/v1/transactions/{xid}/commit", post(tx_commit))
@@ -213,4 +217,39 @@ async fn tx_list(State(state): State<Arc<AdminState>>, Query(q): Query<ListQuery
         .map(|t| json!({ "xid": t.xid, "status": t.status.name(), "begun_at_ms": t.begun_at_ms, "timeout_ms": t.timeout_ms }))
         .collect();
     Ok(Json(json!({ "transactions": items })))
+}
+
+/// `GET /v1/cluster`: the live sidecars and the data sources each owns (runs phase 2 for).
+/// Alone with an embedded store, that is this process and all its data sources.
+async fn cluster(State(st): State<Arc<AdminState>>) -> impl IntoResponse {
+    let Some(mesh) = &st.mesh else {
+        let sources: Vec<String> = st.pools.iter().map(|p| p.dsn().identity()).collect();
+        return (
+            StatusCode::OK,
+            Json(
+                json!({ "nodes": [{ "node": "local", "data_sources": sources, "owns": sources }] }),
+            ),
+        );
+    };
+    match mesh.members().await {
+        Ok(members) => {
+            let nodes: Vec<_> = members
+                .into_iter()
+                .map(|(info, owns)| {
+                    json!({
+                        "node": info.node,
+                        "admin": info.admin,
+                        "data_sources": info.resources,
+                        "owns": owns,
+                        "self": info.node == mesh.node(),
+                    })
+                })
+                .collect();
+            (StatusCode::OK, Json(json!({ "nodes": nodes })))
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        ),
+    }
 }

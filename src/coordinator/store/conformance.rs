@@ -437,6 +437,8 @@ impl TestEtcd {
             user: None,
             password: None,
             tls: None,
+            node_name: None,
+            lease_ttl: crate::config::Seconds(std::time::Duration::from_secs(10)),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {

@@ -19,6 +19,7 @@ const GLOBALS: TableDefinition<&str, &[u8]> = TableDefinition::new("globals");
 const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -29,6 +30,7 @@ fn definition(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]>
         Table::Branches => BRANCHES,
         Table::Locks => LOCKS,
         Table::Owners => OWNERS,
+        Table::Nodes => NODES,
     }
 }
 

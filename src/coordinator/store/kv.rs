@@ -16,10 +16,17 @@ pub enum Table {
     Branches,
     Locks,
     Owners,
+    Nodes,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Globals, Table::Branches, Table::Locks, Table::Owners];
+    pub const ALL: [Table; 5] = [
+        Table::Globals,
+        Table::Branches,
+        Table::Locks,
+        Table::Owners,
+        Table::Nodes,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -27,6 +34,7 @@ impl Table {
             Table::Branches => "branches",
             Table::Locks => "locks",
             Table::Owners => "owners",
+            Table::Nodes => "nodes",
         }
     }
 }
