@@ -196,3 +196,75 @@ async fn two_sidecars_finish_one_transaction() {
     }
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
 }
+
+/// Two replicas in front of one database: one owns it; when the owner is killed after the
+/// decision, the other takes its phase 2 over once the owner's lease runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_takes_over_phase_two_from_a_dead_owner() {
+    let etcd = EtcdCluster::start(3);
+    let (a, b) = databases("takeover");
+    let mut a1 = sidecar(&etcd, &a, "replica-1");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = a1.admin("/v1/cluster");
+        if body.contains("\"owns\":[\"127.0.0.1") {
+            break;
+        }
+        within_20s(start, &format!("replica-1 owns its data source: {body}"));
+    }
+    let a2 = sidecar(&etcd, &a, "replica-2");
+    let sb = sidecar(&etcd, &b, "sidecar-b");
+
+    let mut c1 = common::connect(&a1.url(&a)).await;
+    let mut cb = common::connect(&sb.url(&b)).await;
+    let xid: String = cb
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    c1.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 4 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    cb.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 4 WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    drop(c1);
+    // The owner of database a dies; then the transaction is rolled back from sidecar b,
+    // which can only roll back its own branch until replica-2 owns database a.
+    a1.kill9();
+    let status: String = cb
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status == "Rollbacked" || status == "Rollbacking",
+        "{status}"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let s: Option<String> = cb
+            .query_first(format!("SELECT tandem_status('{xid}')"))
+            .await
+            .unwrap();
+        if s.as_deref() == Some("Rollbacked") {
+            break;
+        }
+        within_20s(
+            start,
+            &format!("{xid} rolled back by the surviving replica (now {s:?})"),
+        );
+    }
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
+    assert_eq!(undo_rows(&a).await, 0);
+    let (_, body) = a2.admin("/v1/cluster");
+    assert!(body.contains("replica-2"), "{body}");
+    assert!(
+        !body.contains("replica-1"),
+        "the dead replica left the cluster: {body}"
+    );
+}
