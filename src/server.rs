@@ -89,11 +89,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(node = %info.node, "joining the mesh of sidecars sharing etcd");
             let mesh = Mesh::join(store.clone(), info, etcd.lease_ttl.0, shutdown_rx.clone());
             coordinator.set_ownership(mesh.clone());
+            mesh.watch_decisions(coordinator.clone(), shutdown_rx.clone());
             Some(mesh)
         }
         _ => None,
     };
-    coordinator.spawn_sweeper(SWEEP_INTERVAL, shutdown_rx.clone());
+    // In a mesh, watches bring the work; the sweep is the safety net (and the timeouts).
+    let sweep = if mesh.is_some() {
+        MESH_SWEEP_INTERVAL
+    } else {
+        SWEEP_INTERVAL
+    };
+    coordinator.spawn_sweeper(sweep, shutdown_rx.clone());
     let (sessions_tx, mut sessions_rx) = mpsc::channel::<()>(1);
     let connection_ids = Arc::new(AtomicU32::new(1));
 
@@ -202,6 +209,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// How often the coordinator looks for timed-out transactions and unfinished phase 2.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+/// The sweep of a sidecar in a mesh, where etcd watches bring phase-2 work at once.
+const MESH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens the coordinator store. Its background sweep (which first finishes any phase 2 a
 /// previous run left undone) is started once the resources are known.

@@ -8,18 +8,28 @@
 //! owner died or lost etcd for longer than the lease). Phase-2 writes carry a [`Fence`]: the
 //! store applies them only while the owners key still names this node, so a node that lost
 //! its lease cannot record phase 2 after a successor took over. When the keep-alive fails,
-//! the node drops every claim at once and stops taking phase-2 work until it has a new lease.
+//! the node drops every claim at once and stops taking phase-2 work until it has a new lease;
+//! phase 2 under way checks ownership before each branch and stops.
+//!
+//! Phase 2 is event-driven: each node watches `globals/` (a decision appears) and `branches/`
+//! (another owner finished its branches, so a rollback may go on) and runs phase 2 for its own
+//! branches. After a lost connection the watch resumes from the revision after the last one
+//! seen, so no event is missed; running phase 2 twice is harmless (it is idempotent and one
+//! run per transaction is in flight at a time). The coordinator's periodic sweep stays as the
+//! safety net, for events older than etcd's compaction.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::model::Fence;
-use super::service::Ownership;
+use super::model::{Fence, GlobalTx};
+use super::service::{Coordinator, Ownership};
 use super::store::etcd::EtcdStore;
 use super::store::kv::Table;
 use super::store::StoreError;
@@ -81,6 +91,41 @@ impl Mesh {
 
     pub fn node(&self) -> &str {
         &self.info.node
+    }
+
+    /// Runs phase 2 as decisions and finished branches appear in the store, until
+    /// `shutdown` turns true.
+    pub fn watch_decisions(&self, coordinator: Arc<Coordinator>, shutdown: watch::Receiver<bool>) {
+        let globals = self.store.key(Table::Globals, "");
+        let branches = self.store.key(Table::Branches, "");
+        let client = self.store.client();
+        let c = coordinator.clone();
+        tokio::spawn(watch_prefix(
+            client.clone(),
+            globals,
+            shutdown.clone(),
+            move |kind, xid, value| {
+                if kind != EventType::Put {
+                    return;
+                }
+                if let Ok(tx) = serde_json::from_slice::<GlobalTx>(value) {
+                    c.drive(xid, tx.status);
+                }
+            },
+        ));
+        tokio::spawn(watch_prefix(
+            client,
+            branches,
+            shutdown,
+            move |kind, key, _| {
+                // A branch record goes when its phase 2 is done: the branch before it may go.
+                if kind == EventType::Delete {
+                    if let Some(xid) = key.split('\0').next() {
+                        coordinator.nudge(xid);
+                    }
+                }
+            },
+        ));
     }
 
     fn set_owned(&self, owned: HashSet<String>) {
@@ -225,6 +270,57 @@ impl Drop for RevokeOnDrop {
             handle.spawn(async move {
                 let _ = client.lease_revoke(lease).await;
             });
+        }
+    }
+}
+
+/// Watches every key under `prefix` and calls `on_event` with the event's kind, the key
+/// after the prefix and the value. Resumes after the last revision seen when the stream
+/// breaks; starts from now when etcd compacted that revision away (the sweep covers the gap).
+async fn watch_prefix(
+    mut client: Client,
+    prefix: Vec<u8>,
+    mut shutdown: watch::Receiver<bool>,
+    on_event: impl Fn(EventType, &str, &[u8]) + Send + 'static,
+) {
+    let mut next = 0i64;
+    loop {
+        let mut opts = WatchOptions::new().with_prefix();
+        if next > 0 {
+            opts = opts.with_start_revision(next);
+        }
+        let run = async {
+            let mut stream = client.watch(prefix.clone(), Some(opts)).await?;
+            while let Some(resp) = stream.message().await? {
+                if resp.compact_revision() > 0 {
+                    next = 0;
+                    break;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    next = next.max(kv.mod_revision() + 1);
+                    let key = kv.key().get(prefix.len()..).unwrap_or_default();
+                    if let Ok(key) = std::str::from_utf8(key) {
+                        on_event(event.event_type(), key, kv.value());
+                    }
+                }
+                if let Some(h) = resp.header() {
+                    next = next.max(h.revision() + 1);
+                }
+            }
+            Ok::<(), etcd_client::Error>(())
+        };
+        let stop = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        tokio::select! {
+            r = run => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "etcd watch broke; resuming");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = stop => return,
         }
     }
 }

@@ -63,6 +63,11 @@ type Mine = (Arc<dyn ResourceManager>, Option<Fence>);
 pub trait Ownership: Send + Sync + 'static {
     /// The fence proving this process owns `resource` now; `None` when it does not.
     fn fence(&self, resource: &str) -> Option<Fence>;
+
+    /// False once the ownership `fence` proves has been lost: work under it stops.
+    fn holds(&self, fence: &Fence) -> bool {
+        self.fence(&fence.resource).as_ref() == Some(fence)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -301,6 +306,26 @@ impl Coordinator {
             .is_some_and(|(at, _)| std::time::Instant::now() < *at)
     }
 
+    /// Runs phase 2 of `xid` now if `status` is a decision not yet finished (told by a store
+    /// event), unless an earlier failure asks to wait.
+    pub fn drive(self: &Arc<Self>, xid: &str, status: GlobalStatus) {
+        if status == GlobalStatus::Begin || status.is_final() || self.backing_off(xid) {
+            return;
+        }
+        let (me, xid) = (self.clone(), xid.to_string());
+        tokio::spawn(async move { me.run_phase2(&xid, status).await });
+    }
+
+    /// Looks at `xid` again and runs its phase 2 if it is decided and unfinished.
+    pub fn nudge(self: &Arc<Self>, xid: &str) {
+        let (me, xid) = (self.clone(), xid.to_string());
+        tokio::spawn(async move {
+            if let Ok(Some(tx)) = me.store.get(&xid).await {
+                me.drive(&xid, tx.status);
+            }
+        });
+    }
+
     /// Makes this process one of several sharing the store: from now on it runs phase 2
     /// only for the resources `ownership` says it owns.
     pub fn set_ownership(&self, ownership: Arc<dyn Ownership>) {
@@ -357,6 +382,7 @@ impl Coordinator {
                 };
                 // A branch still registering never committed locally: nothing to delete.
                 if b.status == BranchStatus::Registered {
+                    self.still_owner(fence.as_ref())?;
                     let started = std::time::Instant::now();
                     rm.commit(b).await?;
                     self.observe_phase2("commit", started);
@@ -380,6 +406,7 @@ impl Coordinator {
                 return Ok(());
             };
             let outcome = if b.status == BranchStatus::Registered {
+                self.still_owner(fence.as_ref())?;
                 let started = std::time::Instant::now();
                 let outcome = rm.rollback(b).await?;
                 self.observe_phase2("rollback", started);
@@ -403,6 +430,17 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// Stops phase-2 work the moment the ownership it runs under is lost.
+    fn still_owner(&self, fence: Option<&Fence>) -> Result<(), Phase2Error> {
+        match (fence, self.ownership.get()) {
+            (Some(f), Some(o)) if !o.holds(f) => Err(Phase2Error(format!(
+                "no longer the owner of {}: phase 2 stops here",
+                f.resource
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Records branches whose phase 2 is done (releasing their locks), and counts the
