@@ -22,6 +22,7 @@ use crate::coordinator::store::etcd::EtcdStore;
 use crate::coordinator::Coordinator;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
+use crate::http::sidecar::{self, Sidecar};
 use crate::metrics::{CoordinatorMetrics, Metrics};
 use crate::wire::auth::AuthMethod;
 
@@ -190,6 +191,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
 
+    let mut sidecar_tasks = Vec::new();
+    for (i, h) in config.http_sidecars.iter().enumerate() {
+        let field = |f: &str| format!("http_sidecars[{i}].{f}");
+        let address = config::parse_address(&h.address).map_err(|message| StartError::Invalid {
+            field: field("address"),
+            message,
+        })?;
+        let sidecar = Sidecar::new(h, coordinator.clone()).map_err(|e| StartError::Invalid {
+            field: field("transactions"),
+            message: e.to_string(),
+        })?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartError::Bind {
+                field: field("address"),
+                address: h.address.clone(),
+                source,
+            })?;
+        tracing::info!(sidecar = %h.name, address = %address, upstream = %h.upstream, "HTTP sidecar listening");
+        sidecar_tasks.push(tokio::spawn(sidecar::serve(
+            listener,
+            Arc::new(sidecar),
+            shutdown_rx.clone(),
+        )));
+    }
+
     tracing::info!("tandem ready");
     shutdown.await;
     tracing::info!(drain_timeout = ?config.drain_timeout.0, "shutting down");
@@ -200,7 +227,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     {
         tracing::warn!("drain timeout reached with sessions still running");
     }
-    if let Some(t) = admin_task {
+    for t in admin_task.into_iter().chain(sidecar_tasks) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
     }
     tracing::info!("stopped");

@@ -26,7 +26,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Inbound HTTP proxies that begin and end global transactions.
     #[serde(default)]
-    pub http_sidecars: Vec<serde::de::IgnoredAny>,
+    pub http_sidecars: Vec<HttpSidecar>,
     /// On SIGTERM, how long in-flight statements may run before Tandem exits. Default 30s.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Seconds,
@@ -34,6 +34,46 @@ pub struct Config {
 
 fn default_drain_timeout() -> Seconds {
     Seconds::secs(30)
+}
+
+/// An inbound HTTP proxy in front of a service's own HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSidecar {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// `ip:port` the proxy listens on.
+    pub address: String,
+    /// The service: `http://host:port`.
+    pub upstream: String,
+    /// Requests that run in a global transaction of their own.
+    #[serde(default)]
+    pub transactions: Vec<HttpTxRule>,
+}
+
+/// Which requests begin a global transaction, and its timeout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTxRule {
+    /// An HTTP method (`POST`), or `*` for any.
+    pub method: String,
+    pub path: String,
+    /// How `path` is compared with the request's path. Default exact.
+    #[serde(default, rename = "match")]
+    pub matching: PathMatch,
+    /// The global transaction's timeout. Default: `coordinator.default_timeout`.
+    #[serde(default)]
+    pub timeout: Option<Seconds>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    #[default]
+    Exact,
+    Prefix,
+    /// A regular expression that must match the whole path.
+    Regex,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{Config, ConfigError, Dsn, Mode, StoreKind};
+use super::{Config, ConfigError, Dsn, Mode, PathMatch, StoreKind};
 
 /// Parses `host:port`, accepting `localhost` as a host name.
 pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
@@ -201,11 +201,50 @@ impl Config {
                 ));
             }
         }
-        if !self.http_sidecars.is_empty() {
-            return Err(ConfigError::new(
-                "http_sidecars",
-                "HTTP sidecars are not available in this version of Tandem",
-            ));
+        unique(
+            "http_sidecars",
+            self.http_sidecars.iter().map(|h| h.name.as_str()),
+        )?;
+        for (i, h) in self.http_sidecars.iter().enumerate() {
+            let at = |f: &str| format!("http_sidecars[{i}].{f}");
+            let addr = parse_address(&h.address).map_err(|m| ConfigError::new(at("address"), m))?;
+            if !addresses.insert(addr) {
+                return Err(ConfigError::new(
+                    at("address"),
+                    format!("{addr} is used twice"),
+                ));
+            }
+            let upstream = h
+                .upstream
+                .strip_prefix("http://")
+                .ok_or_else(|| ConfigError::new(at("upstream"), "must be http://host:port"))?;
+            if upstream.trim_end_matches('/').is_empty()
+                || upstream.trim_end_matches('/').contains('/')
+            {
+                return Err(ConfigError::new(
+                    at("upstream"),
+                    "must be http://host:port, without a path",
+                ));
+            }
+            for (j, r) in h.transactions.iter().enumerate() {
+                let at = |f: &str| format!("http_sidecars[{i}].transactions[{j}].{f}");
+                if r.method != "*" && axum::http::Method::from_bytes(r.method.as_bytes()).is_err() {
+                    return Err(ConfigError::new(at("method"), "not an HTTP method (or *)"));
+                }
+                match r.matching {
+                    PathMatch::Regex => {
+                        regex::Regex::new(&r.path)
+                            .map_err(|e| ConfigError::new(at("path"), e.to_string()))?;
+                    }
+                    _ if !r.path.starts_with('/') => {
+                        return Err(ConfigError::new(at("path"), "must start with /"));
+                    }
+                    _ => {}
+                }
+                if r.timeout.is_some_and(|t| t.0.is_zero()) {
+                    return Err(ConfigError::new(at("timeout"), "must be greater than zero"));
+                }
+            }
         }
         Ok(())
     }
@@ -232,6 +271,23 @@ data_sources:
 admin:
   address: 127.0.0.1:18888
 "#;
+
+    const SIDECAR: &str = r#"
+http_sidecars:
+  - name: orders-api
+    address: 127.0.0.1:18080
+    upstream: http://127.0.0.1:8080
+    transactions:
+      - { method: POST, path: /orders, timeout: 30s }
+"#;
+
+    #[test]
+    fn http_sidecar_loads() {
+        let c = Config::from_yaml_with_env(&format!("{GOOD}{SIDECAR}"), env).unwrap();
+        let h = &c.http_sidecars[0];
+        assert_eq!(h.transactions[0].matching, crate::config::PathMatch::Exact);
+        assert_eq!(h.transactions[0].timeout.map(|t| t.0.as_secs()), Some(30));
+    }
 
     fn env(n: &str) -> Option<String> {
         match n {
@@ -315,6 +371,23 @@ admin:
             (
                 GOOD.replace("127.0.0.1:18888", "127.0.0.1:13306"),
                 "admin.address",
+            ),
+            (
+                format!("{GOOD}{SIDECAR}").replace("http://127.0.0.1:8080", "127.0.0.1:8080"),
+                "http_sidecars[0].upstream",
+            ),
+            (
+                format!("{GOOD}{SIDECAR}")
+                    .replace("path: /orders", "path: \"/orders[\", match: regex"),
+                "http_sidecars[0].transactions[0].path",
+            ),
+            (
+                format!("{GOOD}{SIDECAR}").replace("method: POST", "method: \"PO ST\""),
+                "http_sidecars[0].transactions[0].method",
+            ),
+            (
+                format!("{GOOD}{SIDECAR}").replace("127.0.0.1:18080", "127.0.0.1:13306"),
+                "http_sidecars[0].address",
             ),
         ];
         for (text, field) in cases {
