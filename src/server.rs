@@ -23,6 +23,7 @@ use crate::coordinator::Coordinator;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
 use crate::http::sidecar::{self, Sidecar};
+use crate::http::tcc::TccResource;
 use crate::metrics::{CoordinatorMetrics, Metrics};
 use crate::wire::auth::AuthMethod;
 
@@ -78,6 +79,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })
         })
         .collect();
+    // The TCC resources of the HTTP sidecars, one list per sidecar.
+    let tcc_resources: Vec<Vec<Arc<TccResource>>> = config
+        .http_sidecars
+        .iter()
+        .map(|h| {
+            h.tcc
+                .iter()
+                .map(|t| {
+                    let r = Arc::new(TccResource::new(h, t));
+                    coordinator.register_resource(r.identity(), r.clone());
+                    r
+                })
+                .collect()
+        })
+        .collect();
     // With a shared store, phase 2 is run for owned data sources only: join the mesh before
     // the sweep starts.
     let mesh = match (coordinator.store(), &config.coordinator.etcd) {
@@ -85,7 +101,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let info = NodeInfo {
                 node: etcd.node_name.clone().unwrap_or_else(node_name),
                 admin: config.admin.as_ref().map(|a| a.address.clone()),
-                resources: at_sources.iter().map(|a| a.resource.identity()).collect(),
+                resources: at_sources
+                    .iter()
+                    .map(|a| a.resource.identity())
+                    .chain(
+                        tcc_resources
+                            .iter()
+                            .flatten()
+                            .map(|t| t.identity().to_string()),
+                    )
+                    .collect(),
             };
             tracing::info!(node = %info.node, "joining the mesh of sidecars sharing etcd");
             let mesh = Mesh::join(store.clone(), info, etcd.lease_ttl.0, shutdown_rx.clone());
@@ -198,10 +223,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             field: field("address"),
             message,
         })?;
-        let sidecar = Sidecar::new(h, coordinator.clone()).map_err(|e| StartError::Invalid {
-            field: field("transactions"),
-            message: e.to_string(),
-        })?;
+        let sidecar =
+            Sidecar::new(h, tcc_resources[i].clone(), coordinator.clone()).map_err(|e| {
+                StartError::Invalid {
+                    field: field("transactions"),
+                    message: e.to_string(),
+                }
+            })?;
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| StartError::Bind {

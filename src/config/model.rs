@@ -49,6 +49,36 @@ pub struct HttpSidecar {
     /// Requests that run in a global transaction of their own.
     #[serde(default)]
     pub transactions: Vec<HttpTxRule>,
+    /// TCC resources the service offers: each prepare request that carries an XID becomes a
+    /// branch, and phase 2 calls the service's commit or cancel.
+    #[serde(default)]
+    pub tcc: Vec<TccResource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TccResource {
+    /// Unique within the sidecar; the branch's resource is `tcc:{sidecar}/{name}`.
+    pub name: String,
+    pub prepare: HttpEndpoint,
+    pub commit: HttpEndpoint,
+    pub cancel: HttpEndpoint,
+    /// Limit for each commit or cancel call; a call that fails or takes longer is tried
+    /// again with backoff. Default 10s.
+    #[serde(default = "default_tcc_timeout")]
+    pub timeout: Seconds,
+}
+
+fn default_tcc_timeout() -> Seconds {
+    Seconds::secs(10)
+}
+
+/// A method and an exact path of the service's API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpEndpoint {
+    pub method: String,
+    pub path: String,
 }
 
 /// Which requests begin a global transaction, and its timeout.

@@ -245,6 +245,34 @@ impl Config {
                     return Err(ConfigError::new(at("timeout"), "must be greater than zero"));
                 }
             }
+            unique(
+                &format!("http_sidecars[{i}].tcc"),
+                h.tcc.iter().map(|t| t.name.as_str()),
+            )?;
+            for (j, t) in h.tcc.iter().enumerate() {
+                let at = |f: &str| format!("http_sidecars[{i}].tcc[{j}].{f}");
+                for (f, e) in [
+                    ("prepare", &t.prepare),
+                    ("commit", &t.commit),
+                    ("cancel", &t.cancel),
+                ] {
+                    if axum::http::Method::from_bytes(e.method.as_bytes()).is_err() {
+                        return Err(ConfigError::new(
+                            at(&format!("{f}.method")),
+                            "not an HTTP method",
+                        ));
+                    }
+                    if !e.path.starts_with('/') {
+                        return Err(ConfigError::new(
+                            at(&format!("{f}.path")),
+                            "must start with /",
+                        ));
+                    }
+                }
+                if t.timeout.0.is_zero() {
+                    return Err(ConfigError::new(at("timeout"), "must be greater than zero"));
+                }
+            }
         }
         Ok(())
     }

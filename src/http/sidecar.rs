@@ -5,9 +5,11 @@
 //! in the `x-tandem-xid` header, and when the service's response headers arrive commits on a
 //! 2xx status and rolls back on any other (or when the service cannot be reached). The
 //! service's statements join the transaction by carrying that XID to Tandem's MySQL listeners
-//! (`/*+ XID('…') */` or `SET tandem_xid`). Requests that already carry an XID, and requests
-//! no rule matches, pass through untouched. Bodies stream both ways; connections to clients
-//! and to the service are kept alive.
+//! (`/*+ XID('…') */` or `SET tandem_xid`). A request that carries an XID to the prepare
+//! endpoint of one of the service's TCC resources becomes a TCC branch (see
+//! [`tcc`](super::tcc)). Other requests that already carry an XID, and requests no rule
+//! matches, pass through untouched. Bodies stream both ways; connections to clients and to
+//! the service are kept alive.
 //!
 //! The decision is taken when the response headers arrive: a service that keeps writing to
 //! its database while it streams a response body must do so before it sends the headers.
@@ -28,8 +30,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::tcc::{RequestContext, TccResource, MAX_PREPARE_BODY};
 use crate::config::{HttpSidecar, PathMatch};
-use crate::coordinator::{Coordinator, GlobalStatus};
+use crate::coordinator::{
+    Branch, BranchKind, BranchStatus, Coordinator, GlobalStatus, RegisterError,
+};
 
 /// The header that carries the XID to the service (and back to the client).
 pub const XID_HEADER: &str = "x-tandem-xid";
@@ -47,6 +52,7 @@ pub struct Sidecar {
     name: String,
     upstream: String,
     rules: Vec<Rule>,
+    tcc: Vec<Arc<TccResource>>,
     coordinator: Arc<Coordinator>,
     client: Client<HttpConnector, Body>,
 }
@@ -75,7 +81,11 @@ impl Rule {
 }
 
 impl Sidecar {
-    pub fn new(cfg: &HttpSidecar, coordinator: Arc<Coordinator>) -> Result<Self, SidecarError> {
+    pub fn new(
+        cfg: &HttpSidecar,
+        tcc: Vec<Arc<TccResource>>,
+        coordinator: Arc<Coordinator>,
+    ) -> Result<Self, SidecarError> {
         let rules = cfg
             .transactions
             .iter()
@@ -104,9 +114,87 @@ impl Sidecar {
             name: cfg.name.clone(),
             upstream: cfg.upstream.trim_end_matches('/').to_string(),
             rules,
+            tcc,
             coordinator,
             client,
         })
+    }
+
+    /// The TCC resource whose prepare endpoint this is.
+    fn tcc_for(&self, method: &Method, path: &str) -> Option<Arc<TccResource>> {
+        self.tcc
+            .iter()
+            .find(|t| t.prepare.method == *method && t.prepare.path == path)
+            .cloned()
+    }
+
+    /// A TCC prepare inside global transaction `xid`: recorded as a branch before it
+    /// reaches the service, confirmed when the service agrees, and undone if the transaction
+    /// was rolled back meanwhile.
+    async fn prepare(&self, tcc: &TccResource, xid: String, req: Request) -> Response {
+        let (mut parts, body) = req.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, MAX_PREPARE_BODY).await else {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(&xid),
+                format!("a TCC prepare body is at most {MAX_PREPARE_BODY} bytes"),
+            );
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let ctx = RequestContext::new(&parts.method, path, &parts.headers, &body);
+        let branch = Branch {
+            xid: xid.clone(),
+            branch_id: self.coordinator.new_branch_id(),
+            kind: BranchKind::Tcc,
+            resource: tcc.identity().to_string(),
+            status: BranchStatus::Registering,
+            lock_keys: Vec::new(),
+            application_data: serde_json::to_string(&ctx).ok(),
+        };
+        match self.coordinator.register_branch(&branch).await {
+            Ok(()) => {}
+            Err(e @ (RegisterError::NotActive { .. } | RegisterError::UnknownXid(_))) => {
+                // Anti-suspension: too late, the service never sees this prepare.
+                return error(StatusCode::CONFLICT, Some(&xid), e.to_string());
+            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, Some(&xid), e.to_string()),
+        }
+        if let Ok(v) = HeaderValue::from_str(&branch.branch_id.to_string()) {
+            parts.headers.insert("x-tandem-branch-id", v);
+        }
+        let store = self.coordinator.store();
+        let resp = match self
+            .forward(Request::from_parts(parts, Body::from(body)))
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => resp,
+            other => {
+                if let Err(e) = store.abandon_registration(&xid, branch.branch_id).await {
+                    tracing::warn!(%xid, branch = branch.branch_id, error = %e, "could not remove a failed TCC prepare; it goes with the transaction");
+                }
+                return other.unwrap_or_else(|e| error(StatusCode::BAD_GATEWAY, Some(&xid), e));
+            }
+        };
+        match store.complete_registration(&xid, branch.branch_id).await {
+            Ok(()) => resp,
+            Err(e) => {
+                // The transaction ended while the service prepared: undo the prepare now
+                // (the rollback already counted this branch as never prepared).
+                tracing::info!(%xid, branch = branch.branch_id, "TCC prepare answered after the transaction ended; cancelling it");
+                let mut cancelled = tcc.call(&branch, "cancel").await;
+                for wait in [100, 500, 2000] {
+                    if cancelled.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    cancelled = tcc.call(&branch, "cancel").await;
+                }
+                if let Err(c) = cancelled {
+                    tracing::error!(%xid, branch = branch.branch_id, error = %c, "a TCC prepare that came too late could not be cancelled: a person must look");
+                }
+                error(StatusCode::CONFLICT, Some(&xid), e.to_string())
+            }
+        }
     }
 
     /// The timeout of the global transaction `method` and `path` begin, when a rule matches.
@@ -159,6 +247,16 @@ fn error(status: StatusCode, xid: Option<&str>, message: String) -> Response {
 }
 
 async fn proxy(State(s): State<Arc<Sidecar>>, mut req: Request) -> Response {
+    if req.headers().contains_key(XID_HEADER) {
+        let xid = req
+            .headers()
+            .get(XID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let (Some(xid), Some(tcc)) = (xid, s.tcc_for(req.method(), req.uri().path())) {
+            return s.prepare(&tcc, xid, req).await;
+        }
+    }
     let timeout = if req.headers().contains_key(XID_HEADER) {
         None
     } else {

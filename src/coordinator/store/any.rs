@@ -51,6 +51,18 @@ impl AnyStore {
         each!(self, s => s.register_branch(branch).await)
     }
 
+    pub async fn complete_registration(
+        &self,
+        xid: &str,
+        branch_id: u64,
+    ) -> Result<(), RegisterError> {
+        each!(self, s => s.complete_registration(xid, branch_id).await)
+    }
+
+    pub async fn abandon_registration(&self, xid: &str, branch_id: u64) -> Result<(), StoreError> {
+        each!(self, s => s.abandon_registration(xid, branch_id).await)
+    }
+
     pub async fn branches(&self, xid: &str) -> Result<Vec<Branch>, StoreError> {
         each!(self, s => s.branches(xid).await)
     }

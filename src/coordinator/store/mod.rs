@@ -94,6 +94,21 @@ pub trait Store: Send + Sync + 'static {
         branch: &Branch,
     ) -> impl Future<Output = Result<(), RegisterError>> + Send;
 
+    /// Ends a registration begun as `Registering` (a branch whose work is still under way,
+    /// such as a TCC prepare): it becomes `Registered`, only while the transaction is `Begin`.
+    fn complete_registration(
+        &self,
+        xid: &str,
+        branch_id: u64,
+    ) -> impl Future<Output = Result<(), RegisterError>> + Send;
+
+    /// Removes a branch still `Registering` whose work failed, with any locks it took.
+    fn abandon_registration(
+        &self,
+        xid: &str,
+        branch_id: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The branches of a transaction, in registration order.
     fn branches(&self, xid: &str) -> impl Future<Output = Result<Vec<Branch>, StoreError>> + Send;
 
@@ -202,6 +217,31 @@ impl<K: kv::KvStore> Store for K {
                         .await
                 }
             }
+        }
+    }
+
+    fn complete_registration(
+        &self,
+        xid: &str,
+        branch_id: u64,
+    ) -> impl Future<Output = Result<(), RegisterError>> + Send {
+        let (s, xid) = (self.clone(), xid.to_string());
+        async move {
+            s.write(true, move |t| kv::complete_registration(t, &xid, branch_id))
+                .await
+        }
+    }
+
+    fn abandon_registration(
+        &self,
+        xid: &str,
+        branch_id: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (s, xid) = (self.clone(), xid.to_string());
+        async move {
+            release_in_slices(&s, &xid, Some(branch_id)).await?;
+            s.write(false, move |t| kv::abandon_registration(t, &xid, branch_id))
+                .await
         }
     }
 
