@@ -3,8 +3,10 @@
 # Tandem, against the same two updates as plain local transactions straight to MariaDB, in
 # one run. Prints transfers per second, the ratio, latency, and store writes per transaction.
 #
-#   scripts/bench_transfer.sh                  # 15 s per run
+#   scripts/bench_transfer.sh                      # one Tandem, embedded store, 15 s per run
 #   BENCH_SECONDS=5 scripts/bench_transfer.sh
+#   BENCH_STORE=etcd scripts/bench_transfer.sh     # two sidecars (one per database) sharing
+#                                                  # an etcd member; prints etcd writes
 #
 # MariaDB runs with its production default durability (innodb_flush_log_at_trx_commit=1),
 # as the coordinator's own store syncs its decisions to disk; set
@@ -15,6 +17,7 @@ source scripts/lib.sh
 
 export BENCH_SECONDS=${BENCH_SECONDS:-15}
 export BENCH_CLIENTS=${BENCH_CLIENTS:-16}
+store=${BENCH_STORE:-embedded}
 scripts/setup.sh
 cargo build --release --quiet
 cargo bench --no-run --bench transfer --quiet 2>/dev/null
@@ -24,12 +27,13 @@ rm -rf "$work" && mkdir -p "$work"
 db_port=$(free_port)
 port_a=$(free_port)
 port_b=$(free_port)
-admin_port=$(free_port)
+admin_a=$(free_port)
+admin_b=$(free_port)
 MARIADB_FLUSH_LOG_AT_TRX_COMMIT=${MARIADB_FLUSH_LOG_AT_TRX_COMMIT:-1} \
   scripts/mariadb.sh start "$work/mariadb" "$db_port"
-tandem_pid=""
+pids=()
 cleanup() {
-  [ -n "$tandem_pid" ] && kill "$tandem_pid" 2>/dev/null && wait "$tandem_pid" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
   scripts/mariadb.sh stop "$work/mariadb"
 }
 trap cleanup EXIT
@@ -40,23 +44,68 @@ for db in bank_a bank_b; do
     USE $db;
     INSERT INTO account SELECT seq, 1000000 FROM seq_1_to_1000;"
 done
-cat >"$work/tandem.yaml" <<YAML
+
+# One listener and data source per database; $1 names which (a, b, or both).
+listener() { echo "  - { name: $1, address: \"127.0.0.1:$2\", users: { app: app }, executor: $1 }"; }
+executor() { echo "  - { name: $1, mode: single, data_source: $1 }"; }
+source_of() { echo "  - { name: $1, dsn: \"mysql://root@127.0.0.1:$db_port/bank_$1\" }"; }
+tandem_pids=()
+start_tandem() { # name config
+  target/release/tandem --config "$2" --log-level warn 2>"$work/$1.log" &
+  pids+=($!)
+  tandem_pids+=($!)
+}
+
+if [ "$store" = etcd ]; then
+  etcd_port=$(free_port)
+  peer_port=$(free_port)
+  etcd --data-dir "$work/etcd" --name bench \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "bench=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+  pids+=($!)
+  etcd_pid=$!
+  for _ in $(seq 1 100); do
+    ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" endpoint health >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  for side in a b; do
+    port=$port_a admin=$admin_a
+    [ "$side" = b ] && port=$port_b admin=$admin_b
+    cat >"$work/tandem-$side.yaml" <<YAML
 listeners:
-  - { name: a, address: "127.0.0.1:$port_a", users: { app: app }, executor: a }
-  - { name: b, address: "127.0.0.1:$port_b", users: { app: app }, executor: b }
+$(listener "$side" "$port")
 executors:
-  - { name: a, mode: single, data_source: a }
-  - { name: b, mode: single, data_source: b }
+$(executor "$side")
 data_sources:
-  - { name: a, dsn: "mysql://root@127.0.0.1:$db_port/bank_a" }
-  - { name: b, dsn: "mysql://root@127.0.0.1:$db_port/bank_b" }
+$(source_of "$side")
 admin:
-  address: 127.0.0.1:$admin_port
+  address: 127.0.0.1:$admin
+coordinator:
+  store: etcd
+  etcd: { endpoints: ["http://127.0.0.1:$etcd_port"], prefix: /bench/, node_name: sidecar-$side }
+YAML
+    start_tandem "tandem-$side" "$work/tandem-$side.yaml"
+  done
+  export TANDEM_B_ADMIN="127.0.0.1:$admin_b"
+else
+  cat >"$work/tandem.yaml" <<YAML
+listeners:
+$(listener a "$port_a")
+$(listener b "$port_b")
+executors:
+$(executor a)
+$(executor b)
+data_sources:
+$(source_of a)
+$(source_of b)
+admin:
+  address: 127.0.0.1:$admin_a
 coordinator:
   embedded: { path: ${BENCH_STORE_DIR:-$PWD/$work}/tandem.db }
 YAML
-target/release/tandem --config "$work/tandem.yaml" --log-level warn 2>"$work/tandem.log" &
-tandem_pid=$!
+  start_tandem tandem "$work/tandem.yaml"
+fi
 wait_port "$port_a"
 wait_port "$port_b"
 
@@ -64,14 +113,27 @@ export DIRECT_A="mysql://root@127.0.0.1:$db_port/bank_a"
 export DIRECT_B="mysql://root@127.0.0.1:$db_port/bank_b"
 export TANDEM_A="mysql://app:app@127.0.0.1:$port_a/bank_a"
 export TANDEM_B="mysql://app:app@127.0.0.1:$port_b/bank_b"
-export TANDEM_ADMIN="127.0.0.1:$admin_port"
-cpu() { awk '{print $14+$15}' /proc/$1/stat; }
-t0=$(cpu $tandem_pid); m0=$(cpu $(cat $work/mariadb/pid))
+export TANDEM_ADMIN="127.0.0.1:$admin_a"
+revision() {
+  ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" endpoint status -w json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
+}
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+tandem_cpu() { local t=0; for p in "${tandem_pids[@]}"; do t=$((t + $(cpu "$p"))); done; echo $t; }
+t0=$(tandem_cpu); m0=$(cpu "$(cat $work/mariadb/pid)")
+[ "$store" = etcd ] && r0=$(revision) && e0=$(cpu "$etcd_pid")
 # BENCH_PERF=tandem (or mariadb) profiles that process during the first global run.
 if [ -n "${BENCH_PERF:-}" ]; then
-  perf_pid=$tandem_pid
+  perf_pid=${tandem_pids[0]}
   [ "$BENCH_PERF" = mariadb ] && perf_pid=$(cat "$work/mariadb/pid")
   (sleep $((BENCH_SECONDS + 2)); perf record -F 499 -g -p "$perf_pid" -o "$work/perf.data" -- sleep $((BENCH_SECONDS - 1)) >/dev/null 2>&1) &
 fi
-cargo bench --bench transfer --quiet 2>/dev/null
-echo "CPU seconds during the runs: tandem $(( ($(cpu $tandem_pid) - t0) / 100 )), mariadb $(( ($(cpu $(cat $work/mariadb/pid)) - m0) / 100 ))"
+cargo bench --bench transfer --quiet 2>/dev/null | tee "$work/result.txt"
+if [ "$store" = etcd ]; then
+  sleep 3 # let phase 2 of the last transactions land
+  begun=$(awk '/global transactions begun/ {print $4}' "$work/result.txt")
+  writes=$(( $(revision) - r0 ))
+  echo "etcd writes per global transaction: $(echo "scale=2; $writes / $begun" | bc) ($writes writes; 2 branches on 2 sidecars: target about 6)"
+  echo "etcd CPU seconds during the runs: $(( ($(cpu "$etcd_pid") - e0) / 100 ))"
+fi
+echo "CPU seconds during the runs: tandem $(( ($(tandem_cpu) - t0) / 100 )), mariadb $(( ($(cpu "$(cat $work/mariadb/pid)") - m0) / 100 ))"

@@ -17,23 +17,28 @@
 //! again on fresh data. So every operation is one atomic etcd write, or none when it fails or
 //! changes nothing.
 //!
+//! The rules are plain synchronous functions, and etcd answers over the network: a rule runs
+//! against a snapshot held in memory, and when it asks for a key the snapshot lacks, the run
+//! is abandoned, the key fetched (at the snapshot's revision) and the rule run again from the
+//! start. Rules are cheap and deterministic, so this costs microseconds, and everything stays
+//! on the caller's task: no thread hand-offs per read.
+//!
 //! etcd refuses a `Txn` with more than 128 compares or 128 operations (its default
 //! `--max-txn-ops`, which also bounds nested `Txn`s). An operation that would need more
 //! fails with [`StoreError::TooLarge`] before anything is sent, and the store's callers split
 //! it where splitting is safe: a branch with more row locks registers in steps (see
 //! `register_in_steps` in the parent module), and releases go a slice at a time.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
 };
-use tokio::runtime::Handle;
 
 use super::kv::{KvRead, KvStore, KvTxn, Table};
 use super::StoreError;
@@ -140,124 +145,178 @@ impl Inner {
         format!("{}{key}", self.table_prefix(table)).into_bytes()
     }
 
-    /// Runs `f` until it commits, fails, or other writers keep changing what it reads.
-    fn run<R, E: From<StoreError>>(
-        &self,
-        handle: &Handle,
-        f: &dyn Fn(&mut dyn KvTxn) -> Result<R, E>,
-    ) -> Result<R, E> {
-        let give_up = std::time::Instant::now() + UNAVAILABLE_PATIENCE;
-        let mut attempt = 0;
-        while attempt < MAX_ATTEMPTS {
-            let mut stm = Stm::new(self, handle);
-            let outcome = f(&mut stm).and_then(|value| {
-                if stm.writes.is_empty() {
-                    return Ok(Some(value));
-                }
-                Ok(stm.commit().map_err(E::from)?.then_some(value))
-            });
-            match outcome {
-                Ok(Some(value)) => {
-                    if !stm.writes.is_empty() {
-                        self.writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(value);
-                }
-                Err(e) if !stm.unavailable.get() || std::time::Instant::now() > give_up => {
-                    return Err(e)
-                }
-                // The cluster could not answer: wait a little and ask again.
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                // Someone else wrote what this read: a short, growing pause, then again.
-                Ok(None) => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_micros(200 * u64::from(attempt.min(20))));
-                }
+    /// Fetches what the last run missed into `snap`, at the snapshot's revision.
+    async fn fetch(&self, snap: &mut Snapshot, miss: Miss) -> Result<(), etcd_client::Error> {
+        let (key, opts) = match &miss {
+            Miss::Key(k) => (k.clone(), GetOptions::new()),
+            Miss::Range(p) => (p.clone(), GetOptions::new().with_prefix()),
+        };
+        let opts = if snap.revision > 0 {
+            opts.with_revision(snap.revision)
+        } else {
+            opts
+        };
+        let mut resp = self.client.kv_client().get(key, Some(opts)).await?;
+        if snap.revision == 0 {
+            snap.revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let kvs: Vec<Entry> = resp
+            .take_kvs()
+            .into_iter()
+            .map(|kv| {
+                let rev = kv.mod_revision();
+                let (k, v) = kv.into_key_value();
+                (k, v, rev)
+            })
+            .collect();
+        match miss {
+            Miss::Key(k) => {
+                let found = kvs.into_iter().next().map(|(_, v, rev)| (v, rev));
+                snap.keys.insert(k, found);
+            }
+            Miss::Range(p) => {
+                snap.ranges.insert(p, kvs);
             }
         }
-        Err(E::from(StoreError::Backend(format!(
-            "etcd: gave up after {MAX_ATTEMPTS} attempts that conflicted with other writers"
-        ))))
+        Ok(())
+    }
+
+    /// Runs `f` until it has everything it reads, then commits its writes; again from fresh
+    /// data when another writer changed what it read. `commit: false` only reads.
+    async fn run<R, E: From<StoreError>>(
+        &self,
+        f: &(dyn Fn(&mut dyn KvTxn) -> Result<R, E> + Send + Sync),
+        commit: bool,
+    ) -> Result<R, E> {
+        let give_up = std::time::Instant::now() + UNAVAILABLE_PATIENCE;
+        let mut snap = Snapshot::default();
+        let mut conflicts = 0;
+        loop {
+            let mut stm = Stm::new(self, &snap);
+            let result = f(&mut stm);
+            let missed = stm.missed.borrow_mut().take();
+            if let Some(miss) = missed {
+                drop(stm);
+                if let Err(e) = self.fetch(&mut snap, miss).await {
+                    if !transient(&e) || std::time::Instant::now() > give_up {
+                        return Err(E::from(backend(e)));
+                    }
+                    // The cluster could not answer: wait a little and ask again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+            let value = result?;
+            if !commit || stm.writes.is_empty() {
+                return Ok(value);
+            }
+            let txn = stm.commit_txn().map_err(E::from)?;
+            drop(stm);
+            match self.client.kv_client().txn(txn).await {
+                Ok(resp) if resp.succeeded() => {
+                    self.writes.fetch_add(1, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(_) => {
+                    // Someone else wrote what this read: a short, growing pause, then again.
+                    conflicts += 1;
+                    if conflicts >= MAX_ATTEMPTS {
+                        return Err(E::from(StoreError::Backend(format!(
+                            "etcd: gave up after {MAX_ATTEMPTS} attempts that conflicted with other writers"
+                        ))));
+                    }
+                    tokio::time::sleep(Duration::from_micros(200 * u64::from(conflicts.min(20))))
+                        .await;
+                }
+                Err(e) if transient(&e) && std::time::Instant::now() < give_up => {
+                    // Perhaps applied, perhaps not: the fresh run's compares tell.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(E::from(backend(e))),
+            }
+            snap = Snapshot::default();
+        }
     }
 }
 
-/// What an operation read: the snapshot revision, each key's modification revision, and the
-/// ranges it scanned.
+/// What one operation has fetched so far, all at one revision.
 #[derive(Default)]
-struct ReadSet {
+struct Snapshot {
     revision: i64,
-    keys: BTreeMap<Vec<u8>, i64>,
-    ranges: Vec<Vec<u8>>,
+    /// Value and modification revision of each key fetched; `None` when absent.
+    keys: BTreeMap<Vec<u8>, Option<(Vec<u8>, i64)>>,
+    /// Each range fetched: key, value and modification revision of every entry.
+    ranges: BTreeMap<Vec<u8>, Vec<Entry>>,
 }
 
-/// One attempt of an operation.
+/// A key, its value and its modification revision.
+type Entry = (Vec<u8>, Vec<u8>, i64);
+
+/// What a run needed and the snapshot lacked.
+enum Miss {
+    Key(Vec<u8>),
+    Range(Vec<u8>),
+}
+
+/// One run of an operation over a snapshot: what it read (for the compares), what it
+/// wrote, and what it missed.
 struct Stm<'a> {
     store: &'a Inner,
-    handle: &'a Handle,
-    reads: RefCell<ReadSet>,
+    snap: &'a Snapshot,
+    used_keys: RefCell<BTreeMap<Vec<u8>, i64>>,
+    used_ranges: RefCell<Vec<Vec<u8>>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Set when a request failed because the cluster could not answer.
-    unavailable: Cell<bool>,
+    /// Set by a read that missed (reads take `&self`).
+    missed: RefCell<Option<Miss>>,
+}
+
+/// The error a read returns when the snapshot lacks its key; the run is then abandoned.
+fn missing() -> StoreError {
+    StoreError::Backend("etcd: key not fetched yet".into())
 }
 
 impl<'a> Stm<'a> {
-    fn new(store: &'a Inner, handle: &'a Handle) -> Self {
+    fn new(store: &'a Inner, snap: &'a Snapshot) -> Self {
         Stm {
             store,
-            handle,
-            reads: RefCell::new(ReadSet::default()),
+            snap,
+            used_keys: RefCell::new(BTreeMap::new()),
+            used_ranges: RefCell::new(Vec::new()),
             writes: BTreeMap::new(),
-            unavailable: Cell::new(false),
+            missed: RefCell::new(None),
         }
     }
 
-    fn failed(&self, e: etcd_client::Error) -> StoreError {
-        if transient(&e) {
-            self.unavailable.set(true);
+    fn note_miss(&self, miss: Miss) -> StoreError {
+        let mut m = self.missed.borrow_mut();
+        if m.is_none() {
+            *m = Some(miss);
         }
-        backend(e)
-    }
-
-    /// Reads at the snapshot revision (the first read fixes it).
-    fn fetch(&self, key: Vec<u8>, mut opts: GetOptions) -> Result<Vec<KeyValue>, StoreError> {
-        let revision = self.reads.borrow().revision;
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        let mut kv = self.store.client.kv_client();
-        let mut resp = self
-            .handle
-            .block_on(kv.get(key, Some(opts)))
-            .map_err(|e| self.failed(e))?;
-        if revision == 0 {
-            let now = resp.header().map_or(0, |h| h.revision());
-            self.reads.borrow_mut().revision = now;
-        }
-        Ok(resp.take_kvs())
+        missing()
     }
 
     /// The compares that make the commit conditional on what was read.
     fn compares(&self) -> Vec<Compare> {
-        let reads = self.reads.borrow();
-        let mut compares: Vec<Compare> = reads
-            .ranges
+        let ranges = self.used_ranges.borrow();
+        let mut compares: Vec<Compare> = ranges
             .iter()
             .map(|p| {
-                Compare::mod_revision(p.clone(), CompareOp::Less, reads.revision + 1).with_prefix()
+                Compare::mod_revision(p.clone(), CompareOp::Less, self.snap.revision + 1)
+                    .with_prefix()
             })
             .collect();
         compares.extend(
-            reads
-                .keys
+            self.used_keys
+                .borrow()
                 .iter()
-                .filter(|(k, _)| !reads.ranges.iter().any(|p| k.starts_with(p)))
+                .filter(|(k, _)| !ranges.iter().any(|p| k.starts_with(p)))
                 .map(|(k, rev)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev)),
         );
         compares
     }
 
-    /// Applies the writes if nothing read has changed. False when something had.
-    fn commit(&self) -> Result<bool, StoreError> {
+    /// The transaction that applies the writes if nothing read has changed.
+    fn commit_txn(&self) -> Result<Txn, StoreError> {
         let compares = self.compares();
         if compares.len() > MAX_TXN_OPS || self.writes.len() > MAX_TXN_OPS {
             return Err(StoreError::TooLarge);
@@ -270,12 +329,7 @@ impl<'a> Stm<'a> {
                 None => TxnOp::delete(k.clone(), None),
             })
             .collect();
-        let mut kv = self.store.client.kv_client();
-        let resp = self
-            .handle
-            .block_on(kv.txn(Txn::new().when(compares).and_then(ops)))
-            .map_err(|e| self.failed(e))?;
-        Ok(resp.succeeded())
+        Ok(Txn::new().when(compares).and_then(ops))
     }
 }
 
@@ -285,31 +339,39 @@ impl KvRead for Stm<'_> {
         if let Some(w) = self.writes.get(&full) {
             return Ok(w.clone());
         }
-        let kvs = self.fetch(full.clone(), GetOptions::new())?;
-        let found = kvs.into_iter().next();
-        self.reads
+        if let Some((_, entries)) = self.snap.ranges.iter().find(|(p, _)| full.starts_with(p)) {
+            let found = entries.iter().find(|(k, _, _)| *k == full);
+            self.used_keys
+                .borrow_mut()
+                .insert(full.clone(), found.map_or(0, |(_, _, rev)| *rev));
+            return Ok(found.map(|(_, v, _)| v.clone()));
+        }
+        let Some(found) = self.snap.keys.get(&full) else {
+            return Err(self.note_miss(Miss::Key(full)));
+        };
+        self.used_keys
             .borrow_mut()
-            .keys
-            .insert(full, found.as_ref().map_or(0, |kv| kv.mod_revision()));
-        Ok(found.map(|kv| kv.into_key_value().1))
+            .insert(full, found.as_ref().map_or(0, |(_, rev)| *rev));
+        Ok(found.as_ref().map(|(v, _)| v.clone()))
     }
 
     fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let base = self.store.table_prefix(table);
         let full = format!("{base}{prefix}").into_bytes();
-        let kvs = self.fetch(full.clone(), GetOptions::new().with_prefix())?;
-        let mut found = BTreeMap::new();
-        for kv in kvs {
-            let (k, v) = kv.into_key_value();
-            found.insert(k, Some(v));
-        }
+        let Some(entries) = self.snap.ranges.get(&full) else {
+            return Err(self.note_miss(Miss::Range(full)));
+        };
+        let mut found: BTreeMap<Vec<u8>, Option<Vec<u8>>> = entries
+            .iter()
+            .map(|(k, v, _)| (k.clone(), Some(v.clone())))
+            .collect();
         for (k, v) in self.writes.range(full.clone()..) {
             if !k.starts_with(&full) {
                 break;
             }
             found.insert(k.clone(), v.clone());
         }
-        self.reads.borrow_mut().ranges.push(full);
+        self.used_ranges.borrow_mut().push(full);
         found
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -344,21 +406,8 @@ impl KvStore for EtcdStore {
         &self,
         f: impl Fn(&dyn KvRead) -> Result<R, StoreError> + Send + Sync + 'static,
     ) -> Result<R, StoreError> {
-        let (inner, handle) = (self.inner.clone(), Handle::current());
-        tokio::task::spawn_blocking(move || {
-            let give_up = std::time::Instant::now() + UNAVAILABLE_PATIENCE;
-            loop {
-                let stm = Stm::new(&inner, &handle);
-                match f(&stm) {
-                    Err(_) if stm.unavailable.get() && std::time::Instant::now() < give_up => {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    r => return r,
-                }
-            }
-        })
-        .await
-        .map_err(backend)?
+        let read = move |t: &mut dyn KvTxn| f(t);
+        self.inner.run(&read, false).await
     }
 
     /// etcd writes are durable when they are answered; `durable` changes nothing.
@@ -371,10 +420,7 @@ impl KvStore for EtcdStore {
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let (inner, handle) = (self.inner.clone(), Handle::current());
-        tokio::task::spawn_blocking(move || inner.run(&handle, &f))
-            .await
-            .unwrap_or_else(|e| Err(E::from(backend(e))))
+        self.inner.run(&f, true).await
     }
 
     fn writes(&self) -> u64 {
