@@ -5,6 +5,7 @@ mod common;
 use common::etcd::EtcdCluster;
 use common::{mariadb, Tandem, PASSWORD, USER};
 use mysql_async::prelude::*;
+use std::time::Duration;
 
 fn databases(prefix: &str) -> (String, String) {
     let a = mariadb().fresh_db(&format!("{prefix}_a"));
@@ -266,5 +267,163 @@ async fn a_replica_takes_over_phase_two_from_a_dead_owner() {
     assert!(
         !body.contains("replica-1"),
         "the dead replica left the cluster: {body}"
+    );
+}
+
+/// The money-transfer invariant across two sidecars on etcd, with a sidecar and the etcd
+/// leader killed and restarted while clients transfer: in the end the total is unchanged
+/// and every account equals its start plus exactly the transfers whose transaction ended
+/// Committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn transfers_across_sidecars_survive_crashes() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::{Arc, Mutex};
+
+    const ACCOUNTS: i64 = 8;
+    const START: i64 = 1_000;
+    let mut etcd = EtcdCluster::start(3);
+    let a = mariadb().fresh_db("minv_a");
+    let b = mariadb().fresh_db("minv_b");
+    for db in [&a, &b] {
+        let rows: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, {START})")).collect();
+        mariadb().sql(&format!(
+            "CREATE TABLE {db}.account (id INT PRIMARY KEY, balance BIGINT NOT NULL);
+             INSERT INTO {db}.account VALUES {};",
+            rows.join(", ")
+        ));
+    }
+    let sa = sidecar(&etcd, &a, "inv-a");
+    let mut sb = sidecar(&etcd, &b, "inv-b");
+    let (url_a, url_b) = (sa.url(&a), sb.url(&b));
+
+    // Every transaction begun, with the deltas it would apply.
+    type Ledger = Vec<(String, [(char, i64, i64); 2])>;
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client in 0..6u64 {
+        let (url_a, url_b, ledger, stop) =
+            (url_a.clone(), url_b.clone(), ledger.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(client);
+            let mut ca = common::connect(&url_a).await;
+            let mut cb: Option<mysql_async::Conn> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (from, to) = (rng.random_range(1..=ACCOUNTS), rng.random_range(1..=ACCOUNTS));
+                let amount = rng.random_range(1..=20i64);
+                let fate = rng.random_range(0..100);
+                let timeout = if fate >= 85 { 500 } else { 30_000 };
+                let Ok(Some(xid)) = ca
+                    .query_first::<String, _>(format!("SELECT tandem_begin({timeout})"))
+                    .await
+                else {
+                    continue;
+                };
+                ledger
+                    .lock()
+                    .unwrap()
+                    .push((xid.clone(), [('a', from, -amount), ('b', to, amount)]));
+                let debit = ca
+                    .query_drop(format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance - {amount} WHERE id = {from}"))
+                    .await;
+                if cb.is_none() {
+                    cb = mysql_async::Conn::from_url(&url_b).await.ok();
+                }
+                let credit = match cb.as_mut() {
+                    Some(c) => c
+                        .query_drop(format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance + {amount} WHERE id = {to}"))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("sidecar b is down".into()),
+                };
+                if credit.is_err() {
+                    cb = None;
+                }
+                let end = if debit.is_ok() && credit.is_ok() && fate < 60 {
+                    "commit"
+                } else if fate < 85 || debit.is_err() || credit.is_err() {
+                    "rollback"
+                } else {
+                    continue; // abandoned: a sidecar times it out
+                };
+                let _ = ca
+                    .query_first::<String, _>(format!("SELECT tandem_{end}('{xid}')"))
+                    .await;
+            }
+        }));
+    }
+
+    // Chaos: sidecar b dies and comes back; then the etcd leader does.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sb.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sb.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = etcd.leader();
+    etcd.kill(leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    etcd.restart(leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Every transaction reaches its final status; then count what committed.
+    let mut c = common::connect(&url_a).await;
+    let ledger = ledger.lock().unwrap().clone();
+    let mut expected = std::collections::HashMap::new();
+    let mut outcomes = std::collections::HashMap::<String, u32>::new();
+    for (xid, deltas) in &ledger {
+        let start = std::time::Instant::now();
+        let status = loop {
+            let s: Option<String> = c
+                .query_first(format!("SELECT tandem_status('{xid}')"))
+                .await
+                .unwrap();
+            let s = s.unwrap_or_default();
+            if ["Committed", "Rollbacked", "TimeoutRollbacked"].contains(&s.as_str()) {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{xid} stuck in {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if status == "Committed" {
+            for (db, id, delta) in deltas {
+                *expected.entry((*db, *id)).or_insert(0) += delta;
+            }
+        }
+        *outcomes.entry(status).or_default() += 1;
+    }
+    assert!(
+        outcomes.len() == 3,
+        "commits, rollbacks and timeouts all happened: {outcomes:?}"
+    );
+    let mut total = 0;
+    for (name, db) in [('a', &a), ('b', &b)] {
+        let mut d = common::connect(&mariadb().url(db)).await;
+        let rows: Vec<(i64, i64)> = d
+            .query("SELECT id, balance FROM account ORDER BY id")
+            .await
+            .unwrap();
+        for (id, balance) in rows {
+            let want = START + expected.get(&(name, id)).copied().unwrap_or(0);
+            assert_eq!(balance, want, "account {name}{id} ({outcomes:?})");
+            total += balance;
+        }
+        let undo: i64 = d
+            .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(undo, 0, "no undo log left behind in {name}");
+    }
+    assert_eq!(
+        total,
+        2 * ACCOUNTS * START,
+        "money is neither made nor lost"
     );
 }
