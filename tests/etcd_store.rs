@@ -427,3 +427,196 @@ async fn transfers_across_sidecars_survive_crashes() {
         "money is neither made nor lost"
     );
 }
+
+async fn status_of(c: &mut mysql_async::Conn, xid: &str) -> String {
+    c.query_first(format!("SELECT tandem_status('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+async fn wait_status(c: &mut mysql_async::Conn, xid: &str, want: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let s = status_of(c, xid).await;
+        if s == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{xid}: {s}, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Begins on sidecar a and moves `amount` from a's account 1 to b's account 2: one branch
+/// on each sidecar. Returns the XID.
+async fn two_branches(
+    ca: &mut mysql_async::Conn,
+    cb: &mut mysql_async::Conn,
+    amount: i64,
+    timeout_ms: u64,
+) -> String {
+    let xid: String = ca
+        .query_first(format!("SELECT tandem_begin({timeout_ms})"))
+        .await
+        .unwrap()
+        .unwrap();
+    ca.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance - {amount} WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    cb.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance + {amount} WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    xid
+}
+
+/// Sidecars killed with kill -9 at each point of a transaction, then restarted: the
+/// transaction always finishes, with the outcome that was decided.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_sidecars_finish_their_part_after_a_restart() {
+    let etcd = EtcdCluster::start(3);
+    let (a, b) = databases("crash");
+    let mut sa = sidecar(&etcd, &a, "crash-a");
+    let mut sb = sidecar(&etcd, &b, "crash-b");
+
+    // b dies after phase 1; the commit is decided without it; b restarts and commits its part.
+    let mut ca = common::connect(&sa.url(&a)).await;
+    let mut cb = common::connect(&sb.url(&b)).await;
+    let xid = two_branches(&mut ca, &mut cb, 10, 30_000).await;
+    sb.kill9();
+    let s: String = ca
+        .query_first(format!("SELECT tandem_commit('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Committed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status_of(&mut ca, &xid).await,
+        "Committing",
+        "b's branch waits for b"
+    );
+    sb.restart();
+    wait_status(&mut ca, &xid, "Committed").await;
+    assert_eq!(undo_rows(&b).await, 0);
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+
+    // b dies, then the rollback is decided: a waits for b's branch (the last one), and
+    // once b is back both are rolled back, in order.
+    let mut cb = common::connect(&sb.url(&b)).await;
+    let xid = two_branches(&mut ca, &mut cb, 7, 30_000).await;
+    sb.kill9();
+    let rollback = {
+        let url = sa.url(&a);
+        let xid = xid.clone();
+        tokio::spawn(async move {
+            let mut c = common::connect(&url).await;
+            c.query_first::<String, _>(format!("SELECT tandem_rollback('{xid}')"))
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_of(&mut ca, &xid).await, "Rollbacking");
+    assert_eq!(
+        balance(&a, 1).await,
+        83,
+        "a's branch waits for b's, registered after it"
+    );
+    sb.restart();
+    wait_status(&mut ca, &xid, "Rollbacked").await;
+    let _ = rollback.await.unwrap();
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+
+    // a, which began the transaction, dies after phase 1: b times the transaction out and
+    // rolls back its branch; a, restarted, rolls back its own.
+    let mut cb = common::connect(&sb.url(&b)).await;
+    let xid = two_branches(&mut ca, &mut cb, 5, 1_500).await;
+    sa.kill9();
+    wait_status(&mut cb, &xid, "TimeoutRollbacking").await;
+    assert_eq!(balance(&b, 2).await, 110, "b rolled back its own branch");
+    sa.restart();
+    wait_status(&mut cb, &xid, "TimeoutRollbacked").await;
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+    assert_eq!((undo_rows(&a).await, undo_rows(&b).await), (0, 0));
+}
+
+/// A sidecar paused for longer than its lease (as a network partition would) loses its
+/// data source to a replica, which runs phase 2 meanwhile; resumed, it does not take it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_owner_loses_its_data_source_to_a_replica() {
+    let etcd = EtcdCluster::start(3);
+    let (a, b) = databases("pause");
+    let sa = sidecar(&etcd, &a, "pause-a");
+    let b1 = sidecar(&etcd, &b, "pause-b1");
+    let owner = |t: &Tandem| {
+        let (_, body) = t.admin("/v1/cluster");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["owns"].as_array().is_some_and(|o| {
+                    o.iter()
+                        .any(|r| r.as_str().is_some_and(|r| r.ends_with(&format!("/{b}"))))
+                })
+            })
+            .filter_map(|n| n["node"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let start = std::time::Instant::now();
+    while owner(&sa) != vec!["pause-b1".to_string()] {
+        within_20s(start, "b1 owns database b");
+    }
+    let b2 = sidecar(&etcd, &b, "pause-b2");
+
+    // Pause b1 past its 3 s lease.
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &b1.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-STOP").success());
+    let start = std::time::Instant::now();
+    while owner(&sa) != vec!["pause-b2".to_string()] {
+        within_20s(start, "b2 takes database b over");
+    }
+    // A transaction through b2 meanwhile: b2 runs its phase 2.
+    let mut ca = common::connect(&sa.url(&a)).await;
+    let mut cb = common::connect(&b2.url(&b)).await;
+    let xid = two_branches(&mut ca, &mut cb, 10, 30_000).await;
+    let s: String = ca
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
+
+    // b1 resumes: it finds its lease gone and leaves database b to b2.
+    assert!(kill("-CONT").success());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        owner(&sa),
+        vec!["pause-b2".to_string()],
+        "one owner, the replica"
+    );
+    let xid = two_branches(&mut ca, &mut cb, 4, 30_000).await;
+    let s: String = ca
+        .query_first(format!("SELECT tandem_commit('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Committed");
+    wait_status(&mut ca, &xid, "Committed").await;
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (96, 104));
+}
