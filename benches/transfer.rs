@@ -119,13 +119,22 @@ async fn transfer_global(
     }
     .await;
     let end = if r.is_ok() { "commit" } else { "rollback" };
-    let status: Option<String> = a
-        .query_first(format!("SELECT tandem_{end}('{xid}')"))
-        .await
-        .ok()
-        .flatten();
-    r.is_ok() && status.as_deref() == Some("Committed")
+    let status = a
+        .query_first::<String, _>(format!("SELECT tandem_{end}('{xid}')"))
+        .await;
+    let ok = r.is_ok() && matches!(&status, Ok(Some(s)) if s == "Committed");
+    if !ok {
+        let why = match (&r, &status) {
+            (Err(e), _) => format!("a statement failed: {e}"),
+            (Ok(()), s) => format!("tandem_commit answered {s:?}"),
+        };
+        let _ = FIRST_FAILURE.set(why);
+    }
+    ok
 }
+
+/// Why the first failed transfer failed, to print with the results.
+static FIRST_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -195,6 +204,9 @@ async fn main() {
         "ratio global/plain:                 {:>8.3}",
         tps(&global) / tps(&plain)
     );
+    if let Some(why) = FIRST_FAILURE.get() {
+        println!("first failure: {why}");
+    }
     let begun: u64 = global.iter().map(|r| r.done + r.failed).sum();
     println!("global transactions begun: {begun}");
     if std::env::var("TANDEM_B_ADMIN").is_err() {

@@ -158,6 +158,7 @@ async fn two_sidecars_finish_one_transaction() {
     let mut ca = common::connect(&sa.url(&a)).await;
     let mut cb = common::connect(&sb.url(&b)).await;
     for (end, want, amount) in [("commit", "Committed", 10), ("rollback", "Rollbacked", 3)] {
+        let revision = etcd.revision();
         let xid: String = ca
             .query_first("SELECT tandem_begin()")
             .await
@@ -194,6 +195,11 @@ async fn two_sidecars_finish_one_transaction() {
                 &format!("{xid} {want} with no undo log left (now {s:?})"),
             );
         }
+        // Begin, a registration per branch, the decision, and one phase-2 record per sidecar
+        // (commit) or per branch (rollback): 2 × branches + 2.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let writes = etcd.revision() - revision;
+        assert!(writes <= 6, "{end}: {writes} etcd writes");
     }
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
 }

@@ -159,6 +159,21 @@ impl EtcdCluster {
             .expect("a leader")
     }
 
+    /// The cluster's revision now: it grows by one with every write.
+    pub fn revision(&self) -> i64 {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["endpoint", "status", "--write-out=json"])
+            .arg(format!("--endpoints={}", self.endpoints()[self.leader()]))
+            .output()
+            .expect("run etcdctl");
+        let statuses: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("etcdctl endpoint status JSON");
+        statuses[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .expect("a revision")
+    }
+
     /// The values under `prefix`, as `etcdctl get --prefix` prints them (key, value, ...).
     pub fn get_prefix(&self, prefix: &str) -> Vec<String> {
         let out = Command::new("etcdctl")

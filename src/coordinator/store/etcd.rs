@@ -13,7 +13,7 @@
 //! read is made at one revision (the first read's), writes are kept aside, and the commit is
 //! one etcd `Txn` that applies them only if nothing read has changed since: each key read
 //! still has the modification revision it had (0 for a key that was absent), each range read
-//! holds no key modified after the snapshot. When something did change, the operation runs
+//! holds no key modified after the snapshot and still holds every key it held. When something did change, the operation runs
 //! again on fresh data. So every operation is one atomic etcd write, or none when it fails or
 //! changes nothing.
 //!
@@ -298,13 +298,18 @@ impl<'a> Stm<'a> {
     /// The compares that make the commit conditional on what was read.
     fn compares(&self) -> Vec<Compare> {
         let ranges = self.used_ranges.borrow();
-        let mut compares: Vec<Compare> = ranges
-            .iter()
-            .map(|p| {
+        let mut compares = Vec::new();
+        for p in ranges.iter() {
+            // Nothing in the range is newer than the snapshot (no key added or changed)…
+            compares.push(
                 Compare::mod_revision(p.clone(), CompareOp::Less, self.snap.revision + 1)
-                    .with_prefix()
-            })
-            .collect();
+                    .with_prefix(),
+            );
+            // …and every key it held is still there (a deletion leaves no newer key).
+            for (k, _, rev) in self.snap.ranges.get(p).into_iter().flatten() {
+                compares.push(Compare::mod_revision(k.clone(), CompareOp::Equal, *rev));
+            }
+        }
         compares.extend(
             self.used_keys
                 .borrow()
