@@ -122,10 +122,11 @@ cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tandem_cpu() { local t=0; for p in "${tandem_pids[@]}"; do t=$((t + $(cpu "$p"))); done; echo $t; }
 t0=$(tandem_cpu); m0=$(cpu "$(cat $work/mariadb/pid)")
 [ "$store" = etcd ] && r0=$(revision) && e0=$(cpu "$etcd_pid")
-# BENCH_PERF=tandem (or mariadb) profiles that process during the first global run.
+# BENCH_PERF=tandem (or mariadb, or etcd) profiles that process during the first global run.
 if [ -n "${BENCH_PERF:-}" ]; then
   perf_pid=${tandem_pids[0]}
   [ "$BENCH_PERF" = mariadb ] && perf_pid=$(cat "$work/mariadb/pid")
+  [ "$BENCH_PERF" = etcd ] && perf_pid=$etcd_pid
   (sleep $((BENCH_SECONDS + 2)); perf record -F 499 -g -p "$perf_pid" -o "$work/perf.data" -- sleep $((BENCH_SECONDS - 1)) >/dev/null 2>&1) &
 fi
 cargo bench --bench transfer --quiet 2>/dev/null | tee "$work/result.txt"

@@ -104,7 +104,13 @@ async fn global_transactions_on_an_etcd_cluster_survive_losing_the_leader() {
 
 /// A sidecar in front of one database, sharing the etcd cluster's store.
 fn sidecar(etcd: &EtcdCluster, db: &str, name: &str) -> Tandem {
-    let yaml = common::single_config(&mariadb().url(db), "", "{ max: 8 }").replace(
+    sidecar_with(etcd, db, name, "")
+}
+
+/// A sidecar with `extra` appended to its configuration.
+fn sidecar_with(etcd: &EtcdCluster, db: &str, name: &str, extra: &str) -> Tandem {
+    let yaml = common::single_config(&mariadb().url(db), "", "{ max: 8 }") + extra;
+    let yaml = yaml.replace(
         "coordinator:\n  embedded: { path: \"{DIR}/tandem.db\" }\n",
         &format!(
             "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {}, prefix: /tandem/mesh/, node_name: {name}, lease_ttl: 3s }}\n",
@@ -625,4 +631,107 @@ async fn a_paused_owner_loses_its_data_source_to_a_replica() {
     assert_eq!(s, "Committed");
     wait_status(&mut ca, &xid, "Committed").await;
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (96, 104));
+}
+
+/// One global transaction with AT branches on two sidecars and a TCC branch on a service
+/// behind the second one's HTTP sidecar: all commit, or all roll back.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_branches_on_two_sidecars_and_a_tcc_branch_end_together() {
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+
+    type Calls = Arc<Mutex<Vec<(String, String)>>>; // (action, xid)
+    let calls: Calls = Arc::default();
+    let record = |action: &'static str| {
+        move |axum::extract::State(c): axum::extract::State<Calls>, h: HeaderMap| async move {
+            let xid = h
+                .get("x-tandem-xid")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            c.lock().unwrap().push((action.to_string(), xid));
+            axum::http::StatusCode::OK
+        }
+    };
+    let app = axum::Router::new()
+        .route("/ship", axum::routing::post(record("prepare")))
+        .route("/ship/confirm", axum::routing::post(record("commit")))
+        .route("/ship/cancel", axum::routing::post(record("cancel")))
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let etcd = EtcdCluster::start(3);
+    let (a, b) = databases("mixed");
+    let sa = sidecar(&etcd, &a, "mixed-a");
+    let sb = sidecar_with(
+        &etcd,
+        &b,
+        "mixed-b",
+        &format!(
+            "http_sidecars:
+  - name: shipping
+    address: 127.0.0.1:{{PORT_B}}
+    upstream: http://{upstream}
+    tcc:
+      - name: ship
+        prepare: {{ method: POST, path: /ship }}
+        commit: {{ method: POST, path: /ship/confirm }}
+        cancel: {{ method: POST, path: /ship/cancel }}
+"
+        ),
+    );
+    let http = sb.port_b;
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        within_20s(start, "the HTTP sidecar listens");
+    }
+    let prepare = |xid: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http))
+            .await
+            .unwrap();
+        s.write_all(
+            format!("POST /ship HTTP/1.1\r\nHost: s\r\nConnection: close\r\nx-tandem-xid: {xid}\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        resp[9..12].to_string()
+    };
+
+    let mut ca = common::connect(&sa.url(&a)).await;
+    let mut cb = common::connect(&sb.url(&b)).await;
+    for (end, want) in [("commit", "Committed"), ("rollback", "Rollbacked")] {
+        let xid = two_branches(&mut ca, &mut cb, 10, 30_000).await;
+        assert_eq!(prepare(xid.clone()).await, "200");
+        let s: String = ca
+            .query_first(format!("SELECT tandem_{end}('{xid}')"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s, want);
+        wait_status(&mut ca, &xid, want).await;
+        let phase2 = if end == "commit" { "commit" } else { "cancel" };
+        let start = std::time::Instant::now();
+        while !calls
+            .lock()
+            .unwrap()
+            .contains(&(phase2.to_string(), xid.clone()))
+        {
+            within_20s(
+                start,
+                &format!("the service's {phase2} is called for {xid}"),
+            );
+        }
+    }
+    // The commit kept both AT updates; the rollback undid both.
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+    assert_eq!((undo_rows(&a).await, undo_rows(&b).await), (0, 0));
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().filter(|(a, _)| a == "commit").count(), 1);
+    assert_eq!(calls.iter().filter(|(a, _)| a == "cancel").count(), 1);
 }
