@@ -735,3 +735,140 @@ async fn at_branches_on_two_sidecars_and_a_tcc_branch_end_together() {
     assert_eq!(calls.iter().filter(|(a, _)| a == "commit").count(), 1);
     assert_eq!(calls.iter().filter(|(a, _)| a == "cancel").count(), 1);
 }
+
+/// The etcd store over TLS (server and client certificates) with etcd authentication on.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_with_authentication() {
+    use std::process::{Command, Stdio};
+    let dir = common::scratch("etcd-tls");
+    // One certificate for everything: the member's, the client's, and the trust anchor.
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth,clientAuth"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (client, peer) = (common::free_port(), common::free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let mut etcd = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("default=http://127.0.0.1:{peer}"),
+        ])
+        .arg("--cert-file")
+        .arg(&cert)
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--trusted-ca-file")
+        .arg(&cert)
+        .arg("--client-cert-auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd is installed");
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={url}"))
+            .arg(format!("--cacert={}", cert.display()))
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    };
+    let start = std::time::Instant::now();
+    while !etcdctl(&["endpoint", "health"]).status.success() {
+        within_20s(start, "etcd with TLS answers");
+    }
+    for args in [
+        &["user", "add", "root:root-pw"][..],
+        &["user", "add", "tandem:tandem-pw"],
+        &["role", "add", "tandem"],
+        &[
+            "role",
+            "grant-permission",
+            "tandem",
+            "--prefix=true",
+            "readwrite",
+            "/tandem/tls/",
+        ],
+        &["user", "grant-role", "tandem", "tandem"],
+        &["auth", "enable"],
+    ] {
+        let out = etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let (a, b) = databases("etcdtls");
+    let config = |password: &str| {
+        common::two_databases_config(&mariadb().url(&a), &mariadb().url(&b), "").replace(
+            "coordinator:\n  embedded: { path: \"{DIR}/tandem.db\" }\n",
+            &format!(
+                "coordinator:\n  store: etcd\n  etcd:\n    endpoints: [\"{url}\"]\n    prefix: /tandem/tls/\n    user: tandem\n    password: {password}\n    tls: {{ ca: \"{c}\", cert: \"{c}\", key: \"{k}\" }}\n",
+                c = cert.display(),
+                k = key.display()
+            ),
+        )
+    };
+    let tandem = Tandem::start_yaml(&config("tandem-pw"));
+    assert_eq!(transfer(&tandem, &a, &b, 10, "commit").await, "Committed");
+    assert_eq!(transfer(&tandem, &a, &b, 5, "rollback").await, "Rollbacked");
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
+    let stored = etcdctl(&[
+        "--user=root:root-pw",
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/tandem/tls/globals/",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&stored.stdout).contains("/tandem/tls/globals/"),
+        "the transactions are in etcd"
+    );
+
+    // A wrong password: Tandem refuses to start, and says why.
+    let yaml = config("wrong");
+    let started = std::panic::catch_unwind(|| Tandem::start_yaml(&yaml));
+    let Err(panic) = started else {
+        panic!("started with a wrong etcd password");
+    };
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("coordinator.etcd") && message.contains("authentication failed"),
+        "{message}"
+    );
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}
