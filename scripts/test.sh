@@ -10,6 +10,9 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
+# Scratch directories of earlier runs (servers' data, logs) go first.
+rm -rf target/test-scratch
+
 # One MariaDB for the whole run; tests create their own databases in it.
 dir="target/test-servers/mariadb-$$"
 port=$(free_port)

@@ -591,6 +591,7 @@ async fn a_paused_owner_loses_its_data_source_to_a_replica() {
     let b2 = sidecar(&etcd, &b, "pause-b2");
 
     // Pause b1 past its 3 s lease.
+    assert_ne!(b1.pid(), 0, "b1 runs");
     let kill = |sig: &str| {
         std::process::Command::new("kill")
             .args([sig, &b1.pid().to_string()])
@@ -740,7 +741,8 @@ async fn at_branches_on_two_sidecars_and_a_tcc_branch_end_together() {
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_over_tls_with_authentication() {
     use std::process::{Command, Stdio};
-    let dir = common::scratch("etcd-tls");
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let dir = scratch.path();
     // One certificate for everything: the member's, the client's, and the trust anchor.
     let out = Command::new("openssl")
         .args([
@@ -764,35 +766,45 @@ async fn etcd_over_tls_with_authentication() {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let (client, peer) = (common::free_port(), common::free_port());
     let url = format!("https://127.0.0.1:{client}");
-    let mut etcd = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("default=http://127.0.0.1:{peer}"),
-        ])
-        .arg("--cert-file")
-        .arg(&cert)
-        .arg("--key-file")
-        .arg(&key)
-        .arg("--trusted-ca-file")
-        .arg(&cert)
-        .arg("--client-cert-auth")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd is installed");
+    /// The member, stopped however the test ends.
+    struct Member(std::process::Child);
+    impl Drop for Member {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Member(
+        Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("default=http://127.0.0.1:{peer}"),
+            ])
+            .arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--trusted-ca-file")
+            .arg(&cert)
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed"),
+    );
     let etcdctl = |args: &[&str]| {
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -869,6 +881,4 @@ async fn etcd_over_tls_with_authentication() {
         message.contains("coordinator.etcd") && message.contains("authentication failed"),
         "{message}"
     );
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }

@@ -100,15 +100,18 @@ impl Mesh {
         let branches = self.store.key(Table::Branches, "");
         let client = self.store.client();
         let c = coordinator.clone();
+        let store = self.store.clone();
         tokio::spawn(watch_prefix(
             client.clone(),
             globals,
             shutdown.clone(),
-            move |kind, xid, value| {
+            move |kind, xid, value, rev| {
                 if kind != EventType::Put {
+                    store.saw_global(xid, None, true);
                     return;
                 }
                 if let Ok(tx) = serde_json::from_slice::<GlobalTx>(value) {
+                    store.saw_global(xid, Some((value, rev)), tx.status.is_final());
                     c.drive(xid, tx.status);
                 }
             },
@@ -117,7 +120,7 @@ impl Mesh {
             client,
             branches,
             shutdown,
-            move |kind, key, _| {
+            move |kind, key, _, _| {
                 // A branch record goes when its phase 2 is done: the branch before it may go.
                 if kind == EventType::Delete {
                     if let Some(xid) = key.split('\0').next() {
@@ -275,13 +278,13 @@ impl Drop for RevokeOnDrop {
 }
 
 /// Watches every key under `prefix` and calls `on_event` with the event's kind, the key
-/// after the prefix and the value. Resumes after the last revision seen when the stream
+/// after the prefix, the value and its modification revision. Resumes after the last revision seen when the stream
 /// breaks; starts from now when etcd compacted that revision away (the sweep covers the gap).
 async fn watch_prefix(
     mut client: Client,
     prefix: Vec<u8>,
     mut shutdown: watch::Receiver<bool>,
-    on_event: impl Fn(EventType, &str, &[u8]) + Send + 'static,
+    on_event: impl Fn(EventType, &str, &[u8], i64) + Send + 'static,
 ) {
     let mut next = 0i64;
     loop {
@@ -301,7 +304,7 @@ async fn watch_prefix(
                     next = next.max(kv.mod_revision() + 1);
                     let key = kv.key().get(prefix.len()..).unwrap_or_default();
                     if let Ok(key) = std::str::from_utf8(key) {
-                        on_event(event.event_type(), key, kv.value());
+                        on_event(event.event_type(), key, kv.value(), kv.mod_revision());
                     }
                 }
                 if let Some(h) = resp.header() {

@@ -14,6 +14,8 @@ use super::{free_port, scratch};
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    /// The members' directories, removed with the cluster.
+    base: PathBuf,
 }
 
 struct Member {
@@ -46,6 +48,7 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             initial_cluster,
+            base,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -94,7 +97,7 @@ impl EtcdCluster {
             .stderr(log)
             .spawn()
             .expect("etcd is installed (scripts/setup.sh installs it)");
-        watchdog(child.id());
+        watchdog(child.id(), &m.dir);
         m.child = Some(child);
     }
 
@@ -194,16 +197,21 @@ impl Drop for EtcdCluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+        // Each member's write-ahead log takes tens of megabytes: keep the disk for the next.
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
-/// Kills `pid` when this test process ends, however it ends.
+/// Kills member process `pid` (running in `dir`) when this test process ends, however it
+/// ends. It checks the command line first: by then the pid may belong to another process.
 // The watchdog outlives this function on purpose: it waits for the test process to end.
 #[allow(clippy::zombie_processes)]
-fn watchdog(pid: u32) {
+fn watchdog(pid: u32, dir: &std::path::Path) {
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null",
-        me = std::process::id()
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; \
+         tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -qF -- '{dir}' && kill -9 {pid}",
+        me = std::process::id(),
+        dir = dir.display()
     );
     Command::new("sh")
         .args(["-c", &script])

@@ -61,10 +61,22 @@ struct Inner {
     client: Client,
     prefix: String,
     writes: AtomicU64,
+    /// The global transactions as the watch last saw them (key → value, mod revision), for
+    /// writes to start from without a read: the commit's compare catches a stale entry, and
+    /// the operation then runs again on fresh reads.
+    seen: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Seen>>,
 }
+
+/// A record as a watch saw it: value and modification revision.
+type Seen = (Vec<u8>, i64);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
+}
+
+/// True when a read at an old revision failed because etcd compacted that revision.
+fn compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
 }
 
 /// True for failures that pass: the member or connection is down, the cluster is electing a
@@ -110,6 +122,7 @@ impl EtcdStore {
                 client,
                 prefix: cfg.prefix.clone(),
                 writes: AtomicU64::new(0),
+                seen: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
         store
@@ -133,6 +146,24 @@ impl EtcdStore {
     /// The full key of `key` in `table`.
     pub fn key(&self, table: Table, key: &str) -> Vec<u8> {
         self.inner.key(table, key)
+    }
+
+    /// Remembers what a watch saw of a global transaction's record (`None`: deleted), so
+    /// later writes can skip reading it. Final statuses are not kept: nothing writes them.
+    pub fn saw_global(&self, xid: &str, record: Option<(&[u8], i64)>, is_final: bool) {
+        let key = self.key(Table::Globals, xid);
+        let mut seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match record {
+            Some((value, rev)) if !is_final => {
+                let newer = seen.get(&key).is_none_or(|(_, r)| *r < rev);
+                if newer {
+                    seen.insert(key, (value.to_vec(), rev));
+                }
+            }
+            _ => {
+                seen.remove(&key);
+            }
+        }
     }
 }
 
@@ -191,18 +222,36 @@ impl Inner {
         let give_up = std::time::Instant::now() + UNAVAILABLE_PATIENCE;
         let mut snap = Snapshot::default();
         let mut conflicts = 0;
+        // Writes may start from what the watch saw; after a conflict, from fresh reads only.
+        let mut use_seen = commit;
         loop {
             let mut stm = Stm::new(self, &snap);
             let result = f(&mut stm);
             let missed = stm.missed.borrow_mut().take();
+            if let Some(Miss::Key(k)) = missed.as_ref().filter(|_| use_seen) {
+                let seen = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(k)
+                    .cloned();
+                if let Some(entry) = seen {
+                    drop(stm);
+                    snap.keys.insert(k.clone(), Some(entry));
+                    continue;
+                }
+            }
             if let Some(miss) = missed {
                 drop(stm);
-                if let Err(e) = self.fetch(&mut snap, miss).await {
-                    if !transient(&e) || std::time::Instant::now() > give_up {
-                        return Err(E::from(backend(e)));
+                match self.fetch(&mut snap, miss).await {
+                    Ok(()) => {}
+                    // The snapshot's revision was compacted away meanwhile: start afresh.
+                    Err(e) if compacted(&e) => snap = Snapshot::default(),
+                    Err(e) if transient(&e) && std::time::Instant::now() < give_up => {
+                        // The cluster could not answer: wait a little and ask again.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    // The cluster could not answer: wait a little and ask again.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(e) => return Err(E::from(backend(e))),
                 }
                 continue;
             }
@@ -220,6 +269,7 @@ impl Inner {
                 Ok(_) => {
                     // Someone else wrote what this read: a short, growing pause, then again.
                     conflicts += 1;
+                    use_seen = false;
                     if conflicts >= MAX_ATTEMPTS {
                         return Err(E::from(StoreError::Backend(format!(
                             "etcd: gave up after {MAX_ATTEMPTS} attempts that conflicted with other writers"
