@@ -494,6 +494,12 @@ async fn register_with_retry(
                     why: "it does not exist".into(),
                 })
             }
+            Err(RegisterError::Expired(xid)) => {
+                return Err(AtError::NotActive {
+                    xid,
+                    why: "it has timed out".into(),
+                })
+            }
             Err(RegisterError::Store(e)) => return Err(AtError::Coordinator(e.to_string())),
         }
     }

@@ -185,17 +185,21 @@ impl Coordinator {
     /// Registers a branch with its locks (see [`crate::coordinator::Store::register_branch`]).
     /// A transaction past its timeout is rolled back first, so the registration fails.
     pub async fn register_branch(self: &Arc<Self>, branch: &Branch) -> Result<(), RegisterError> {
-        if let Some(tx) = self.store.get(&branch.xid).await? {
-            if tx.is_expired(now_ms()) {
-                self.decide(&tx.xid, GlobalStatus::TimeoutRollbacking)
-                    .await
-                    .map_err(|e| match e {
-                        CoordinatorError::Store(s) => RegisterError::Store(s),
-                        _ => RegisterError::UnknownXid(branch.xid.clone()),
-                    })?;
-            }
-        }
         let r = self.store.register_branch(branch).await;
+        if let Err(RegisterError::Expired(xid)) = &r {
+            // Past its timeout: roll it back now, and refuse the branch.
+            let status = self
+                .decide(xid, GlobalStatus::TimeoutRollbacking)
+                .await
+                .map_err(|e| match e {
+                    CoordinatorError::Store(s) => RegisterError::Store(s),
+                    _ => RegisterError::UnknownXid(xid.clone()),
+                })?;
+            return Err(RegisterError::NotActive {
+                xid: xid.clone(),
+                status,
+            });
+        }
         if matches!(r, Err(RegisterError::LockConflict { .. })) {
             self.metrics.lock_conflicts.inc();
         }

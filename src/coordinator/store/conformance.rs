@@ -8,11 +8,18 @@ use crate::coordinator::model::{Branch, BranchKind, BranchStatus, GlobalStatus, 
 
 use GlobalStatus::*;
 
+/// When the suite's transactions began: now, so none is past its timeout.
+static BEGUN: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+});
+
 fn tx(xid: &str) -> GlobalTx {
     GlobalTx {
         xid: xid.into(),
         status: Begin,
-        begun_at_ms: 1_000,
+        begun_at_ms: *BEGUN,
         timeout_ms: 60_000,
     }
 }
@@ -97,6 +104,15 @@ async fn suite(s: impl Store + Clone) {
     assert_eq!(
         s.register_branch(&branch("nope", 9, &["x"])).await,
         Err(RegisterError::UnknownXid("nope".into()))
+    );
+
+    // A transaction past its timeout takes no branch.
+    let mut old = tx("old");
+    old.begun_at_ms = 1_000;
+    s.create(&old).await.unwrap();
+    assert_eq!(
+        s.register_branch(&branch("old", 8, &["o"])).await,
+        Err(RegisterError::Expired("old".into()))
     );
 
     // Status: compare-and-set, only forward, families never cross.

@@ -184,7 +184,7 @@ pub fn branches(t: &(impl KvRead + ?Sized), xid: &str) -> Result<Vec<Branch>, St
         .collect()
 }
 
-/// Fails unless `xid` exists and takes branches.
+/// Fails unless `xid` exists and takes branches: it is `Begin` and within its timeout.
 fn check_begin(t: &(impl KvRead + ?Sized), xid: &str) -> Result<(), RegisterError> {
     let tx = get_global(t, xid)?.ok_or_else(|| RegisterError::UnknownXid(xid.to_string()))?;
     if tx.status != GlobalStatus::Begin {
@@ -192,6 +192,12 @@ fn check_begin(t: &(impl KvRead + ?Sized), xid: &str) -> Result<(), RegisterErro
             xid: xid.to_string(),
             status: tx.status,
         });
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if tx.is_expired(now) {
+        return Err(RegisterError::Expired(xid.to_string()));
     }
     Ok(())
 }
@@ -432,6 +438,8 @@ pub fn finish_branches(
         return Ok(None);
     };
     let all = branches(t, xid)?;
+    // The commit decision released every lock already.
+    let locks_released = locks_released || tx.status == GlobalStatus::Committing;
     for b in all.iter().filter(|b| ids.contains(&b.branch_id)) {
         if !locks_released {
             release(t, xid, &b.lock_keys, Some(b.branch_id))?;

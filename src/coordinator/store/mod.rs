@@ -50,6 +50,9 @@ pub enum RegisterError {
     NotActive { xid: String, status: GlobalStatus },
     #[error("row {key} is locked by global transaction {holder}")]
     LockConflict { key: LockKey, holder: String },
+    /// The transaction is still `Begin` but past its timeout: it must be rolled back.
+    #[error("global transaction {0} has timed out")]
+    Expired(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
