@@ -247,20 +247,19 @@ fn error(status: StatusCode, xid: Option<&str>, message: String) -> Response {
 }
 
 async fn proxy(State(s): State<Arc<Sidecar>>, mut req: Request) -> Response {
-    if req.headers().contains_key(XID_HEADER) {
-        let xid = req
-            .headers()
-            .get(XID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if let (Some(xid), Some(tcc)) = (xid, s.tcc_for(req.method(), req.uri().path())) {
-            return s.prepare(&tcc, xid, req).await;
+    let carried = req
+        .headers()
+        .get(XID_HEADER)
+        .map(|v| v.to_str().map(str::to_string));
+    let timeout = match carried {
+        // Part of a transaction someone else began: a TCC prepare, or passed through.
+        Some(xid) => {
+            if let (Ok(xid), Some(tcc)) = (xid, s.tcc_for(req.method(), req.uri().path())) {
+                return s.prepare(&tcc, xid, req).await;
+            }
+            None
         }
-    }
-    let timeout = if req.headers().contains_key(XID_HEADER) {
-        None
-    } else {
-        s.rule_for(req.method(), req.uri().path())
+        None => s.rule_for(req.method(), req.uri().path()),
     };
     let Some(timeout) = timeout else {
         // Not a transaction boundary: pass through.

@@ -261,24 +261,17 @@ impl<K: kv::KvStore> Store for K {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
         async move {
-            let x = xid.clone();
-            let one_write = s
-                .write(false, move |t| {
-                    kv::branch_done(t, &x, branch_id, status, false)
-                })
-                .await;
-            match one_write {
-                Err(StoreError::TooLarge) => {
-                    if status == BranchStatus::RolledBack {
-                        release_in_slices(&s, &xid, Some(branch_id)).await?;
-                    }
-                    s.write(false, move |t| {
-                        kv::branch_done(t, &xid, branch_id, status, true)
-                    })
-                    .await
+            let release = async {
+                if status == BranchStatus::RolledBack {
+                    release_in_slices(&s, &xid, Some(branch_id)).await?;
                 }
-                r => r,
-            }
+                Ok(())
+            };
+            let x = xid.clone();
+            or_release_first(&s, false, release, move |t, released| {
+                kv::branch_done(t, &x, branch_id, status, released)
+            })
+            .await
         }
     }
 
@@ -290,21 +283,18 @@ impl<K: kv::KvStore> Store for K {
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
         async move {
-            let x = xid.clone();
-            match s
-                .write(false, move |t| kv::finish(t, &x, from, to, false))
-                .await
-            {
-                Err(StoreError::TooLarge) => {
-                    // Only a decided transaction finishes: releasing early is safe.
-                    if s.get(&xid).await?.map(|t| t.status) == Some(from) {
-                        release_in_slices(&s, &xid, None).await?;
-                    }
-                    s.write(false, move |t| kv::finish(t, &xid, from, to, true))
-                        .await
+            let release = async {
+                // Only a decided transaction finishes: releasing early is safe.
+                if s.get(&xid).await?.map(|t| t.status) == Some(from) {
+                    release_in_slices(&s, &xid, None).await?;
                 }
-                r => r,
-            }
+                Ok(())
+            };
+            let x = xid.clone();
+            or_release_first(&s, false, release, move |t, released| {
+                kv::finish(t, &x, from, to, released)
+            })
+            .await
         }
     }
 
@@ -316,22 +306,17 @@ impl<K: kv::KvStore> Store for K {
     ) -> impl Future<Output = Result<Option<GlobalStatus>, StoreError>> + Send {
         let (s, xid, ids, fences) = (self.clone(), xid.to_string(), ids.to_vec(), fences.to_vec());
         async move {
-            let (x, i, f) = (xid.clone(), ids.clone(), fences.clone());
-            let one_write = s
-                .write(true, move |t| kv::finish_branches(t, &x, &i, &f, false))
-                .await;
-            match one_write {
-                Err(StoreError::TooLarge) => {
-                    for id in &ids {
-                        release_in_slices(&s, &xid, Some(*id)).await?;
-                    }
-                    s.write(true, move |t| {
-                        kv::finish_branches(t, &xid, &ids, &fences, true)
-                    })
-                    .await
+            let release = async {
+                for id in &ids {
+                    release_in_slices(&s, &xid, Some(*id)).await?;
                 }
-                r => r,
-            }
+                Ok(())
+            };
+            let (x, i) = (xid.clone(), ids.clone());
+            or_release_first(&s, true, release, move |t, released| {
+                kv::finish_branches(t, &x, &i, &fences, released)
+            })
+            .await
         }
     }
 
@@ -339,13 +324,11 @@ impl<K: kv::KvStore> Store for K {
         let (s, xid) = (self.clone(), xid.to_string());
         async move {
             let x = xid.clone();
-            match s.write(false, move |t| kv::forget(t, &x, false)).await {
-                Err(StoreError::TooLarge) => {
-                    release_in_slices(&s, &xid, None).await?;
-                    s.write(false, move |t| kv::forget(t, &xid, true)).await
-                }
-                r => r,
-            }
+            let release = release_in_slices(&s, &xid, None);
+            or_release_first(&s, false, release, move |t, released| {
+                kv::forget(t, &x, released)
+            })
+            .await
         }
     }
 
@@ -406,14 +389,27 @@ async fn register_in_steps<K: kv::KvStore>(
 /// Undoes a registration that failed part way. Best effort: what it cannot undo now is
 /// released with the transaction.
 async fn abandon<K: kv::KvStore>(s: &K, xid: &str, branch_id: u64) {
-    let undone = async {
-        release_in_slices(s, xid, Some(branch_id)).await?;
-        let x = xid.to_string();
-        s.write(false, move |t| kv::abandon_registration(t, &x, branch_id))
-            .await
-    };
-    if let Err(e) = undone.await {
+    if let Err(e) = Store::abandon_registration(s, xid, branch_id).await {
         tracing::warn!(%xid, branch = branch_id, error = %e, "could not undo a partial branch registration; its locks go with the transaction");
+    }
+}
+
+/// Runs `op` as one write (`op` told the locks are not released yet). When that is more than
+/// one write can hold, runs `release` first, which gives the locks back a slice at a time
+/// (always safe to split), then `op` again, told they are released.
+async fn or_release_first<K: kv::KvStore, R: Send + 'static>(
+    s: &K,
+    durable: bool,
+    release: impl Future<Output = Result<(), StoreError>>,
+    op: impl Fn(&mut dyn kv::KvTxn, bool) -> Result<R, StoreError> + Clone + Send + Sync + 'static,
+) -> Result<R, StoreError> {
+    let first = op.clone();
+    match s.write(durable, move |t| first(t, false)).await {
+        Err(StoreError::TooLarge) => {
+            release.await?;
+            s.write(durable, move |t| op(t, true)).await
+        }
+        r => r,
     }
 }
 
