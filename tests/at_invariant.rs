@@ -139,28 +139,5 @@ async fn transfers_keep_the_total_and_every_balance() {
         counts[0] > 0 && counts[1] > 0 && counts[2] > 0,
         "every fate happened: {counts:?}"
     );
-    let mut total = 0;
-    for (name, db) in [('a', &a), ('b', &b)] {
-        let mut c = common::connect(&mariadb().url(db)).await;
-        let rows: Vec<(i64, i64)> = c
-            .query("SELECT id, balance FROM account ORDER BY id")
-            .await
-            .unwrap();
-        for (id, balance) in rows {
-            let want = START + committed.get(&(name, id)).copied().unwrap_or(0);
-            assert_eq!(balance, want, "account {name}{id}");
-            total += balance;
-        }
-        let undo: i64 = c
-            .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(undo, 0, "no undo log left behind in {name}");
-    }
-    assert_eq!(
-        total,
-        2 * ACCOUNTS * START,
-        "money is neither made nor lost"
-    );
+    common::assert_accounts(&a, &b, ACCOUNTS, START, &committed, "").await;
 }

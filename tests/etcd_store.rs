@@ -36,21 +36,7 @@ async fn transfer(tandem: &Tandem, a: &str, b: &str, amount: i64, end: &str) -> 
         tandem.port_b
     ))
     .await;
-    let xid: String = ca
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
-    ca.query_drop(format!(
-        "/*+ XID('{xid}') */ UPDATE account SET balance = balance - {amount} WHERE id = 1"
-    ))
-    .await
-    .unwrap();
-    cb.query_drop(format!(
-        "/*+ XID('{xid}') */ UPDATE account SET balance = balance + {amount} WHERE id = 2"
-    ))
-    .await
-    .unwrap();
+    let xid = two_branches(&mut ca, &mut cb, amount, 30_000).await;
     ca.query_first(format!("SELECT tandem_{end}('{xid}')"))
         .await
         .unwrap()
@@ -165,21 +151,7 @@ async fn two_sidecars_finish_one_transaction() {
     let mut cb = common::connect(&sb.url(&b)).await;
     for (end, want, amount) in [("commit", "Committed", 10), ("rollback", "Rollbacked", 3)] {
         let revision = etcd.revision();
-        let xid: String = ca
-            .query_first("SELECT tandem_begin()")
-            .await
-            .unwrap()
-            .unwrap();
-        ca.query_drop(format!(
-            "/*+ XID('{xid}') */ UPDATE account SET balance = balance - {amount} WHERE id = 1"
-        ))
-        .await
-        .unwrap();
-        cb.query_drop(format!(
-            "/*+ XID('{xid}') */ UPDATE account SET balance = balance + {amount} WHERE id = 2"
-        ))
-        .await
-        .unwrap();
+        let xid = two_branches(&mut ca, &mut cb, amount, 30_000).await;
         let status: String = ca
             .query_first(format!("SELECT tandem_{end}('{xid}')"))
             .await
@@ -414,30 +386,15 @@ async fn transfers_across_sidecars_survive_crashes() {
         outcomes.len() == 3,
         "commits, rollbacks and timeouts all happened: {outcomes:?}"
     );
-    let mut total = 0;
-    for (name, db) in [('a', &a), ('b', &b)] {
-        let mut d = common::connect(&mariadb().url(db)).await;
-        let rows: Vec<(i64, i64)> = d
-            .query("SELECT id, balance FROM account ORDER BY id")
-            .await
-            .unwrap();
-        for (id, balance) in rows {
-            let want = START + expected.get(&(name, id)).copied().unwrap_or(0);
-            assert_eq!(balance, want, "account {name}{id} ({outcomes:?})");
-            total += balance;
-        }
-        let undo: i64 = d
-            .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(undo, 0, "no undo log left behind in {name}");
-    }
-    assert_eq!(
-        total,
-        2 * ACCOUNTS * START,
-        "money is neither made nor lost"
-    );
+    common::assert_accounts(
+        &a,
+        &b,
+        ACCOUNTS,
+        START,
+        &expected,
+        &format!("({outcomes:?})"),
+    )
+    .await;
 }
 
 async fn status_of(c: &mut mysql_async::Conn, xid: &str) -> String {

@@ -445,3 +445,41 @@ pub fn error_code(e: &mysql_async::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// The end of a money-transfer invariant test: every account in `a` and `b` equals `start`
+/// plus the committed deltas (keyed by `('a' | 'b', id)`), no undo log is left, and the total
+/// is what it was (`accounts` per database). `context` goes into the failure messages.
+pub async fn assert_accounts(
+    a: &str,
+    b: &str,
+    accounts: i64,
+    start: i64,
+    committed: &std::collections::HashMap<(char, i64), i64>,
+    context: &str,
+) {
+    use mysql_async::prelude::*;
+    let mut total = 0;
+    for (name, db) in [('a', a), ('b', b)] {
+        let mut c = connect(&mariadb().url(db)).await;
+        let rows: Vec<(i64, i64)> = c
+            .query("SELECT id, balance FROM account ORDER BY id")
+            .await
+            .unwrap();
+        for (id, balance) in rows {
+            let want = start + committed.get(&(name, id)).copied().unwrap_or(0);
+            assert_eq!(balance, want, "account {name}{id} {context}");
+            total += balance;
+        }
+        let undo: i64 = c
+            .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(undo, 0, "no undo log left behind in {name}");
+    }
+    assert_eq!(
+        total,
+        2 * accounts * start,
+        "money is neither made nor lost"
+    );
+}
