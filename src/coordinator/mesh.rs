@@ -164,7 +164,8 @@ impl Mesh {
         let mut client = self.store.client();
         let ttl = self.lease_ttl.as_secs().max(2) as i64;
         let lease = client.lease_grant(ttl, None).await.map_err(etcd_err)?.id();
-        let revoke = RevokeOnDrop {
+        // Revokes the lease however this session ends, so claims go at once.
+        let _revoke = RevokeOnDrop {
             client: client.clone(),
             lease,
         };
@@ -189,8 +190,6 @@ impl Mesh {
             }
             let owned = self.claim(&mut client, lease).await?;
             self.set_owned(owned);
-            // Keep `revoke` alive for the whole session.
-            let _ = &revoke;
         }
     }
 

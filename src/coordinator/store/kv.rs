@@ -272,7 +272,7 @@ pub fn complete_registration(
 }
 
 /// Removes a registration that failed part way: the branch record (its locks are released
-/// first, with [`release_some`]).
+/// first, with [`release`]).
 pub fn abandon_registration(
     t: &mut (impl KvTxn + ?Sized),
     xid: &str,
@@ -322,19 +322,10 @@ fn take_locks(
     Ok(())
 }
 
-/// Releases some of `xid`'s locks: a slice of a release too large for one write. Releasing
-/// is safe to split: each key is free again as soon as its own write lands.
-pub fn release_some(
-    t: &mut (impl KvTxn + ?Sized),
-    xid: &str,
-    keys: &[LockKey],
-    branch: Option<u64>,
-) -> Result<(), StoreError> {
-    release(t, xid, keys, branch)
-}
-
 /// Releases `keys` held by `xid`: only those taken through `branch` when given, else all.
-fn release(
+/// Releasing is safe to split across writes (each key is free once its own write lands),
+/// which is how a release too large for one write is done.
+pub fn release(
     t: &mut (impl KvTxn + ?Sized),
     xid: &str,
     keys: &[LockKey],

@@ -433,7 +433,7 @@ async fn release_in_slices<K: kv::KvStore>(
     });
     for part in keys.chunks(slice) {
         let (x, part) = (xid.to_string(), part.to_vec());
-        s.write(false, move |t| kv::release_some(t, &x, &part, branch))
+        s.write(false, move |t| kv::release(t, &x, &part, branch))
             .await?;
     }
     Ok(())
