@@ -118,10 +118,15 @@ revision() {
   ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" endpoint status -w json |
     python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])'
 }
+# etcd's own count of the gRPC calls it answered, one "method count" line per method.
+grpc_calls() {
+  curl -s "http://127.0.0.1:$etcd_port/metrics" |
+    awk -F'[{}]' '/^grpc_server_handled_total/ { split($2, l, ","); for (i in l) if (l[i] ~ /grpc_method=/) { m = l[i]; gsub(/grpc_method=|"/, "", m) } n[m] += $3 } END { for (m in n) print m, n[m] }'
+}
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tandem_cpu() { local t=0; for p in "${tandem_pids[@]}"; do t=$((t + $(cpu "$p"))); done; echo $t; }
 t0=$(tandem_cpu); m0=$(cpu "$(cat $work/mariadb/pid)")
-[ "$store" = etcd ] && r0=$(revision) && e0=$(cpu "$etcd_pid")
+[ "$store" = etcd ] && r0=$(revision) && e0=$(cpu "$etcd_pid") && grpc_calls >"$work/grpc0.txt"
 # BENCH_PERF=tandem (or mariadb, or etcd) profiles that process during the first global run.
 if [ -n "${BENCH_PERF:-}" ]; then
   perf_pid=${tandem_pids[0]}
@@ -136,5 +141,8 @@ if [ "$store" = etcd ]; then
   writes=$(( $(revision) - r0 ))
   echo "etcd writes per global transaction: $(echo "scale=2; $writes / $begun" | bc) ($writes writes; 2 branches on 2 sidecars: target about 6)"
   echo "etcd CPU seconds during the runs: $(( ($(cpu "$etcd_pid") - e0) / 100 ))"
+  grpc_calls >"$work/grpc1.txt"
+  echo "etcd calls per global transaction:$(awk -v begun="$begun" 'NR == FNR { a[$1] = $2; next }
+    { d = $2 - a[$1]; if (d > 0) printf " %s %.2f", $1, d / begun }' "$work/grpc0.txt" "$work/grpc1.txt")"
 fi
 echo "CPU seconds during the runs: tandem $(( ($(tandem_cpu) - t0) / 100 )), mariadb $(( ($(cpu "$(cat $work/mariadb/pid)") - m0) / 100 ))"

@@ -115,7 +115,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(node = %info.node, "joining the mesh of sidecars sharing etcd");
             let mesh = Mesh::join(store.clone(), info, etcd.lease_ttl.0, shutdown_rx.clone());
             coordinator.set_ownership(mesh.clone());
-            mesh.watch_decisions(coordinator.clone(), shutdown_rx.clone());
+            mesh.watch_decisions(&coordinator);
             Some(mesh)
         }
         _ => None,

@@ -11,20 +11,19 @@
 //! the node drops every claim at once and stops taking phase-2 work until it has a new lease;
 //! phase 2 under way checks ownership before each branch and stops.
 //!
-//! Phase 2 is event-driven: each node watches `globals/` (a decision appears) and `branches/`
-//! (another owner finished its branches, so a rollback may go on) and runs phase 2 for its own
-//! branches. After a lost connection the watch resumes from the revision after the last one
-//! seen, so no event is missed; running phase 2 twice is harmless (it is idempotent and one
-//! run per transaction is in flight at a time). The coordinator's periodic sweep stays as the
-//! safety net, for events older than etcd's compaction.
+//! Phase 2 is event-driven: the store's watch (which keeps its cache current) tells each node
+//! when a decision appears in `globals/`, and when a branch goes from `branches/` (another
+//! owner finished it, so a rollback may go on); the node runs phase 2 for its own branches.
+//! After a lost connection the watch resumes from the revision after the last one applied,
+//! so no event is missed; running phase 2 twice is harmless (it is idempotent and one run per
+//! transaction is in flight at a time). The coordinator's periodic sweep stays as the safety
+//! net, for events older than etcd's compaction.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -93,42 +92,30 @@ impl Mesh {
         &self.info.node
     }
 
-    /// Runs phase 2 as decisions and finished branches appear in the store, until
-    /// `shutdown` turns true.
-    pub fn watch_decisions(&self, coordinator: Arc<Coordinator>, shutdown: watch::Receiver<bool>) {
-        let globals = self.store.key(Table::Globals, "");
-        let branches = self.store.key(Table::Branches, "");
-        let client = self.store.client();
-        let c = coordinator.clone();
-        let store = self.store.clone();
-        tokio::spawn(watch_prefix(
-            client.clone(),
-            globals,
-            shutdown.clone(),
-            move |kind, xid, value, rev| {
-                if kind != EventType::Put {
-                    store.saw_global(xid, None, true);
-                    return;
-                }
-                if let Ok(tx) = serde_json::from_slice::<GlobalTx>(value) {
-                    store.saw_global(xid, Some((value, rev)), tx.status.is_final());
-                    c.drive(xid, tx.status);
-                }
-            },
-        ));
-        tokio::spawn(watch_prefix(
-            client,
-            branches,
-            shutdown,
-            move |kind, key, _, _| {
-                // A branch record goes when its phase 2 is done: the branch before it may go.
-                if kind == EventType::Delete {
-                    if let Some(xid) = key.split('\0').next() {
-                        coordinator.nudge(xid);
+    /// Runs phase 2 as decisions and finished branches appear in the store (as the store's
+    /// watch brings them).
+    pub fn watch_decisions(&self, coordinator: &Arc<Coordinator>) {
+        // Weak: the store holds its subscribers, and the coordinator holds the store.
+        let c = Arc::downgrade(coordinator);
+        self.store
+            .subscribe(Arc::new(move |table, key, value, rev| {
+                let Some(c) = c.upgrade() else { return };
+                match (table, value) {
+                    (Table::Globals, Some(v)) => {
+                        if let Ok(tx) = serde_json::from_slice::<GlobalTx>(v) {
+                            c.drive(key, tx.status, Some(rev));
+                        }
                     }
+                    // A branch record goes when its phase 2 is done: in a rollback, the
+                    // branch before it may go now.
+                    (Table::Branches, None) => {
+                        if let Some(xid) = key.split('\0').next() {
+                            c.nudge(xid, rev);
+                        }
+                    }
+                    _ => {}
                 }
-            },
-        ));
+            }));
     }
 
     fn set_owned(&self, owned: HashSet<String>) {
@@ -272,57 +259,6 @@ impl Drop for RevokeOnDrop {
             handle.spawn(async move {
                 let _ = client.lease_revoke(lease).await;
             });
-        }
-    }
-}
-
-/// Watches every key under `prefix` and calls `on_event` with the event's kind, the key
-/// after the prefix, the value and its modification revision. Resumes after the last revision seen when the stream
-/// breaks; starts from now when etcd compacted that revision away (the sweep covers the gap).
-async fn watch_prefix(
-    mut client: Client,
-    prefix: Vec<u8>,
-    mut shutdown: watch::Receiver<bool>,
-    on_event: impl Fn(EventType, &str, &[u8], i64) + Send + 'static,
-) {
-    let mut next = 0i64;
-    loop {
-        let mut opts = WatchOptions::new().with_prefix();
-        if next > 0 {
-            opts = opts.with_start_revision(next);
-        }
-        let run = async {
-            let mut stream = client.watch(prefix.clone(), Some(opts)).await?;
-            while let Some(resp) = stream.message().await? {
-                if resp.compact_revision() > 0 {
-                    next = 0;
-                    break;
-                }
-                for event in resp.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    next = next.max(kv.mod_revision() + 1);
-                    let key = kv.key().get(prefix.len()..).unwrap_or_default();
-                    if let Ok(key) = std::str::from_utf8(key) {
-                        on_event(event.event_type(), key, kv.value(), kv.mod_revision());
-                    }
-                }
-                if let Some(h) = resp.header() {
-                    next = next.max(h.revision() + 1);
-                }
-            }
-            Ok::<(), etcd_client::Error>(())
-        };
-        let stop = async {
-            let _ = shutdown.wait_for(|s| *s).await;
-        };
-        tokio::select! {
-            r = run => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "etcd watch broke; resuming");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            _ = stop => return,
         }
     }
 }

@@ -211,18 +211,13 @@ impl Coordinator {
     /// again is harmless. A transaction past its timeout is rolled
     /// back instead, and the timeout outcome is returned.
     pub async fn commit(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
-        let tx = self.get(xid).await?;
-        let decision = if tx.is_expired(now_ms()) {
-            GlobalStatus::TimeoutRollbacking
-        } else {
-            GlobalStatus::Committing
-        };
-        self.decide(xid, decision).await
+        check_xid(xid)?;
+        self.decide(xid, GlobalStatus::Committing).await
     }
 
     /// Rolls back: records the decision, then rolls branches back in reverse order.
     pub async fn rollback(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
-        self.get(xid).await?;
+        check_xid(xid)?;
         self.decide(xid, GlobalStatus::Rollbacking).await
     }
 
@@ -230,22 +225,18 @@ impl Coordinator {
         Ok(self.get(xid).await?.status)
     }
 
-    /// Moves a `Begin` transaction to `decision` and runs phase 2; when it was already
-    /// decided, drives that decision instead. Returns the status afterwards.
+    /// Moves a `Begin` transaction to `decision` (a commit past the timeout rolls back
+    /// instead) and runs phase 2; when it was already decided, drives that decision instead.
+    /// Returns the status afterwards.
     async fn decide(
         self: &Arc<Self>,
         xid: &str,
         decision: GlobalStatus,
     ) -> Result<GlobalStatus, CoordinatorError> {
-        let release = decision == GlobalStatus::Committing;
-        let current = match self
-            .store
-            .transition(xid, GlobalStatus::Begin, decision, release)
-            .await?
-        {
-            Transition::Moved => decision,
-            Transition::Found(s) => s,
-            Transition::NotFound => return Err(CoordinatorError::UnknownXid(xid.to_string())),
+        let current = match self.store.decide(xid, decision).await? {
+            (Transition::Moved, to) => to,
+            (Transition::Found(s), _) => s,
+            (Transition::NotFound, _) => return Err(CoordinatorError::UnknownXid(xid.to_string())),
         };
         if current.is_final() {
             return Ok(current);
@@ -253,12 +244,15 @@ impl Coordinator {
         if current == GlobalStatus::Committing {
             // The outcome is fixed the moment the decision is on disk; phase 2 only cleans up
             // (deletes undo logs), so it runs in the background, as Seata's async commit does.
-            let me = self.clone();
-            let xid = xid.to_string();
-            tokio::spawn(async move { me.run_phase2(&xid, GlobalStatus::Committing).await });
+            // In a mesh the store's watch brings the decision to every node, this one too.
+            if self.ownership.get().is_none() {
+                let me = self.clone();
+                let xid = xid.to_string();
+                tokio::spawn(async move { me.run_phase2(&xid, current, None).await });
+            }
             return Ok(GlobalStatus::Committed);
         }
-        self.run_phase2(xid, current).await;
+        self.run_phase2(xid, current, None).await;
         let mut status = self.store.get(xid).await?.map_or(current, |t| t.status);
         // Other sidecars roll back their own branches as they see the decision: give them a
         // moment, so the answer is usually the final status.
@@ -268,14 +262,15 @@ impl Coordinator {
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            self.run_phase2(xid, current).await;
+            self.run_phase2(xid, current, None).await;
             status = self.store.get(xid).await?.map_or(current, |t| t.status);
         }
         Ok(status)
     }
 
-    /// Runs phase 2 of a decided transaction unless it is already running here.
-    async fn run_phase2(&self, xid: &str, decision: GlobalStatus) {
+    /// Runs phase 2 of a decided transaction unless it is already running here. `seen`: a
+    /// store revision at or after the decision, when it is known.
+    async fn run_phase2(&self, xid: &str, decision: GlobalStatus, seen: Option<i64>) {
         {
             let mut set = lock(&self.in_flight);
             if !set.insert(xid.to_string()) {
@@ -286,7 +281,7 @@ impl Coordinator {
             set: &self.in_flight,
             xid: xid.to_string(),
         };
-        match self.phase2(xid, decision).await {
+        match self.phase2(xid, decision, seen).await {
             Ok(()) => {
                 lock(&self.backoff).remove(xid);
             }
@@ -311,23 +306,24 @@ impl Coordinator {
     }
 
     /// Runs phase 2 of `xid` now if `status` is a decision not yet finished (told by a store
-    /// event), unless an earlier failure asks to wait.
-    pub fn drive(self: &Arc<Self>, xid: &str, status: GlobalStatus) {
+    /// event at revision `seen`), unless an earlier failure asks to wait.
+    pub fn drive(self: &Arc<Self>, xid: &str, status: GlobalStatus, seen: Option<i64>) {
         if status == GlobalStatus::Begin || status.is_final() || self.backing_off(xid) {
             return;
         }
         let (me, xid) = (self.clone(), xid.to_string());
-        tokio::spawn(async move { me.run_phase2(&xid, status).await });
+        tokio::spawn(async move { me.run_phase2(&xid, status, seen).await });
     }
 
-    /// Looks at `xid` again and runs its phase 2 if it is decided and unfinished.
-    pub fn nudge(self: &Arc<Self>, xid: &str) {
-        let (me, xid) = (self.clone(), xid.to_string());
-        tokio::spawn(async move {
-            if let Ok(Some(tx)) = me.store.get(&xid).await {
-                me.drive(&xid, tx.status);
+    /// A branch of `xid` finished its phase 2 (a store event at revision `seen`): if `xid`
+    /// is rolling back, the branch before it may be this node's to roll back now. A commit
+    /// has nothing to wait for: its decision drove every branch already.
+    pub fn nudge(self: &Arc<Self>, xid: &str, seen: i64) {
+        if let Some(status) = self.store.cached_status(xid) {
+            if status.outcome().is_some() && status != GlobalStatus::Committing {
+                self.drive(xid, status, Some(seen));
             }
-        });
+        }
     }
 
     /// Makes this process one of several sharing the store: from now on it runs phase 2
@@ -355,9 +351,18 @@ impl Coordinator {
     /// recorded in one write. Rollback: from the last registered branch backwards, stopping
     /// at a branch that belongs to another process (its owner rolls it back, and this runs
     /// again when it has).
-    async fn phase2(&self, xid: &str, decision: GlobalStatus) -> Result<(), Phase2Error> {
+    async fn phase2(
+        &self,
+        xid: &str,
+        decision: GlobalStatus,
+        seen: Option<i64>,
+    ) -> Result<(), Phase2Error> {
         let store_err = |e: StoreError| Phase2Error(e.to_string());
-        let branches = self.store.branches(xid).await.map_err(store_err)?;
+        let branches = self
+            .store
+            .branches_seen(xid, seen)
+            .await
+            .map_err(store_err)?;
         let open: Vec<&Branch> = branches
             .iter()
             .filter(|b| {
@@ -507,7 +512,7 @@ impl Coordinator {
                     .await?;
             }
         }
-        self.run_phase2(xid, tx.status).await;
+        self.run_phase2(xid, tx.status, None).await;
         self.status(xid).await
     }
 
@@ -563,7 +568,7 @@ impl Coordinator {
                     let _ = self.store.forget(&tx.xid).await;
                 }
             } else if tx.status != GlobalStatus::Begin && !self.backing_off(&tx.xid) {
-                self.run_phase2(&tx.xid, tx.status).await;
+                self.run_phase2(&tx.xid, tx.status, None).await;
             }
         }
     }

@@ -47,6 +47,40 @@ impl AnyStore {
         each!(self, s => s.transition(xid, from, to, release_locks).await)
     }
 
+    pub async fn decide(
+        &self,
+        xid: &str,
+        decision: GlobalStatus,
+    ) -> Result<(Transition, GlobalStatus), StoreError> {
+        each!(self, s => s.decide(xid, decision).await)
+    }
+
+    /// The branches of `xid` from the etcd store's cache when it has applied every change up
+    /// to revision `seen` (a decision seen there: no branch registers after it); from the
+    /// store otherwise.
+    pub async fn branches_seen(
+        &self,
+        xid: &str,
+        seen: Option<i64>,
+    ) -> Result<Vec<Branch>, StoreError> {
+        match (self, seen) {
+            (AnyStore::Etcd(s), Some(rev)) => match s.cached_branches(xid, rev) {
+                Some(b) => Ok(b),
+                None => s.branches(xid).await,
+            },
+            _ => self.branches(xid).await,
+        }
+    }
+
+    /// A transaction's status as the etcd store's cache last saw it (`None` elsewhere, and
+    /// for finished transactions): a hint of what to look at, not an answer.
+    pub fn cached_status(&self, xid: &str) -> Option<GlobalStatus> {
+        match self {
+            AnyStore::Etcd(s) => s.cached_global(xid).map(|t| t.status),
+            _ => None,
+        }
+    }
+
     pub async fn register_branch(&self, branch: &Branch) -> Result<(), RegisterError> {
         each!(self, s => s.register_branch(branch).await)
     }

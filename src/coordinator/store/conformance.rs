@@ -342,6 +342,78 @@ async fn suite(s: impl Store + Clone) {
 }
 
 /// Concurrent registrations of different transactions on one row: exactly one wins.
+/// A commit decision on a transaction past its timeout rolls it back instead.
+async fn late_commit(s: impl Store) {
+    let mut late = tx("late");
+    late.begun_at_ms -= 120_000;
+    s.create(&late).await.unwrap();
+    assert_eq!(
+        s.decide("late", Committing).await.unwrap(),
+        (Transition::Moved, TimeoutRollbacking)
+    );
+    s.create(&tx("ontime")).await.unwrap();
+    assert_eq!(
+        s.decide("ontime", Committing).await.unwrap(),
+        (Transition::Moved, Committing)
+    );
+    assert_eq!(
+        s.decide("ontime", Rollbacking).await.unwrap(),
+        (Transition::Found(Committing), Rollbacking)
+    );
+}
+
+/// Two processes on one etcd prefix, each with its own cache of it: what one cache has not
+/// seen yet still counts. Each step comes right after the other process's write, before
+/// the watch has (usually) brought it.
+async fn across_caches(a: EtcdStore, b: EtcdStore) {
+    for round in 0..20 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        a.create(&tx(&x)).await.unwrap();
+        b.register_branch(&branch(&x, 1, &["hot"])).await.unwrap();
+        b.create(&tx(&y)).await.unwrap();
+        assert!(
+            matches!(
+                a.register_branch(&branch(&y, 2, &["hot"])).await,
+                Err(RegisterError::LockConflict { holder, .. }) if holder == x
+            ),
+            "round {round}: a took a row b's branch holds"
+        );
+        // The decision releases the lock b's branch took, whether a's cache saw it or not.
+        assert_eq!(
+            a.decide(&x, Committing).await.unwrap(),
+            (Transition::Moved, Committing)
+        );
+        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        first
+            .register_branch(&branch(&y, 3, &["hot"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            second.lock_holder("z", &["hot".into()]).await.unwrap(),
+            Some(("hot".into(), y.clone()))
+        );
+        assert_eq!(
+            second.decide(&y, Committing).await.unwrap(),
+            (Transition::Moved, Committing)
+        );
+        assert_eq!(first.lock_holder("z", &["hot".into()]).await.unwrap(), None);
+        for (xid, s) in [(&x, &b), (&y, &a)] {
+            let ids: Vec<u64> = s
+                .branches(xid)
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.branch_id)
+                .collect();
+            assert_eq!(
+                s.finish_branches(xid, &ids, &[]).await.unwrap(),
+                Some(Committed),
+                "round {round}: {xid} ends when its last branches finish"
+            );
+        }
+    }
+}
+
 async fn contention(s: impl Store + Clone) {
     let mut tasks = Vec::new();
     for i in 0..8u64 {
@@ -367,6 +439,7 @@ async fn contention(s: impl Store + Clone) {
 #[tokio::test]
 async fn memory_store_keeps_the_rules() {
     suite(MemoryStore::new()).await;
+    late_commit(MemoryStore::new()).await;
 }
 
 #[tokio::test]
@@ -378,6 +451,7 @@ async fn split_writes_keep_the_rules() {
 async fn embedded_store_keeps_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     suite(EmbeddedStore::open(&dir.path().join("sub/tandem.db")).unwrap()).await;
+    late_commit(EmbeddedStore::open(&dir.path().join("late.db")).unwrap()).await;
 }
 
 #[tokio::test]
@@ -479,6 +553,8 @@ async fn etcd_store_keeps_the_rules() {
     let etcd = TestEtcd::start();
     suite(etcd.store("/conformance/").await).await;
     contention(etcd.store("/contention/").await).await;
+    late_commit(etcd.store("/late/").await).await;
+    across_caches(etcd.store("/two/").await, etcd.store("/two/").await).await;
 }
 
 #[tokio::test]

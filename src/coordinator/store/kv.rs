@@ -110,7 +110,7 @@ pub fn branch_key(xid: &str, branch_id: u64) -> String {
     format!("{xid}\0{branch_id:020}")
 }
 
-fn branch_prefix(xid: &str) -> String {
+pub fn branch_prefix(xid: &str) -> String {
     format!("{xid}\0")
 }
 
@@ -177,6 +177,32 @@ pub fn transition(
     Ok(Transition::Moved)
 }
 
+/// Decides a `Begin` transaction: `decision`, or `TimeoutRollbacking` when it asks to commit
+/// past the timeout. Returns what happened and the decision applied. The commit decision
+/// releases every lock in the same write, when `release_locks`.
+pub fn decide(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    decision: GlobalStatus,
+    release_locks: bool,
+) -> Result<(Transition, GlobalStatus), StoreError> {
+    let expired = get_global(t, xid)?
+        .is_some_and(|tx| tx.status == GlobalStatus::Begin && tx.is_expired(now_ms()));
+    let to = if decision == GlobalStatus::Committing && expired {
+        GlobalStatus::TimeoutRollbacking
+    } else {
+        decision
+    };
+    let release = release_locks && to == GlobalStatus::Committing;
+    Ok((transition(t, xid, GlobalStatus::Begin, to, release)?, to))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub fn branches(t: &(impl KvRead + ?Sized), xid: &str) -> Result<Vec<Branch>, StoreError> {
     t.scan(Table::Branches, &branch_prefix(xid))?
         .into_iter()
@@ -193,10 +219,7 @@ fn check_begin(t: &(impl KvRead + ?Sized), xid: &str) -> Result<(), RegisterErro
             status: tx.status,
         });
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    if tx.is_expired(now) {
+    if tx.is_expired(now_ms()) {
         return Err(RegisterError::Expired(xid.to_string()));
     }
     Ok(())

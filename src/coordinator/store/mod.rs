@@ -90,6 +90,15 @@ pub trait Store: Send + Sync + 'static {
         release_locks: bool,
     ) -> impl Future<Output = Result<Transition, StoreError>> + Send;
 
+    /// Decides a `Begin` transaction (see [`kv::decide`]): moves it to `decision`, or to
+    /// `TimeoutRollbacking` when that is a commit past the timeout; the commit decision
+    /// releases every lock in the same write. Returns what happened and the decision applied.
+    fn decide(
+        &self,
+        xid: &str,
+        decision: GlobalStatus,
+    ) -> impl Future<Output = Result<(Transition, GlobalStatus), StoreError>> + Send;
+
     /// Registers a branch with all of `branch.lock_keys`, all or nothing, only while the
     /// global transaction is `Begin`. Locks already held by the same XID are re-entrant.
     fn register_branch(
@@ -199,6 +208,33 @@ impl<K: kv::KvStore> Store for K {
                         release_in_slices(&s, &xid, None).await?;
                     }
                     Ok(moved)
+                }
+                r => r,
+            }
+        }
+    }
+
+    fn decide(
+        &self,
+        xid: &str,
+        decision: GlobalStatus,
+    ) -> impl Future<Output = Result<(Transition, GlobalStatus), StoreError>> + Send {
+        let (s, xid) = (self.clone(), xid.to_string());
+        async move {
+            let x = xid.clone();
+            let one_write = s
+                .write(true, move |t| kv::decide(t, &x, decision, true))
+                .await;
+            match one_write {
+                Err(StoreError::TooLarge) => {
+                    let x = xid.clone();
+                    let (moved, to) = s
+                        .write(true, move |t| kv::decide(t, &x, decision, false))
+                        .await?;
+                    if moved == Transition::Moved && to == GlobalStatus::Committing {
+                        release_in_slices(&s, &xid, None).await?;
+                    }
+                    Ok((moved, to))
                 }
                 r => r,
             }

@@ -17,7 +17,11 @@
 //! again on fresh data. So every operation is one atomic etcd write, or none when it fails or
 //! changes nothing.
 //!
-//! The rules are plain synchronous functions, and etcd answers over the network: a rule runs
+//! The rules are plain synchronous functions, and etcd answers over the network. A write's
+//! rule first runs on the process's [`cache`] of the store, kept current by a watch, so it
+//! normally costs one round trip: its commit. When the commit finds that something read had
+//! changed, the failed `Txn` answers the current values of everything read, and the rule runs
+//! again on those. Reads that must be current (a status, a listing) go to etcd: a rule runs
 //! against a snapshot held in memory, and when it asks for a key the snapshot lacks, the run
 //! is abandoned, the key fetched (at the snapshot's revision) and the rule run again from the
 //! start. Rules are cheap and deterministic, so this costs microseconds, and everything stays
@@ -29,7 +33,9 @@
 //! it where splitting is safe: a branch with more row locks registers in steps (see
 //! `register_in_steps` in the parent module), and releases go a slice at a time.
 
-use std::cell::RefCell;
+mod cache;
+
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,12 +43,15 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 
-use super::kv::{KvRead, KvStore, KvTxn, Table};
+pub use self::cache::Subscriber;
+use self::cache::{prefix_end, Cache};
+use super::kv::{self, KvRead, KvStore, KvTxn, Table};
 use super::StoreError;
 use crate::config;
+use crate::coordinator::model::{Branch, GlobalTx};
 
 /// etcd's default limit on compares, and on operations, at one level of a `Txn`.
 const MAX_TXN_OPS: usize = 128;
@@ -61,14 +70,10 @@ struct Inner {
     client: Client,
     prefix: String,
     writes: AtomicU64,
-    /// The global transactions as the watch last saw them (key → value, mod revision), for
-    /// writes to start from without a read: the commit's compare catches a stale entry, and
-    /// the operation then runs again on fresh reads.
-    seen: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Seen>>,
+    cache: Arc<Cache>,
+    /// Dropped with the store, which stops the cache's watch.
+    _closed: tokio::sync::watch::Sender<()>,
 }
-
-/// A record as a watch saw it: value and modification revision.
-type Seen = (Vec<u8>, i64);
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
@@ -114,28 +119,23 @@ impl EtcdStore {
             }
             opts = opts.with_tls(t);
         }
-        let client = Client::connect(&cfg.endpoints, Some(opts))
+        let mut client = Client::connect(&cfg.endpoints, Some(opts))
             .await
             .map_err(backend)?;
-        let store = EtcdStore {
+        // Loading the cache is also the check that the cluster answers.
+        let cache = Cache::new(&cfg.prefix);
+        cache.load(&mut client).await.map_err(backend)?;
+        let (closed, on_close) = tokio::sync::watch::channel(());
+        tokio::spawn(cache.clone().follow(client.clone(), on_close));
+        Ok(EtcdStore {
             inner: Arc::new(Inner {
                 client,
                 prefix: cfg.prefix.clone(),
                 writes: AtomicU64::new(0),
-                seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+                cache,
+                _closed: closed,
             }),
-        };
-        store
-            .inner
-            .client
-            .kv_client()
-            .get(
-                store.inner.prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map_err(backend)?;
-        Ok(store)
+        })
     }
 
     /// The etcd client, for watches and leases.
@@ -148,22 +148,33 @@ impl EtcdStore {
         self.inner.key(table, key)
     }
 
-    /// Remembers what a watch saw of a global transaction's record (`None`: deleted), so
-    /// later writes can skip reading it. Final statuses are not kept: nothing writes them.
-    pub fn saw_global(&self, xid: &str, record: Option<(&[u8], i64)>, is_final: bool) {
-        let key = self.key(Table::Globals, xid);
-        let mut seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
-        match record {
-            Some((value, rev)) if !is_final => {
-                let newer = seen.get(&key).is_none_or(|(_, r)| *r < rev);
-                if newer {
-                    seen.insert(key, (value.to_vec(), rev));
-                }
-            }
-            _ => {
-                seen.remove(&key);
-            }
+    /// Calls `f` with every change to the store, as the watch that keeps the cache current
+    /// sees it.
+    pub fn subscribe(&self, f: Subscriber) {
+        self.inner.cache.subscribe(f);
+    }
+
+    /// The branches of `xid` from the cache, when it has applied every change up to revision
+    /// `seen` and holds them whole.
+    pub fn cached_branches(&self, xid: &str, seen: i64) -> Option<Vec<Branch>> {
+        let view = self
+            .inner
+            .cache
+            .range(&self.key(Table::Branches, &kv::branch_prefix(xid)))?;
+        if view.at < seen {
+            return None;
         }
+        view.entries
+            .iter()
+            .map(|(_, v, _)| serde_json::from_slice(v).ok())
+            .collect()
+    }
+
+    /// A global transaction as this process last saw it, without asking etcd: may be stale,
+    /// and is `None` for finished ones. Good for deciding what to look at, not for answers.
+    pub fn cached_global(&self, xid: &str) -> Option<GlobalTx> {
+        let (value, _) = self.inner.cache.get(&self.key(Table::Globals, xid))?;
+        serde_json::from_slice(&value?).ok()
     }
 }
 
@@ -191,15 +202,7 @@ impl Inner {
         if snap.revision == 0 {
             snap.revision = resp.header().map_or(0, |h| h.revision());
         }
-        let kvs: Vec<Entry> = resp
-            .take_kvs()
-            .into_iter()
-            .map(|kv| {
-                let rev = kv.mod_revision();
-                let (k, v) = kv.into_key_value();
-                (k, v, rev)
-            })
-            .collect();
+        let kvs = entries(resp.take_kvs());
         match miss {
             Miss::Key(k) => {
                 let found = kvs.into_iter().next().map(|(_, v, rev)| (v, rev));
@@ -213,7 +216,7 @@ impl Inner {
     }
 
     /// Runs `f` until it has everything it reads, then commits its writes; again from fresh
-    /// data when another writer changed what it read. `commit: false` only reads.
+    /// data when another writer changed what it read. `commit: false` only reads, from etcd.
     async fn run<R, E: From<StoreError>>(
         &self,
         f: &(dyn Fn(&mut dyn KvTxn) -> Result<R, E> + Send + Sync),
@@ -222,25 +225,12 @@ impl Inner {
         let give_up = std::time::Instant::now() + UNAVAILABLE_PATIENCE;
         let mut snap = Snapshot::default();
         let mut conflicts = 0;
-        // Writes may start from what the watch saw; after a conflict, from fresh reads only.
-        let mut use_seen = commit;
+        // A write starts from the cache; after a conflict, and for reads, only etcd counts.
+        let mut use_cache = commit;
         loop {
-            let mut stm = Stm::new(self, &snap);
+            let mut stm = Stm::new(self, &snap, use_cache);
             let result = f(&mut stm);
             let missed = stm.missed.borrow_mut().take();
-            if let Some(Miss::Key(k)) = missed.as_ref().filter(|_| use_seen) {
-                let seen = self
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(k)
-                    .cloned();
-                if let Some(entry) = seen {
-                    drop(stm);
-                    snap.keys.insert(k.clone(), Some(entry));
-                    continue;
-                }
-            }
             if let Some(miss) = missed {
                 drop(stm);
                 match self.fetch(&mut snap, miss).await {
@@ -255,36 +245,53 @@ impl Inner {
                 }
                 continue;
             }
+            if stm.from_cache.get() && (result.is_err() || stm.writes.is_empty()) {
+                // An outcome that writes nothing is an answer about what was read: read it
+                // from etcd before giving it.
+                use_cache = false;
+                continue;
+            }
             let value = result?;
             if !commit || stm.writes.is_empty() {
                 return Ok(value);
             }
-            let txn = stm.commit_txn().map_err(E::from)?;
+            let (txn, reads) = stm.commit_txn().map_err(E::from)?;
+            let writes = std::mem::take(&mut stm.writes);
             drop(stm);
             match self.client.kv_client().txn(txn).await {
                 Ok(resp) if resp.succeeded() => {
                     self.writes.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = resp.header() {
+                        self.cache.wrote(h.revision(), &writes);
+                    }
                     return Ok(value);
                 }
-                Ok(_) => {
-                    // Someone else wrote what this read: a short, growing pause, then again.
+                Ok(resp) => {
+                    // Someone else wrote what this read. The failed transaction answered what
+                    // those keys hold now: run again on that, after a short, growing pause
+                    // when this keeps happening.
                     conflicts += 1;
-                    use_seen = false;
+                    use_cache = false;
                     if conflicts >= MAX_ATTEMPTS {
                         return Err(E::from(StoreError::Backend(format!(
                             "etcd: gave up after {MAX_ATTEMPTS} attempts that conflicted with other writers"
                         ))));
                     }
-                    tokio::time::sleep(Duration::from_micros(200 * u64::from(conflicts.min(20))))
+                    snap = Snapshot::answered(&resp, reads);
+                    if conflicts > 1 {
+                        tokio::time::sleep(Duration::from_micros(
+                            200 * u64::from(conflicts.min(20)),
+                        ))
                         .await;
+                    }
                 }
                 Err(e) if transient(&e) && std::time::Instant::now() < give_up => {
                     // Perhaps applied, perhaps not: the fresh run's compares tell.
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    snap = Snapshot::default();
                 }
                 Err(e) => return Err(E::from(backend(e))),
             }
-            snap = Snapshot::default();
         }
     }
 }
@@ -299,22 +306,69 @@ struct Snapshot {
     ranges: BTreeMap<Vec<u8>, Vec<Entry>>,
 }
 
+impl Snapshot {
+    /// The values a failed commit answered for `reads` (its `or_else` gets, in order).
+    fn answered(resp: &TxnResponse, reads: Vec<Miss>) -> Snapshot {
+        let mut snap = Snapshot {
+            revision: resp.header().map_or(0, |h| h.revision()),
+            ..Snapshot::default()
+        };
+        for (read, op) in reads.into_iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(mut got) = op else {
+                continue;
+            };
+            let kvs = entries(got.take_kvs());
+            match read {
+                Miss::Key(k) => {
+                    let found = kvs.into_iter().next().map(|(_, v, rev)| (v, rev));
+                    snap.keys.insert(k, found);
+                }
+                Miss::Range(p) => {
+                    snap.ranges.insert(p, kvs);
+                }
+            }
+        }
+        snap
+    }
+}
+
 /// A key, its value and its modification revision.
 type Entry = (Vec<u8>, Vec<u8>, i64);
 
-/// What a run needed and the snapshot lacked.
+fn entries(kvs: Vec<etcd_client::KeyValue>) -> Vec<Entry> {
+    kvs.into_iter()
+        .map(|kv| {
+            let rev = kv.mod_revision();
+            let (k, v) = kv.into_key_value();
+            (k, v, rev)
+        })
+        .collect()
+}
+
+/// A read the snapshot could not serve: one key, or every key under a prefix.
 enum Miss {
     Key(Vec<u8>),
     Range(Vec<u8>),
 }
 
-/// One run of an operation over a snapshot: what it read (for the compares), what it
-/// wrote, and what it missed.
+/// A range as one run read it: complete up to revision `at`; keys newer than that (this
+/// process's own writes, from the cache) are named one by one.
+struct RangeRead {
+    prefix: Vec<u8>,
+    at: i64,
+    keys: Vec<(Vec<u8>, i64)>,
+}
+
+/// One run of an operation over a snapshot (and the cache): what it read (for the
+/// compares), what it wrote, and what it missed.
 struct Stm<'a> {
     store: &'a Inner,
     snap: &'a Snapshot,
+    use_cache: bool,
+    /// Whether anything read came from the cache.
+    from_cache: Cell<bool>,
     used_keys: RefCell<BTreeMap<Vec<u8>, i64>>,
-    used_ranges: RefCell<Vec<Vec<u8>>>,
+    used_ranges: RefCell<Vec<RangeRead>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Set by a read that missed (reads take `&self`).
     missed: RefCell<Option<Miss>>,
@@ -326,10 +380,12 @@ fn missing() -> StoreError {
 }
 
 impl<'a> Stm<'a> {
-    fn new(store: &'a Inner, snap: &'a Snapshot) -> Self {
+    fn new(store: &'a Inner, snap: &'a Snapshot, use_cache: bool) -> Self {
         Stm {
             store,
             snap,
+            use_cache,
+            from_cache: Cell::new(false),
             used_keys: RefCell::new(BTreeMap::new()),
             used_ranges: RefCell::new(Vec::new()),
             writes: BTreeMap::new(),
@@ -347,33 +403,52 @@ impl<'a> Stm<'a> {
 
     /// The compares that make the commit conditional on what was read.
     fn compares(&self) -> Vec<Compare> {
-        let ranges = self.used_ranges.borrow();
         let mut compares = Vec::new();
-        for p in ranges.iter() {
-            // Nothing in the range is newer than the snapshot (no key added or changed)…
-            compares.push(
-                Compare::mod_revision(p.clone(), CompareOp::Less, self.snap.revision + 1)
-                    .with_prefix(),
-            );
-            // …and every key it held is still there (a deletion leaves no newer key).
-            for (k, _, rev) in self.snap.ranges.get(p).into_iter().flatten() {
+        for r in self.used_ranges.borrow().iter() {
+            let mut start = r.prefix.clone();
+            for (k, rev) in &r.keys {
+                // Every key the read saw is still there as it was (a deletion leaves no newer
+                // key for the range compare to notice)…
                 compares.push(Compare::mod_revision(k.clone(), CompareOp::Equal, *rev));
+                if *rev > r.at {
+                    // …one written after `at` is left out of the range compare…
+                    compares.push(
+                        Compare::mod_revision(start, CompareOp::Less, r.at + 1)
+                            .with_range(k.clone()),
+                    );
+                    start = [k.as_slice(), &[0]].concat();
+                }
             }
+            // …and nothing else in the range is newer than `at` (no key added or changed).
+            compares.push(
+                Compare::mod_revision(start, CompareOp::Less, r.at + 1)
+                    .with_range(prefix_end(&r.prefix)),
+            );
         }
         compares.extend(
             self.used_keys
                 .borrow()
                 .iter()
-                .filter(|(k, _)| !ranges.iter().any(|p| k.starts_with(p)))
                 .map(|(k, rev)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev)),
         );
         compares
     }
 
-    /// The transaction that applies the writes if nothing read has changed.
-    fn commit_txn(&self) -> Result<Txn, StoreError> {
+    /// The transaction that applies the writes if nothing read has changed, and otherwise
+    /// answers what was read as it is now; with those reads, in the order answered.
+    fn commit_txn(&self) -> Result<(Txn, Vec<Miss>), StoreError> {
         let compares = self.compares();
-        if compares.len() > MAX_TXN_OPS || self.writes.len() > MAX_TXN_OPS {
+        let mut reads: Vec<Miss> = self
+            .used_ranges
+            .borrow()
+            .iter()
+            .map(|r| Miss::Range(r.prefix.clone()))
+            .collect();
+        reads.extend(self.used_keys.borrow().keys().cloned().map(Miss::Key));
+        if compares.len() > MAX_TXN_OPS
+            || self.writes.len() > MAX_TXN_OPS
+            || reads.len() > MAX_TXN_OPS
+        {
             return Err(StoreError::TooLarge);
         }
         let ops: Vec<TxnOp> = self
@@ -384,7 +459,14 @@ impl<'a> Stm<'a> {
                 None => TxnOp::delete(k.clone(), None),
             })
             .collect();
-        Ok(Txn::new().when(compares).and_then(ops))
+        let gets: Vec<TxnOp> = reads
+            .iter()
+            .map(|r| match r {
+                Miss::Key(k) => TxnOp::get(k.clone(), None),
+                Miss::Range(p) => TxnOp::get(p.clone(), Some(GetOptions::new().with_prefix())),
+            })
+            .collect();
+        Ok((Txn::new().when(compares).and_then(ops).or_else(gets), reads))
     }
 }
 
@@ -401,32 +483,55 @@ impl KvRead for Stm<'_> {
                 .insert(full.clone(), found.map_or(0, |(_, _, rev)| *rev));
             return Ok(found.map(|(_, v, _)| v.clone()));
         }
-        let Some(found) = self.snap.keys.get(&full) else {
-            return Err(self.note_miss(Miss::Key(full)));
-        };
-        self.used_keys
-            .borrow_mut()
-            .insert(full, found.as_ref().map_or(0, |(_, rev)| *rev));
-        Ok(found.as_ref().map(|(v, _)| v.clone()))
+        if let Some(found) = self.snap.keys.get(&full) {
+            self.used_keys
+                .borrow_mut()
+                .insert(full, found.as_ref().map_or(0, |(_, rev)| *rev));
+            return Ok(found.as_ref().map(|(v, _)| v.clone()));
+        }
+        if let Some((value, rev)) = self
+            .use_cache
+            .then(|| self.store.cache.get(&full))
+            .flatten()
+        {
+            self.from_cache.set(true);
+            self.used_keys.borrow_mut().insert(full, rev);
+            return Ok(value);
+        }
+        Err(self.note_miss(Miss::Key(full)))
     }
 
     fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let base = self.store.table_prefix(table);
         let full = format!("{base}{prefix}").into_bytes();
-        let Some(entries) = self.snap.ranges.get(&full) else {
+        let (at, entries) = if let Some(entries) = self.snap.ranges.get(&full) {
+            (self.snap.revision, entries.clone())
+        } else if let Some(view) = self
+            .use_cache
+            .then(|| self.store.cache.range(&full))
+            .flatten()
+        {
+            self.from_cache.set(true);
+            (view.at, view.entries)
+        } else {
             return Err(self.note_miss(Miss::Range(full)));
         };
-        let mut found: BTreeMap<Vec<u8>, Option<Vec<u8>>> = entries
-            .iter()
-            .map(|(k, v, _)| (k.clone(), Some(v.clone())))
-            .collect();
+        self.used_ranges.borrow_mut().push(RangeRead {
+            prefix: full.clone(),
+            at,
+            keys: entries
+                .iter()
+                .map(|(k, _, rev)| (k.clone(), *rev))
+                .collect(),
+        });
+        let mut found: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            entries.into_iter().map(|(k, v, _)| (k, Some(v))).collect();
         for (k, v) in self.writes.range(full.clone()..) {
             if !k.starts_with(&full) {
                 break;
             }
             found.insert(k.clone(), v.clone());
         }
-        self.used_ranges.borrow_mut().push(full);
         found
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
