@@ -3,6 +3,7 @@
 mod common;
 
 use common::etcd::EtcdCluster;
+use common::link::Link;
 use common::{mariadb, Tandem, PASSWORD, USER};
 use mysql_async::prelude::*;
 use std::time::Duration;
@@ -95,12 +96,16 @@ fn sidecar(etcd: &EtcdCluster, db: &str, name: &str) -> Tandem {
 
 /// A sidecar with `extra` appended to its configuration.
 fn sidecar_with(etcd: &EtcdCluster, db: &str, name: &str, extra: &str) -> Tandem {
+    sidecar_on(&etcd.endpoints_yaml(), db, name, extra)
+}
+
+/// A sidecar that reaches etcd at `endpoints` (YAML list).
+fn sidecar_on(endpoints: &str, db: &str, name: &str, extra: &str) -> Tandem {
     let yaml = common::single_config(&mariadb().url(db), "", "{ max: 8 }") + extra;
     let yaml = yaml.replace(
         "coordinator:\n  embedded: { path: \"{DIR}/tandem.db\" }\n",
         &format!(
-            "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {}, prefix: /tandem/mesh/, node_name: {name}, lease_ttl: 3s }}\n",
-            etcd.endpoints_yaml()
+            "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {endpoints}, prefix: /tandem/mesh/, node_name: {name}, lease_ttl: 3s }}\n"
         ),
     );
     assert!(yaml.contains("store: etcd"), "{yaml}");
@@ -521,10 +526,50 @@ async fn killed_sidecars_finish_their_part_after_a_restart() {
 /// data source to a replica, which runs phase 2 meanwhile; resumed, it does not take it back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_owner_loses_its_data_source_to_a_replica() {
+    owner_paused(Pause::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_cut_off_from_etcd_loses_its_data_source_to_a_replica() {
+    owner_paused(Pause::Network).await;
+}
+
+/// How the owner stops for longer than its lease.
+#[derive(PartialEq)]
+enum Pause {
+    /// The process stops (SIGSTOP), as in a long GC pause or a frozen VM.
+    Process,
+    /// The network between it and every etcd member stops delivering.
+    Network,
+}
+
+/// The owner of database b stops for longer than its lease: a replica takes b over and runs
+/// its phase 2 meanwhile; the old owner, back, does not take b back.
+async fn owner_paused(pause: Pause) {
     let etcd = EtcdCluster::start(3);
-    let (a, b) = databases("pause");
+    let (a, b) = databases(if pause == Pause::Process {
+        "pause"
+    } else {
+        "cut"
+    });
+    let links: Vec<Link> = etcd
+        .endpoints()
+        .iter()
+        .map(|e| {
+            let addr = e.trim_start_matches("http://").parse().unwrap();
+            Link::start(addr)
+        })
+        .collect();
+    let linked = format!(
+        "[{}]",
+        links
+            .iter()
+            .map(|l| format!("\"http://{}\"", l.address()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let sa = sidecar(&etcd, &a, "pause-a");
-    let b1 = sidecar(&etcd, &b, "pause-b1");
+    let b1 = sidecar_on(&linked, &b, "pause-b1", "");
     let owner = |t: &Tandem| {
         let (_, body) = t.admin("/v1/cluster");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -555,7 +600,10 @@ async fn a_paused_owner_loses_its_data_source_to_a_replica() {
             .status()
             .unwrap()
     };
-    assert!(kill("-STOP").success());
+    match pause {
+        Pause::Process => assert!(kill("-STOP").success()),
+        Pause::Network => links.iter().for_each(Link::pause),
+    }
     let start = std::time::Instant::now();
     while owner(&sa) != vec!["pause-b2".to_string()] {
         within_20s(start, "b2 takes database b over");
@@ -573,7 +621,10 @@ async fn a_paused_owner_loses_its_data_source_to_a_replica() {
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
 
     // b1 resumes: it finds its lease gone and leaves database b to b2.
-    assert!(kill("-CONT").success());
+    match pause {
+        Pause::Process => assert!(kill("-CONT").success()),
+        Pause::Network => links.iter().for_each(Link::resume),
+    }
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         owner(&sa),

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod link;
 pub mod raw;
 
 pub fn root() -> PathBuf {

@@ -33,6 +33,7 @@
 //! it where splitting is safe: a branch with more row locks registers in steps (see
 //! `register_in_steps` in the parent module), and releases go a slice at a time.
 
+mod batch;
 mod cache;
 
 use std::cell::{Cell, RefCell};
@@ -42,10 +43,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp, TxnOpResponse, TxnResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions,
+    TxnOp, TxnOpResponse,
 };
 
+use self::batch::{Answer, Commit, Committer};
 pub use self::cache::Subscriber;
 use self::cache::{prefix_end, Cache};
 use super::kv::{self, KvRead, KvStore, KvTxn, Table};
@@ -71,6 +73,7 @@ struct Inner {
     prefix: String,
     writes: AtomicU64,
     cache: Arc<Cache>,
+    committer: Committer,
     /// Dropped with the store, which stops the cache's watch.
     _closed: tokio::sync::watch::Sender<()>,
 }
@@ -129,6 +132,7 @@ impl EtcdStore {
         tokio::spawn(cache.clone().follow(client.clone(), on_close));
         Ok(EtcdStore {
             inner: Arc::new(Inner {
+                committer: Committer::start(client.clone()),
                 client,
                 prefix: cfg.prefix.clone(),
                 writes: AtomicU64::new(0),
@@ -255,18 +259,16 @@ impl Inner {
             if !commit || stm.writes.is_empty() {
                 return Ok(value);
             }
-            let (txn, reads) = stm.commit_txn().map_err(E::from)?;
+            let (commit, reads) = stm.commit().map_err(E::from)?;
             let writes = std::mem::take(&mut stm.writes);
             drop(stm);
-            match self.client.kv_client().txn(txn).await {
-                Ok(resp) if resp.succeeded() => {
+            match self.committer.commit(commit).await {
+                Ok(answer) if answer.succeeded => {
                     self.writes.fetch_add(1, Ordering::Relaxed);
-                    if let Some(h) = resp.header() {
-                        self.cache.wrote(h.revision(), &writes);
-                    }
+                    self.cache.wrote(answer.revision, &writes);
                     return Ok(value);
                 }
-                Ok(resp) => {
+                Ok(answer) => {
                     // Someone else wrote what this read. The failed transaction answered what
                     // those keys hold now: run again on that, after a short, growing pause
                     // when this keeps happening.
@@ -277,7 +279,7 @@ impl Inner {
                             "etcd: gave up after {MAX_ATTEMPTS} attempts that conflicted with other writers"
                         ))));
                     }
-                    snap = Snapshot::answered(&resp, reads);
+                    snap = Snapshot::answered(answer, reads);
                     if conflicts > 1 {
                         tokio::time::sleep(Duration::from_micros(
                             200 * u64::from(conflicts.min(20)),
@@ -285,12 +287,12 @@ impl Inner {
                         .await;
                     }
                 }
-                Err(e) if transient(&e) && std::time::Instant::now() < give_up => {
+                Err(e) if e.transient && std::time::Instant::now() < give_up => {
                     // Perhaps applied, perhaps not: the fresh run's compares tell.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     snap = Snapshot::default();
                 }
-                Err(e) => return Err(E::from(backend(e))),
+                Err(e) => return Err(E::from(backend(e.message))),
             }
         }
     }
@@ -308,12 +310,12 @@ struct Snapshot {
 
 impl Snapshot {
     /// The values a failed commit answered for `reads` (its `or_else` gets, in order).
-    fn answered(resp: &TxnResponse, reads: Vec<Miss>) -> Snapshot {
+    fn answered(answer: Answer, reads: Vec<Miss>) -> Snapshot {
         let mut snap = Snapshot {
-            revision: resp.header().map_or(0, |h| h.revision()),
+            revision: answer.revision,
             ..Snapshot::default()
         };
-        for (read, op) in reads.into_iter().zip(resp.op_responses()) {
+        for (read, op) in reads.into_iter().zip(answer.responses) {
             let TxnOpResponse::Get(mut got) = op else {
                 continue;
             };
@@ -434,9 +436,9 @@ impl<'a> Stm<'a> {
         compares
     }
 
-    /// The transaction that applies the writes if nothing read has changed, and otherwise
-    /// answers what was read as it is now; with those reads, in the order answered.
-    fn commit_txn(&self) -> Result<(Txn, Vec<Miss>), StoreError> {
+    /// The commit that applies the writes if nothing read has changed, and otherwise answers
+    /// what was read as it is now; with those reads, in the order answered.
+    fn commit(&self) -> Result<(Commit, Vec<Miss>), StoreError> {
         let compares = self.compares();
         let mut reads: Vec<Miss> = self
             .used_ranges
@@ -466,7 +468,28 @@ impl<'a> Stm<'a> {
                 Miss::Range(p) => TxnOp::get(p.clone(), Some(GetOptions::new().with_prefix())),
             })
             .collect();
-        Ok((Txn::new().when(compares).and_then(ops).or_else(gets), reads))
+        let mut keys = Vec::new();
+        let mut ranges = Vec::new();
+        for r in &reads {
+            match r {
+                Miss::Key(k) => keys.push(k.clone()),
+                Miss::Range(p) => ranges.push(p.clone()),
+            }
+        }
+        let commit = Commit {
+            compares,
+            ops,
+            gets,
+            reads: keys,
+            ranges,
+            writes: self.writes.keys().cloned().collect(),
+            bytes: self
+                .writes
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum(),
+        };
+        Ok((commit, reads))
     }
 }
 
