@@ -139,7 +139,7 @@ if [ "$store" = etcd ]; then
   sleep 3 # let phase 2 of the last transactions land
   begun=$(awk '/global transactions begun/ {print $4}' "$work/result.txt")
   writes=$(( $(revision) - r0 ))
-  echo "etcd writes per global transaction: $(echo "scale=2; $writes / $begun" | bc) ($writes writes; 2 branches on 2 sidecars: target about 6)"
+  echo "etcd write transactions (revisions) per global transaction: $(echo "scale=2; $writes / $begun" | bc) ($writes; group commit puts several store writes in one)"
   echo "etcd CPU seconds during the runs: $(( ($(cpu "$etcd_pid") - e0) / 100 ))"
   grpc_calls >"$work/grpc1.txt"
   echo "etcd calls per global transaction:$(awk -v begun="$begun" 'NR == FNR { a[$1] = $2; next }

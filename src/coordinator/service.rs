@@ -823,12 +823,13 @@ mod tests {
     #[tokio::test]
     async fn timeouts_roll_back_and_refuse_late_work() {
         let (c, rm) = setup();
-        let tx = c.begin(Some(Duration::from_millis(1))).await.unwrap();
+        // Long enough for the first branch to register on a busy machine.
+        let tx = c.begin(Some(Duration::from_millis(500))).await.unwrap();
         c.store()
             .register_branch(&branch(&tx.xid, 1, "a"))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         // A late branch fails, and the transaction is rolled back on the spot.
         let late = c.register_branch(&branch(&tx.xid, 2, "b")).await;
         assert!(
