@@ -285,8 +285,13 @@ impl Session {
         self.reply(reply_seq, &ok).await
     }
 
-    /// The XID must name a global transaction that is still open.
+    /// The XID must name a global transaction that is still open. A transaction this
+    /// sidecar saw begin and not end passes without asking the store (the branch's
+    /// registration checks again, in the store); any other answer comes from the store.
     async fn check_active(&self, xid: &str) -> Result<(), MysqlError> {
+        if self.ctx.coordinator.store().cached_status(xid) == Some(GlobalStatus::Begin) {
+            return Ok(());
+        }
         match self.ctx.coordinator.status(xid).await {
             Ok(GlobalStatus::Begin) => Ok(()),
             Ok(s) => Err(MysqlError::global_not_active(
