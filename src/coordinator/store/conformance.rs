@@ -414,6 +414,29 @@ async fn across_caches(a: EtcdStore, b: EtcdStore) {
     }
 }
 
+/// Many operations at once, so they go to the store in large batches; each with enough
+/// keys that a batch's size is bounded by them too.
+async fn many_at_once(s: impl Store + Clone) {
+    let tasks: Vec<_> = (0..300u64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let xid = format!("many{i}");
+                s.create(&tx(&xid)).await?;
+                let keys: Vec<String> = (0..40).map(|k| format!("m{i}/{k}")).collect();
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                s.register_branch(&branch(&xid, i, &keys))
+                    .await
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                s.decide(&xid, Committing).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), (Transition::Moved, Committing));
+    }
+}
+
 async fn contention(s: impl Store + Clone) {
     let mut tasks = Vec::new();
     for i in 0..8u64 {
@@ -555,6 +578,7 @@ async fn etcd_store_keeps_the_rules() {
     contention(etcd.store("/contention/").await).await;
     late_commit(etcd.store("/late/").await).await;
     across_caches(etcd.store("/two/").await, etcd.store("/two/").await).await;
+    many_at_once(etcd.store("/many/").await).await;
 }
 
 #[tokio::test]

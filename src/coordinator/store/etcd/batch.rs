@@ -6,15 +6,18 @@
 //! etcd evaluates every compare of a request, nested ones included, against the state
 //! before any of the request's writes, and refuses a request that writes one key twice. So
 //! two operations share a batch only when neither writes a key the other reads or writes;
-//! an operation that does waits for the next batch.
+//! an operation that does waits for the next batch. etcd's limit of 128 operations also
+//! spans the levels: the batch's count plus the largest part of any commit in it (compares,
+//! writes or reads) stays within it.
 
 use std::collections::{HashSet, VecDeque};
 
 use etcd_client::{Client, Compare, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{mpsc, oneshot};
 
-/// etcd's limit on the operations of one `Txn` level: here, commits per batch.
-const MAX_BATCH: usize = 128;
+/// etcd's limit on the operations of one request (`--max-txn-ops`): the commits of a batch
+/// plus the largest part of any of them.
+const MAX_TXN_OPS: usize = super::MAX_TXN_OPS;
 /// Bytes of values per batch, under etcd's default request limit (1.5 MiB).
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
@@ -30,6 +33,13 @@ pub struct Commit {
     pub writes: Vec<Vec<u8>>,
     /// Size of the values written.
     pub bytes: usize,
+}
+
+impl Commit {
+    /// What the commit counts against etcd's operation limit when nested in a batch.
+    fn size(&self) -> usize {
+        self.compares.len().max(self.ops.len()).max(self.gets.len())
+    }
 }
 
 /// What etcd answered for one commit.
@@ -81,6 +91,8 @@ struct Footprint {
     ranges: Vec<Vec<u8>>,
     writes: HashSet<Vec<u8>>,
     bytes: usize,
+    /// The largest commit's size.
+    largest: usize,
 }
 
 impl Footprint {
@@ -91,7 +103,7 @@ impl Footprint {
                 || self.reads.contains(k)
                 || self.ranges.iter().any(|p| k.starts_with(p))
         };
-        len < MAX_BATCH
+        len + 1 + self.largest.max(c.size()) <= MAX_TXN_OPS
             && self.bytes + c.bytes <= MAX_BATCH_BYTES
             && !c.writes.iter().any(written)
             && !c.reads.iter().any(|k| self.writes.contains(k))
@@ -106,6 +118,7 @@ impl Footprint {
         self.ranges.extend(c.ranges.iter().cloned());
         self.writes.extend(c.writes.iter().cloned());
         self.bytes += c.bytes;
+        self.largest = self.largest.max(c.size());
     }
 }
 
@@ -138,27 +151,35 @@ async fn run(client: Client, mut rx: mpsc::UnboundedReceiver<(Commit, Reply)>) {
     }
 }
 
-async fn send(client: &Client, mut batch: Vec<(Commit, Reply)>) {
-    let mut kv = client.kv_client();
-    let txn = |c: Commit| Txn::new().when(c.compares).and_then(c.ops).or_else(c.gets);
+fn txn(c: &Commit) -> Txn {
+    Txn::new()
+        .when(c.compares.clone())
+        .and_then(c.ops.clone())
+        .or_else(c.gets.clone())
+}
+
+/// Sends one commit on its own.
+async fn send_one(client: &Client, c: &Commit) -> Result<Answer, Failed> {
+    let resp = client.kv_client().txn(txn(c)).await.map_err(failed)?;
+    Ok(Answer {
+        succeeded: resp.succeeded(),
+        revision: resp.header().map_or(0, |h| h.revision()),
+        responses: resp.op_responses(),
+    })
+}
+
+async fn send(client: &Client, batch: Vec<(Commit, Reply)>) {
     if batch.len() == 1 {
-        let Some((c, reply)) = batch.pop() else {
-            return;
-        };
-        let answer = kv.txn(txn(c)).await.map_err(failed).map(|resp| Answer {
-            succeeded: resp.succeeded(),
-            revision: resp.header().map_or(0, |h| h.revision()),
-            responses: resp.op_responses(),
-        });
-        let _ = reply.send(answer);
+        for (c, reply) in batch {
+            let _ = reply.send(send_one(client, &c).await);
+        }
         return;
     }
-    let (commits, replies): (Vec<Commit>, Vec<Reply>) = batch.into_iter().unzip();
-    let nested: Vec<TxnOp> = commits.into_iter().map(|c| TxnOp::txn(txn(c))).collect();
-    match kv.txn(Txn::new().and_then(nested)).await {
+    let nested: Vec<TxnOp> = batch.iter().map(|(c, _)| TxnOp::txn(txn(c))).collect();
+    match client.kv_client().txn(Txn::new().and_then(nested)).await {
         Ok(resp) => {
             let revision = resp.header().map_or(0, |h| h.revision());
-            for (reply, op) in replies.into_iter().zip(resp.op_responses()) {
+            for ((_, reply), op) in batch.into_iter().zip(resp.op_responses()) {
                 let answer = match op {
                     TxnOpResponse::Txn(inner) => Ok(Answer {
                         succeeded: inner.succeeded(),
@@ -173,13 +194,20 @@ async fn send(client: &Client, mut batch: Vec<(Commit, Reply)>) {
                 let _ = reply.send(answer);
             }
         }
-        Err(e) => {
-            let f = failed(e);
-            for reply in replies {
+        Err(e) if super::transient(&e) => {
+            let message = e.to_string();
+            for (_, reply) in batch {
                 let _ = reply.send(Err(Failed {
-                    transient: f.transient,
-                    message: f.message.clone(),
+                    transient: true,
+                    message: message.clone(),
                 }));
+            }
+        }
+        Err(e) => {
+            // etcd refused the batch as a whole: no commit in it should fail for the others.
+            tracing::warn!(error = %e, commits = batch.len(), "etcd refused a batch of commits; sending them one by one");
+            for (c, reply) in batch {
+                let _ = reply.send(send_one(client, &c).await);
             }
         }
     }
@@ -222,7 +250,12 @@ mod tests {
         // Reading what the batch writes, one key or a range holding it: not now.
         assert!(!f.admits(&commit(&["l/1"], &[], &["l/3"]), 1));
         assert!(!f.admits(&commit(&[], &["l/"], &["l/3"]), 1));
-        // A full batch takes no more.
-        assert!(!f.admits(&commit(&["g/z"], &[], &["g/z"]), MAX_BATCH));
+        // Batch and commit sizes together stay within etcd's limit.
+        let mut big = commit(&["g/z"], &[], &["g/z"]);
+        big.gets = vec![TxnOp::get("g/z", None); 100];
+        assert!(f.admits(&big, 27));
+        assert!(!f.admits(&big, 28));
+        f.add(&big);
+        assert!(!f.admits(&commit(&["g/w"], &[], &["g/w"]), 28));
     }
 }
