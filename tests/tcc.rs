@@ -25,7 +25,14 @@ struct Seen {
     phase2_context: Vec<(String, String)>,
     /// XIDs whose next cancel fails once.
     fail_cancel_once: Vec<String>,
+    /// XIDs whose next commit takes longer than the resource's timeout, once.
+    slow_confirm_once: Vec<String>,
+    /// When each commit call arrived, per XID.
+    confirm_calls: HashMap<String, Vec<Instant>>,
 }
+
+/// How long a slow commit takes: well past the resource's 2 s timeout.
+const SLOW_CONFIRM: Duration = Duration::from_secs(5);
 
 type Svc = Arc<Mutex<Seen>>;
 
@@ -74,6 +81,19 @@ fn phase2(s: &Svc, h: &HeaderMap, body: &Bytes, confirm: bool) -> StatusCode {
 }
 
 async fn confirm(State(s): State<Svc>, h: HeaderMap, body: Bytes) -> StatusCode {
+    let slow = {
+        let mut seen = s.lock().unwrap();
+        let xid = xid_of(&h);
+        seen.confirm_calls
+            .entry(xid.clone())
+            .or_default()
+            .push(Instant::now());
+        let slow = seen.slow_confirm_once.iter().position(|x| *x == xid);
+        slow.map(|i| seen.slow_confirm_once.remove(i)).is_some()
+    };
+    if slow {
+        tokio::time::sleep(SLOW_CONFIRM).await;
+    }
     phase2(&s, &h, &body, true)
 }
 
@@ -184,6 +204,43 @@ http_sidecars:
         svc.lock().unwrap().phase2_context[0],
         (r#"{"sku": 7, "qty": 2}"#.to_string(), "o-17".to_string()),
         "phase 2 carries the original request"
+    );
+
+    // A commit slower than the resource's timeout (2 s): Tandem stops waiting when the
+    // timeout ends and calls again, while the first call is still under way; the second
+    // answers, and there is no third.
+    let xid = begin(&mut c).await;
+    svc.lock().unwrap().slow_confirm_once.push(xid.clone());
+    assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
+    let st: String = c
+        .query_first(format!("SELECT tandem_commit('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st, "Committed");
+    wait_until("the commit is called again", || {
+        svc.lock()
+            .unwrap()
+            .confirm_calls
+            .get(&xid)
+            .is_some_and(|c| c.len() == 2)
+    })
+    .await;
+    let calls = svc.lock().unwrap().confirm_calls[&xid].clone();
+    let gap = calls[1] - calls[0];
+    assert!(
+        gap >= Duration::from_secs(2) && gap < SLOW_CONFIRM,
+        "the second call came {gap:?} after the first: not at the timeout"
+    );
+    wait_until("the transaction ends", || {
+        count(&svc, |s| &s.confirms, &xid) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        svc.lock().unwrap().confirm_calls[&xid].len(),
+        2,
+        "no call after the one that answered"
     );
 
     // Rollback, with the first cancel failing: retried until it succeeds, then never again;
