@@ -191,12 +191,7 @@ http_sidecars:
     .await
     .unwrap();
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
-    let st: String = c
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(st, "Committed");
+    assert_eq!(end(&mut c, "commit", &xid).await, "Committed");
     wait_until("confirm called", || count(&svc, |s| &s.confirms, &xid) == 1).await;
     assert_eq!(balance().await, 90);
     assert_eq!(count(&svc, |s| &s.cancels, &xid), 0);
@@ -212,12 +207,7 @@ http_sidecars:
     let xid = begin(&mut c).await;
     svc.lock().unwrap().slow_confirm_once.push(xid.clone());
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
-    let st: String = c
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(st, "Committed");
+    assert_eq!(end(&mut c, "commit", &xid).await, "Committed");
     wait_until("the commit is called again", || {
         svc.lock()
             .unwrap()
@@ -253,11 +243,7 @@ http_sidecars:
     .await
     .unwrap();
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
-    let _: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    end(&mut c, "rollback", &xid).await;
     wait_until("cancel retried until it succeeds", || {
         count(&svc, |s| &s.cancels, &xid) == 1
     })
@@ -287,11 +273,7 @@ http_sidecars:
 
     // Anti-suspension: a prepare that arrives after the rollback never reaches the service.
     let xid = begin(&mut c).await;
-    let _: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    end(&mut c, "rollback", &xid).await;
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 409);
     assert_eq!(count(&svc, |s| &s.prepares, &xid), 0);
 
@@ -303,12 +285,7 @@ http_sidecars:
         async move { post_to(sidecar, "/reserve?slow_ms=1500", &xid).await }
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let st: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(st, "Rollbacked");
+    assert_eq!(end(&mut c, "rollback", &xid).await, "Rollbacked");
     assert_eq!(count(&svc, |s| &s.cancels, &xid), 0, "nothing prepared yet");
     assert_eq!(slow.await.unwrap(), 409, "the late prepare is refused");
     assert_eq!(count(&svc, |s| &s.prepares, &xid), 1);
@@ -316,6 +293,14 @@ http_sidecars:
         count(&svc, |s| &s.cancels, &xid) == 1
     })
     .await;
+}
+
+/// Ends global transaction `xid` (`how`: commit or rollback); returns the status answered.
+async fn end(c: &mut mysql_async::Conn, how: &str, xid: &str) -> String {
+    c.query_first(format!("SELECT tandem_{how}('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 async fn begin(c: &mut mysql_async::Conn) -> String {

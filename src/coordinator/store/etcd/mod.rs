@@ -206,16 +206,7 @@ impl Inner {
         if snap.revision == 0 {
             snap.revision = resp.header().map_or(0, |h| h.revision());
         }
-        let kvs = entries(resp.take_kvs());
-        match miss {
-            Miss::Key(k) => {
-                let found = kvs.into_iter().next().map(|(_, v, rev)| (v, rev));
-                snap.keys.insert(k, found);
-            }
-            Miss::Range(p) => {
-                snap.ranges.insert(p, kvs);
-            }
-        }
+        snap.insert(miss, entries(resp.take_kvs()));
         Ok(())
     }
 
@@ -316,21 +307,24 @@ impl Snapshot {
             ..Snapshot::default()
         };
         for (read, op) in reads.into_iter().zip(answer.responses) {
-            let TxnOpResponse::Get(mut got) = op else {
-                continue;
-            };
-            let kvs = entries(got.take_kvs());
-            match read {
-                Miss::Key(k) => {
-                    let found = kvs.into_iter().next().map(|(_, v, rev)| (v, rev));
-                    snap.keys.insert(k, found);
-                }
-                Miss::Range(p) => {
-                    snap.ranges.insert(p, kvs);
-                }
+            if let TxnOpResponse::Get(mut got) = op {
+                snap.insert(read, entries(got.take_kvs()));
             }
         }
         snap
+    }
+
+    /// Keeps what etcd answered for `read`.
+    fn insert(&mut self, read: Miss, kvs: Vec<Entry>) {
+        match read {
+            Miss::Key(k) => {
+                let found = kvs.into_iter().next().map(|(_, v, rev)| (v, rev));
+                self.keys.insert(k, found);
+            }
+            Miss::Range(p) => {
+                self.ranges.insert(p, kvs);
+            }
+        }
     }
 }
 
