@@ -58,17 +58,8 @@ start_tandem() { # name config
 
 if [ "$store" = etcd ]; then
   etcd_port=$(free_port)
-  peer_port=$(free_port)
-  etcd --data-dir "$work/etcd" --name bench \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "bench=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
-  pids+=($!)
-  etcd_pid=$!
-  for _ in $(seq 1 100); do
-    ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$etcd_port" endpoint health >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  start_etcd "$work/etcd" "$etcd_port"
+  pids+=("$etcd_pid")
   for side in a b; do
     port=$port_a admin=$admin_a
     [ "$side" = b ] && port=$port_b admin=$admin_b

@@ -5,6 +5,10 @@
 # Starts a private MariaDB with two databases (bank_a, bank_b) and Tandem with a listener in
 # front of each, then moves money with the ordinary `mariadb` client: one side joins the
 # global transaction with an XID hint, the other with SET tandem_xid.
+#
+#   scripts/demo.sh                    # one Tandem, embedded coordinator store
+#   DEMO_STORE=etcd scripts/demo.sh    # two Tandem sidecars, one per database, sharing an
+#                                      # etcd member: each runs phase 2 of its own branch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -19,12 +23,17 @@ db_port=$(free_port)
 port_a=$(free_port)
 port_b=$(free_port)
 admin_port=$(free_port)
+admin_b=$(free_port)
+store=${DEMO_STORE:-embedded}
 
 echo "== starting MariaDB on 127.0.0.1:$db_port with databases bank_a and bank_b"
 scripts/mariadb.sh start "$work/mariadb" "$db_port"
-tandem_pid=""
+tandem_pids=()
+etcd_pid=""
 cleanup() {
-  [ -n "$tandem_pid" ] && kill "$tandem_pid" 2>/dev/null && wait "$tandem_pid" 2>/dev/null
+  for p in "${tandem_pids[@]}" $etcd_pid; do
+    kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
+  done
   scripts/mariadb.sh stop "$work/mariadb"
 }
 trap cleanup EXIT
@@ -37,33 +46,68 @@ mariadb --no-defaults -h127.0.0.1 -P"$db_port" -uroot -e "
   INSERT INTO bank_a.account VALUES (1, 'alice', 100.00);
   INSERT INTO bank_b.account VALUES (1, 'bob', 100.00);"
 
-cat >"$work/tandem.yaml" <<YAML
+# One listener, executor and data source per database.
+listener() { # name port
+  cat <<YAML
+  - name: $1
+    address: 127.0.0.1:$2
+    users: { app: "\${APP_PASSWORD}" }
+    executor: $1
+YAML
+}
+executor() { echo "  - { name: $1, mode: single, data_source: $1 }"; }
+source_of() { echo "  - { name: $1, dsn: \"mysql://root@127.0.0.1:$db_port/$1\" }"; }
+export APP_PASSWORD=demo-secret
+start_tandem() { # config
+  target/release/tandem check --config "$1"
+  target/release/tandem --config "$1" 2>"${1%.yaml}.log" &
+  tandem_pids+=($!)
+}
+
+if [ "$store" = etcd ]; then
+  etcd_port=$(free_port)
+  echo "== starting etcd on 127.0.0.1:$etcd_port"
+  start_etcd "$work/etcd" "$etcd_port"
+  for side in a b; do
+    port=$port_a admin=$admin_port
+    [ "$side" = b ] && port=$port_b admin=$admin_b
+    cat >"$work/tandem-$side.yaml" <<YAML
 listeners:
-  - name: bank_a
-    address: 127.0.0.1:$port_a
-    users: { app: "\${APP_PASSWORD}" }
-    executor: bank_a
-  - name: bank_b
-    address: 127.0.0.1:$port_b
-    users: { app: "\${APP_PASSWORD}" }
-    executor: bank_b
+$(listener "bank_$side" "$port")
 executors:
-  - { name: bank_a, mode: single, data_source: bank_a }
-  - { name: bank_b, mode: single, data_source: bank_b }
+$(executor "bank_$side")
 data_sources:
-  - { name: bank_a, dsn: "mysql://root@127.0.0.1:$db_port/bank_a" }
-  - { name: bank_b, dsn: "mysql://root@127.0.0.1:$db_port/bank_b" }
+$(source_of "bank_$side")
+admin:
+  address: 127.0.0.1:$admin
+coordinator:
+  store: etcd
+  etcd: { endpoints: ["http://127.0.0.1:$etcd_port"], prefix: /demo/, node_name: sidecar-$side }
+  default_timeout: 30s
+YAML
+    echo "== starting sidecar-$side: bank_$side on 127.0.0.1:$port, admin on $admin"
+    start_tandem "$work/tandem-$side.yaml"
+  done
+else
+  cat >"$work/tandem.yaml" <<YAML
+listeners:
+$(listener bank_a "$port_a")
+$(listener bank_b "$port_b")
+executors:
+$(executor bank_a)
+$(executor bank_b)
+data_sources:
+$(source_of bank_a)
+$(source_of bank_b)
 admin:
   address: 127.0.0.1:$admin_port
 coordinator:
   embedded: { path: $PWD/$work/tandem.db }
   default_timeout: 30s
 YAML
-export APP_PASSWORD=demo-secret
-target/release/tandem check --config "$work/tandem.yaml"
-echo "== starting Tandem: bank_a on 127.0.0.1:$port_a, bank_b on 127.0.0.1:$port_b, admin on $admin_port"
-target/release/tandem --config "$work/tandem.yaml" 2>"$work/tandem.log" &
-tandem_pid=$!
+  echo "== starting Tandem: bank_a on 127.0.0.1:$port_a, bank_b on 127.0.0.1:$port_b, admin on $admin_port"
+  start_tandem "$work/tandem.yaml"
+fi
 wait_port "$port_a"
 wait_port "$port_b"
 
@@ -103,9 +147,17 @@ balances
 echo "  -> $(sql "$port_b" "SELECT tandem_rollback('$xid')")"
 balances
 
+if [ "$store" = etcd ]; then
+  echo "== the sidecars and the data sources each owns (admin API, /v1/cluster)"
+  curl -s "http://127.0.0.1:$admin_port/v1/cluster"; echo
+fi
 echo "== the coordinator's record (admin API)"
+# Each sidecar finishes its own branch as it sees the decision: give the last one a moment.
+sleep 0.5
 curl -s "http://127.0.0.1:$admin_port/v1/transactions"; echo
 echo "== stopping (SIGTERM drains and exits 0)"
-kill -TERM "$tandem_pid"
-wait "$tandem_pid" && echo "tandem exited with status 0"
-tandem_pid=""
+for p in "${tandem_pids[@]}"; do
+  kill -TERM "$p"
+  wait "$p" && echo "tandem exited with status 0"
+done
+tandem_pids=()

@@ -16,3 +16,21 @@ wait_port() {
   echo "nothing listens on port $1" >&2
   return 1
 }
+
+# Starts a single-member etcd with its data in $1, clients on 127.0.0.1:$2; waits until it
+# answers. Sets etcd_pid.
+start_etcd() {
+  local dir=$1 port=$2 peer
+  peer=$(free_port)
+  etcd --data-dir "$dir" --name single \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "single=http://127.0.0.1:$peer" >"$dir.log" 2>&1 &
+  etcd_pid=$!
+  for _ in $(seq 1 100); do
+    ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$port" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "etcd did not start; see $dir.log" >&2
+  return 1
+}
