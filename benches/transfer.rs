@@ -21,8 +21,12 @@ struct Run {
     done: u64,
     failed: u64,
     latencies: Vec<Duration>,
+    /// Of each global transfer that succeeded: begin, update a, update b, commit.
+    steps: Vec<Steps>,
     elapsed: Duration,
 }
+
+type Steps = [Duration; 4];
 
 async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run {
     let done = Arc::new(AtomicU64::new(0));
@@ -38,6 +42,7 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
             let mut ca = mysql_async::Conn::from_url(&a).await.expect("connect a");
             let mut cb = mysql_async::Conn::from_url(&b).await.expect("connect b");
             let mut latencies = Vec::new();
+            let mut steps = Vec::new();
             while Instant::now() < deadline {
                 let (from, to) = (
                     rng.random_range(1..=ACCOUNTS),
@@ -45,7 +50,10 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
                 );
                 let t = Instant::now();
                 let ok = if global {
-                    transfer_global(&mut ca, &mut cb, from, to).await
+                    transfer_global(&mut ca, &mut cb, from, to)
+                        .await
+                        .map(|s| steps.push(s))
+                        .is_some()
                 } else {
                     transfer_plain(&mut ca, &mut cb, from, to).await
                 };
@@ -56,18 +64,22 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            latencies
+            (latencies, steps)
         }));
     }
     let mut latencies = Vec::new();
+    let mut steps = Vec::new();
     for t in tasks {
-        latencies.extend(t.await.expect("client task"));
+        let (l, s) = t.await.expect("client task");
+        latencies.extend(l);
+        steps.extend(s);
     }
     latencies.sort();
     Run {
         done: done.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         latencies,
+        steps,
         elapsed: started.elapsed(),
     }
 }
@@ -97,24 +109,34 @@ async fn transfer_plain(
     r.is_ok()
 }
 
+/// One global transfer; on success, how long each of its four steps took.
 async fn transfer_global(
     a: &mut mysql_async::Conn,
     b: &mut mysql_async::Conn,
     from: u32,
     to: u32,
-) -> bool {
-    let Ok(Some(xid)) = a.query_first::<String, _>("SELECT tandem_begin()").await else {
-        return false;
+) -> Option<Steps> {
+    let mut steps = [Duration::ZERO; 4];
+    let mut t = Instant::now();
+    let mut lap = |i: usize| {
+        steps[i] = t.elapsed();
+        t = Instant::now();
     };
+    let Ok(Some(xid)) = a.query_first::<String, _>("SELECT tandem_begin()").await else {
+        return None;
+    };
+    lap(0);
     let r: Result<(), mysql_async::Error> = async {
         a.query_drop(format!(
             "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 1 WHERE id = {from}"
         ))
         .await?;
+        lap(1);
         b.query_drop(format!(
             "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {to}"
         ))
         .await?;
+        lap(2);
         Ok(())
     }
     .await;
@@ -122,6 +144,7 @@ async fn transfer_global(
     let status = a
         .query_first::<String, _>(format!("SELECT tandem_{end}('{xid}')"))
         .await;
+    lap(3);
     let ok = r.is_ok() && matches!(&status, Ok(Some(s)) if s == "Committed");
     if !ok {
         let why = match (&r, &status) {
@@ -130,7 +153,7 @@ async fn transfer_global(
         };
         let _ = FIRST_FAILURE.set(why);
     }
-    ok
+    ok.then_some(steps)
 }
 
 /// Why the first failed transfer failed, to print with the results.
@@ -203,6 +226,22 @@ async fn main() {
     println!(
         "ratio global/plain:                 {:>8.3}",
         tps(&global) / tps(&plain)
+    );
+    let steps: Vec<Steps> = global
+        .iter()
+        .flat_map(|r| r.steps.iter().copied())
+        .collect();
+    let p50 = |i: usize| {
+        let mut d: Vec<Duration> = steps.iter().map(|s| s[i]).collect();
+        d.sort();
+        percentile(&d, 0.50)
+    };
+    println!(
+        "global transfer steps, p50:         begin {:.2} ms, update a {:.2} ms, update b {:.2} ms, commit {:.2} ms",
+        p50(0),
+        p50(1),
+        p50(2),
+        p50(3)
     );
     if let Some(why) = FIRST_FAILURE.get() {
         println!("first failure: {why}");
