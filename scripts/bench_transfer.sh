@@ -137,3 +137,4 @@ if [ "$store" = etcd ]; then
     { d = $2 - a[$1]; if (d > 0) printf " %s %.2f", $1, d / begun }' "$work/grpc0.txt" "$work/grpc1.txt")"
 fi
 echo "CPU seconds during the runs: tandem $(( ($(tandem_cpu) - t0) / 100 )), mariadb $(( ($(cpu "$(cat $work/mariadb/pid)") - m0) / 100 ))"
+echo "Tandem memory after the runs (RSS): $(for p in "${tandem_pids[@]}"; do awk '/VmRSS/ {printf "%d MiB ", $2 / 1024}' "/proc/$p/status"; done)"
