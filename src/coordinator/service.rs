@@ -24,9 +24,9 @@ use crate::metrics::CoordinatorMetrics;
 /// Longest XID accepted from clients.
 pub const MAX_XID_LEN: usize = 128;
 
-/// How long a rollback asked of one sidecar waits for the others to roll back their
-/// branches before answering with the status it sees.
-const MESH_ROLLBACK_WAIT: Duration = Duration::from_secs(10);
+/// How long a rollback waits for phase 2 running elsewhere (this process's sweep; in a mesh,
+/// the sidecars that own the other branches) before answering with the status it sees.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a finished transaction's final status stays queryable.
 const FINISHED_RETENTION: Duration = Duration::from_secs(600);
@@ -254,11 +254,12 @@ impl Coordinator {
         }
         self.run_phase2(xid, current, None).await;
         let mut status = self.store.get(xid).await?.map_or(current, |t| t.status);
-        // Other sidecars roll back their own branches as they see the decision: give them a
-        // moment, so the answer is usually the final status.
-        let deadline = std::time::Instant::now() + MESH_ROLLBACK_WAIT;
-        while self.ownership.get().is_some()
-            && !status.is_final()
+        // Phase 2 may be running elsewhere: here, when the sweep found the decision first,
+        // and in a mesh on the sidecars that own the other branches. Give it a moment, so the
+        // answer is usually the final status.
+        let deadline = std::time::Instant::now() + ROLLBACK_WAIT;
+        while !status.is_final()
+            && (self.ownership.get().is_some() || lock(&self.in_flight).contains(xid))
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -632,6 +633,8 @@ mod tests {
         calls: Mutex<Vec<String>>,
         fail: Mutex<bool>,
         dirty: Mutex<Option<u64>>,
+        /// How long each rollback takes.
+        slow: Mutex<Duration>,
     }
 
     impl ResourceManager for Recorder {
@@ -650,6 +653,8 @@ mod tests {
             b: &'a Branch,
         ) -> BoxFuture<'a, Result<RollbackOutcome, Phase2Error>> {
             Box::pin(async move {
+                let slow = *lock(&self.slow);
+                tokio::time::sleep(slow).await;
                 if *lock(&self.fail) {
                     return Err(Phase2Error("down".into()));
                 }
@@ -695,6 +700,28 @@ mod tests {
             lock_keys: vec![key.into()],
             application_data: None,
         }
+    }
+
+    /// The sweep found the decision first and runs its phase 2: a rollback asked meanwhile
+    /// answers the final status once that run is done, and nothing runs twice.
+    #[tokio::test]
+    async fn a_rollback_waits_for_phase_two_already_running() {
+        let (c, rm) = setup();
+        *lock(&rm.slow) = Duration::from_millis(200);
+        let tx = c.begin(None).await.unwrap();
+        c.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
+        c.store()
+            .decide(&tx.xid, GlobalStatus::Rollbacking)
+            .await
+            .unwrap();
+        let sweep = tokio::spawn({
+            let c = c.clone();
+            async move { c.sweep().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(c.rollback(&tx.xid).await.unwrap(), GlobalStatus::Rollbacked);
+        sweep.await.unwrap();
+        assert_eq!(*lock(&rm.calls), vec!["rollback 1"]);
     }
 
     #[tokio::test]
