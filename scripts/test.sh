@@ -10,7 +10,11 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
-# Scratch directories of earlier runs (servers' data, logs) go first.
+# Scratch directories of earlier runs (servers' data, logs) go first, with any server an
+# interrupted run left behind.
+for d in target/test-scratch/*-mariadb; do
+  [ -d "$d" ] && scripts/mariadb.sh stop "$d"
+done
 rm -rf target/test-scratch
 
 # One MariaDB for the whole run; tests create their own databases in it.
