@@ -63,19 +63,8 @@ if [ "$store" = etcd ]; then
   for side in a b; do
     port=$port_a admin=$admin_a
     [ "$side" = b ] && port=$port_b admin=$admin_b
-    cat >"$work/tandem-$side.yaml" <<YAML
-listeners:
-$(listener "$side" "$port")
-executors:
-$(executor "$side")
-data_sources:
-$(source_of "$side")
-admin:
-  address: 127.0.0.1:$admin
-coordinator:
-  store: etcd
-  etcd: { endpoints: ["http://127.0.0.1:$etcd_port"], prefix: /bench/, node_name: sidecar-$side }
-YAML
+    etcd_sidecar_yaml "$side" "$port" "{ app: app }" "mysql://root@127.0.0.1:$db_port/bank_$side" \
+      "$admin" "$etcd_port" /bench/ "sidecar-$side" >"$work/tandem-$side.yaml"
     start_tandem "tandem-$side" "$work/tandem-$side.yaml"
   done
   export TANDEM_B_ADMIN="127.0.0.1:$admin_b"

@@ -71,20 +71,11 @@ if [ "$store" = etcd ]; then
   for side in a b; do
     port=$port_a admin=$admin_port
     [ "$side" = b ] && port=$port_b admin=$admin_b
-    cat >"$work/tandem-$side.yaml" <<YAML
-listeners:
-$(listener "bank_$side" "$port")
-executors:
-$(executor "bank_$side")
-data_sources:
-$(source_of "bank_$side")
-admin:
-  address: 127.0.0.1:$admin
-coordinator:
-  store: etcd
-  etcd: { endpoints: ["http://127.0.0.1:$etcd_port"], prefix: /demo/, node_name: sidecar-$side }
-  default_timeout: 30s
-YAML
+    {
+      etcd_sidecar_yaml "bank_$side" "$port" '{ app: "${APP_PASSWORD}" }' \
+        "mysql://root@127.0.0.1:$db_port/bank_$side" "$admin" "$etcd_port" /demo/ "sidecar-$side"
+      echo "  default_timeout: 30s"
+    } >"$work/tandem-$side.yaml"
     echo "== starting sidecar-$side: bank_$side on 127.0.0.1:$port, admin on $admin"
     start_tandem "$work/tandem-$side.yaml"
   done

@@ -34,3 +34,22 @@ start_etcd() {
   echo "etcd did not start; see $dir.log" >&2
   return 1
 }
+
+# Prints the configuration of a sidecar in front of one database, on an etcd coordinator:
+#   etcd_sidecar_yaml NAME PORT USERS DSN ADMIN_PORT ETCD_PORT PREFIX NODE
+# NAME names the listener, executor and data source; USERS is a YAML map of users.
+etcd_sidecar_yaml() {
+  cat <<YAML
+listeners:
+  - { name: $1, address: "127.0.0.1:$2", users: $3, executor: $1 }
+executors:
+  - { name: $1, mode: single, data_source: $1 }
+data_sources:
+  - { name: $1, dsn: "$4" }
+admin:
+  address: 127.0.0.1:$5
+coordinator:
+  store: etcd
+  etcd: { endpoints: ["http://127.0.0.1:$6"], prefix: $7, node_name: $8 }
+YAML
+}

@@ -20,16 +20,8 @@ const TRANSFERS: u64 = 25;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transfers_keep_the_total_and_every_balance() {
-    let a = mariadb().fresh_db("inv_a");
-    let b = mariadb().fresh_db("inv_b");
-    for db in [&a, &b] {
-        let rows: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, {START})")).collect();
-        mariadb().sql(&format!(
-            "CREATE TABLE {db}.account (id INT PRIMARY KEY, balance BIGINT NOT NULL);
-             INSERT INTO {db}.account VALUES {};",
-            rows.join(", ")
-        ));
-    }
+    let a = common::bank("inv_a", ACCOUNTS, START);
+    let b = common::bank("inv_b", ACCOUNTS, START);
     let tandem = Tandem::start_yaml(&common::two_databases_config(
         &mariadb().url(&a),
         &mariadb().url(&b),

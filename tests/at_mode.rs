@@ -39,14 +39,6 @@ async fn balances(db: &str) -> Vec<(i32, String)> {
         .unwrap()
 }
 
-async fn undo_rows(db: &str) -> i64 {
-    let mut c = common::connect(&mariadb().url(db)).await;
-    c.query_first("SELECT COUNT(*) FROM undo_log")
-        .await
-        .unwrap()
-        .unwrap_or(0)
-}
-
 fn url(port: u16, db: &str) -> String {
     format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{port}/{db}")
 }
@@ -78,7 +70,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
         .unwrap();
     cb.query_drop("COMMIT").await.unwrap();
     cb.query_drop("SET tandem_xid = NULL").await.unwrap();
-    assert_eq!(undo_rows(&a).await, 1, "phase 1 wrote the undo log");
+    assert_eq!(common::undo_rows(&a).await, 1, "phase 1 wrote the undo log");
     let s: String = ca
         .query_first(format!("SELECT tandem_commit('{xid}')"))
         .await
@@ -94,7 +86,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
         vec![(1, "100.00".into()), (2, "80.00".into())]
     );
     assert_eq!(
-        (undo_rows(&a).await, undo_rows(&b).await),
+        (common::undo_rows(&a).await, common::undo_rows(&b).await),
         (0, 0),
         "phase 2 deleted the undo logs"
     );
@@ -153,7 +145,10 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
         .unwrap()
         .unwrap();
     assert_eq!(logs, 0, "inserted rows are deleted again");
-    assert_eq!((undo_rows(&a).await, undo_rows(&b).await), (0, 0));
+    assert_eq!(
+        (common::undo_rows(&a).await, common::undo_rows(&b).await),
+        (0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -285,7 +280,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
     let (code, body) = tandem.admin_post(&format!("/v1/transactions/{xid}/finish"), "");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("Rollbacked"), "{body}");
-    assert_eq!(undo_rows(&a).await, 0, "its undo log is gone");
+    assert_eq!(common::undo_rows(&a).await, 0, "its undo log is gone");
     // The row is free for other global transactions again.
     let other: String = c
         .query_first("SELECT tandem_begin()")
@@ -594,7 +589,7 @@ async fn rollback_marker_stops_a_late_commit_and_expires() {
 
     // Past the retention, the marker goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while undo_rows(&a).await > 0 {
+    while common::undo_rows(&a).await > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the marker outlived its retention"

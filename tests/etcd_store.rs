@@ -38,10 +38,7 @@ async fn transfer(tandem: &Tandem, a: &str, b: &str, amount: i64, end: &str) -> 
     ))
     .await;
     let xid = two_branches(&mut ca, &mut cb, amount, 30_000).await;
-    ca.query_first(format!("SELECT tandem_{end}('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap()
+    common::end_global(&mut ca, end, &xid).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -112,14 +109,6 @@ fn sidecar_on(endpoints: &str, db: &str, name: &str, extra: &str) -> Tandem {
     Tandem::start_yaml(&yaml)
 }
 
-async fn undo_rows(db: &str) -> i64 {
-    let mut c = common::connect(&mariadb().url(db)).await;
-    c.query_first("SELECT COUNT(*) FROM undo_log")
-        .await
-        .unwrap()
-        .unwrap_or(0)
-}
-
 /// Fails the test if `start` is more than 20 s ago: for polling loops.
 fn within_20s(start: std::time::Instant, what: &str) {
     assert!(start.elapsed().as_secs() < 20, "never: {what}");
@@ -157,11 +146,7 @@ async fn two_sidecars_finish_one_transaction() {
     for (end, want, amount) in [("commit", "Committed", 10), ("rollback", "Rollbacked", 3)] {
         let revision = etcd.revision();
         let xid = two_branches(&mut ca, &mut cb, amount, 30_000).await;
-        let status: String = ca
-            .query_first(format!("SELECT tandem_{end}('{xid}')"))
-            .await
-            .unwrap()
-            .unwrap();
+        let status = common::end_global(&mut ca, end, &xid).await;
         assert_eq!(status, want);
         // Sidecar b finishes its branch by itself; both see the final status.
         let start = std::time::Instant::now();
@@ -170,7 +155,10 @@ async fn two_sidecars_finish_one_transaction() {
                 .query_first(format!("SELECT tandem_status('{xid}')"))
                 .await
                 .unwrap();
-            if s.as_deref() == Some(want) && undo_rows(&a).await == 0 && undo_rows(&b).await == 0 {
+            if s.as_deref() == Some(want)
+                && common::undo_rows(&a).await == 0
+                && common::undo_rows(&b).await == 0
+            {
                 break;
             }
             within_20s(
@@ -226,11 +214,7 @@ async fn a_replica_takes_over_phase_two_from_a_dead_owner() {
     // The owner of database a dies; then the transaction is rolled back from sidecar b,
     // which can only roll back its own branch until replica-2 owns database a.
     a1.kill9();
-    let status: String = cb
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let status = common::end_global(&mut cb, "rollback", &xid).await;
     assert!(
         status == "Rollbacked" || status == "Rollbacking",
         "{status}"
@@ -250,7 +234,7 @@ async fn a_replica_takes_over_phase_two_from_a_dead_owner() {
         );
     }
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
-    assert_eq!(undo_rows(&a).await, 0);
+    assert_eq!(common::undo_rows(&a).await, 0);
     let (_, body) = a2.admin("/v1/cluster");
     assert!(body.contains("replica-2"), "{body}");
     assert!(
@@ -271,16 +255,8 @@ async fn transfers_across_sidecars_survive_crashes() {
     const ACCOUNTS: i64 = 8;
     const START: i64 = 1_000;
     let mut etcd = EtcdCluster::start(3);
-    let a = mariadb().fresh_db("minv_a");
-    let b = mariadb().fresh_db("minv_b");
-    for db in [&a, &b] {
-        let rows: Vec<String> = (1..=ACCOUNTS).map(|i| format!("({i}, {START})")).collect();
-        mariadb().sql(&format!(
-            "CREATE TABLE {db}.account (id INT PRIMARY KEY, balance BIGINT NOT NULL);
-             INSERT INTO {db}.account VALUES {};",
-            rows.join(", ")
-        ));
-    }
+    let a = common::bank("minv_a", ACCOUNTS, START);
+    let b = common::bank("minv_b", ACCOUNTS, START);
     let sa = sidecar(&etcd, &a, "inv-a");
     let mut sb = sidecar(&etcd, &b, "inv-b");
     let (url_a, url_b) = (sa.url(&a), sb.url(&b));
@@ -464,11 +440,7 @@ async fn killed_sidecars_finish_their_part_after_a_restart() {
     let mut cb = common::connect(&sb.url(&b)).await;
     let xid = two_branches(&mut ca, &mut cb, 10, 30_000).await;
     sb.kill9();
-    let s: String = ca
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut ca, "commit", &xid).await;
     assert_eq!(s, "Committed");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -478,7 +450,7 @@ async fn killed_sidecars_finish_their_part_after_a_restart() {
     );
     sb.restart();
     wait_status(&mut ca, &xid, "Committed").await;
-    assert_eq!(undo_rows(&b).await, 0);
+    assert_eq!(common::undo_rows(&b).await, 0);
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
 
     // b dies, then the rollback is decided: a waits for b's branch (the last one), and
@@ -519,7 +491,10 @@ async fn killed_sidecars_finish_their_part_after_a_restart() {
     sa.restart();
     wait_status(&mut cb, &xid, "TimeoutRollbacked").await;
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
-    assert_eq!((undo_rows(&a).await, undo_rows(&b).await), (0, 0));
+    assert_eq!(
+        (common::undo_rows(&a).await, common::undo_rows(&b).await),
+        (0, 0)
+    );
 }
 
 /// A sidecar paused for longer than its lease (as a network partition would) loses its
@@ -612,11 +587,7 @@ async fn owner_paused(pause: Pause) {
     let mut ca = common::connect(&sa.url(&a)).await;
     let mut cb = common::connect(&b2.url(&b)).await;
     let xid = two_branches(&mut ca, &mut cb, 10, 30_000).await;
-    let s: String = ca
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut ca, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
 
@@ -632,11 +603,7 @@ async fn owner_paused(pause: Pause) {
         "one owner, the replica"
     );
     let xid = two_branches(&mut ca, &mut cb, 4, 30_000).await;
-    let s: String = ca
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut ca, "commit", &xid).await;
     assert_eq!(s, "Committed");
     wait_status(&mut ca, &xid, "Committed").await;
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (96, 104));
@@ -667,9 +634,7 @@ async fn at_branches_on_two_sidecars_and_a_tcc_branch_end_together() {
         .route("/ship/confirm", axum::routing::post(record("commit")))
         .route("/ship/cancel", axum::routing::post(record("cancel")))
         .with_state(calls.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let upstream = common::serve(app).await;
 
     let etcd = EtcdCluster::start(3);
     let (a, b) = databases("mixed");
@@ -717,11 +682,7 @@ async fn at_branches_on_two_sidecars_and_a_tcc_branch_end_together() {
     for (end, want) in [("commit", "Committed"), ("rollback", "Rollbacked")] {
         let xid = two_branches(&mut ca, &mut cb, 10, 30_000).await;
         assert_eq!(prepare(xid.clone()).await, "200");
-        let s: String = ca
-            .query_first(format!("SELECT tandem_{end}('{xid}')"))
-            .await
-            .unwrap()
-            .unwrap();
+        let s = common::end_global(&mut ca, end, &xid).await;
         assert_eq!(s, want);
         wait_status(&mut ca, &xid, want).await;
         let phase2 = if end == "commit" { "commit" } else { "cancel" };
@@ -739,7 +700,10 @@ async fn at_branches_on_two_sidecars_and_a_tcc_branch_end_together() {
     }
     // The commit kept both AT updates; the rollback undid both.
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
-    assert_eq!((undo_rows(&a).await, undo_rows(&b).await), (0, 0));
+    assert_eq!(
+        (common::undo_rows(&a).await, common::undo_rows(&b).await),
+        (0, 0)
+    );
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.iter().filter(|(a, _)| a == "commit").count(), 1);
     assert_eq!(calls.iter().filter(|(a, _)| a == "cancel").count(), 1);
@@ -752,26 +716,19 @@ async fn etcd_over_tls_with_authentication() {
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let dir = scratch.path();
     // One certificate for everything: the member's, the client's, and the trust anchor.
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth,clientAuth"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (cert, key) = common::self_signed_cert(
+        dir,
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth,clientAuth",
+        ],
     );
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let (client, peer) = (common::free_port(), common::free_port());
     let url = format!("https://127.0.0.1:{client}");
     /// The member, stopped however the test ends.

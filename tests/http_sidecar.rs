@@ -136,9 +136,7 @@ async fn requests_run_in_global_transactions_that_follow_the_status() {
         .route("/echo", post(echo))
         .route("/plain", get(plain))
         .with_state(svc.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let upstream = common::serve(app).await;
 
     let yaml = common::single_config(&mariadb().url(&db), "", "{ max: 8 }")
         .replace(

@@ -143,9 +143,7 @@ async fn tcc_branches_beside_at_branches() {
         .route("/reserve/confirm", post(confirm))
         .route("/reserve/cancel", post(cancel))
         .with_state(svc.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let upstream = common::serve(app).await;
     let yaml = common::single_config(&mariadb().url(&db), "", "{ max: 8 }").replace(
         "drain_timeout: 10s\n",
         &format!(
@@ -191,7 +189,10 @@ http_sidecars:
     .await
     .unwrap();
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
-    assert_eq!(end(&mut c, "commit", &xid).await, "Committed");
+    assert_eq!(
+        common::end_global(&mut c, "commit", &xid).await,
+        "Committed"
+    );
     wait_until("confirm called", || count(&svc, |s| &s.confirms, &xid) == 1).await;
     assert_eq!(balance().await, 90);
     assert_eq!(count(&svc, |s| &s.cancels, &xid), 0);
@@ -207,7 +208,10 @@ http_sidecars:
     let xid = begin(&mut c).await;
     svc.lock().unwrap().slow_confirm_once.push(xid.clone());
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
-    assert_eq!(end(&mut c, "commit", &xid).await, "Committed");
+    assert_eq!(
+        common::end_global(&mut c, "commit", &xid).await,
+        "Committed"
+    );
     wait_until("the commit is called again", || {
         svc.lock()
             .unwrap()
@@ -243,7 +247,7 @@ http_sidecars:
     .await
     .unwrap();
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
-    end(&mut c, "rollback", &xid).await;
+    common::end_global(&mut c, "rollback", &xid).await;
     wait_until("cancel retried until it succeeds", || {
         count(&svc, |s| &s.cancels, &xid) == 1
     })
@@ -273,7 +277,7 @@ http_sidecars:
 
     // Anti-suspension: a prepare that arrives after the rollback never reaches the service.
     let xid = begin(&mut c).await;
-    end(&mut c, "rollback", &xid).await;
+    common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 409);
     assert_eq!(count(&svc, |s| &s.prepares, &xid), 0);
 
@@ -285,7 +289,10 @@ http_sidecars:
         async move { post_to(sidecar, "/reserve?slow_ms=1500", &xid).await }
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(end(&mut c, "rollback", &xid).await, "Rollbacked");
+    assert_eq!(
+        common::end_global(&mut c, "rollback", &xid).await,
+        "Rollbacked"
+    );
     assert_eq!(count(&svc, |s| &s.cancels, &xid), 0, "nothing prepared yet");
     assert_eq!(slow.await.unwrap(), 409, "the late prepare is refused");
     assert_eq!(count(&svc, |s| &s.prepares, &xid), 1);
@@ -293,14 +300,6 @@ http_sidecars:
         count(&svc, |s| &s.cancels, &xid) == 1
     })
     .await;
-}
-
-/// Ends global transaction `xid` (`how`: commit or rollback); returns the status answered.
-async fn end(c: &mut mysql_async::Conn, how: &str, xid: &str) -> String {
-    c.query_first(format!("SELECT tandem_{how}('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 async fn begin(c: &mut mysql_async::Conn) -> String {

@@ -3,38 +3,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::{error_code, mariadb, single_config, Tandem, PASSWORD, USER};
 use mysql_async::prelude::*;
 use mysql_async::{OptsBuilder, SslOpts};
-
-fn make_cert(dir: &Path) {
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("run openssl");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
 
 fn tls_opts(port: u16, db: &str) -> OptsBuilder {
     OptsBuilder::default()
@@ -50,7 +23,7 @@ fn tls_opts(port: u16, db: &str) -> OptsBuilder {
 async fn clients_connect_over_tls() {
     let db = mariadb().fresh_db("tls");
     let dir = common::scratch("tls-certs");
-    make_cert(&dir);
+    common::self_signed_cert(&dir, &["-subj", "/CN=localhost"]);
     let listener_tls = format!(
         "    tls: {{ cert: {}, key: {}, required: true }}",
         dir.join("cert.pem").display(),

@@ -321,7 +321,10 @@ impl Coordinator {
     /// has nothing to wait for: its decision drove every branch already.
     pub fn nudge(self: &Arc<Self>, xid: &str, seen: i64) {
         if let Some(status) = self.store.cached_status(xid) {
-            if status.outcome().is_some() && status != GlobalStatus::Committing {
+            if matches!(
+                status,
+                GlobalStatus::Rollbacking | GlobalStatus::TimeoutRollbacking
+            ) {
                 self.drive(xid, status, Some(seen));
             }
         }

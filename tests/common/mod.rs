@@ -440,6 +440,71 @@ pub async fn connect(url: &str) -> mysql_async::Conn {
 }
 
 /// The MySQL error code of a mysql_async error, if it is a server error.
+/// Writes a self-signed certificate and its key to `dir` (`cert.pem`, `key.pem`), with
+/// `subject`: `openssl req` arguments such as `-subj` and `-addext`. Returns (cert, key).
+pub fn self_signed_cert(dir: &Path, subject: &[&str]) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(subject)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// A fresh database named after `prefix` with `account` rows 1 to `accounts`, each holding
+/// `start`: the money-transfer tests' bank.
+pub fn bank(prefix: &str, accounts: i64, start: i64) -> String {
+    let db = mariadb().fresh_db(prefix);
+    let rows: Vec<String> = (1..=accounts).map(|i| format!("({i}, {start})")).collect();
+    mariadb().sql(&format!(
+        "CREATE TABLE {db}.account (id INT PRIMARY KEY, balance BIGINT NOT NULL);
+         INSERT INTO {db}.account VALUES {};",
+        rows.join(", ")
+    ));
+    db
+}
+
+/// Serves `app` (a test's stand-in for a service behind an HTTP sidecar) on a free loopback
+/// port for the rest of the test; returns its address.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+/// Ends global transaction `xid` with `tandem_{how}` (commit or rollback) and returns the
+/// status Tandem answered.
+pub async fn end_global(c: &mut mysql_async::Conn, how: &str, xid: &str) -> String {
+    use mysql_async::prelude::Queryable;
+    c.query_first(format!("SELECT tandem_{how}('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Rows in a database's undo_log table.
+pub async fn undo_rows(db: &str) -> i64 {
+    use mysql_async::prelude::Queryable;
+    let mut c = connect(&mariadb().url(db)).await;
+    c.query_first("SELECT COUNT(*) FROM undo_log")
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
 pub fn error_code(e: &mysql_async::Error) -> Option<u16> {
     match e {
         mysql_async::Error::Server(s) => Some(s.code),
