@@ -14,6 +14,8 @@ use super::{free_port, scratch};
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
+    /// Unique per cluster, so no member can join another test's cluster.
+    token: String,
     /// The members' directories, removed with the cluster.
     base: PathBuf,
 }
@@ -27,10 +29,25 @@ struct Member {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until the cluster answers.
+    /// Starts `n` members and waits until the cluster answers. Ports are picked free but
+    /// taken only when etcd starts, so another test can take one first: a cluster that does
+    /// not come up starts again on other ports, up to three times.
     pub fn start(n: usize) -> EtcdCluster {
+        let mut why = String::new();
+        for _ in 0..3 {
+            let mut cluster = EtcdCluster::start_once(n);
+            match cluster.healthy(Duration::from_secs(60)) {
+                Ok(()) => return cluster,
+                Err(e) => why = e,
+            }
+        }
+        panic!("etcd did not start: {why}");
+    }
+
+    fn start_once(n: usize) -> EtcdCluster {
         static N: AtomicU32 = AtomicU32::new(0);
-        let base = scratch(&format!("etcd-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let name = format!("etcd-{}", N.fetch_add(1, Ordering::Relaxed));
+        let base = scratch(&name);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -48,12 +65,12 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             initial_cluster,
+            token: format!("tandem-test-{}-{name}", std::process::id()),
             base,
         };
         for i in 0..n {
             cluster.spawn(i);
         }
-        cluster.wait_healthy();
         cluster
     }
 
@@ -72,6 +89,7 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) {
         let initial_cluster = self.initial_cluster.clone();
+        let token = self.token.clone();
         let m = &mut self.members[i];
         std::fs::create_dir_all(&m.dir).expect("member dir");
         let log = std::fs::OpenOptions::new()
@@ -91,7 +109,7 @@ impl EtcdCluster {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", "tandem-test"])
+            .args(["--initial-cluster-token", &token])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log"))
             .stderr(log)
@@ -116,14 +134,22 @@ impl EtcdCluster {
     }
 
     /// Waits until every running member reports itself healthy.
-    pub fn wait_healthy(&self) {
+    pub fn wait_healthy(&mut self) {
+        if let Err(e) = self.healthy(Duration::from_secs(60)) {
+            panic!("etcd did not become healthy: {e}");
+        }
+    }
+
+    /// Waits up to `patience` until every running member reports itself healthy; fails at
+    /// once when a member has exited, with the end of each member's log.
+    fn healthy(&mut self, patience: Duration) -> Result<(), String> {
         let running: Vec<String> = self
             .members
             .iter()
             .filter(|m| m.child.is_some())
             .map(|m| format!("http://127.0.0.1:{}", m.client))
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + patience;
         loop {
             let ok = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
@@ -134,11 +160,36 @@ impl EtcdCluster {
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            let exited = self.members.iter_mut().any(|m| {
+                m.child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            });
+            if exited || Instant::now() > deadline {
+                return Err(self.log_tails());
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The last lines of every member's log.
+    fn log_tails(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(m.dir.join("etcd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(
+                    "\n{} (client port {}):\n{}",
+                    m.name,
+                    m.client,
+                    tail.join("\n")
+                )
+            })
+            .collect()
     }
 
     /// The index of the member that is the leader now.
