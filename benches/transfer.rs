@@ -2,6 +2,14 @@
 //! transactions through Tandem, and, in the same run, as the same two updates in plain local
 //! transactions straight to MariaDB. Run by `scripts/bench_transfer.sh`, which starts the
 //! servers and passes their addresses in the environment.
+//!
+//! A third kind of run sends MariaDB, straight from the client, the statements AT mode itself
+//! needs for a transfer (before image, update, after image, undo log, commit, the undo log's
+//! later deletion), pipelined as Tandem pipelines them, with no proxy and no coordinator store:
+//! the most any AT implementation that keeps its undo log in the business database can reach
+//! on this machine. With `BENCH_PROCESSES` (`name=pid …`) each run's CPU time per transfer is
+//! printed for every process named and for the client, which shows where a transfer's cost
+//! goes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use rand::{Rng, SeedableRng};
+use tandem::at::image::Bytes;
+use tandem::at::meta::{Column, TableMeta, ValueKind};
+use tandem::at::undo::{self, ChangeKind, UndoItem, UndoLog};
 
 const ACCOUNTS: u32 = 1000;
 
@@ -18,17 +29,31 @@ fn env(name: &str) -> String {
 }
 
 struct Run {
+    kind: Kind,
     done: u64,
     failed: u64,
     latencies: Vec<Duration>,
     /// Of each global transfer that succeeded: begin, update a, update b, commit.
     steps: Vec<Steps>,
     elapsed: Duration,
+    /// CPU seconds each process of `BENCH_PROCESSES` (then the client) spent in the run.
+    cpu: Vec<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The two updates as plain local transactions, straight to MariaDB.
+    Plain,
+    /// AT mode's own statements, straight to MariaDB.
+    AtStatements,
+    /// A global transaction through Tandem.
+    Global,
 }
 
 type Steps = [Duration; 4];
 
-async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run {
+async fn run(clients: u64, seconds: u64, kind: Kind, a: &str, b: &str) -> Run {
+    let cpu_before = cpu_seconds();
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -43,19 +68,22 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
             let mut cb = mysql_async::Conn::from_url(&b).await.expect("connect b");
             let mut latencies = Vec::new();
             let mut steps = Vec::new();
+            let mut undo = UndoBacklog::default();
             while Instant::now() < deadline {
                 let (from, to) = (
                     rng.random_range(1..=ACCOUNTS),
                     rng.random_range(1..=ACCOUNTS),
                 );
                 let t = Instant::now();
-                let ok = if global {
-                    transfer_global(&mut ca, &mut cb, from, to)
+                let ok = match kind {
+                    Kind::Global => transfer_global(&mut ca, &mut cb, from, to)
                         .await
                         .map(|s| steps.push(s))
-                        .is_some()
-                } else {
-                    transfer_plain(&mut ca, &mut cb, from, to).await
+                        .is_some(),
+                    Kind::Plain => transfer_plain(&mut ca, &mut cb, from, to).await,
+                    Kind::AtStatements => {
+                        transfer_at_statements(&mut ca, &mut cb, from, to, &mut undo).await
+                    }
                 };
                 if ok {
                     done.fetch_add(1, Ordering::Relaxed);
@@ -63,6 +91,9 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
                 } else {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            if kind == Kind::AtStatements {
+                let _ = undo.flush(&mut ca, &mut cb).await;
             }
             (latencies, steps)
         }));
@@ -75,7 +106,14 @@ async fn run(clients: u64, seconds: u64, global: bool, a: &str, b: &str) -> Run 
         steps.extend(s);
     }
     latencies.sort();
+    let cpu = cpu_seconds()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after - before)
+        .collect();
     Run {
+        kind,
+        cpu,
         done: done.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         latencies,
@@ -103,6 +141,126 @@ async fn transfer_plain(
         ))
         .await?;
         b.query_drop("COMMIT").await?;
+        Ok(())
+    }
+    .await;
+    r.is_ok()
+}
+
+/// Undo logs written by one client's AT-statement transfers and not yet deleted: deleted a
+/// batch at a time, as Tandem's phase 2 deletes them.
+#[derive(Default)]
+struct UndoBacklog {
+    a: Vec<(String, u64)>,
+    b: Vec<(String, u64)>,
+}
+
+impl UndoBacklog {
+    const BATCH: usize = 16;
+
+    async fn flush(
+        &mut self,
+        a: &mut mysql_async::Conn,
+        b: &mut mysql_async::Conn,
+    ) -> Result<(), mysql_async::Error> {
+        for (conn, keys) in [(a, &mut self.a), (b, &mut self.b)] {
+            if !keys.is_empty() {
+                let refs: Vec<(&str, u64)> = keys.iter().map(|(x, id)| (x.as_str(), *id)).collect();
+                conn.query_drop(undo::delete_many_sql(&refs)).await?;
+                keys.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The undo log Tandem writes for `UPDATE account SET balance = … WHERE id = …`.
+fn undo_log(schema: &str, id: u32, before: i64, after: i64) -> UndoLog {
+    let column = |name: &str| Column {
+        name: name.into(),
+        kind: ValueKind::Number,
+        charset: None,
+        collation: None,
+        auto_increment: false,
+    };
+    let meta = TableMeta {
+        schema: schema.into(),
+        name: "account".into(),
+        columns: vec![column("id"), column("balance")],
+        primary_key: vec![0],
+        unique_keys: Vec::new(),
+    };
+    let row = |balance: i64| {
+        vec![
+            Some(Bytes(id.to_string().into_bytes())),
+            Some(Bytes(balance.to_string().into_bytes())),
+        ]
+    };
+    UndoLog {
+        items: vec![UndoItem::new(
+            ChangeKind::Update,
+            &meta,
+            vec![row(before)],
+            vec![row(after)],
+        )],
+    }
+}
+
+/// One branch of an AT-statement transfer, in Tandem's round trips: BEGIN with the before
+/// image; the update with the after image; the undo log with COMMIT.
+async fn at_branch(
+    conn: &mut mysql_async::Conn,
+    schema: &str,
+    id: u32,
+    delta: i64,
+    xid: &str,
+    branch_id: u64,
+) -> Result<(), mysql_async::Error> {
+    let image = format!(
+        "SELECT `account`.`id`, `account`.`balance` FROM `{schema}`.`account` WHERE (`id`) = ({id}) FOR UPDATE"
+    );
+    let mut began = conn.query_iter(format!("BEGIN; {image}")).await?;
+    began.collect::<mysql_async::Row>().await?; // BEGIN's (empty) result
+    let rows: Vec<(u32, i64)> = began.collect_and_drop().await?;
+    let Some(&(_, before)) = rows.first() else {
+        conn.query_drop("ROLLBACK").await?;
+        return Err(mysql_async::Error::Other(
+            format!("account {id} not found in {schema}").into(),
+        ));
+    };
+    conn.query_drop(format!(
+        "UPDATE account SET balance = balance + {delta} WHERE id = {id}; {image}"
+    ))
+    .await?;
+    let log = undo_log(schema, id, before, before + delta);
+    conn.query_drop(format!(
+        "{}; COMMIT",
+        undo::insert_sql("undo_log", xid, branch_id, &log)
+    ))
+    .await
+}
+
+async fn transfer_at_statements(
+    a: &mut mysql_async::Conn,
+    b: &mut mysql_async::Conn,
+    from: u32,
+    to: u32,
+    undo: &mut UndoBacklog,
+) -> bool {
+    let xid = format!(
+        "{:013x}-{:016x}",
+        rand::random::<u64>() >> 12,
+        rand::random::<u64>()
+    );
+    let (branch_a, branch_b) = (rand::random::<u64>() >> 1, rand::random::<u64>() >> 1);
+    let r: Result<(), mysql_async::Error> = async {
+        at_branch(a, "bank_a", from, -1, &xid, branch_a).await?;
+        at_branch(b, "bank_b", to, 1, &xid, branch_b).await?;
+        undo.a.push((xid.clone(), branch_a));
+        undo.b.push((xid, branch_b));
+        if undo.a.len() >= UndoBacklog::BATCH {
+            undo.flush(a, b).await?;
+        }
         Ok(())
     }
     .await;
@@ -156,6 +314,42 @@ async fn transfer_global(
     ok.then_some(steps)
 }
 
+/// The processes named in `BENCH_PROCESSES` (`name=pid`, space-separated).
+fn processes() -> Vec<(String, u32)> {
+    std::env::var("BENCH_PROCESSES")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| {
+            let (name, pid) = p.split_once('=')?;
+            Some((name.to_string(), pid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) of each of [`processes`], then of this client.
+fn cpu_seconds() -> Vec<f64> {
+    let of = |pid: &str| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        (ticks(11) + ticks(12)) / 100.0
+    };
+    processes()
+        .iter()
+        .map(|(_, pid)| of(&pid.to_string()))
+        .chain([of("self")])
+        .collect()
+}
+
 /// Why the first failed transfer failed, to print with the results.
 static FIRST_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -183,6 +377,36 @@ fn metric(admin: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU milliseconds per transfer of each process, for each kind of run.
+fn print_cpu(kinds: &[&Vec<Run>]) {
+    let mut names: Vec<String> = processes().into_iter().map(|(n, _)| n).collect();
+    if names.is_empty() {
+        return;
+    }
+    names.push("client".into());
+    print!("CPU ms per transfer:               ");
+    for n in &names {
+        print!(" {n:>9}");
+    }
+    println!("     total");
+    for runs in kinds {
+        let label = match runs[0].kind {
+            Kind::Plain => "plain (direct)",
+            Kind::AtStatements => "AT's statements alone",
+            Kind::Global => "global (Tandem)",
+        };
+        let done = runs.iter().map(|r| r.done).sum::<u64>().max(1) as f64;
+        print!("  {label:<33}");
+        let mut total = 0.0;
+        for i in 0..names.len() {
+            let ms = runs.iter().map(|r| r.cpu[i]).sum::<f64>() * 1000.0 / done;
+            total += ms;
+            print!(" {ms:>9.3}");
+        }
+        println!(" {total:>9.3}");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -194,11 +418,19 @@ async fn main() {
     let (tandem_a, tandem_b) = (env("TANDEM_A"), env("TANDEM_B"));
     let admin = env("TANDEM_ADMIN");
 
-    // Alternate plain and global runs; keep the sums.
-    let (mut plain, mut global) = (Vec::new(), Vec::new());
+    for url in [&direct_a, &direct_b] {
+        let mut conn = mysql_async::Conn::from_url(url).await.expect("connect");
+        conn.query_drop(undo::UNDO_TABLE_DDL)
+            .await
+            .expect("create undo_log");
+        conn.disconnect().await.expect("disconnect");
+    }
+    // Alternate the kinds of run; keep the sums.
+    let (mut plain, mut statements, mut global) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
-        plain.push(run(clients, seconds, false, &direct_a, &direct_b).await);
-        global.push(run(clients, seconds, true, &tandem_a, &tandem_b).await);
+        plain.push(run(clients, seconds, Kind::Plain, &direct_a, &direct_b).await);
+        statements.push(run(clients, seconds, Kind::AtStatements, &direct_a, &direct_b).await);
+        global.push(run(clients, seconds, Kind::Global, &tandem_a, &tandem_b).await);
     }
     let tps = |runs: &[Run]| {
         runs.iter().map(|r| r.done as f64).sum::<f64>()
@@ -227,6 +459,17 @@ async fn main() {
         "ratio global/plain:                 {:>8.3}",
         tps(&global) / tps(&plain)
     );
+    let (sp50, sp99) = lat(&statements);
+    println!(
+        "AT's statements alone (direct):     {:>8.1} transfers/s   p50 {sp50:.2} ms  p99 {sp99:.2} ms  ({} failed)",
+        tps(&statements),
+        statements.iter().map(|r| r.failed).sum::<u64>()
+    );
+    println!(
+        "ratio AT's statements alone/plain:  {:>8.3}   (the ceiling for AT with undo logs in the database, on this machine)",
+        tps(&statements) / tps(&plain)
+    );
+    print_cpu(&[&plain, &statements, &global]);
     let steps: Vec<Steps> = global
         .iter()
         .flat_map(|r| r.steps.iter().copied())

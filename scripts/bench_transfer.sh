@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The global-transaction benchmark: transfers between two databases at 16 clients through
 # Tandem, against the same two updates as plain local transactions straight to MariaDB, in
-# one run. Prints transfers per second, the ratio, latency, and store writes per transaction.
+# one run. Prints transfers per second, the ratio, latency, and store writes per transaction;
+# also the statements AT mode needs sent straight to MariaDB (the ceiling for any AT
+# implementation on this machine), and each process's CPU time per transfer in each run.
 #
 #   scripts/bench_transfer.sh                      # one Tandem, embedded store, 15 s per run
 #   BENCH_SECONDS=5 scripts/bench_transfer.sh
@@ -114,6 +116,10 @@ if [ -n "${BENCH_PERF:-}" ]; then
   [ "$BENCH_PERF" = etcd ] && perf_pid=$etcd_pid
   (sleep $((BENCH_SECONDS + 2)); perf record -F 499 -g -p "$perf_pid" -o "$work/perf.data" -- sleep $((BENCH_SECONDS - 1)) >/dev/null 2>&1) &
 fi
+BENCH_PROCESSES="mariadb=$(cat "$work/mariadb/pid")"
+for i in "${!tandem_pids[@]}"; do BENCH_PROCESSES+=" tandem-$((i + 1))=${tandem_pids[$i]}"; done
+[ "$store" = etcd ] && BENCH_PROCESSES+=" etcd=$etcd_pid"
+export BENCH_PROCESSES
 cargo bench --bench transfer --quiet 2>/dev/null | tee "$work/result.txt"
 if [ "$store" = etcd ]; then
   sleep 3 # let phase 2 of the last transactions land

@@ -15,13 +15,20 @@ dir=$(cd "$dir" && pwd)
 case "$cmd" in
 start)
   port=${3:?port required}
+  # A temporary directory of its own: servers installed side by side share nothing.
+  mkdir -p "$dir/tmp"
+  install() {
+    mariadb-install-db --user="$(id -un)" --datadir="$dir/data" --tmpdir="$dir/tmp" \
+      --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1
+  }
   if [ ! -d "$dir/data/mysql" ]; then
-    mariadb-install-db --user="$(id -un)" --datadir="$dir/data" \
-      --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 \
-      || { cat "$dir/install.log" >&2; exit 1; }
+    # Once in a while the bootstrap fails (seen: "Unknown table 'mysql.tmp_user_sys'"); a
+    # second try on a clean directory succeeds.
+    install || { rm -rf "$dir/data"; install; } || { cat "$dir/install.log" >&2; exit 1; }
   fi
   # --no-defaults: nothing from /etc/mysql leaks in; every setting is here.
   mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/data" --port="$port" \
+    --tmpdir="$dir/tmp" \
     --bind-address=127.0.0.1 --socket="$dir/sock" --pid-file="$dir/pid" \
     --skip-log-bin --max-connections=2000 --max-allowed-packet=256M \
     --innodb-buffer-pool-size=256M --innodb-log-file-size=128M \

@@ -85,11 +85,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
         balances(&b).await,
         vec![(1, "100.00".into()), (2, "80.00".into())]
     );
-    assert_eq!(
-        (common::undo_rows(&a).await, common::undo_rows(&b).await),
-        (0, 0),
-        "phase 2 deleted the undo logs"
-    );
+    common::wait_no_undo(&[&a, &b]).await; // phase 2 deletes the undo logs
 
     // Rollback restores both sides.
     let xid: String = ca
@@ -495,6 +491,47 @@ async fn two_branches_on_one_row_roll_back_in_reverse() {
         .unwrap();
     assert_eq!(s, "Rollbacked");
     assert_eq!(balances(&a).await[0], (1, "100.00".to_string()));
+}
+
+/// A statement on an unqualified table changes the session's current database, whatever
+/// switched it (`USE`, a `USE` after another statement in one query); its undo log still goes
+/// to the data source's own database, where phase 2 reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_follow_the_current_database() {
+    let (a, b, tandem, _) = two_databases("usedb");
+    let mut c = common::connect(&tandem.url(&a)).await;
+    let xid: String = c
+        .query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    let update = |id: i32, by: i32| {
+        format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance - {by} WHERE id = {id}")
+    };
+    c.query_drop(update(1, 1)).await.unwrap();
+    c.query_drop(format!("USE {b}")).await.unwrap();
+    c.query_drop(update(2, 7)).await.unwrap();
+    c.query_drop(format!("SELECT 1; USE {a}")).await.unwrap();
+    c.query_drop(update(2, 5)).await.unwrap();
+    assert_eq!(
+        (balances(&a).await, balances(&b).await),
+        (
+            vec![(1, "99.00".to_string()), (2, "45.00".to_string())],
+            vec![(1, "100.00".to_string()), (2, "43.00".to_string())]
+        )
+    );
+    assert_eq!(common::undo_rows(&a).await, 3, "every undo log in a");
+    let s: String = c
+        .query_first(format!("SELECT tandem_rollback('{xid}')"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "Rollbacked");
+    let start = vec![(1, "100.00".to_string()), (2, "50.00".to_string())];
+    assert_eq!(
+        (balances(&a).await, balances(&b).await),
+        (start.clone(), start)
+    );
 }
 
 /// A branch whose local COMMIT arrives after the global rollback fails and commits nothing.

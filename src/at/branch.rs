@@ -456,7 +456,12 @@ pub async fn register(
     };
     // The undo log goes out first and is written while the coordinator records the branch;
     // the local COMMIT, which makes both count, waits for both.
-    conn.queue(&undo::insert_sql(&branch.xid, branch.branch_id, &work.log));
+    conn.queue(&undo::insert_sql(
+        source.resource.undo_table(),
+        &branch.xid,
+        branch.branch_id,
+        &work.log,
+    ));
     conn.send_queued().await?;
     let registered = register_with_retry(coordinator, source, &branch).await;
     let inserted = conn.read_reply(None).await;

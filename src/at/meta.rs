@@ -122,11 +122,8 @@ impl MetaCache {
         let schema = match schema {
             Some(s) => s.to_string(),
             None => conn
-                .query_rows("SELECT DATABASE()")
+                .current_database()
                 .await?
-                .into_iter()
-                .next()
-                .and_then(|r| r.into_iter().next().flatten())
                 .ok_or_else(|| MetaError::NoSuchTable(table.to_string()))?,
         };
         // MariaDB table names are case-sensitive on Linux unless lower_case_table_names is set;

@@ -24,6 +24,9 @@ use crate::sql::quote;
 
 pub struct AtResource {
     pool: Pool,
+    /// The undo_log table, named with the data source's database: a client's connection may
+    /// have another database current when its branch writes the undo log.
+    undo_table: String,
     undo_table_ready: Arc<AtomicBool>,
     deletions: mpsc::UnboundedSender<Deletion>,
 }
@@ -37,6 +40,12 @@ struct Deletion {
 
 /// The most undo logs one DELETE removes.
 const DELETE_BATCH: usize = 256;
+
+/// How long the first undo log of a batch waits for others. Each DELETE is a transaction of
+/// its own (a commit and a log flush in the database): under load, waiting a little turns one
+/// DELETE per couple of branches into one per dozens. Nothing waits on the deletion but the
+/// branch's record in the coordinator store.
+const DELETE_LINGER: Duration = Duration::from_millis(50);
 
 fn err(e: impl std::fmt::Display) -> Phase2Error {
     Phase2Error(e.to_string())
@@ -54,11 +63,21 @@ impl AtResource {
             rx,
             marker_retention,
         ));
+        let undo_table = match &pool.dsn().database {
+            Some(db) => format!("{}.undo_log", quote::ident(db)),
+            None => "undo_log".to_string(),
+        };
         AtResource {
+            undo_table,
             pool,
             undo_table_ready,
             deletions,
         }
+    }
+
+    /// The undo_log table a branch writes to.
+    pub fn undo_table(&self) -> &str {
+        &self.undo_table
     }
 
     /// The identity branches of this data source carry.
@@ -162,9 +181,9 @@ async fn ensure_undo_table(pool: &Pool, ready: &AtomicBool) -> Result<(), Backen
     Ok(())
 }
 
-/// Deletes the undo logs of committed branches: everything queued while the last DELETE ran
-/// goes out in the next one. Now and then also deletes old "global finished" markers. Ends
-/// when the resource is dropped.
+/// Deletes the undo logs of committed branches: everything queued within [`DELETE_LINGER`]
+/// of the first, and while the last DELETE ran, goes out in the next one. Now and then also
+/// deletes old "global finished" markers. Ends when the resource is dropped.
 async fn delete_undo_logs(
     pool: Pool,
     undo_table_ready: Arc<AtomicBool>,
@@ -181,6 +200,14 @@ async fn delete_undo_logs(
             _ = markers.tick() => {
                 delete_old_markers(&pool, marker_retention).await;
                 continue;
+            }
+        }
+        let until = tokio::time::Instant::now() + DELETE_LINGER;
+        while batch.len() < DELETE_BATCH {
+            let room = DELETE_BATCH - batch.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break, // the linger is over, or the resource is gone
             }
         }
         let keys: Vec<(&str, u64)> = batch

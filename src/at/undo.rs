@@ -87,11 +87,12 @@ fn xid_literal(xid: &str) -> String {
     quote::text(xid.as_bytes(), "utf8mb4")
 }
 
-/// Inserts the branch's undo log (run in the branch's local transaction, before COMMIT).
-pub fn insert_sql(xid: &str, branch_id: u64, log: &UndoLog) -> String {
+/// Inserts the branch's undo log into `table` (run in the branch's local transaction,
+/// before COMMIT).
+pub fn insert_sql(table: &str, xid: &str, branch_id: u64, log: &UndoLog) -> String {
     let info = serde_json::to_vec(log).unwrap_or_default();
     format!(
-        "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status, log_created, log_modified) \
+        "INSERT INTO {table} (branch_id, xid, context, rollback_info, log_status, log_created, log_modified) \
          VALUES ({branch_id}, {}, 'serializer=json', {}, {STATUS_NORMAL}, NOW(6), NOW(6))",
         xid_literal(xid),
         quote::hex(&info)
@@ -173,7 +174,7 @@ mod tests {
         let json = serde_json::to_vec(&log).unwrap();
         assert_eq!(serde_json::from_slice::<UndoLog>(&json).unwrap(), log);
         assert_eq!(log.items[0].meta(), meta);
-        let sql = insert_sql("x'1", 7, &log);
+        let sql = insert_sql("undo_log", "x'1", 7, &log);
         assert!(
             sql.contains("VALUES (7, CONVERT(X'782731' USING utf8mb4), 'serializer=json', X'"),
             "{sql}"

@@ -106,6 +106,10 @@ pub struct BackendConn {
     pub status: StatusFlags,
     pub last_used: Instant,
     broken: bool,
+    /// The current database as Tandem last learned it (connecting with one, COM_INIT_DB, a
+    /// `SELECT DATABASE()`); `None` when it may have changed since, see
+    /// [`Self::forget_database`].
+    database: Option<String>,
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -249,7 +253,12 @@ impl BackendConn {
             }
         };
         let thread_id = hs.connection_id();
+        let database = dsn
+            .database
+            .clone()
+            .filter(|_| caps.contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB));
         Ok(BackendConn {
+            database,
             io,
             key,
             caps,
@@ -331,15 +340,39 @@ impl BackendConn {
     /// COM_RESET_CONNECTION: ends any transaction, drops temporary tables, prepared
     /// statements and user variables, and restores session variables.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
+        self.database = None;
         self.command(0x1f, &[], ResponseKind::Single)
             .await
             .map(|_| ())
     }
 
     pub async fn init_db(&mut self, db: &str) -> Result<(), BackendError> {
+        self.database = None;
         self.command(0x02, db.as_bytes(), ResponseKind::Single)
-            .await
-            .map(|_| ())
+            .await?;
+        self.database = Some(db.to_string());
+        Ok(())
+    }
+
+    /// The connection's current database (`None`: no database selected). Asks the server only
+    /// when Tandem does not know it, which saves AT mode a round trip per statement on an
+    /// unqualified table.
+    pub async fn current_database(&mut self) -> Result<Option<String>, BackendError> {
+        if self.database.is_none() {
+            self.database = self
+                .query_rows("SELECT DATABASE()")
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten());
+        }
+        Ok(self.database.clone())
+    }
+
+    /// Called before relaying a command that may change the current database (`USE`, a
+    /// query of several statements, COM_INIT_DB, COM_CHANGE_USER, COM_RESET_CONNECTION).
+    pub fn forget_database(&mut self) {
+        self.database = None;
     }
 
     fn settle(

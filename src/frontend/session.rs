@@ -494,6 +494,9 @@ impl Session {
         let Some(backend) = self.backend.as_mut() else {
             return Flow::Close;
         };
+        if may_change_database(payload, kind) {
+            backend.forget_database();
+        }
         let io = backend.io();
         io.write_packet(0, payload);
         if io.flush().await.is_err() {
@@ -620,4 +623,40 @@ impl Session {
 pub(super) fn statement_id(payload: &[u8]) -> Option<u32> {
     let b = payload.get(1..5)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Whether relaying `payload` may change the backend connection's current database, which
+/// Tandem then has to ask for again. A query holding a `;` may hold a `USE` after its first
+/// statement; `USE` cannot be prepared, nor run inside a stored routine.
+fn may_change_database(payload: &[u8], kind: StatementKind) -> bool {
+    match payload.first() {
+        Some(&COM_QUERY) => kind == StatementKind::Use || payload.contains(&b';'),
+        Some(&(COM_INIT_DB | COM_RESET_CONNECTION | COM_CHANGE_USER)) => true,
+        _ => kind == StatementKind::Use,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_that_may_change_the_database() {
+        let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
+        let changes = |sql: &str| may_change_database(&query(sql), classify(sql.as_bytes()));
+        assert!(changes("USE bank_b"));
+        assert!(changes("use `bank_b`"));
+        assert!(changes("SELECT 1; USE bank_b"));
+        assert!(!changes("UPDATE account SET balance = 0 WHERE id = 1"));
+        assert!(!changes("SELECT * FROM users"));
+        assert!(may_change_database(
+            &[COM_INIT_DB, b'b'],
+            StatementKind::Other
+        ));
+        assert!(may_change_database(
+            &[COM_RESET_CONNECTION],
+            StatementKind::Other
+        ));
+        assert!(!may_change_database(&[COM_PING], StatementKind::Other));
+    }
 }

@@ -505,6 +505,26 @@ pub async fn undo_rows(db: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until no undo row is left in any of `dbs`: commit answers once the decision is
+/// recorded and deletes undo logs in the background (in batches, a short while later).
+pub async fn wait_no_undo(dbs: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut left = Vec::new();
+        for db in dbs {
+            left.push(undo_rows(db).await);
+        }
+        if left.iter().all(|n| *n == 0) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "undo rows still in {dbs:?} after 10 s: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn error_code(e: &mysql_async::Error) -> Option<u16> {
     match e {
         mysql_async::Error::Server(s) => Some(s.code),
