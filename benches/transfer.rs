@@ -264,6 +264,9 @@ async fn transfer_at_statements(
         Ok(())
     }
     .await;
+    if let Err(e) = &r {
+        let _ = FIRST_STATEMENTS_FAILURE.set(e.to_string());
+    }
     r.is_ok()
 }
 
@@ -352,6 +355,7 @@ fn cpu_seconds() -> Vec<f64> {
 
 /// Why the first failed transfer failed, to print with the results.
 static FIRST_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static FIRST_STATEMENTS_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -486,6 +490,9 @@ async fn main() {
         p50(2),
         p50(3)
     );
+    if let Some(why) = FIRST_STATEMENTS_FAILURE.get() {
+        println!("first failure of AT's statements alone: {why}");
+    }
     if let Some(why) = FIRST_FAILURE.get() {
         println!("first failure: {why}");
     }

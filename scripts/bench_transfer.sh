@@ -53,7 +53,7 @@ executor() { echo "  - { name: $1, mode: single, data_source: $1 }"; }
 source_of() { echo "  - { name: $1, dsn: \"mysql://root@127.0.0.1:$db_port/bank_$1\" }"; }
 tandem_pids=()
 start_tandem() { # name config
-  target/release/tandem --config "$2" --log-level warn 2>"$work/$1.log" &
+  ${BENCH_TANDEM_ENV:-} target/release/tandem --config "$2" --log-level warn 2>"$work/$1.log" &
   pids+=($!)
   tandem_pids+=($!)
 }
@@ -114,7 +114,7 @@ if [ -n "${BENCH_PERF:-}" ]; then
   perf_pid=${tandem_pids[0]}
   [ "$BENCH_PERF" = mariadb ] && perf_pid=$(cat "$work/mariadb/pid")
   [ "$BENCH_PERF" = etcd ] && perf_pid=$etcd_pid
-  (sleep $((BENCH_SECONDS + 2)); perf record -F 499 -g -p "$perf_pid" -o "$work/perf.data" -- sleep $((BENCH_SECONDS - 1)) >/dev/null 2>&1) &
+  (sleep $((2 * BENCH_SECONDS + 2)); perf record -F 499 -g -p "$perf_pid" -o "$work/perf.data" -- sleep $((BENCH_SECONDS - 1)) >/dev/null 2>&1) &
 fi
 BENCH_PROCESSES="mariadb=$(cat "$work/mariadb/pid")"
 for i in "${!tandem_pids[@]}"; do BENCH_PROCESSES+=" tandem-$((i + 1))=${tandem_pids[$i]}"; done

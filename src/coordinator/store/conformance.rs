@@ -506,16 +506,22 @@ struct TestEtcd {
     _dir: tempfile::TempDir,
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl TestEtcd {
     fn start() -> TestEtcd {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (client, peer) = (free(), free());
+        Self::start_on(free_port())
+    }
+
+    /// A new, empty member serving clients on `client`.
+    fn start_on(client: u16) -> TestEtcd {
+        let peer = free_port();
         let dir = tempfile::tempdir().unwrap();
         let endpoint = format!("http://127.0.0.1:{client}");
         let child = std::process::Command::new("etcd")
@@ -579,6 +585,38 @@ async fn etcd_store_keeps_the_rules() {
     late_commit(etcd.store("/late/").await).await;
     across_caches(etcd.store("/two/").await, etcd.store("/two/").await).await;
     many_at_once(etcd.store("/many/").await).await;
+}
+
+/// The cluster behind the endpoint is replaced by an empty one, at lower revisions: a store
+/// that kept a copy of the old one sees the new one's changes again (it reloads its copy),
+/// instead of waiting for the new cluster to reach the old revisions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_cluster_is_followed() {
+    let old = TestEtcd::start();
+    let port: u16 = old.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let s = old.store("/replaced/").await;
+    for i in 0..30 {
+        s.create(&tx(&format!("old{i}"))).await.unwrap();
+    }
+    assert!(s.cached_global("old0").is_some());
+    drop(old);
+    let new = TestEtcd::start_on(port);
+    let other = new.store("/replaced/").await;
+    other.create(&tx("new")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.cached_global("new").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not follow the new cluster"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.cached_global("old0"),
+        None,
+        "the old cluster's records are gone"
+    );
+    assert_eq!(s.get("new").await.unwrap(), Some(tx("new")));
 }
 
 #[tokio::test]

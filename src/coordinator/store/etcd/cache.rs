@@ -238,7 +238,10 @@ impl Cache {
 
     /// Keeps the loaded cache current until `closed` ends: follows the watch from the
     /// revision after the last one applied, also when the stream breaks; loads again when
-    /// etcd compacted the revisions the watch would need.
+    /// etcd compacted the revisions the watch would need, or when etcd is at an older
+    /// revision than the cache (the cluster behind the endpoints was replaced or restored
+    /// from a backup: a watch from a revision it has not reached would wait, silently, until
+    /// it does).
     pub async fn follow(self: Arc<Self>, mut client: Client, mut closed: watch::Receiver<()>) {
         let mut loaded = true;
         loop {
@@ -247,7 +250,8 @@ impl Cache {
                     self.load(&mut client).await?;
                     loaded = true;
                 }
-                let from = self.state().revision + 1;
+                let applied = self.state().revision;
+                let from = applied + 1;
                 let opts = WatchOptions::new()
                     .with_range(prefix_end(&self.prefix))
                     .with_start_revision(from);
@@ -256,6 +260,17 @@ impl Cache {
                     if resp.compact_revision() > 0 {
                         tracing::warn!(
                             "etcd compacted revisions the watch needed; reloading the cache"
+                        );
+                        self.state().revision = 0;
+                        loaded = false;
+                        break;
+                    }
+                    let current = resp.header().map_or(applied, |h| h.revision());
+                    if current < applied {
+                        tracing::warn!(
+                            current,
+                            applied,
+                            "etcd is at an older revision than this sidecar's copy of it; reloading the copy"
                         );
                         self.state().revision = 0;
                         loaded = false;
