@@ -9,6 +9,8 @@
 #   BENCH_SECONDS=5 scripts/bench_transfer.sh
 #   BENCH_STORE=etcd scripts/bench_transfer.sh     # two sidecars (one per database) sharing
 #                                                  # an etcd member; prints etcd writes
+#   BENCH_TANDEM_ENV="env TOKIO_WORKER_THREADS=1" scripts/bench_transfer.sh
+#                                                  # a command that Tandem is started under
 #
 # MariaDB runs with its production default durability (innodb_flush_log_at_trx_commit=1),
 # as the coordinator's own store syncs its decisions to disk; set
