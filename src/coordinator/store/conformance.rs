@@ -414,6 +414,48 @@ async fn across_caches(a: EtcdStore, b: EtcdStore) {
     }
 }
 
+/// The owners of a transaction's branches record their phase 2 at the same moment, each
+/// from its own store (its own copy, on etcd): the last one sets the final status, exactly
+/// one says it did, and nothing is left.
+async fn finishing_together(a: impl Store + Clone, b: impl Store + Clone) {
+    for round in 0..20 {
+        let xid = format!("t{round}");
+        a.create(&tx(&xid)).await.unwrap();
+        a.register_branch(&branch(&xid, 1, &[&format!("t{round}/a")]))
+            .await
+            .unwrap();
+        b.register_branch(&branch(&xid, 2, &[&format!("t{round}/b")]))
+            .await
+            .unwrap();
+        let decision = if round % 2 == 0 {
+            Committing
+        } else {
+            Rollbacking
+        };
+        a.decide(&xid, decision).await.unwrap();
+        let (x, y) = tokio::join!(
+            a.finish_branches(&xid, &[1], &[]),
+            b.finish_branches(&xid, &[2], &[])
+        );
+        let done = if round % 2 == 0 {
+            Committed
+        } else {
+            Rollbacked
+        };
+        let said: Vec<_> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+        assert_eq!(said, vec![done], "round {round}: one of them ended it");
+        assert_eq!(a.get(&xid).await.unwrap().map(|t| t.status), Some(done));
+        assert!(b.branches(&xid).await.unwrap().is_empty());
+        assert_eq!(
+            a.lock_holder("z", &[format!("t{round}/a"), format!("t{round}/b")])
+                .await
+                .unwrap(),
+            None,
+            "round {round}: every lock released"
+        );
+    }
+}
+
 /// Many operations at once, so they go to the store in large batches; each with enough
 /// keys that a batch's size is bounded by them too.
 async fn many_at_once(s: impl Store + Clone) {
@@ -463,6 +505,8 @@ async fn contention(s: impl Store + Clone) {
 async fn memory_store_keeps_the_rules() {
     suite(MemoryStore::new()).await;
     late_commit(MemoryStore::new()).await;
+    let m = MemoryStore::new();
+    finishing_together(m.clone(), m).await;
 }
 
 #[tokio::test]
@@ -475,6 +519,8 @@ async fn embedded_store_keeps_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     suite(EmbeddedStore::open(&dir.path().join("sub/tandem.db")).unwrap()).await;
     late_commit(EmbeddedStore::open(&dir.path().join("late.db")).unwrap()).await;
+    let e = EmbeddedStore::open(&dir.path().join("together.db")).unwrap();
+    finishing_together(e.clone(), e).await;
 }
 
 #[tokio::test]
@@ -584,6 +630,11 @@ async fn etcd_store_keeps_the_rules() {
     contention(etcd.store("/contention/").await).await;
     late_commit(etcd.store("/late/").await).await;
     across_caches(etcd.store("/two/").await, etcd.store("/two/").await).await;
+    finishing_together(
+        etcd.store("/together/").await,
+        etcd.store("/together/").await,
+    )
+    .await;
     many_at_once(etcd.store("/many/").await).await;
 }
 

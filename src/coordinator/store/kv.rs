@@ -46,11 +46,56 @@ pub trait KvRead {
     fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
 
+/// Whether a conditional write ([`KvTxn::put_if_alone`]) applied: known once the store
+/// committed the operation that made it.
+#[derive(Clone, Debug, Default)]
+pub struct Applied(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Applied {
+    pub fn known(applied: bool) -> Applied {
+        let a = Applied::default();
+        a.set(applied);
+        a
+    }
+
+    pub fn set(&self, applied: bool) {
+        self.0.store(applied, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// A read-write transaction: reads see the transaction's own writes; nothing is visible to
 /// others until the store commits it, and nothing is kept if the operation fails.
 pub trait KvTxn: KvRead {
     fn put(&mut self, table: Table, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
     fn delete(&mut self, table: Table, key: &str) -> Result<(), StoreError>;
+
+    /// Puts `value` at `key` of `table` if, where the write lands, `under` holds no key that
+    /// starts with `prefix` besides `except` (keys this transaction deletes). Unlike a scan
+    /// followed by a put, the range is not part of what the transaction read: a concurrent
+    /// writer of the range makes the put not apply instead of making the whole transaction
+    /// run again. A store that runs operations one at a time decides at once.
+    fn put_if_alone(
+        &mut self,
+        table: Table,
+        key: &str,
+        value: Vec<u8>,
+        under: Table,
+        prefix: &str,
+        except: &[String],
+    ) -> Result<Applied, StoreError> {
+        let alone = self
+            .scan(under, prefix)?
+            .iter()
+            .all(|(k, _)| except.contains(k));
+        if alone {
+            self.put(table, key, value)?;
+        }
+        Ok(Applied::known(alone))
+    }
 }
 
 /// A key-value store with transactions.
@@ -433,15 +478,20 @@ fn check_owner(t: &(impl KvRead + ?Sized), fence: &Fence) -> Result<(), StoreErr
 
 /// Phase 2 of branches `ids` is done: deletes them and releases their locks (unless
 /// `locks_released` says a split release did); when no branch is left, moves the decided
-/// transaction to its final status, which is returned. With fences, only while each
-/// fence's node owns its resource.
+/// transaction to its final status. Returns that status, with whether this write set it.
+/// With fences, only while each fence's node owns its resource.
+///
+/// Whether branches are left is a condition of the final-status write alone
+/// ([`KvTxn::put_if_alone`]), not something this operation reads: sidecars finishing their
+/// own branches of one transaction at the same time do not make each other run again, and
+/// the last of them sets the final status.
 pub fn finish_branches(
     t: &mut (impl KvTxn + ?Sized),
     xid: &str,
     ids: &[u64],
     fences: &[Fence],
     locks_released: bool,
-) -> Result<Option<GlobalStatus>, StoreError> {
+) -> Result<Option<(GlobalStatus, Applied)>, StoreError> {
     for f in fences {
         check_owner(t, f)?;
     }
@@ -451,21 +501,31 @@ pub fn finish_branches(
     let Some(done) = tx.status.outcome() else {
         return Ok(None);
     };
-    let all = branches(t, xid)?;
     // The commit decision released every lock already.
     let locks_released = locks_released || tx.status == GlobalStatus::Committing;
-    for b in all.iter().filter(|b| ids.contains(&b.branch_id)) {
+    let mut deleted = Vec::with_capacity(ids.len());
+    for id in ids {
+        let key = branch_key(xid, *id);
+        let Some(bytes) = t.get(Table::Branches, &key)? else {
+            continue;
+        };
         if !locks_released {
-            release(t, xid, &b.lock_keys, Some(b.branch_id))?;
+            let b: Branch = decode(&key, &bytes)?;
+            release(t, xid, &b.lock_keys, Some(*id))?;
         }
-        t.delete(Table::Branches, &branch_key(xid, b.branch_id))?;
-    }
-    if !all.iter().all(|b| ids.contains(&b.branch_id)) {
-        return Ok(None);
+        t.delete(Table::Branches, &key)?;
+        deleted.push(key);
     }
     tx.status = done;
-    t.put(Table::Globals, xid, encode(&tx))?;
-    Ok(Some(done))
+    let applied = t.put_if_alone(
+        Table::Globals,
+        xid,
+        encode(&tx),
+        Table::Branches,
+        &branch_prefix(xid),
+        &deleted,
+    )?;
+    Ok(Some((done, applied)))
 }
 
 pub fn forget(

@@ -349,10 +349,11 @@ impl<K: kv::KvStore> Store for K {
                 Ok(())
             };
             let (x, i) = (xid.clone(), ids.clone());
-            or_release_first(&s, true, release, move |t, released| {
+            let finished = or_release_first(&s, true, release, move |t, released| {
                 kv::finish_branches(t, &x, &i, &fences, released)
             })
-            .await
+            .await?;
+            Ok(finished.and_then(|(status, applied)| applied.get().then_some(status)))
         }
     }
 

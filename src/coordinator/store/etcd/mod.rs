@@ -50,7 +50,7 @@ use etcd_client::{
 use self::batch::{Answer, Commit, Committer};
 pub use self::cache::Subscriber;
 use self::cache::{prefix_end, Cache};
-use super::kv::{self, KvRead, KvStore, KvTxn, Table};
+use super::kv::{self, Applied, KvRead, KvStore, KvTxn, Table};
 use super::StoreError;
 use crate::config;
 use crate::coordinator::model::{Branch, GlobalTx};
@@ -240,22 +240,32 @@ impl Inner {
                 }
                 continue;
             }
-            if stm.from_cache.get() && (result.is_err() || stm.writes.is_empty()) {
+            let writes_nothing = stm.writes.is_empty() && stm.conditionals.is_empty();
+            if stm.from_cache.get() && (result.is_err() || writes_nothing) {
                 // An outcome that writes nothing is an answer about what was read: read it
                 // from etcd before giving it.
                 use_cache = false;
                 continue;
             }
             let value = result?;
-            if !commit || stm.writes.is_empty() {
+            if !commit || writes_nothing {
                 return Ok(value);
             }
             let (commit, reads) = stm.commit().map_err(E::from)?;
-            let writes = std::mem::take(&mut stm.writes);
+            let mut writes = std::mem::take(&mut stm.writes);
+            let conditionals = std::mem::take(&mut stm.conditionals);
             drop(stm);
             match self.committer.commit(commit).await {
                 Ok(answer) if answer.succeeded => {
                     self.writes.fetch_add(1, Ordering::Relaxed);
+                    // The conditional puts' answers follow the writes'.
+                    let nested = answer.responses.iter().skip(writes.len());
+                    for (c, op) in conditionals.into_iter().zip(nested) {
+                        if matches!(op, TxnOpResponse::Txn(t) if t.succeeded()) {
+                            c.applied.set(true);
+                            writes.insert(c.key, Some(c.value));
+                        }
+                    }
                     self.cache.wrote(answer.revision, &writes);
                     return Ok(value);
                 }
@@ -366,8 +376,43 @@ struct Stm<'a> {
     used_keys: RefCell<BTreeMap<Vec<u8>, i64>>,
     used_ranges: RefCell<Vec<RangeRead>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Puts that apply only if a range holds nothing else then ([`KvTxn::put_if_alone`]):
+    /// each a `Txn` nested after the writes.
+    conditionals: Vec<Conditional>,
     /// Set by a read that missed (reads take `&self`).
     missed: RefCell<Option<Miss>>,
+}
+
+/// A put conditional on a range holding no key but `except`, checked by etcd as it applies
+/// the commit.
+struct Conditional {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    prefix: Vec<u8>,
+    except: Vec<Vec<u8>>,
+    applied: Applied,
+}
+
+impl Conditional {
+    /// The compares: no key (`version` 0 is what etcd compares a missing key as) in each
+    /// stretch of the range between the keys excepted. etcd evaluates every compare of a
+    /// request before any of its writes, so the commit's own deletions are not seen.
+    fn txn(&self) -> etcd_client::Txn {
+        let mut except = self.except.clone();
+        except.sort();
+        let mut compares = Vec::with_capacity(except.len() + 1);
+        let mut start = self.prefix.clone();
+        for k in except {
+            compares.push(Compare::version(start, CompareOp::Equal, 0).with_range(k.clone()));
+            start = [k.as_slice(), &[0]].concat();
+        }
+        compares.push(
+            Compare::version(start, CompareOp::Equal, 0).with_range(prefix_end(&self.prefix)),
+        );
+        etcd_client::Txn::new()
+            .when(compares)
+            .and_then(vec![TxnOp::put(self.key.clone(), self.value.clone(), None)])
+    }
 }
 
 /// The error a read returns when the snapshot lacks its key; the run is then abandoned.
@@ -385,6 +430,7 @@ impl<'a> Stm<'a> {
             used_keys: RefCell::new(BTreeMap::new()),
             used_ranges: RefCell::new(Vec::new()),
             writes: BTreeMap::new(),
+            conditionals: Vec::new(),
             missed: RefCell::new(None),
         }
     }
@@ -441,9 +487,16 @@ impl<'a> Stm<'a> {
             .map(|r| Miss::Range(r.prefix.clone()))
             .collect();
         reads.extend(self.used_keys.borrow().keys().cloned().map(Miss::Key));
+        let conditional_compares = self
+            .conditionals
+            .iter()
+            .map(|c| c.except.len() + 1)
+            .max()
+            .unwrap_or(0);
         if compares.len() > MAX_TXN_OPS
-            || self.writes.len() > MAX_TXN_OPS
+            || self.writes.len() + self.conditionals.len() > MAX_TXN_OPS
             || reads.len() > MAX_TXN_OPS
+            || conditional_compares > MAX_TXN_OPS
         {
             return Err(StoreError::TooLarge);
         }
@@ -454,6 +507,7 @@ impl<'a> Stm<'a> {
                 Some(v) => TxnOp::put(k.clone(), v.clone(), None),
                 None => TxnOp::delete(k.clone(), None),
             })
+            .chain(self.conditionals.iter().map(|c| TxnOp::txn(c.txn())))
             .collect();
         let gets: Vec<TxnOp> = reads
             .iter()
@@ -470,17 +524,30 @@ impl<'a> Stm<'a> {
                 Miss::Range(p) => ranges.push(p.clone()),
             }
         }
+        // A conditional put reads its range (so it shares no batch with a writer of it) and
+        // writes its key.
+        ranges.extend(self.conditionals.iter().map(|c| c.prefix.clone()));
         let commit = Commit {
             compares,
             ops,
             gets,
             reads: keys,
             ranges,
-            writes: self.writes.keys().cloned().collect(),
+            writes: self
+                .writes
+                .keys()
+                .chain(self.conditionals.iter().map(|c| &c.key))
+                .cloned()
+                .collect(),
             bytes: self
                 .writes
                 .iter()
                 .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .chain(
+                    self.conditionals
+                        .iter()
+                        .map(|c| c.key.len() + c.value.len()),
+                )
                 .sum(),
         };
         Ok((commit, reads))
@@ -575,6 +642,26 @@ impl KvTxn for Stm<'_> {
     fn delete(&mut self, table: Table, key: &str) -> Result<(), StoreError> {
         self.writes.insert(self.store.key(table, key), None);
         Ok(())
+    }
+
+    fn put_if_alone(
+        &mut self,
+        table: Table,
+        key: &str,
+        value: Vec<u8>,
+        under: Table,
+        prefix: &str,
+        except: &[String],
+    ) -> Result<Applied, StoreError> {
+        let applied = Applied::default();
+        self.conditionals.push(Conditional {
+            key: self.store.key(table, key),
+            value,
+            prefix: format!("{}{prefix}", self.store.table_prefix(under)).into_bytes(),
+            except: except.iter().map(|k| self.store.key(under, k)).collect(),
+            applied: applied.clone(),
+        });
+        Ok(applied)
     }
 }
 
