@@ -241,7 +241,8 @@ impl Cache {
     /// etcd compacted the revisions the watch would need, or when etcd is at an older
     /// revision than the cache (the cluster behind the endpoints was replaced or restored
     /// from a backup: a watch from a revision it has not reached would wait, silently, until
-    /// it does).
+    /// it does). A resumed watch served by a member that lags behind reloads too: a wasted
+    /// read, nothing worse, since writes never trust the copy without their compares.
     pub async fn follow(self: Arc<Self>, mut client: Client, mut closed: watch::Receiver<()>) {
         let mut loaded = true;
         loop {
