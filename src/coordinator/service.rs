@@ -31,6 +31,10 @@ const ROLLBACK_WAIT: Duration = Duration::from_secs(10);
 /// How long a finished transaction's final status stays queryable.
 const FINISHED_RETENTION: Duration = Duration::from_secs(600);
 
+/// How often the sweep reads finished transactions too, to forget those past
+/// [`FINISHED_RETENTION`]; its other passes read only the unfinished ones.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +96,8 @@ pub struct Coordinator {
     backoff: Mutex<HashMap<String, (std::time::Instant, u32)>>,
     /// The next branch id; starts from the clock so ids keep increasing across restarts.
     next_branch: std::sync::atomic::AtomicU64,
+    /// When the sweep last read finished transactions to forget old ones.
+    last_forget: Mutex<Option<std::time::Instant>>,
     metrics: CoordinatorMetrics,
 }
 
@@ -131,6 +137,7 @@ impl Coordinator {
             in_flight: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
             next_branch: std::sync::atomic::AtomicU64::new(now_ms() << 16),
+            last_forget: Mutex::new(None),
             metrics,
         })
     }
@@ -551,10 +558,25 @@ impl Coordinator {
         self.status(xid).await
     }
 
+    /// Whether this sweep is due to read finished transactions too (see [`FORGET_EVERY`]).
+    fn forget_due(&self) -> bool {
+        let mut last = lock(&self.last_forget);
+        let due = last.is_none_or(|t| t.elapsed() >= FORGET_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
     /// One pass of the background work: time out expired transactions, drive decided ones
-    /// whose phase 2 is unfinished, and forget long-finished ones.
+    /// whose phase 2 is unfinished, and (every [`FORGET_EVERY`]) forget long-finished ones.
     pub async fn sweep(self: &Arc<Self>) {
-        let txs = match self.store.list().await {
+        let txs = if self.forget_due() {
+            self.store.list().await
+        } else {
+            self.store.unfinished().await
+        };
+        let txs = match txs {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "coordinator sweep could not read the store");

@@ -37,6 +37,19 @@ impl AnyStore {
         each!(self, s => s.list().await)
     }
 
+    /// The transactions not yet final. The etcd store answers from its copy, which keeps no
+    /// others: the sweep then reads neither etcd nor the finished transactions kept for late
+    /// questions (at hundreds of transactions a second, hundreds of thousands of records).
+    pub async fn unfinished(&self) -> Result<Vec<GlobalTx>, StoreError> {
+        if let AnyStore::Etcd(s) = self {
+            if let Some(txs) = s.cached_unfinished() {
+                return Ok(txs);
+            }
+        }
+        let all = self.list().await?;
+        Ok(all.into_iter().filter(|t| !t.status.is_final()).collect())
+    }
+
     pub async fn transition(
         &self,
         xid: &str,

@@ -456,6 +456,37 @@ async fn finishing_together(a: impl Store + Clone, b: impl Store + Clone) {
     }
 }
 
+/// The transactions not yet final come from the store's copy, which keeps no others.
+async fn unfinished_from_the_copy(s: EtcdStore) {
+    s.create(&tx("u1")).await.unwrap();
+    s.create(&tx("u2")).await.unwrap();
+    s.decide("u2", Rollbacking).await.unwrap();
+    assert_eq!(
+        s.finish_branches("u2", &[], &[]).await,
+        Ok(Some(Rollbacked))
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let unfinished = |s: &EtcdStore| {
+        s.cached_unfinished()
+            .map(|l| l.into_iter().map(|t| t.xid).collect::<Vec<_>>())
+    };
+    while unfinished(&s) != Some(vec!["u1".to_string()]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy lists {:?}",
+            unfinished(&s)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let any = super::any::AnyStore::Etcd(s);
+    assert_eq!(any.unfinished().await.unwrap(), vec![tx("u1")]);
+    assert_eq!(
+        any.list().await.unwrap().len(),
+        2,
+        "the finished one is kept"
+    );
+}
+
 /// Many operations at once, so they go to the store in large batches; each with enough
 /// keys that a batch's size is bounded by them too.
 async fn many_at_once(s: impl Store + Clone) {
@@ -507,6 +538,12 @@ async fn memory_store_keeps_the_rules() {
     late_commit(MemoryStore::new()).await;
     let m = MemoryStore::new();
     finishing_together(m.clone(), m).await;
+    let any = super::any::AnyStore::Memory(MemoryStore::new());
+    any.create(&tx("m1")).await.unwrap();
+    any.create(&tx("m2")).await.unwrap();
+    any.decide("m2", Rollbacking).await.unwrap();
+    any.finish_branches("m2", &[], &[]).await.unwrap();
+    assert_eq!(any.unfinished().await.unwrap(), vec![tx("m1")]);
 }
 
 #[tokio::test]
@@ -636,6 +673,7 @@ async fn etcd_store_keeps_the_rules() {
     )
     .await;
     many_at_once(etcd.store("/many/").await).await;
+    unfinished_from_the_copy(etcd.store("/unfinished/").await).await;
 }
 
 /// The cluster behind the endpoint is replaced by an empty one, at lower revisions: a store

@@ -128,6 +128,22 @@ impl Cache {
         })
     }
 
+    /// Every value the cache holds under `prefix`, when it is loaded.
+    pub fn values_under(&self, prefix: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let state = self.state();
+        if state.revision == 0 {
+            return None;
+        }
+        Some(
+            state
+                .entries
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, slot)| slot.value.clone())
+                .collect(),
+        )
+    }
+
     /// Records this process's own committed writes (all at revision `rev`).
     pub fn wrote(&self, rev: i64, writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
         let mut state = self.state();

@@ -176,6 +176,18 @@ impl EtcdStore {
 
     /// A global transaction as this process last saw it, without asking etcd: may be stale,
     /// and is `None` for finished ones. Good for deciding what to look at, not for answers.
+    /// The transactions not yet final, from the cache (which keeps no others), when it is
+    /// loaded and every record in it reads.
+    pub fn cached_unfinished(&self) -> Option<Vec<GlobalTx>> {
+        let prefix = self.inner.table_prefix(Table::Globals).into_bytes();
+        self.inner
+            .cache
+            .values_under(&prefix)?
+            .iter()
+            .map(|v| serde_json::from_slice(v).ok())
+            .collect()
+    }
+
     pub fn cached_global(&self, xid: &str) -> Option<GlobalTx> {
         let (value, _) = self.inner.cache.get(&self.key(Table::Globals, xid))?;
         serde_json::from_slice(&value?).ok()
