@@ -37,14 +37,19 @@ impl AnyStore {
         each!(self, s => s.list().await)
     }
 
-    /// The transactions not yet final. The etcd store answers from its copy, which keeps no
-    /// others: the sweep then reads neither etcd nor the finished transactions kept for late
-    /// questions (at hundreds of transactions a second, hundreds of thousands of records).
+    /// The transactions not yet final. The etcd store answers from its copy and the
+    /// embedded store from a table of its own, which keep no others: the sweep then reads
+    /// neither etcd nor the finished transactions kept for late questions (at hundreds of
+    /// transactions a second, hundreds of thousands of records).
     pub async fn unfinished(&self) -> Result<Vec<GlobalTx>, StoreError> {
-        if let AnyStore::Etcd(s) = self {
-            if let Some(txs) = s.cached_unfinished() {
-                return Ok(txs);
+        match self {
+            AnyStore::Etcd(s) => {
+                if let Some(txs) = s.cached_unfinished() {
+                    return Ok(txs);
+                }
             }
+            AnyStore::Embedded(s) => return s.unfinished(),
+            AnyStore::Memory(_) => {}
         }
         let all = self.list().await?;
         Ok(all.into_iter().filter(|t| !t.status.is_final()).collect())

@@ -569,12 +569,23 @@ async fn embedded_store_survives_reopening() {
         s.create(&tx("d")).await.unwrap();
         s.register_branch(&branch("d", 1, &["k"])).await.unwrap();
         s.transition("d", Begin, Committing, false).await.unwrap();
+        // Finished transactions are kept, but not among the unfinished ones.
+        s.create(&tx("e")).await.unwrap();
+        s.decide("e", Rollbacking).await.unwrap();
+        assert_eq!(s.finish_branches("e", &[], &[]).await, Ok(Some(Rollbacked)));
+        s.create(&tx("f")).await.unwrap();
+        s.forget("f").await.unwrap();
+        let unfinished: Vec<_> = s.unfinished().unwrap().into_iter().map(|t| t.xid).collect();
+        assert_eq!(unfinished, vec!["d"]);
     }
     let s = EmbeddedStore::open(&path).unwrap();
     assert_eq!(
         s.get("d").await.unwrap().map(|t| t.status),
         Some(Committing)
     );
+    assert_eq!(s.list().await.unwrap().len(), 2);
+    let unfinished: Vec<_> = s.unfinished().unwrap().into_iter().map(|t| t.xid).collect();
+    assert_eq!(unfinished, vec!["d"], "rebuilt at open");
     assert_eq!(s.branches("d").await.unwrap().len(), 1);
     assert_eq!(
         s.lock_holder("x", &["k".into()]).await.unwrap(),

@@ -4,6 +4,10 @@
 //! Writes go through one writer thread that commits the operations waiting at that moment in
 //! one redb transaction (group commit): one disk sync serves many concurrent operations, and
 //! each caller is answered only after that sync. Reads use redb's snapshots and never wait.
+//!
+//! Beside the tables of [`Table`], the file keeps the transactions not yet final in a table of
+//! their own, written with them, so the coordinator's sweep reads only those and not every
+//! finished transaction kept for late questions.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,12 +18,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::kv::{KvRead, KvStore, KvTxn, Table};
 use super::StoreError;
+use crate::coordinator::model::GlobalTx;
 
 const GLOBALS: TableDefinition<&str, &[u8]> = TableDefinition::new("globals");
 const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// The records of `globals` whose status is not final; rebuilt from `globals` at open.
+const UNFINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("unfinished_globals");
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -83,10 +90,23 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir).map_err(|e| backend(format!("{}: {e}", dir.display())))?;
         }
         let db = Database::create(path).map_err(|e| backend(format!("{}: {e}", path.display())))?;
-        // Create the tables once, so read transactions can always open them.
+        // Create the tables once, so read transactions can always open them; build the table
+        // of unfinished transactions afresh (a file written before it existed has none).
         let txn = db.begin_write().map_err(backend)?;
         for t in Table::ALL {
             txn.open_table(definition(t)).map_err(backend)?;
+        }
+        txn.delete_table(UNFINISHED).map_err(backend)?;
+        {
+            let globals = txn.open_table(GLOBALS).map_err(backend)?;
+            let mut unfinished = txn.open_table(UNFINISHED).map_err(backend)?;
+            for (key, value) in scan_table(&globals, "")? {
+                if !is_final(&value) {
+                    unfinished
+                        .insert(key.as_str(), value.as_slice())
+                        .map_err(backend)?;
+                }
+            }
         }
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
@@ -105,6 +125,27 @@ impl EmbeddedStore {
         });
         Ok(EmbeddedStore { writer, db, writes })
     }
+
+    /// The transactions not yet final.
+    pub fn unfinished(&self) -> Result<Vec<GlobalTx>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(UNFINISHED).map_err(backend)?;
+        scan_table(&t, "")?
+            .into_iter()
+            .map(|(key, value)| {
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key,
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether a record of `globals` holds a final status (one that does not read counts as
+/// unfinished, so the sweep still sees it).
+fn is_final(value: &[u8]) -> bool {
+    serde_json::from_slice::<GlobalTx>(value).is_ok_and(|tx| tx.status.is_final())
 }
 
 /// Commits queued operations in batches until every handle is gone.
@@ -219,11 +260,26 @@ impl KvRead for Writer {
     }
 }
 
+impl Writer {
+    /// Keeps the table of unfinished transactions in step with a write to `globals`.
+    fn follow_global(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut t = self.txn()?.open_table(UNFINISHED).map_err(backend)?;
+        match value.filter(|v| !is_final(v)) {
+            Some(v) => t.insert(key, v).map(|_| ()),
+            None => t.remove(key).map(|_| ()),
+        }
+        .map_err(backend)
+    }
+}
+
 impl KvTxn for Writer {
     fn put(&mut self, table: Table, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         {
             let mut t = self.txn()?.open_table(definition(table)).map_err(backend)?;
             t.insert(key, value.as_slice()).map_err(backend)?;
+        }
+        if table == Table::Globals {
+            self.follow_global(key, Some(&value))?;
         }
         self.changes += 1;
         Ok(())
@@ -233,6 +289,9 @@ impl KvTxn for Writer {
         {
             let mut t = self.txn()?.open_table(definition(table)).map_err(backend)?;
             t.remove(key).map_err(backend)?;
+        }
+        if table == Table::Globals {
+            self.follow_global(key, None)?;
         }
         self.changes += 1;
         Ok(())
