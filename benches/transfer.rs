@@ -514,6 +514,14 @@ async fn main() {
                 "store writes per global transaction: {:.2} (both sidecars; 2 branches: target about 6)",
                 writes / begun.max(1) as f64
             );
+            let retries = [&admin, &admin_b]
+                .iter()
+                .filter_map(|a| metric(a, "tandem_coordinator_store_retries"))
+                .sum::<f64>();
+            println!(
+                "store operations run again after a conflict, per global transaction: {:.3}",
+                retries / begun.max(1) as f64
+            );
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct CoordinatorMetrics {
     pub store_writes: IntGauge,
     /// Store writes divided by finished global transactions.
     pub store_writes_per_transaction: prometheus::Gauge,
+    /// Store operations run again because another writer changed what they read (etcd).
+    pub store_retries: IntGauge,
 }
 
 /// Handles for one listener.
@@ -160,6 +162,11 @@ impl Metrics {
                 "Coordinator store writes since start divided by global transactions finished",
             )
             .expect("valid metric"),
+            store_retries: IntGauge::new(
+                "tandem_coordinator_store_retries",
+                "Coordinator store operations run again since start because another writer changed what they read",
+            )
+            .expect("valid metric"),
         };
         for c in [
             Box::new(coordinator.outcomes.clone()) as Box<dyn prometheus::core::Collector>,
@@ -167,6 +174,7 @@ impl Metrics {
             Box::new(coordinator.lock_conflicts.clone()),
             Box::new(coordinator.store_writes.clone()),
             Box::new(coordinator.store_writes_per_transaction.clone()),
+            Box::new(coordinator.store_retries.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }

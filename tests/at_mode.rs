@@ -319,6 +319,8 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
         m.contains("tandem_store_writes_per_global_transaction"),
         "{m}"
     );
+    // The embedded store never runs an operation twice.
+    assert!(m.contains("tandem_coordinator_store_retries 0"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -498,6 +498,7 @@ impl Coordinator {
         m.outcomes.with_label_values(&[status.name()]).inc();
         let writes = self.store.writes();
         m.store_writes.set(writes as i64);
+        m.store_retries.set(self.store.retries() as i64);
         let done: u64 = GlobalStatus::ALL
             .iter()
             .filter(|s| s.is_final())

@@ -161,4 +161,13 @@ impl AnyStore {
     pub fn writes(&self) -> u64 {
         each!(self, s => Store::writes(s))
     }
+
+    /// Operations run again because another writer changed what they read: only the etcd
+    /// store runs operations optimistically.
+    pub fn retries(&self) -> u64 {
+        match self {
+            AnyStore::Etcd(s) => s.retries(),
+            _ => 0,
+        }
+    }
 }

@@ -72,6 +72,8 @@ struct Inner {
     client: Client,
     prefix: String,
     writes: AtomicU64,
+    /// Operations run again after a conflict with another writer.
+    retries: AtomicU64,
     cache: Arc<Cache>,
     committer: Committer,
     /// Dropped with the store, which stops the cache's watch.
@@ -136,6 +138,7 @@ impl EtcdStore {
                 client,
                 prefix: cfg.prefix.clone(),
                 writes: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
                 cache,
                 _closed: closed,
             }),
@@ -186,6 +189,11 @@ impl EtcdStore {
             .iter()
             .map(|v| serde_json::from_slice(v).ok())
             .collect()
+    }
+
+    /// Operations run again so far because another writer changed what they read.
+    pub fn retries(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
     }
 
     pub fn cached_global(&self, xid: &str) -> Option<GlobalTx> {
@@ -286,6 +294,7 @@ impl Inner {
                     // those keys hold now: run again on that, after a short, growing pause
                     // when this keeps happening.
                     conflicts += 1;
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     use_cache = false;
                     if conflicts >= MAX_ATTEMPTS {
                         return Err(E::from(StoreError::Backend(format!(
