@@ -27,6 +27,8 @@ cargo build --release --quiet
 cargo bench --no-run --bench transfer --quiet 2>/dev/null
 
 work="target/bench-transfer"
+# A server an interrupted run left behind would keep running on its old port.
+[ -f "$work/mariadb/pid" ] && scripts/mariadb.sh stop "$work/mariadb"
 rm -rf "$work" && mkdir -p "$work"
 db_port=$(free_port)
 port_a=$(free_port)
