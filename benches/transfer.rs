@@ -381,6 +381,24 @@ fn metric(admin: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Transfers per second over all runs of one kind.
+fn tps(runs: &[Run]) -> f64 {
+    runs.iter().map(|r| r.done as f64).sum::<f64>()
+        / runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>()
+}
+
+/// One line for the runs of one kind: throughput, latency, failures.
+fn print_runs(label: &str, runs: &[Run]) {
+    let mut all: Vec<Duration> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
+    all.sort();
+    let (p50, p99) = (percentile(&all, 0.5), percentile(&all, 0.99));
+    let failed: u64 = runs.iter().map(|r| r.failed).sum();
+    println!(
+        "{label:<36}{:>8.1} transfers/s   p50 {p50:.2} ms  p99 {p99:.2} ms  ({failed} failed)",
+        tps(runs)
+    );
+}
+
 /// CPU milliseconds per transfer of each process, for each kind of run.
 fn print_cpu(kinds: &[&Vec<Run>]) {
     let mut names: Vec<String> = processes().into_iter().map(|(n, _)| n).collect();
@@ -436,39 +454,16 @@ async fn main() {
         statements.push(run(clients, seconds, Kind::AtStatements, &direct_a, &direct_b).await);
         global.push(run(clients, seconds, Kind::Global, &tandem_a, &tandem_b).await);
     }
-    let tps = |runs: &[Run]| {
-        runs.iter().map(|r| r.done as f64).sum::<f64>()
-            / runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>()
-    };
-    let lat = |runs: &[Run]| {
-        let mut all: Vec<Duration> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
-        all.sort();
-        (percentile(&all, 0.5), percentile(&all, 0.99))
-    };
-    let (p50, p99) = lat(&global);
-    let (pp50, pp99) = lat(&plain);
     println!(
         "clients: {clients}, {seconds} s per run, 2 runs each, {ACCOUNTS} accounts per database"
     );
-    println!(
-        "plain local transactions (direct):  {:>8.1} transfers/s   p50 {pp50:.2} ms  p99 {pp99:.2} ms",
-        tps(&plain)
-    );
-    println!(
-        "global transactions (Tandem):       {:>8.1} transfers/s   p50 {p50:.2} ms  p99 {p99:.2} ms  ({} failed)",
-        tps(&global),
-        global.iter().map(|r| r.failed).sum::<u64>()
-    );
+    print_runs("plain local transactions (direct):", &plain);
+    print_runs("global transactions (Tandem):", &global);
     println!(
         "ratio global/plain:                 {:>8.3}",
         tps(&global) / tps(&plain)
     );
-    let (sp50, sp99) = lat(&statements);
-    println!(
-        "AT's statements alone (direct):     {:>8.1} transfers/s   p50 {sp50:.2} ms  p99 {sp99:.2} ms  ({} failed)",
-        tps(&statements),
-        statements.iter().map(|r| r.failed).sum::<u64>()
-    );
+    print_runs("AT's statements alone (direct):", &statements);
     println!(
         "ratio AT's statements alone/plain:  {:>8.3}   (the ceiling for AT with undo logs in the database, on this machine)",
         tps(&statements) / tps(&plain)

@@ -79,21 +79,13 @@ async fn crash_between_the_decision_and_phase_two_finishes_after_restart() {
         "{ max: 8, connect_timeout: 500ms, acquire_timeout: 1s }",
     ));
     let mut c = common::connect(&tandem.url("bank")).await;
-    let committed: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let committed = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{committed}') */ UPDATE account SET balance = balance - 10 WHERE id = 1"
     ))
     .await
     .unwrap();
-    let rolled: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let rolled = common::begin_global(&mut c).await;
     drop(c);
 
     // The database goes down; both decisions are recorded but phase 2 cannot run.

@@ -50,11 +50,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
     let mut cb = common::connect(&url(port_b, &b)).await;
 
     // Commit: one side by hint in autocommit, the other by SET tandem_xid in BEGIN…COMMIT.
-    let xid: String = ca
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut ca).await;
     ca.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 30 WHERE id = 1"
     ))
@@ -88,11 +84,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
     common::wait_no_undo(&[&a, &b]).await; // phase 2 deletes the undo logs
 
     // Rollback restores both sides.
-    let xid: String = ca
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut ca).await;
     ca.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 5, owner = 'x' WHERE id = 1"
     ))
@@ -152,16 +144,8 @@ async fn global_locks_block_other_global_writers_until_commit() {
     let (a, _b, tandem, _) = two_databases("lock");
     let mut c1 = common::connect(&tandem.url(&a)).await;
     let mut c2 = common::connect(&tandem.url(&a)).await;
-    let x1: String = c1
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
-    let x2: String = c2
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let x1 = common::begin_global(&mut c1).await;
+    let x2 = common::begin_global(&mut c2).await;
     c1.query_drop(format!(
         "/*+ XID('{x1}') */ UPDATE account SET balance = 1 WHERE id = 1"
     ))
@@ -214,11 +198,7 @@ async fn global_locks_block_other_global_writers_until_commit() {
 async fn dirty_write_stops_the_rollback_for_a_person() {
     let (a, _b, tandem, _) = two_databases("dirty");
     let mut c = common::connect(&tandem.url(&a)).await;
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = 0 WHERE id = 1"
     ))
@@ -256,11 +236,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
     assert_eq!(bal, "100.00");
 
     // Another one stuck for good: a person fixes the data by hand and force-finishes it.
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = 5 WHERE id = 2"
     ))
@@ -278,11 +254,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
     assert!(body.contains("Rollbacked"), "{body}");
     assert_eq!(common::undo_rows(&a).await, 0, "its undo log is gone");
     // The row is free for other global transactions again.
-    let other: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let other = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{other}') */ UPDATE account SET balance = 7 WHERE id = 2"
     ))
@@ -327,11 +299,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
 async fn statements_that_cannot_be_undone_are_refused() {
     let (a, _b, tandem, _) = two_databases("refuse");
     let mut c = common::connect(&tandem.url(&a)).await;
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     let cases = [
         (
             format!("/*+ XID('{xid}') */ INSERT INTO nokey VALUES (1)"),
@@ -434,11 +402,7 @@ async fn rollback_restores_exact_before_images_for_every_type() {
         mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&tandem.url(&a)).unwrap())
             .setup(vec!["SET NAMES latin1"]);
     let mut c = mysql_async::Conn::new(opts).await.unwrap();
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!("SET tandem_xid = '{xid}'"))
         .await
         .unwrap();
@@ -470,11 +434,7 @@ async fn two_branches_on_one_row_roll_back_in_reverse() {
     let (a, _b, tandem, _) = two_databases("samerow");
     let mut c1 = common::connect(&tandem.url(&a)).await;
     let mut c2 = common::connect(&tandem.url(&a)).await;
-    let xid: String = c1
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c1).await;
     c1.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = 1 WHERE id = 1"
     ))
@@ -502,11 +462,7 @@ async fn two_branches_on_one_row_roll_back_in_reverse() {
 async fn statements_follow_the_current_database() {
     let (a, b, tandem, _) = two_databases("usedb");
     let mut c = common::connect(&tandem.url(&a)).await;
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     let update = |id: i32, by: i32| {
         format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance - {by} WHERE id = {id}")
     };
@@ -543,11 +499,7 @@ async fn statements_follow_the_current_database() {
 async fn late_phase_one_commit_fails_after_rollback() {
     let (a, _b, tandem, _) = two_databases("late");
     let mut c = common::connect(&tandem.url(&a)).await;
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!("SET tandem_xid = '{xid}'"))
         .await
         .unwrap();
@@ -579,11 +531,7 @@ async fn late_phase_one_commit_fails_after_rollback() {
 async fn rollback_marker_stops_a_late_commit_and_expires() {
     let (a, _b, tandem, _) = two_databases_with("marker", "  finished_marker_retention: 2s");
     let mut c = common::connect(&tandem.url(&a)).await;
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = 1 WHERE id = 1"
     ))
@@ -644,16 +592,8 @@ async fn select_for_update_checks_global_locks() {
     let (a, _b, tandem, _) = two_databases("sfu");
     let mut c1 = common::connect(&tandem.url(&a)).await;
     let mut c2 = common::connect(&tandem.url(&a)).await;
-    let x1: String = c1
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
-    let x2: String = c2
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let x1 = common::begin_global(&mut c1).await;
+    let x2 = common::begin_global(&mut c2).await;
     c1.query_drop(format!(
         "/*+ XID('{x1}') */ UPDATE account SET balance = 7 WHERE id = 1"
     ))
@@ -714,11 +654,7 @@ async fn prepared_statements_join_global_transactions() {
     let before_log: Vec<(i64, String)> = Vec::new();
 
     // Rollback: UPDATE, INSERT (AUTO_INCREMENT) and DELETE with parameters of several types.
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!("SET tandem_xid = '{xid}'"))
         .await
         .unwrap();
@@ -757,11 +693,7 @@ async fn prepared_statements_join_global_transactions() {
     assert_eq!(owner, "ann");
 
     // Commit, with the XID as a hint inside the prepared text, in an explicit transaction.
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     let stmt = c
         .prep(format!(
             "UPDATE /*+ XID('{xid}') */ account SET balance = ? WHERE id = ?"
@@ -783,21 +715,13 @@ async fn prepared_statements_join_global_transactions() {
         vec![(1, "1.00".into()), (2, "2.00".into())]
     );
     // A prepared locking read checks global locks as well.
-    let holder: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let holder = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{holder}') */ UPDATE account SET balance = 3 WHERE id = 1"
     ))
     .await
     .unwrap();
-    let other: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let other = common::begin_global(&mut c).await;
     c.query_drop(format!("SET tandem_xid = '{other}'"))
         .await
         .unwrap();
@@ -825,11 +749,7 @@ async fn upsert_rolls_back_updates_and_inserts() {
     };
     let original = snapshot().await;
     let mut c = common::connect(&tandem.url(&a)).await;
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     // id 1 exists; code 'b' exists under id 2; id 7 is new.
     c.query_drop(format!(
         "/*+ XID('{xid}') */ INSERT INTO item (id, code, qty) VALUES (1, 'x', 1), (9, 'b', 2), (7, 'n', 3) \
@@ -850,11 +770,7 @@ async fn upsert_rolls_back_updates_and_inserts() {
     assert_eq!(snapshot().await, original);
 
     // With an AUTO_INCREMENT key left to the database, Tandem cannot know the rows: refused.
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     let e = c
         .query_drop(format!("/*+ XID('{xid}') */ INSERT INTO log (note) VALUES ('z') ON DUPLICATE KEY UPDATE note = 'y'"))
         .await

@@ -195,11 +195,7 @@ async fn a_replica_takes_over_phase_two_from_a_dead_owner() {
 
     let mut c1 = common::connect(&a1.url(&a)).await;
     let mut cb = common::connect(&sb.url(&b)).await;
-    let xid: String = cb
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut cb).await;
     c1.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 4 WHERE id = 1"
     ))

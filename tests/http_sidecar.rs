@@ -189,11 +189,7 @@ async fn requests_run_in_global_transactions_that_follow_the_status() {
     // A request that already carries an XID joins that transaction, which the sidecar
     // leaves to its owner.
     let mut c = common::connect(&tandem.url(&db)).await;
-    let outer: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let outer = common::begin_global(&mut c).await;
     let (status, head, seen) = request(
         &mut s,
         "POST",

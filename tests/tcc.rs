@@ -182,7 +182,7 @@ http_sidecars:
 
     // Commit: the AT update stays, the service's commit endpoint is called once, with the
     // prepare's body and headers.
-    let xid = begin(&mut c).await;
+    let xid = common::begin_global(&mut c).await;
     c.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 10 WHERE id = 1"
     ))
@@ -205,7 +205,7 @@ http_sidecars:
     // A commit slower than the resource's timeout (2 s): Tandem stops waiting when the
     // timeout ends and calls again, while the first call is still under way; the second
     // answers, and there is no third.
-    let xid = begin(&mut c).await;
+    let xid = common::begin_global(&mut c).await;
     svc.lock().unwrap().slow_confirm_once.push(xid.clone());
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 200);
     assert_eq!(
@@ -239,7 +239,7 @@ http_sidecars:
 
     // Rollback, with the first cancel failing: retried until it succeeds, then never again;
     // the AT update is undone too.
-    let xid = begin(&mut c).await;
+    let xid = common::begin_global(&mut c).await;
     svc.lock().unwrap().fail_cancel_once.push(xid.clone());
     c.query_drop(format!(
         "/*+ XID('{xid}') */ UPDATE account SET balance = balance - 10 WHERE id = 1"
@@ -276,14 +276,14 @@ http_sidecars:
     assert_eq!(count(&svc, |s| &s.confirms, &xid), 0);
 
     // Anti-suspension: a prepare that arrives after the rollback never reaches the service.
-    let xid = begin(&mut c).await;
+    let xid = common::begin_global(&mut c).await;
     common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(post_to(sidecar, "/reserve", &xid).await, 409);
     assert_eq!(count(&svc, |s| &s.prepares, &xid), 0);
 
     // Empty rollback: the rollback comes while the prepare is still at the service; it ends
     // without calling cancel, and the prepare, once answered, is cancelled by Tandem.
-    let xid = begin(&mut c).await;
+    let xid = common::begin_global(&mut c).await;
     let slow = tokio::spawn({
         let xid = xid.clone();
         async move { post_to(sidecar, "/reserve?slow_ms=1500", &xid).await }
@@ -300,11 +300,4 @@ http_sidecars:
         count(&svc, |s| &s.cancels, &xid) == 1
     })
     .await;
-}
-
-async fn begin(c: &mut mysql_async::Conn) -> String {
-    c.query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap()
 }

@@ -22,11 +22,7 @@ async fn sql_functions_begin_and_end_global_transactions() {
     let tandem = Tandem::start(&db);
     let mut c = common::connect(&tandem.url(&db)).await;
 
-    let xid: String = c
-        .query_first("SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
+    let xid = common::begin_global(&mut c).await;
     assert!(!xid.is_empty() && xid.len() <= 128, "{xid}");
     let status: String = c
         .query_first(format!("SELECT tandem_status('{xid}')"))

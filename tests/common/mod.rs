@@ -485,6 +485,15 @@ pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
     address
 }
 
+/// Begins a global transaction with `tandem_begin()` and returns its XID.
+pub async fn begin_global(c: &mut mysql_async::Conn) -> String {
+    use mysql_async::prelude::Queryable;
+    c.query_first("SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Ends global transaction `xid` with `tandem_{how}` (commit or rollback) and returns the
 /// status Tandem answered.
 pub async fn end_global(c: &mut mysql_async::Conn, how: &str, xid: &str) -> String {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::kv::{KvRead, KvStore, KvTxn, Table};
+use super::kv::{self, KvRead, KvStore, KvTxn, Table};
 use super::StoreError;
 use crate::coordinator::model::GlobalTx;
 
@@ -101,7 +101,7 @@ impl EmbeddedStore {
             let globals = txn.open_table(GLOBALS).map_err(backend)?;
             let mut unfinished = txn.open_table(UNFINISHED).map_err(backend)?;
             for (key, value) in scan_table(&globals, "")? {
-                if !is_final(&value) {
+                if kv::is_unfinished(&value) {
                     unfinished
                         .insert(key.as_str(), value.as_slice())
                         .map_err(backend)?;
@@ -132,20 +132,9 @@ impl EmbeddedStore {
         let t = txn.open_table(UNFINISHED).map_err(backend)?;
         scan_table(&t, "")?
             .into_iter()
-            .map(|(key, value)| {
-                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                    key,
-                    reason: e.to_string(),
-                })
-            })
+            .map(|(key, value)| kv::decode(&key, &value))
             .collect()
     }
-}
-
-/// Whether a record of `globals` holds a final status (one that does not read counts as
-/// unfinished, so the sweep still sees it).
-fn is_final(value: &[u8]) -> bool {
-    serde_json::from_slice::<GlobalTx>(value).is_ok_and(|tx| tx.status.is_final())
 }
 
 /// Commits queued operations in batches until every handle is gone.
@@ -264,7 +253,7 @@ impl Writer {
     /// Keeps the table of unfinished transactions in step with a write to `globals`.
     fn follow_global(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         let mut t = self.txn()?.open_table(UNFINISHED).map_err(backend)?;
-        match value.filter(|v| !is_final(v)) {
+        match value.filter(|v| kv::is_unfinished(v)) {
             Some(v) => t.insert(key, v).map(|_| ()),
             None => t.remove(key).map(|_| ()),
         }

@@ -159,7 +159,7 @@ pub fn branch_prefix(xid: &str) -> String {
     format!("{xid}\0")
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: key.replace('\0', "/"),
         reason: e.to_string(),
@@ -169,6 +169,13 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain structs to JSON cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Whether a `globals` record holds a transaction not yet final (one that does not read
+/// counts as finished: nothing can drive it). The caches of unfinished transactions that the
+/// stores keep for the sweep hold exactly these.
+pub fn is_unfinished(value: &[u8]) -> bool {
+    serde_json::from_slice::<GlobalTx>(value).is_ok_and(|tx| !tx.status.is_final())
 }
 
 pub fn get_global(t: &(impl KvRead + ?Sized), xid: &str) -> Result<Option<GlobalTx>, StoreError> {

@@ -27,8 +27,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use tokio::sync::watch;
 
-use crate::coordinator::model::GlobalTx;
-use crate::coordinator::store::kv::Table;
+use crate::coordinator::store::kv::{self, Table};
 
 /// How the watch reports a change to whoever subscribed: table, key within the table, the
 /// new value (`None`: deleted), and its revision; the cache has applied it already.
@@ -166,8 +165,7 @@ impl Cache {
     /// Whether a value is worth keeping: finished global transactions are not (nothing
     /// writes them again; they only wait to be forgotten).
     fn keeps(&self, key: &[u8], value: &[u8]) -> bool {
-        self.table_of(key) != Some(Table::Globals)
-            || serde_json::from_slice::<GlobalTx>(value).is_ok_and(|tx| !tx.status.is_final())
+        self.table_of(key) != Some(Table::Globals) || kv::is_unfinished(value)
     }
 
     /// Loads every key under the prefix, page by page, at one revision; returns it.
@@ -366,6 +364,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coordinator::model::GlobalTx;
 
     fn writes(list: &[(&str, Option<&str>)]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
         list.iter()
