@@ -501,21 +501,20 @@ async fn main() {
         }
         // Two sidecars: each counts the store writes it made.
         Ok(admin_b) => {
-            let writes = [&admin, &admin_b]
-                .iter()
-                .filter_map(|a| metric(a, "tandem_coordinator_store_writes"))
-                .sum::<f64>();
+            let per_transaction = |name: &str| {
+                [&admin, &admin_b]
+                    .iter()
+                    .filter_map(|a| metric(a, name))
+                    .sum::<f64>()
+                    / begun.max(1) as f64
+            };
             println!(
                 "store writes per global transaction: {:.2} (both sidecars; 2 branches: target about 6)",
-                writes / begun.max(1) as f64
+                per_transaction("tandem_coordinator_store_writes")
             );
-            let retries = [&admin, &admin_b]
-                .iter()
-                .filter_map(|a| metric(a, "tandem_coordinator_store_retries"))
-                .sum::<f64>();
             println!(
                 "store operations run again after a conflict, per global transaction: {:.3}",
-                retries / begun.max(1) as f64
+                per_transaction("tandem_coordinator_store_retries")
             );
         }
     }

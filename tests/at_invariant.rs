@@ -80,7 +80,7 @@ async fn transfers_keep_the_total_and_every_balance() {
                     let _: Option<String> = ca.query_first(format!("SELECT tandem_rollback('{xid}')")).await.unwrap();
                     3
                 } else if fate < 60 {
-                    let s: String = ca.query_first(format!("SELECT tandem_commit('{xid}')")).await.unwrap().unwrap();
+                    let s = common::end_global(&mut ca, "commit", &xid).await;
                     if s == "Committed" {
                         let (src, dst) = if a_to_b { ('a', 'b') } else { ('b', 'a') };
                         let mut m = committed.lock().unwrap();

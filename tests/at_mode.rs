@@ -67,11 +67,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
     cb.query_drop("COMMIT").await.unwrap();
     cb.query_drop("SET tandem_xid = NULL").await.unwrap();
     assert_eq!(common::undo_rows(&a).await, 1, "phase 1 wrote the undo log");
-    let s: String = ca
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut ca, "commit", &xid).await;
     assert_eq!(s, "Committed");
     assert_eq!(
         balances(&a).await,
@@ -106,11 +102,7 @@ async fn transfer_commits_and_rolls_back_across_two_databases() {
     .await
     .unwrap();
     assert_eq!(balances(&a).await, vec![(1, "65.00".into())]);
-    let s: String = cb
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut cb, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     assert_eq!(
         balances(&a).await,
@@ -169,22 +161,14 @@ async fn global_locks_block_other_global_writers_until_commit() {
         .unwrap();
     assert_eq!(bal, "1.00");
     // Once the holder commits, the lock is free.
-    let s: String = c1
-        .query_first(format!("SELECT tandem_commit('{x1}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c1, "commit", &x1).await;
     assert_eq!(s, "Committed");
     c2.query_drop(format!(
         "/*+ XID('{x2}') */ UPDATE account SET balance = 2 WHERE id = 1"
     ))
     .await
     .unwrap();
-    let s: String = c2
-        .query_first(format!("SELECT tandem_rollback('{x2}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c2, "rollback", &x2).await;
     assert_eq!(s, "Rollbacked");
     let bal: String = direct
         .query_first("SELECT CAST(balance AS CHAR) FROM account WHERE id = 1")
@@ -206,11 +190,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
     .unwrap();
     // Someone writes the row behind the global transaction's back.
     mariadb().sql(&format!("UPDATE {a}.account SET balance = 42 WHERE id = 1"));
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacking", "stuck, not rolled back");
     let (code, body) = tandem.admin(&format!("/v1/transactions/{xid}"));
     assert_eq!(code, 200);
@@ -243,11 +223,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
     .await
     .unwrap();
     mariadb().sql(&format!("UPDATE {a}.account SET balance = 6 WHERE id = 2"));
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacking");
     let (code, body) = tandem.admin_post(&format!("/v1/transactions/{xid}/finish"), "");
     assert_eq!(code, 200, "{body}");
@@ -260,11 +236,7 @@ async fn dirty_write_stops_the_rollback_for_a_person() {
     ))
     .await
     .unwrap();
-    let _: String = c
-        .query_first(format!("SELECT tandem_commit('{other}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let _ = common::end_global(&mut c, "commit", &other).await;
 
     // The commit's phase 2 ends in the background.
     let mut m = String::new();
@@ -418,11 +390,7 @@ async fn rollback_restores_exact_before_images_for_every_type() {
     c.query_drop("COMMIT").await.unwrap();
     c.query_drop("SET tandem_xid = NULL").await.unwrap();
     assert_ne!(snapshot().await, original);
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     assert_eq!(snapshot().await, original, "every value restored exactly");
 }
@@ -446,11 +414,7 @@ async fn two_branches_on_one_row_roll_back_in_reverse() {
     ))
     .await
     .unwrap();
-    let s: String = c1
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c1, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     assert_eq!(balances(&a).await[0], (1, "100.00".to_string()));
 }
@@ -479,11 +443,7 @@ async fn statements_follow_the_current_database() {
         )
     );
     assert_eq!(common::undo_rows(&a).await, 3, "every undo log in a");
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     let start = vec![(1, "100.00".to_string()), (2, "50.00".to_string())];
     assert_eq!(
@@ -509,11 +469,7 @@ async fn late_phase_one_commit_fails_after_rollback() {
         .unwrap();
     // The global transaction is rolled back while this branch has not committed locally.
     let mut other = common::connect(&tandem.url(&a)).await;
-    let s: String = other
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut other, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     let e = c.query_drop("COMMIT").await.unwrap_err();
     assert_eq!(error_code(&e), Some(1402), "{e}");
@@ -551,11 +507,7 @@ async fn rollback_marker_stops_a_late_commit_and_expires() {
         .await
         .unwrap();
 
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     let status: Option<i32> = direct
         .query_first(format!(
@@ -632,11 +584,7 @@ async fn select_for_update_checks_global_locks() {
         .unwrap();
     assert_eq!(own.len(), 1);
     // Once the holder ends, the locking read goes through.
-    let _: String = c1
-        .query_first(format!("SELECT tandem_rollback('{x1}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let _ = common::end_global(&mut c1, "rollback", &x1).await;
     let v: String = c2
         .query_first("SELECT CAST(balance AS CHAR) FROM account WHERE id = 1 FOR UPDATE")
         .await
@@ -672,11 +620,7 @@ async fn prepared_statements_join_global_transactions() {
         .unwrap();
     assert_eq!(balances(&a).await, vec![(1, "87.50".into())]);
     c.query_drop("SET tandem_xid = NULL").await.unwrap();
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     assert_eq!(
         balances(&a).await,
@@ -704,11 +648,7 @@ async fn prepared_statements_join_global_transactions() {
     c.exec_drop(&stmt, (1, 1)).await.unwrap();
     c.exec_drop(&stmt, (2, 2)).await.unwrap();
     c.query_drop("COMMIT").await.unwrap();
-    let s: String = c
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "commit", &xid).await;
     assert_eq!(s, "Committed");
     assert_eq!(
         balances(&a).await,
@@ -761,11 +701,7 @@ async fn upsert_rolls_back_updates_and_inserts() {
         snapshot().await,
         vec![(1, "a".into(), 11), (2, "b".into(), 22), (7, "n".into(), 3)]
     );
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(s, "Rollbacked");
     assert_eq!(snapshot().await, original);
 

@@ -199,11 +199,7 @@ async fn requests_run_in_global_transactions_that_follow_the_status() {
     assert_eq!((status, seen.as_str()), (200, outer.as_str()), "{head}");
     assert_eq!(header(&head, "x-tandem-status"), None);
     assert_eq!(balance(&db).await, 60);
-    let st: String = c
-        .query_first(format!("SELECT tandem_rollback('{outer}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let st = common::end_global(&mut c, "rollback", &outer).await;
     assert_eq!(st, "Rollbacked");
     assert_eq!(balance(&db).await, 90);
 

@@ -30,11 +30,7 @@ async fn sql_functions_begin_and_end_global_transactions() {
         .unwrap()
         .unwrap();
     assert_eq!(status, "Begin");
-    let status: String = c
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let status = common::end_global(&mut c, "commit", &xid).await;
     assert_eq!(status, "Committed");
     // Asking again is harmless, and a committed transaction cannot be rolled back.
     let again: String = c
@@ -43,11 +39,7 @@ async fn sql_functions_begin_and_end_global_transactions() {
         .unwrap()
         .unwrap();
     assert_eq!(again, "Committed");
-    let rb: String = c
-        .query_first(format!("SELECT tandem_rollback('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let rb = common::end_global(&mut c, "rollback", &xid).await;
     assert_eq!(rb, "Committed");
 
     let other: String = c
@@ -56,17 +48,9 @@ async fn sql_functions_begin_and_end_global_transactions() {
         .unwrap()
         .unwrap();
     assert_ne!(other, xid);
-    let rb: String = c
-        .query_first(format!("SELECT tandem_rollback('{other}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let rb = common::end_global(&mut c, "rollback", &other).await;
     assert_eq!(rb, "Rollbacked");
-    let late: String = c
-        .query_first(format!("SELECT tandem_commit('{other}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let late = common::end_global(&mut c, "commit", &other).await;
     assert_eq!(late, "Rollbacked");
 
     // The result has one column named after the call, like any SELECT of an expression.
@@ -154,11 +138,7 @@ async fn transactions_time_out() {
         }
     }
     assert_eq!(status, "TimeoutRollbacked");
-    let late: String = c
-        .query_first(format!("SELECT tandem_commit('{xid}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let late = common::end_global(&mut c, "commit", &xid).await;
     assert_eq!(
         late, "TimeoutRollbacked",
         "a late commit reports the timeout outcome"
@@ -237,11 +217,7 @@ async fn decisions_survive_kill_9() {
         .await
         .unwrap()
         .unwrap();
-    let s: String = c
-        .query_first(format!("SELECT tandem_commit('{done}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "commit", &done).await;
     assert_eq!(s, "Committed");
     drop(c);
     tandem.restart();
@@ -258,10 +234,6 @@ async fn decisions_survive_kill_9() {
         .unwrap()
         .unwrap();
     assert_eq!(s, "Begin");
-    let s: String = c
-        .query_first(format!("SELECT tandem_rollback('{open}')"))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = common::end_global(&mut c, "rollback", &open).await;
     assert_eq!(s, "Rollbacked");
 }
