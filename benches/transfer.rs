@@ -182,6 +182,7 @@ fn undo_log(schema: &str, id: u32, before: i64, after: i64) -> UndoLog {
         charset: None,
         collation: None,
         auto_increment: false,
+        generated: false,
     };
     let meta = TableMeta {
         schema: schema.into(),
@@ -189,6 +190,7 @@ fn undo_log(schema: &str, id: u32, before: i64, after: i64) -> UndoLog {
         columns: vec![column("id"), column("balance")],
         primary_key: vec![0],
         unique_keys: Vec::new(),
+        not_undoable: None,
     };
     let row = |balance: i64| {
         vec![

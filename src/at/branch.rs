@@ -6,16 +6,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlparser::ast::{Expr, UnaryOperator, Value};
-
-use super::image::{self, ImageRow};
+use super::image::{self, pk_key, ImageRow, PkKey};
 use super::lock_key::lock_key;
 use super::meta::{MetaCache, MetaError, TableMeta};
 use super::rm::AtResource;
 use super::undo::{self, ChangeKind, UndoItem, UndoLog};
 use crate::backend::{BackendConn, BackendError};
 use crate::coordinator::{Branch, BranchKind, BranchStatus, Coordinator, RegisterError};
-use crate::sql::dml::{Dml, Insert};
+use crate::sql::dml::{Dml, Insert, InsertValue};
 
 /// How long a writer waits for a global row lock: `attempts` tries, `interval` apart.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +45,10 @@ pub enum AtError {
     NotActive { xid: String, why: String },
     #[error("coordinator unavailable: {0}")]
     Coordinator(String),
+    /// The statement ran, but what it changed differs from what Tandem can undo: the local
+    /// transaction must be rolled back.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// A local transaction that is a branch of a global transaction, while it runs.
@@ -55,8 +57,6 @@ pub struct BranchWork {
     pub xid: String,
     pub log: UndoLog,
     pub lock_keys: BTreeSet<String>,
-    /// Set when a statement's undo could not be recorded: the branch must not commit.
-    pub poisoned: Option<String>,
 }
 
 /// What was read before a statement, to finish its undo item after it.
@@ -74,11 +74,13 @@ pub struct Pending {
 impl Pending {
     /// Queues the after-image query, when it can be known in advance, to go out with the
     /// statement. Its reply must then be consumed by [`after`] or [`Pending::discard`].
-    pub fn queue_after(&mut self, conn: &mut BackendConn) {
+    /// Returns whether a query was queued.
+    pub fn queue_after(&mut self, conn: &mut BackendConn) -> bool {
         if let Some(sql) = &self.after_sql {
             conn.queue(sql);
             self.after_queued = true;
         }
+        self.after_queued
     }
 
     /// Drops the statement's undo item (it failed), reading any reply still due.
@@ -93,10 +95,21 @@ impl Pending {
     }
 }
 
-/// The primary key of each inserted row: as written in the statement, or assigned by
-/// AUTO_INCREMENT.
+/// A primary key value of an inserted row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyValue {
+    /// As the client wrote it.
+    Given(String),
+    /// Assigned by AUTO_INCREMENT.
+    Auto,
+    /// An explicit 0 for an AUTO_INCREMENT column: assigned unless the session's sql_mode
+    /// holds NO_AUTO_VALUE_ON_ZERO.
+    Zero,
+}
+
+/// The primary key of each inserted row.
 struct InsertKeys {
-    rows: Vec<Vec<Option<String>>>,
+    rows: Vec<Vec<KeyValue>>,
     /// INSERT … ON DUPLICATE KEY UPDATE: rows in the before image were updated, not inserted.
     upsert: bool,
 }
@@ -105,25 +118,6 @@ fn unsupported<T>(what: &str) -> Result<T, AtError> {
     Err(AtError::Unsupported(format!(
         "{what} is not supported inside a global transaction"
     )))
-}
-
-/// A literal as SQL, or `None` for NULL/DEFAULT (a value AUTO_INCREMENT assigns).
-fn literal_sql(e: &Expr) -> Result<Option<String>, AtError> {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::Null => Ok(None),
-            Value::Number(..) | Value::SingleQuotedString(_) | Value::DoubleQuotedString(_) => {
-                Ok(Some(e.to_string()))
-            }
-            _ => unsupported("a primary key value that is not a literal"),
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } if matches!(expr.as_ref(), Expr::Value(_)) => Ok(Some(e.to_string())),
-        Expr::Identifier(i) if i.value.eq_ignore_ascii_case("default") => Ok(None),
-        _ => unsupported("a primary key value that is not a literal"),
-    }
 }
 
 /// Where column `name`'s value stands in each row of an INSERT: by its column list, or by
@@ -138,20 +132,43 @@ fn value_index(meta: &TableMeta, ins: &Insert, name: &str) -> Option<usize> {
     }
 }
 
+/// The value an INSERT row gives column `name`, if it names one.
+fn row_value<'a>(
+    meta: &TableMeta,
+    ins: &Insert,
+    row: &'a [InsertValue],
+    name: &str,
+) -> Option<&'a InsertValue> {
+    value_index(meta, ins, name).and_then(|p| row.get(p))
+}
+
 fn insert_keys(meta: &TableMeta, ins: &Insert) -> Result<InsertKeys, AtError> {
-    let position = |name: &str| value_index(meta, ins, name);
     let mut rows = Vec::with_capacity(ins.rows.len());
     for row in &ins.rows {
         let mut key = Vec::with_capacity(meta.primary_key.len());
         for &pk in &meta.primary_key {
             let col = &meta.columns[pk];
-            let value = match position(&col.name).and_then(|p| row.get(p)) {
-                Some(e) => literal_sql(e)?,
-                None => None,
-            };
-            if value.is_none() && !col.auto_increment {
-                return unsupported("an INSERT without a value for primary key column");
-            }
+            let value =
+                match (row_value(meta, ins, row, &col.name), col.auto_increment) {
+                    (None | Some(InsertValue::Null | InsertValue::Default), true) => KeyValue::Auto,
+                    (Some(InsertValue::Literal { sql, digits: true }), true) => {
+                        if sql.bytes().all(|b| b == b'0') {
+                            KeyValue::Zero
+                        } else {
+                            KeyValue::Given(sql.clone())
+                        }
+                    }
+                    (Some(InsertValue::Literal { .. }), true) => return unsupported(
+                        "an AUTO_INCREMENT key that is not NULL, DEFAULT or an unsigned integer",
+                    ),
+                    (Some(InsertValue::Literal { sql, .. }), false) => KeyValue::Given(sql.clone()),
+                    (None | Some(InsertValue::Null | InsertValue::Default), false) => {
+                        return unsupported("an INSERT without a value for primary key column")
+                    }
+                    (Some(InsertValue::Expression), _) => {
+                        return unsupported("a primary key value that is not a literal")
+                    }
+                };
             key.push(value);
         }
         rows.push(key);
@@ -165,7 +182,6 @@ fn insert_keys(meta: &TableMeta, ins: &Insert) -> Result<InsertKeys, AtError> {
 /// The rows an INSERT … ON DUPLICATE KEY UPDATE may hit: any row sharing the primary key or
 /// another unique key with one of the inserted rows. Every key column must be a literal.
 fn upsert_conflicts(meta: &TableMeta, ins: &Insert) -> Result<String, AtError> {
-    let position = |name: &str| value_index(meta, ins, name);
     let mut conds = Vec::new();
     for row in &ins.rows {
         for key in std::iter::once(&meta.primary_key).chain(&meta.unique_keys) {
@@ -173,19 +189,17 @@ fn upsert_conflicts(meta: &TableMeta, ins: &Insert) -> Result<String, AtError> {
             let mut vals = Vec::with_capacity(key.len());
             for &i in key {
                 let col = &meta.columns[i];
-                let Some(e) = position(&col.name).and_then(|p| row.get(p)) else {
-                    return unsupported("INSERT … ON DUPLICATE KEY UPDATE without a value for every unique key column");
-                };
-                match literal_sql(e)? {
-                    Some(v) => {
+                match row_value(meta, ins, row, &col.name) {
+                    Some(InsertValue::Literal { sql, .. }) => {
                         cols.push(crate::sql::quote::ident(&col.name));
-                        vals.push(v);
+                        vals.push(sql.clone());
                     }
                     // NULL never conflicts on a unique key.
-                    None => {
+                    Some(InsertValue::Null) => {
                         cols.clear();
                         break;
                     }
+                    _ => return unsupported("INSERT … ON DUPLICATE KEY UPDATE without a literal for every unique key column"),
                 }
             }
             if !cols.is_empty() {
@@ -218,15 +232,21 @@ pub async fn before(
         .meta
         .get(conn, table.schema.as_deref(), &table.name)
         .await?;
+    meta.check_undoable().map_err(AtError::Unsupported)?;
     let filter = match dml {
         Dml::Insert(ins) => {
             let mut keys = insert_keys(&meta, ins)?;
             let mut before = Vec::new();
-            if let Some(assignments) = &ins.on_duplicate {
-                if assignments.iter().any(|(c, _)| meta.is_primary_key(c)) {
+            if let Some(assigned) = &ins.on_duplicate {
+                if assigned.iter().any(|c| meta.is_primary_key(c)) {
                     return unsupported("an ON DUPLICATE KEY UPDATE of a primary key column");
                 }
-                if keys.rows.iter().flatten().any(Option::is_none) {
+                if !keys
+                    .rows
+                    .iter()
+                    .flatten()
+                    .all(|k| matches!(k, KeyValue::Given(_)))
+                {
                     return unsupported(
                         "INSERT … ON DUPLICATE KEY UPDATE with AUTO_INCREMENT keys",
                     );
@@ -252,8 +272,11 @@ pub async fn before(
             });
         }
         Dml::Update(u) => {
-            if u.assignments.iter().any(|(c, _)| meta.is_primary_key(c)) {
+            if u.assigned.iter().any(|c| meta.is_primary_key(c)) {
                 return unsupported("an UPDATE of a primary key column");
+            }
+            if let Some(c) = u.assigned.iter().find(|c| meta.is_generated(c)) {
+                return unsupported(&format!("assigning the generated column {c}"));
             }
             &u.filter
         }
@@ -261,7 +284,10 @@ pub async fn before(
     };
     let sql = image::rows_by_filter_sql(&meta, table.alias.as_deref(), filter);
     let before = read_rows_after(conn, begin, &sql).await?;
-    let after_sql = (kind == ChangeKind::Update && !before.is_empty()).then(|| {
+    // The rows of the before image, read again by primary key once the statement ran: what
+    // an UPDATE made of them, or which of them a DELETE removed. Known in advance, so the
+    // query travels right behind the statement.
+    let after_sql = (!before.is_empty()).then(|| {
         let pks: Vec<_> = before.iter().map(|r| image::pk_of(&meta, r)).collect();
         image::rows_by_pk_sql(&meta, &pks)
     });
@@ -304,19 +330,50 @@ fn into_image(rows: Vec<crate::backend::Row>) -> Vec<ImageRow> {
         .collect()
 }
 
-/// Reads the after image once the statement succeeded and adds the statement's undo item
-/// and row locks to the branch.
+/// What the server said a successful statement did (its OK packet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    pub affected_rows: u64,
+    pub last_insert_id: u64,
+    /// The connection has CLIENT_FOUND_ROWS: an UPDATE's affected rows count the rows it
+    /// matched, not the ones it changed.
+    pub found_rows: bool,
+    /// An UPDATE's "Rows matched: … Changed: …" counts, when the server sent them.
+    pub matched_changed: Option<(u64, u64)>,
+}
+
+impl Outcome {
+    /// The rows an UPDATE changed, as the server counts them.
+    fn changed(&self) -> Option<u64> {
+        match (self.found_rows, self.matched_changed) {
+            (false, _) => Some(self.affected_rows),
+            (true, Some((_, changed))) => Some(changed),
+            (true, None) => None,
+        }
+    }
+}
+
+/// The statement ran, but what it changed is not what its images show: the branch cannot be
+/// undone exactly, so the caller rolls the local transaction back.
+fn differs(what: String) -> AtError {
+    AtError::Mismatch(what)
+}
+
+/// Reads the after image once the statement succeeded, checks it against what the server
+/// says the statement did, and adds the statement's undo item and row locks to the branch.
 pub async fn after(
     conn: &mut BackendConn,
     server: &str,
     pending: Pending,
-    last_insert_id: u64,
+    outcome: Outcome,
     work: &mut BranchWork,
 ) -> Result<(), AtError> {
-    let meta = pending.meta;
+    let meta = pending.meta.clone();
+    let table = format!("{}.{}", meta.schema, meta.name);
+    let mut before = pending.before;
     let after = match pending.kind {
-        ChangeKind::Delete => Vec::new(),
-        ChangeKind::Update => match (&pending.after_sql, pending.after_queued) {
+        ChangeKind::Update | ChangeKind::Delete => match (&pending.after_sql, pending.after_queued)
+        {
             (_, true) => {
                 let mut rows = Vec::new();
                 conn.read_reply(Some(&mut rows)).await?;
@@ -327,69 +384,92 @@ pub async fn after(
         },
         ChangeKind::Insert => {
             let keys = pending.insert.map(|k| k.rows).unwrap_or_default();
-            let step = if keys.iter().flatten().any(|v| v.is_none()) {
-                auto_increment_increment(conn).await?
-            } else {
-                1
-            };
-            let cols: Vec<String> = meta
-                .primary_key
-                .iter()
-                .map(|&i| crate::sql::quote::ident(&meta.columns[i].name))
-                .collect();
-            let mut next_auto = last_insert_id;
-            let mut conds = Vec::with_capacity(keys.len() + pending.before.len());
-            for key in keys {
-                let vals: Vec<String> = key
-                    .into_iter()
-                    .map(|v| {
-                        v.unwrap_or_else(|| {
-                            let id = next_auto;
-                            next_auto += step;
-                            id.to_string()
-                        })
-                    })
-                    .collect();
-                conds.push(format!("({}) = ({})", cols.join(", "), vals.join(", ")));
-            }
-            // Rows an upsert updated keep their own keys, which may differ from the VALUES.
-            for row in &pending.before {
-                conds.push(image::pk_match(&meta, &image::pk_of(&meta, row)));
-            }
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {} FOR UPDATE",
-                image::select_list(&meta, &image::table_sql(&meta)),
-                image::table_sql(&meta),
-                if conds.is_empty() {
-                    "FALSE".into()
-                } else {
-                    conds.join(" OR ")
-                }
-            );
+            let rows = inserted_keys(conn, keys, outcome.last_insert_id).await?;
+            let sql = inserted_rows_sql(&meta, &rows, &before);
             read_rows(conn, &sql).await?
         }
     };
+    match pending.kind {
+        ChangeKind::Update => {
+            // Every row the statement changed must be in the before image. The image's rows
+            // are locked by this transaction, so any of them that differs now was changed by
+            // the statement: when that count is the server's, no other row was changed.
+            let after_by_pk: std::collections::HashMap<PkKey, &ImageRow> =
+                after.iter().map(|r| (pk_key(&meta, r), r)).collect();
+            let changed = before
+                .iter()
+                .filter(|b| after_by_pk.get(&pk_key(&meta, b)).is_none_or(|a| *a != *b))
+                .count() as u64;
+            let Some(server_changed) = outcome.changed() else {
+                return Err(differs(format!(
+                    "the server did not say how many rows of {table} the UPDATE changed"
+                )));
+            };
+            if after.len() != before.len() || changed != server_changed {
+                return Err(differs(format!(
+                    "the UPDATE changed {server_changed} rows of {table}, but {changed} of the {} rows Tandem read before it",
+                    before.len()
+                )));
+            }
+        }
+        ChangeKind::Delete => {
+            // Rows of the before image still there were not deleted; the rest were, and they
+            // must be all the server deleted.
+            let left: std::collections::HashSet<PkKey> =
+                after.iter().map(|r| pk_key(&meta, r)).collect();
+            before.retain(|b| !left.contains(&pk_key(&meta, b)));
+            if before.len() as u64 != outcome.affected_rows {
+                return Err(differs(format!(
+                    "the DELETE removed {} rows of {table}, but {} of the rows Tandem read before it",
+                    outcome.affected_rows,
+                    before.len()
+                )));
+            }
+        }
+        ChangeKind::Insert => {
+            let before_keys: std::collections::HashSet<PkKey> =
+                before.iter().map(|r| pk_key(&meta, r)).collect();
+            let inserted = after
+                .iter()
+                .filter(|a| !before_keys.contains(&pk_key(&meta, a)))
+                .count() as u64;
+            let (mut updated, mut same) = (0u64, 0u64);
+            for b in &before {
+                match after.iter().find(|a| pk_key(&meta, a) == pk_key(&meta, b)) {
+                    Some(a) if a == b => same += 1,
+                    Some(_) => updated += 1,
+                    None => {}
+                }
+            }
+            // MariaDB counts 1 per inserted row, 2 per updated row and, with
+            // CLIENT_FOUND_ROWS, 1 per row left as it was.
+            let expected = inserted + 2 * updated + if outcome.found_rows { same } else { 0 };
+            if expected != outcome.affected_rows {
+                return Err(differs(format!(
+                    "the INSERT affected {} rows of {table}, but Tandem found {inserted} inserted and {updated} updated",
+                    outcome.affected_rows
+                )));
+            }
+        }
+    }
     let identity = format!("{server}/{}", meta.schema);
-    for row in pending.before.iter().chain(&after) {
+    for row in before.iter().chain(&after) {
         let pk: Vec<&[u8]> = image::pk_of(&meta, row)
             .into_iter()
             .map(|v| v.map_or(&b""[..], |b| b.0.as_slice()))
             .collect();
         work.lock_keys.insert(lock_key(&identity, &meta.name, &pk));
     }
-    if pending.kind == ChangeKind::Insert && !pending.before.is_empty() {
+    if pending.kind == ChangeKind::Insert && !before.is_empty() {
         // An upsert: rows that existed were updated (update-undo), the rest inserted.
-        let key = |r: &ImageRow| -> Vec<Option<image::Bytes>> {
-            image::pk_of(&meta, r)
-                .into_iter()
-                .map(|v| v.cloned())
-                .collect()
-        };
         let mut updated_before = Vec::new();
         let mut updated_after = Vec::new();
         let mut inserted = Vec::new();
         for row in after {
-            match pending.before.iter().find(|b| key(b) == key(&row)) {
+            match before
+                .iter()
+                .find(|b| pk_key(&meta, b) == pk_key(&meta, &row))
+            {
                 Some(b) => {
                     updated_before.push(b.clone());
                     updated_after.push(row);
@@ -413,22 +493,129 @@ pub async fn after(
         }
         return Ok(());
     }
-    if !(pending.before.is_empty() && after.is_empty()) {
+    let after = if pending.kind == ChangeKind::Delete {
+        Vec::new()
+    } else {
+        after
+    };
+    if !(before.is_empty() && after.is_empty()) {
         work.log
             .items
-            .push(UndoItem::new(pending.kind, &meta, pending.before, after));
+            .push(UndoItem::new(pending.kind, &meta, before, after));
     }
     Ok(())
 }
 
-async fn auto_increment_increment(conn: &mut BackendConn) -> Result<u64, AtError> {
-    let rows = conn.query_rows("SELECT @@auto_increment_increment").await?;
-    Ok(rows
+/// The primary keys of the rows an INSERT wrote, with the ones AUTO_INCREMENT assigned
+/// worked out from the server's LAST_INSERT_ID. Refused where that cannot be exact: several
+/// rows mixing assigned and given keys, or several assigned keys under
+/// `innodb_autoinc_lock_mode = 2`, which may interleave them with other transactions'.
+async fn inserted_keys(
+    conn: &mut BackendConn,
+    keys: Vec<Vec<KeyValue>>,
+    last_insert_id: u64,
+) -> Result<Vec<Vec<String>>, AtError> {
+    let assigned = |k: &KeyValue| matches!(k, KeyValue::Auto | KeyValue::Zero);
+    if !keys.iter().flatten().any(assigned) {
+        return Ok(keys
+            .into_iter()
+            .map(|k| {
+                k.into_iter()
+                    .map(|v| match v {
+                        KeyValue::Given(s) => s,
+                        KeyValue::Auto | KeyValue::Zero => String::new(),
+                    })
+                    .collect()
+            })
+            .collect());
+    }
+    let settings = conn
+        .query_rows(
+            "SELECT @@auto_increment_increment, FIND_IN_SET('NO_AUTO_VALUE_ON_ZERO', @@sql_mode) > 0, @@innodb_autoinc_lock_mode",
+        )
+        .await?;
+    let cell = |i: usize| {
+        settings
+            .first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (Some(step), Some(zero_is_value), Some(lock_mode)) = (cell(0), cell(1), cell(2)) else {
+        return Err(differs(
+            "the server's AUTO_INCREMENT settings could not be read".into(),
+        ));
+    };
+    let resolved: Vec<Vec<KeyValue>> = keys
         .into_iter()
-        .next()
-        .and_then(|r| r.into_iter().next().flatten())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1))
+        .map(|k| {
+            k.into_iter()
+                .map(|v| match v {
+                    KeyValue::Zero if zero_is_value == 1 => KeyValue::Given("0".into()),
+                    KeyValue::Zero => KeyValue::Auto,
+                    other => other,
+                })
+                .collect()
+        })
+        .collect();
+    let autos = resolved
+        .iter()
+        .filter(|k| k.contains(&KeyValue::Auto))
+        .count();
+    if resolved.len() > 1 && autos > 0 {
+        if autos != resolved.len() {
+            return Err(differs(
+                "an INSERT of several rows mixing AUTO_INCREMENT keys with given ones (the keys the server assigned cannot be known exactly)".into(),
+            ));
+        }
+        if lock_mode == 2 {
+            return Err(differs(
+                "an INSERT of several rows with AUTO_INCREMENT keys under innodb_autoinc_lock_mode = 2 (the keys the server assigned cannot be known exactly)".into(),
+            ));
+        }
+    }
+    let mut next = last_insert_id;
+    Ok(resolved
+        .into_iter()
+        .map(|k| {
+            k.into_iter()
+                .map(|v| match v {
+                    KeyValue::Given(s) => s,
+                    KeyValue::Auto | KeyValue::Zero => {
+                        let id = next;
+                        next += step;
+                        id.to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// The locking read of an INSERT's rows: by the keys it wrote, and, for an upsert, by the
+/// keys of the rows it may have updated instead.
+fn inserted_rows_sql(meta: &TableMeta, keys: &[Vec<String>], before: &[ImageRow]) -> String {
+    let cols: Vec<String> = meta
+        .primary_key
+        .iter()
+        .map(|&i| crate::sql::quote::ident(&meta.columns[i].name))
+        .collect();
+    let mut conds: Vec<String> = keys
+        .iter()
+        .map(|vals| format!("({}) = ({})", cols.join(", "), vals.join(", ")))
+        .collect();
+    for row in before {
+        conds.push(image::pk_match(meta, &image::pk_of(meta, row)));
+    }
+    format!(
+        "SELECT {} FROM {} WHERE {} FOR UPDATE",
+        image::select_list(meta, &image::table_sql(meta)),
+        image::table_sql(meta),
+        if conds.is_empty() {
+            "FALSE".into()
+        } else {
+            conds.join(" OR ")
+        }
+    )
 }
 
 /// At local COMMIT: registers the branch with all its row locks (retrying while another

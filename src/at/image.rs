@@ -132,6 +132,16 @@ pub fn pk_of<'a>(meta: &TableMeta, row: &'a ImageRow) -> Vec<Option<&'a Bytes>> 
         .collect()
 }
 
+/// An image row's primary key as owned bytes, to match rows of two images.
+pub type PkKey = Vec<Option<Vec<u8>>>;
+
+pub fn pk_key(meta: &TableMeta, row: &ImageRow) -> PkKey {
+    pk_of(meta, row)
+        .into_iter()
+        .map(|v| v.map(|b| b.0.clone()))
+        .collect()
+}
+
 /// `(pk1, pk2) = (v1, v2)` for one row, with literals as [`literal`] writes them.
 pub fn pk_match(meta: &TableMeta, pk: &[Option<&Bytes>]) -> String {
     let cols: Vec<String> = meta
@@ -207,6 +217,7 @@ mod tests {
             charset: charset.map(Into::into),
             collation: charset.map(|c| format!("{c}_general_ci")),
             auto_increment: false,
+            generated: false,
         };
         TableMeta {
             schema: "shop".into(),
@@ -220,6 +231,7 @@ mod tests {
             ],
             primary_key: vec![0, 1],
             unique_keys: Vec::new(),
+            not_undoable: None,
         }
     }
 
@@ -230,7 +242,6 @@ mod tests {
             where_sql: Some("i.price > 3".into()),
             order_by_sql: Some("i.id".into()),
             limit_sql: Some("5".into()),
-            ..RowFilter::default()
         };
         assert_eq!(
             rows_by_filter_sql(&m, Some("i"), &filter),

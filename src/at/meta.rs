@@ -56,6 +56,9 @@ pub struct Column {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collation: Option<String>,
     pub auto_increment: bool,
+    /// A generated column: images read it, restores never write it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,9 @@ pub struct TableMeta {
     /// The other unique keys, each as indexes into `columns` (for INSERT … ON DUPLICATE KEY
     /// UPDATE, which may hit any of them).
     pub unique_keys: Vec<Vec<usize>>,
+    /// Why a write to this table cannot be undone from its row images alone (a trigger, a
+    /// cascading foreign key, an engine without transactions), if it cannot.
+    pub not_undoable: Option<String>,
 }
 
 impl TableMeta {
@@ -80,6 +86,22 @@ impl TableMeta {
     pub fn is_primary_key(&self, name: &str) -> bool {
         self.column_index(name)
             .is_some_and(|i| self.primary_key.contains(&i))
+    }
+
+    pub fn is_generated(&self, name: &str) -> bool {
+        self.column_index(name)
+            .is_some_and(|i| self.columns[i].generated)
+    }
+
+    /// Refuses a table whose changes reach further than its own rows, or outlive a rollback.
+    pub fn check_undoable(&self) -> Result<(), String> {
+        match &self.not_undoable {
+            None => Ok(()),
+            Some(why) => Err(format!(
+                "writing to {}.{} inside a global transaction is not supported: {why}",
+                self.schema, self.name
+            )),
+        }
     }
 }
 
@@ -145,7 +167,8 @@ async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<Table
     let t = quote::text(table.as_bytes(), "utf8mb4");
     let rows = conn
         .query_rows(&format!(
-            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_KEY, EXTRA, COLLATION_NAME \
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLUMN_KEY, EXTRA, COLLATION_NAME, \
+             IS_GENERATED, TABLE_SCHEMA, TABLE_NAME \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {s} AND TABLE_NAME = {t} \
              ORDER BY ORDINAL_POSITION"
         ))
@@ -153,6 +176,10 @@ async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<Table
     if rows.is_empty() {
         return Err(MetaError::NoSuchTable(format!("{schema}.{table}")));
     }
+    // The names as the server keeps them (under lower_case_table_names, not as typed): lock
+    // keys and undo logs must name a table one way only.
+    let canonical = |n: usize| rows[0].get(n).cloned().flatten().unwrap_or_default();
+    let (schema_name, table_name) = (canonical(7), canonical(8));
     let mut columns = Vec::with_capacity(rows.len());
     let mut primary_key = Vec::new();
     for (i, r) in rows.into_iter().enumerate() {
@@ -171,6 +198,7 @@ async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<Table
                 .then(|| cell(5))
                 .filter(|c| !c.is_empty()),
             auto_increment: cell(4).contains("auto_increment"),
+            generated: cell(6) == "ALWAYS",
         });
     }
     if primary_key.is_empty() {
@@ -219,12 +247,51 @@ async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<Table
             _ => unique_keys.push((index, vec![i])),
         }
     }
+    let not_undoable = not_undoable(conn, &s, &t).await?;
     Ok(TableMeta {
-        schema: schema.to_string(),
-        name: table.to_string(),
+        schema: schema_name,
+        name: table_name,
         columns,
         primary_key,
         unique_keys: unique_keys.into_iter().map(|(_, c)| c).collect(),
+        not_undoable,
+    })
+}
+
+/// Why the table's changes cannot be undone from its own row images: a trigger (it may
+/// write elsewhere), a foreign key that cascades a change of this table into another one,
+/// or an engine without transactions (the change would outlive a local rollback).
+async fn not_undoable(
+    conn: &mut BackendConn,
+    s: &str,
+    t: &str,
+) -> Result<Option<String>, MetaError> {
+    let rows = conn
+        .query_rows(&format!(
+            "SELECT tb.ENGINE, e.TRANSACTIONS, \
+             (SELECT COUNT(*) FROM information_schema.TRIGGERS \
+              WHERE EVENT_OBJECT_SCHEMA = {s} AND EVENT_OBJECT_TABLE = {t}), \
+             (SELECT GROUP_CONCAT(CONCAT(CONSTRAINT_SCHEMA, '.', TABLE_NAME)) \
+              FROM information_schema.REFERENTIAL_CONSTRAINTS \
+              WHERE UNIQUE_CONSTRAINT_SCHEMA = {s} AND REFERENCED_TABLE_NAME = {t} \
+              AND (DELETE_RULE NOT IN ('RESTRICT', 'NO ACTION') OR UPDATE_RULE NOT IN ('RESTRICT', 'NO ACTION'))) \
+             FROM information_schema.TABLES tb LEFT JOIN information_schema.ENGINES e ON e.ENGINE = tb.ENGINE \
+             WHERE tb.TABLE_SCHEMA = {s} AND tb.TABLE_NAME = {t}"
+        ))
+        .await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let cell = |n: usize| row.get(n).cloned().flatten();
+    Ok(if cell(1).as_deref() != Some("YES") {
+        Some(format!(
+            "its engine ({}) is not transactional",
+            cell(0).unwrap_or_else(|| "none: a view".into())
+        ))
+    } else if cell(2).is_some_and(|n| n != "0") {
+        Some("it has triggers, whose effects Tandem cannot undo".into())
+    } else {
+        cell(3).map(|children| {
+            format!("foreign keys of {children} cascade its changes (ON DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT)")
+        })
     })
 }
 

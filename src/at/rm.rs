@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::image::{self, ImageRow};
-use super::meta::TableMeta;
+use super::image::{self, pk_key, ImageRow};
 use super::undo::{self, ChangeKind, UndoItem, UndoLog};
 use crate::backend::{BackendError, Pool, PooledConn};
 use crate::coordinator::service::{BoxFuture, Phase2Error, ResourceManager, RollbackOutcome};
@@ -260,13 +259,6 @@ async fn delete_old_markers(pool: &Pool, retention: Duration) {
 
 const NO_SUCH_TABLE: u16 = 1146;
 
-fn pk_key(meta: &TableMeta, row: &ImageRow) -> Vec<Option<Vec<u8>>> {
-    image::pk_of(meta, row)
-        .into_iter()
-        .map(|v| v.map(|b| b.0.clone()))
-        .collect()
-}
-
 /// Undoes one item. Returns why it cannot, when a row changed since phase 1.
 async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>, Phase2Error> {
     let meta = item.meta();
@@ -307,7 +299,7 @@ async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>
                             .columns
                             .iter()
                             .enumerate()
-                            .filter(|(i, _)| !meta.primary_key.contains(i))
+                            .filter(|(i, col)| !meta.primary_key.contains(i) && !col.generated)
                             .map(|(i, col)| {
                                 let v = before
                                     .get(i)
@@ -350,12 +342,16 @@ async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>
             for before in &item.before {
                 match current.get(&pk_key(&meta, before)) {
                     None => {
+                        // Generated columns are computed again by the server.
+                        let written = || {
+                            meta.columns
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, c)| !c.generated)
+                        };
                         let cols: Vec<String> =
-                            meta.columns.iter().map(|c| quote::ident(&c.name)).collect();
-                        let vals: Vec<String> = meta
-                            .columns
-                            .iter()
-                            .enumerate()
+                            written().map(|(_, c)| quote::ident(&c.name)).collect();
+                        let vals: Vec<String> = written()
                             .map(|(i, col)| {
                                 image::literal(
                                     col,

@@ -73,6 +73,7 @@ impl UndoItem {
             columns: self.columns.clone(),
             primary_key: self.primary_key.clone(),
             unique_keys: Vec::new(),
+            not_undoable: None,
         }
     }
 }
@@ -159,9 +160,11 @@ mod tests {
                 charset: None,
                 collation: None,
                 auto_increment: true,
+                generated: false,
             }],
             primary_key: vec![0],
             unique_keys: Vec::new(),
+            not_undoable: None,
         };
         let log = UndoLog {
             items: vec![UndoItem::new(

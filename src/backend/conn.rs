@@ -110,6 +110,9 @@ pub struct BackendConn {
     /// `SELECT DATABASE()`); `None` when it may have changed since, see
     /// [`Self::forget_database`].
     database: Option<String>,
+    /// The session's sql_mode as Tandem last read it; `None` when it may have changed since
+    /// (a relayed SET, a query of several statements, a reset).
+    sql_mode: Option<String>,
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -267,6 +270,7 @@ impl BackendConn {
             status,
             last_used: Instant::now(),
             broken: false,
+            sql_mode: None,
         })
     }
 
@@ -341,6 +345,7 @@ impl BackendConn {
     /// statements and user variables, and restores session variables.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
         self.database = None;
+        self.sql_mode = None;
         self.command(0x1f, &[], ResponseKind::Single)
             .await
             .map(|_| ())
@@ -373,6 +378,26 @@ impl BackendConn {
     /// query of several statements, COM_INIT_DB, COM_CHANGE_USER, COM_RESET_CONNECTION).
     pub fn forget_database(&mut self) {
         self.database = None;
+    }
+
+    /// The session's sql_mode, asked of the server only when Tandem does not know it.
+    pub async fn sql_mode(&mut self) -> Result<String, BackendError> {
+        if self.sql_mode.is_none() {
+            self.sql_mode = Some(
+                self.query_rows("SELECT @@SESSION.sql_mode")
+                    .await?
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.into_iter().next().flatten())
+                    .unwrap_or_default(),
+            );
+        }
+        Ok(self.sql_mode.clone().unwrap_or_default())
+    }
+
+    /// Called before relaying a command that may change session variables.
+    pub fn forget_sql_mode(&mut self) {
+        self.sql_mode = None;
     }
 
     fn settle(

@@ -1,25 +1,32 @@
-//! The session's side of global transactions: `SET tandem_xid`, DML that joins a global
-//! transaction as an AT branch, and the local COMMIT that registers the branch.
+//! The session's side of global transactions: `SET tandem_xid`, the statements of a session
+//! in a global context, DML that joins a global transaction as an AT branch, and the local
+//! COMMIT that registers the branch.
 //!
-//! A statement joins when it carries `/*+ XID('…') */` or the session set `tandem_xid`. One
-//! local transaction is one branch: an explicit BEGIN … COMMIT, or one autocommit statement,
-//! which Tandem wraps in its own BEGIN … COMMIT so the undo log commits with the change and
-//! the client hears of success only once the branch is registered.
+//! A statement joins when it carries `/*+ XID('…') */`, the session set `tandem_xid`, or its
+//! local transaction already is a branch. One local transaction is one branch: an explicit
+//! BEGIN … COMMIT, or one autocommit statement, which Tandem wraps in its own BEGIN … COMMIT
+//! so the undo log commits with the change and the client hears of success only once the
+//! branch is registered.
+//!
+//! Fail closed: in a global context every statement is read (one statement per query, no
+//! executable comments, no stored functions); DML is imaged from the client's own text and
+//! checked against the server's own counts of what it changed. When a change cannot be
+//! undone exactly after it ran, the local transaction is rolled back and the session refuses
+//! everything but ROLLBACK until the client has heard of it.
 
-use mysql_common::constants::StatusFlags;
-use tokio::io::Empty;
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
 
-use super::relay::{relay, RelayError};
+use super::relay::relay;
 use super::session::{Flow, Session};
-use crate::at::branch::{self, AtError, BranchWork};
+use crate::at::branch::{self, AtError, BranchWork, Outcome};
 use crate::at::meta::MetaError;
-use crate::backend::BackendError;
+use crate::backend::{BackendConn, BackendError};
 use crate::coordinator::{CoordinatorError, GlobalStatus};
 use crate::sql::dml::{self, AnalyzeError};
 use crate::sql::StatementKind;
 use crate::sql::{hints, params};
-use crate::wire::response::set_ok_status;
-use crate::wire::scanner::ResponseKind;
+use crate::wire::response::{parse_ok, set_ok_status};
+use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::{MysqlError, PacketIo};
 
 /// A statement that joins a global transaction: the client's packet (what runs), the text
@@ -36,11 +43,7 @@ impl<'a> GlobalStatement<'a> {
     pub fn text(payload: &'a [u8]) -> Self {
         let sql = std::str::from_utf8(&payload[1..])
             .map(str::to_string)
-            .map_err(|_| {
-                MysqlError::not_supported(
-                    "a statement that is not UTF-8 inside a global transaction",
-                )
-            });
+            .map_err(|_| not_utf8());
         GlobalStatement {
             payload,
             sql,
@@ -49,31 +52,45 @@ impl<'a> GlobalStatement<'a> {
     }
 }
 
-/// What a statement means for the session's global transaction.
+fn not_utf8() -> MysqlError {
+    MysqlError::not_supported("a statement that is not UTF-8 inside a global transaction")
+}
+
+/// What a statement in a global context means.
 pub(super) enum Global {
-    /// Nothing: forward it as usual.
+    /// Nothing special: forward it as usual.
     Plain,
     /// A DML statement that joins this XID.
     Join(String),
-    /// A `SELECT … FOR UPDATE` that must first wait for this XID's competitors' locks.
+    /// A locking read that must first wait for other global transactions' locks.
     LockingRead(String),
+    /// The COMMIT of a local transaction that is a branch.
+    Commit,
+    /// A ROLLBACK: the branch (or the memory of one rolled back) ends; forward it.
+    Rollback,
     /// Refused before reaching the database.
     Refuse(MysqlError),
+    /// A COMMIT after the branch's local transaction was rolled back: the client hears so,
+    /// and the session is usable again.
+    EndAborted(MysqlError),
 }
 
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+pub(super) fn analyze_error(e: AnalyzeError) -> MysqlError {
+    match e {
+        AnalyzeError::Parse(m) => MysqlError::cannot_parse(&m),
+        AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
+    }
 }
 
-/// True when a statement ends with `FOR UPDATE` (a constant-time look at its tail).
-fn ends_with_for_update(sql: &[u8]) -> bool {
-    let end = sql
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
-        .map_or(0, |p| p + 1);
-    let tail = &sql[..end];
-    tail.len() >= 10 && tail[tail.len() - 10..].eq_ignore_ascii_case(b"for update")
+fn backend_error(e: BackendError) -> MysqlError {
+    match e {
+        BackendError::Server(e) => e,
+        e => MysqlError::new(
+            2013,
+            "HY000",
+            format!("Lost connection to the backend: {e}"),
+        ),
+    }
 }
 
 pub(super) fn at_error(e: AtError) -> MysqlError {
@@ -81,75 +98,96 @@ pub(super) fn at_error(e: AtError) -> MysqlError {
         AtError::Unsupported(m) => MysqlError::new(1235, "42000", m),
         AtError::Meta(MetaError::NoSuchTable(t)) => MysqlError::no_such_table(&t),
         AtError::Meta(MetaError::NoPrimaryKey(t)) => MysqlError::requires_primary_key(&t),
-        AtError::Meta(MetaError::Backend(BackendError::Server(e)))
-        | AtError::Backend(BackendError::Server(e)) => e,
-        AtError::Meta(MetaError::Backend(e)) | AtError::Backend(e) => MysqlError::new(
-            2013,
-            "HY000",
-            format!("Lost connection to the backend: {e}"),
-        ),
+        AtError::Meta(MetaError::Backend(e)) | AtError::Backend(e) => backend_error(e),
         AtError::LockTimeout { key, holder } => MysqlError::global_lock_timeout(&key, &holder),
         AtError::NotActive { xid, why } => MysqlError::global_not_active(&xid, &why),
         AtError::Coordinator(m) => MysqlError::coordinator_unavailable(&m),
+        AtError::Mismatch(m) => MysqlError::branch_rolled_back(&format!(
+            "{m}; Tandem cannot undo the statement exactly"
+        )),
+    }
+}
+
+/// Errors after which the database has rolled back the whole local transaction, not only
+/// the statement (1205 only with `innodb_rollback_on_timeout`, asked separately).
+fn ends_transaction(code: u16) -> bool {
+    matches!(code, 1213 | 1206 | 1180 | 1181 | 1614)
+}
+
+/// Tandem reads statements with MariaDB's default quoting rules; a session that changed them
+/// is refused in a global transaction.
+async fn check_quoting(backend: &mut BackendConn) -> Result<(), MysqlError> {
+    let mode = backend.sql_mode().await.map_err(backend_error)?;
+    for m in ["NO_BACKSLASH_ESCAPES", "ANSI_QUOTES"] {
+        if mode.split(',').any(|x| x.eq_ignore_ascii_case(m)) {
+            return Err(MysqlError::not_supported(&format!(
+                "a global transaction in a session whose sql_mode has {m} (Tandem reads statements with the default quoting rules)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the server's OK packet (the first packet of `bytes`) says a statement did.
+fn outcome(bytes: &[u8], caps: CapabilityFlags, summary: &Summary) -> Outcome {
+    let len = bytes
+        .get(..3)
+        .map_or(0, |h| u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize);
+    let ok = bytes
+        .get(4..4 + len)
+        .and_then(|p| parse_ok(p, caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK)));
+    let matched_changed = ok.and_then(|ok| {
+        let numbers: Vec<u64> = ok
+            .info
+            .split(|b| !b.is_ascii_digit())
+            .filter_map(|n| std::str::from_utf8(n).ok()?.parse().ok())
+            .collect();
+        match numbers.as_slice() {
+            [matched, changed, _warnings] => Some((*matched, *changed)),
+            _ => None,
+        }
+    });
+    Outcome {
+        affected_rows: summary.affected_rows,
+        last_insert_id: summary.last_insert_id,
+        found_rows: caps.contains(CapabilityFlags::CLIENT_FOUND_ROWS),
+        matched_changed,
     }
 }
 
 impl Session {
-    /// Decides how a COM_QUERY of `kind` relates to global transactions. Cheap for
-    /// statements outside one: a hint scan for DML only.
-    pub(super) fn classify_global(&self, kind: StatementKind, sql: &[u8]) -> Global {
-        let dml = matches!(
-            kind,
-            StatementKind::Insert
-                | StatementKind::Update
-                | StatementKind::Delete
-                | StatementKind::Replace
-        );
-        let in_global = self.xid.is_some() || self.branch.is_some();
-        if kind == StatementKind::Select && ends_with_for_update(sql) {
-            return match hints::xid_hint(sql) {
-                Some(Ok(x)) => Global::LockingRead(x),
-                Some(Err(e)) => Global::Refuse(MysqlError::new(
-                    1210,
-                    "HY000",
-                    format!("Incorrect XID hint: {}", e.0),
-                )),
-                None => match self
-                    .branch
-                    .as_ref()
-                    .map(|b| b.xid.clone())
-                    .or_else(|| self.xid.clone())
-                {
-                    Some(x) => Global::LockingRead(x),
-                    None => Global::Plain,
-                },
-            };
-        }
-        if !dml {
+    /// True when a query must be read as part of a global transaction: the session joined
+    /// one, its local transaction is a branch (or was one, rolled back), or the text carries
+    /// an XID hint. Cheap for the rest: a vectorised search for the hint's opening.
+    pub(super) fn in_global_context(&self, sql: &[u8]) -> bool {
+        self.xid.is_some()
+            || self.branch.is_some()
+            || self.aborted.is_some()
+            || hints::has_hint(sql)
+    }
+
+    /// Decides what a statement of `kind` means in a global context.
+    pub(super) fn plan_global(&self, kind: StatementKind, sql: &[u8]) -> Global {
+        use StatementKind::*;
+        if let Some(why) = &self.aborted {
             return match kind {
-                StatementKind::Ddl if in_global => Global::Refuse(MysqlError::not_supported(
-                    "DDL inside a global transaction (it would commit the local transaction)",
-                )),
-                StatementKind::Begin if self.branch.is_some() => Global::Refuse(MysqlError::not_supported(
-                    "BEGIN while a branch of a global transaction is open: COMMIT or ROLLBACK it first",
-                )),
-                StatementKind::Savepoint if self.branch.is_some() => Global::Refuse(MysqlError::not_supported(
-                    "savepoints inside a branch of a global transaction",
-                )),
-                // A procedure or other statement could change data with no undo log.
-                StatementKind::Call | StatementKind::Other if in_global => Global::Refuse(MysqlError::not_supported(
-                    "this statement inside a global transaction (Tandem cannot undo what it does)",
-                )),
-                // SET autocommit = 1 would commit the open branch behind Tandem's back.
-                StatementKind::Set if self.branch.is_some() && contains_ignore_case(sql, b"autocommit") => {
-                    Global::Refuse(MysqlError::not_supported(
-                        "changing autocommit while a branch of a global transaction is open: COMMIT or ROLLBACK it first",
-                    ))
-                }
-                _ => Global::Plain,
+                Rollback => Global::Rollback,
+                Commit => Global::EndAborted(MysqlError::branch_rolled_back(why)),
+                _ => Global::Refuse(MysqlError::branch_rolled_back(&format!(
+                    "{why}; send ROLLBACK before anything else"
+                ))),
             };
         }
-        let xid = match hints::xid_hint(sql) {
+        let shape = match dml::shape(sql) {
+            Ok(s) => s,
+            Err(e) => return Global::Refuse(analyze_error(e)),
+        };
+        if shape.set_statement {
+            return Global::Refuse(MysqlError::not_supported(
+                "SET STATEMENT … FOR inside a global transaction",
+            ));
+        }
+        let hint = match hints::xid_hint(sql) {
             Some(Ok(x)) => Some(x),
             Some(Err(e)) => {
                 return Global::Refuse(MysqlError::new(
@@ -158,11 +196,84 @@ impl Session {
                     format!("Incorrect XID hint: {}", e.0),
                 ))
             }
-            None => self.xid.clone(),
+            None => None,
         };
-        match xid {
-            Some(x) => Global::Join(x),
-            None => Global::Plain,
+        let in_branch = self.branch.is_some();
+        let xid = hint
+            .or_else(|| self.branch.as_ref().map(|b| b.xid.clone()))
+            .or_else(|| self.xid.clone());
+        let refuse = |what: &str| Global::Refuse(MysqlError::not_supported(what));
+        let read = |sql: &[u8]| match std::str::from_utf8(sql) {
+            Ok(text) => match dml::check_read(text) {
+                Ok(()) => Global::Plain,
+                Err(e) => Global::Refuse(analyze_error(e)),
+            },
+            Err(_) => Global::Refuse(not_utf8()),
+        };
+        match kind {
+            Insert | Update | Delete | Replace => xid.map_or(Global::Plain, Global::Join),
+            Select if shape.locking_read => xid.map_or(Global::Plain, Global::LockingRead),
+            Select => read(sql),
+            // SET autocommit = 1 would commit the open branch behind Tandem's back.
+            Set if in_branch && contains_ignore_case(sql, b"autocommit") => refuse(
+                "changing autocommit while a branch of a global transaction is open: COMMIT or ROLLBACK it first",
+            ),
+            Set => read(sql),
+            Show | Use => Global::Plain,
+            Commit if in_branch => Global::Commit,
+            Commit => Global::Plain,
+            Rollback => Global::Rollback,
+            Begin if in_branch => refuse(
+                "BEGIN while a branch of a global transaction is open: COMMIT or ROLLBACK it first",
+            ),
+            Savepoint if in_branch => refuse("savepoints inside a branch of a global transaction"),
+            Begin | Savepoint => Global::Plain,
+            Ddl => refuse(
+                "DDL inside a global transaction (it commits the local transaction, and Tandem cannot undo it)",
+            ),
+            // A procedure or another statement could change data with no undo log.
+            Call | Other => refuse(
+                "this statement inside a global transaction (Tandem cannot undo what it does)",
+            ),
+        }
+    }
+
+    /// The branch's local transaction ended without Tandem's COMMIT (the database rolled it
+    /// back): nothing of it will commit, so the branch is dropped, and the session refuses
+    /// statements until the client rolls back, as its transaction is gone.
+    pub(super) fn abandon_branch(&mut self, why: String) {
+        if let Some(work) = self.branch.take() {
+            tracing::warn!(xid = %work.xid, id = self.connection_id(), %why, "branch abandoned: its local transaction was rolled back");
+        }
+        self.aborted = Some(why);
+    }
+
+    /// After a statement of an open branch failed: if the database rolled the whole local
+    /// transaction back, the branch is abandoned. `pipelined` when a query went out behind
+    /// the statement (its status flags then tell nothing of the statement).
+    pub(super) async fn after_branch_error(&mut self, code: u16, pipelined: bool) {
+        if self.branch.is_none() {
+            return;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        let mut ended = ends_transaction(code);
+        if code == 1205 {
+            ended |= backend
+                .query_rows("SELECT @@innodb_rollback_on_timeout")
+                .await
+                .ok()
+                .and_then(|r| r.into_iter().next()?.into_iter().next()?)
+                .is_some_and(|v| v == "1");
+        }
+        if !ended && !pipelined && backend.ping().await.is_ok() {
+            ended = !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+        }
+        if ended {
+            self.abandon_branch(format!(
+                "the database ended the local transaction with error {code}; the branch of the global transaction was abandoned"
+            ));
         }
     }
 
@@ -181,15 +292,13 @@ impl Session {
         } = stmt;
         let checked = async {
             let sql = sql?;
-            let select = dml::analyze_locking_select(&sql).map_err(|e| match e {
-                AnalyzeError::Parse(m) => MysqlError::cannot_parse(&m),
-                AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
-            })?;
+            let select = dml::analyze_locking_select(&sql).map_err(analyze_error)?;
             self.pin_backend(None).await?;
             let (at, coordinator) = (self.ctx.at.clone(), self.ctx.coordinator.clone());
             let Some(backend) = self.backend.as_mut() else {
                 return Err(MysqlError::backend_lost(self.ctx.pool.name()));
             };
+            check_quoting(backend).await?;
             branch::check_global_locks(backend, &coordinator, &at, &xid, &select)
                 .await
                 .map_err(at_error)
@@ -204,28 +313,45 @@ impl Session {
         }
     }
 
-    /// COM_STMT_EXECUTE of a prepared statement that joins a global transaction (or must
-    /// check global locks): runs it as an AT statement and returns how the session goes on;
-    /// `None` when the execution is an ordinary one.
+    /// COM_STMT_EXECUTE of a prepared statement in a global context: runs it as an AT
+    /// statement, or refuses it, and returns how the session goes on; `None` when the
+    /// execution is an ordinary one.
     pub(super) async fn global_execute(&mut self, reply_seq: u8, payload: &[u8]) -> Option<Flow> {
         let id = super::session::statement_id(payload)?;
         let p = self.prepared.get(&id)?;
         // The hot path: an execution outside any global transaction costs one lookup.
-        if self.xid.is_none() && self.branch.is_none() && !p.has_hint {
+        if self.xid.is_none() && self.branch.is_none() && self.aborted.is_none() && !p.has_hint {
             return None;
         }
-        let sql = p.sql.clone()?;
+        let kind = p.kind;
+        let Some(sql) = p.sql.clone() else {
+            return Some(self.reply_error(reply_seq, not_utf8()).await);
+        };
         let charset = mysql_common::collations::Collation::from(
             mysql_common::collations::CollationId::from(self.key.collation as u16),
         )
         .charset
         .to_string();
-        let kind = p.kind;
-        let global = self.classify_global(kind, sql.as_bytes());
-        let xid = match global {
+        let xid = match self.plan_global(kind, sql.as_bytes()) {
             Global::Plain => return None,
+            Global::Rollback => {
+                self.branch = None;
+                self.aborted = None;
+                return None;
+            }
             Global::Refuse(e) => return Some(self.reply_error(reply_seq, e).await),
-            Global::Join(ref x) | Global::LockingRead(ref x) => x.clone(),
+            Global::EndAborted(e) => {
+                self.aborted = None;
+                return Some(self.reply_error(reply_seq, e).await);
+            }
+            Global::Commit => {
+                return Some(
+                    self.global_commit(reply_seq, payload, ResponseKind::Execute)
+                        .await,
+                )
+            }
+            Global::Join(x) => (x, false),
+            Global::LockingRead(x) => (x, true),
         };
         let p = self.prepared.get_mut(&id)?;
         let text = if p.long_data {
@@ -247,9 +373,9 @@ impl Session {
             sql: text,
             response: ResponseKind::Execute,
         };
-        Some(match global {
-            Global::LockingRead(_) => self.global_locking_read(reply_seq, stmt, xid).await,
-            _ => self.global_dml(reply_seq, stmt, xid).await,
+        Some(match xid {
+            (x, true) => self.global_locking_read(reply_seq, stmt, x).await,
+            (x, false) => self.global_dml(reply_seq, stmt, x).await,
         })
     }
 
@@ -345,18 +471,23 @@ impl Session {
         } else {
             self.check_active(&xid).await?;
         }
-        let dml = dml::analyze(&sql).map_err(|e| match e {
-            AnalyzeError::Parse(m) => MysqlError::cannot_parse(&m),
-            AnalyzeError::Unsupported(m) => MysqlError::new(1235, "42000", m),
-        })?;
+        let dml = dml::analyze(&sql).map_err(analyze_error)?;
         self.pin_backend(None).await?;
         let at = self.ctx.at.clone();
+        let joining = self.branch.is_none();
+        let wrote_before = self.local_writes;
         let Some(backend) = self.backend.as_mut() else {
             return Ok(Flow::Close);
         };
+        check_quoting(backend).await?;
         let status = backend.status;
-        let wrap = !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-            && status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        let in_trans = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+        if joining && in_trans && wrote_before {
+            return Err(MysqlError::not_supported(
+                "joining a global transaction in a local transaction that already changed data outside it (Tandem cannot undo those changes): start the local transaction with a statement of the global transaction",
+            ));
+        }
+        let wrap = !in_trans && status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
         let mut pending = match branch::before(backend, &at, &dml, wrap).await {
             Ok(p) => p,
             Err(e) => {
@@ -367,71 +498,64 @@ impl Session {
             }
         };
 
-        // The statement itself: the client's own text, and behind it the after-image query
-        // when that is known in advance.
+        // The statement itself: the client's own packet, and behind it the after-image query
+        // when that is known in advance. Its response is held back until Tandem has checked
+        // what the statement did.
         backend.io().write_packet(0, payload);
-        pending.queue_after(backend);
+        let pipelined = pending.queue_after(backend);
         if backend.send_queued().await.is_err() {
             return Ok(self.backend_lost(reply_seq, false).await);
         }
-        let max = self.ctx.max_allowed_packet;
-        let outcome = if wrap {
-            let mut sink = PacketIo::new(tokio::io::join(tokio::io::empty(), Vec::new()));
-            relay(backend, &mut sink, response, max)
-                .await
-                .map(|s| (s, Some(sink)))
-        } else {
-            relay(backend, &mut self.client, response, max)
-                .await
-                .map(|s| (s, None))
+        let mut sink = PacketIo::new(tokio::io::join(tokio::io::empty(), Vec::new()));
+        let summary = match relay(backend, &mut sink, response, self.ctx.max_allowed_packet).await {
+            Ok(s) => s,
+            Err(_) => return Ok(self.backend_lost(reply_seq, false).await),
         };
-        let (summary, captured) = match outcome {
-            Ok(v) => v,
-            Err(RelayError::Backend { forwarded, .. }) => {
-                return Ok(self.backend_lost(reply_seq, forwarded).await)
-            }
-            Err(RelayError::Client(_)) => {
-                backend.mark_broken();
-                return Ok(Flow::Close);
-            }
-        };
+        let (join, _) = sink.into_parts();
+        let (_, captured) = join.into_inner();
         if let Some(st) = summary.status {
             backend.status = st;
         }
-        if summary.error.is_some() {
+        if let Some(code) = summary.error {
             // The statement failed and changed nothing: no undo item.
             if pending.discard(backend).await.is_err() {
-                return Ok(self.backend_lost(reply_seq, captured.is_none()).await);
+                return Ok(self.backend_lost(reply_seq, false).await);
             }
-            if let Some(sink) = captured {
+            if wrap {
                 let _ = backend.execute("ROLLBACK").await;
-                return Ok(self.send_captured(sink, None).await);
             }
-            return Ok(Flow::Continue);
+            let flow = self.send_captured(captured, None).await;
+            if !wrap {
+                self.after_branch_error(code, pipelined).await;
+            }
+            return Ok(flow);
         }
 
+        let outcome = outcome(&captured, backend.caps, &summary);
         let work = self.branch.get_or_insert_with(|| BranchWork {
             xid: xid.clone(),
             ..BranchWork::default()
         });
-        let recorded =
-            branch::after(backend, &at.server, pending, summary.last_insert_id, work).await;
-        let Some(sink) = captured else {
-            // Inside the client's own transaction the client already has its answer; a
-            // failure here must stop the branch from committing.
-            if let Err(e) = recorded {
-                tracing::warn!(%xid, error = %e, "could not record the undo log; the branch will refuse to commit");
-                work.poisoned = Some(e.to_string());
+        if let Err(e) = branch::after(backend, &at.server, pending, outcome, work).await {
+            // The statement ran, but Tandem cannot undo it exactly: none of it may commit.
+            let rolled_back = backend.execute("ROLLBACK").await;
+            self.branch = None;
+            if rolled_back.as_ref().is_err_and(BackendError::is_fatal) {
+                return Ok(self.backend_lost(reply_seq, false).await);
             }
-            return Ok(Flow::Continue);
-        };
+            let err = at_error(e);
+            tracing::warn!(%xid, error = %err.message, "statement refused after it ran; local transaction rolled back");
+            if !wrap {
+                self.aborted = Some(err.message.clone());
+            }
+            return Err(err);
+        }
+        if !wrap {
+            return Ok(self.send_captured(captured, None).await);
+        }
         // Autocommit: register, write the undo log, commit, then answer.
         let work = self.branch.take().unwrap_or_default();
-        let result = match recorded {
-            Ok(()) => branch::register(backend, &self.ctx.coordinator, &at, work).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = branch::register(backend, &self.ctx.coordinator, &at, work).await {
             let _ = backend.execute("ROLLBACK").await;
             return Err(at_error(e));
         }
@@ -439,18 +563,12 @@ impl Session {
             .execute("COMMIT")
             .await
             .map_err(|e| at_error(e.into()))?;
-        Ok(self.send_captured(sink, committed.status).await)
+        Ok(self.send_captured(captured, committed.status).await)
     }
 
-    /// Sends a response captured while Tandem wrapped the statement in its own transaction,
-    /// with the status flags of after that transaction.
-    async fn send_captured(
-        &mut self,
-        sink: PacketIo<tokio::io::Join<Empty, Vec<u8>>>,
-        status: Option<StatusFlags>,
-    ) -> Flow {
-        let (join, _) = sink.into_parts();
-        let (_, mut bytes) = join.into_inner();
+    /// Sends a response held back while Tandem checked the statement, with the status flags
+    /// of after Tandem's own transaction when it wrapped the statement in one.
+    async fn send_captured(&mut self, mut bytes: Vec<u8>, status: Option<StatusFlags>) -> Flow {
         if let Some(st) = status {
             let one_packet = bytes.len() >= 4
                 && u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) as usize
@@ -466,40 +584,35 @@ impl Session {
         }
     }
 
-    /// The client's COMMIT of a local transaction that is a branch: register the branch and
-    /// write its undo log, then let the COMMIT through. On failure the local transaction is
-    /// rolled back and the client gets the error.
-    pub(super) async fn global_commit(&mut self, reply_seq: u8, payload: &[u8]) -> Flow {
+    /// The client's COMMIT of a local transaction that is a branch (a COM_QUERY or the
+    /// execution of a prepared COMMIT): register the branch and write its undo log, then let
+    /// the COMMIT through. On failure the local transaction is rolled back and the client
+    /// gets the error.
+    pub(super) async fn global_commit(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        response: ResponseKind,
+    ) -> Flow {
         let Some(work) = self.branch.take() else {
             return self
-                .forward(
-                    reply_seq,
-                    payload,
-                    StatementKind::Commit,
-                    ResponseKind::Query,
-                )
+                .forward(reply_seq, payload, StatementKind::Commit, response)
                 .await;
         };
         let at = self.ctx.at.clone();
         let Some(backend) = self.backend.as_mut() else {
             return Flow::Close;
         };
-        let result = match work.poisoned.clone() {
-            Some(why) => Err(AtError::Unsupported(format!(
-                "the branch cannot commit: {why}"
-            ))),
-            None => branch::register(backend, &self.ctx.coordinator, &at, work).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = branch::register(backend, &self.ctx.coordinator, &at, work).await {
             let _ = backend.execute("ROLLBACK").await;
             return self.reply_error(reply_seq, at_error(e)).await;
         }
-        self.forward(
-            reply_seq,
-            payload,
-            StatementKind::Commit,
-            ResponseKind::Query,
-        )
-        .await
+        self.forward(reply_seq, payload, StatementKind::Commit, response)
+            .await
     }
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }

@@ -102,6 +102,13 @@ pub struct Session {
     pub(super) xid: Option<String>,
     /// The AT branch the current local transaction is, while it runs.
     pub(super) branch: Option<BranchWork>,
+    /// Why the local transaction that was a branch is gone (rolled back by the database, or
+    /// by Tandem when a statement could not be undone exactly): until the client's ROLLBACK,
+    /// its statements are refused rather than run outside the transaction it believes open.
+    pub(super) aborted: Option<String>,
+    /// The open local transaction changed data before any statement of it joined a global
+    /// transaction: such a transaction cannot become a branch, as those changes have no undo.
+    pub(super) local_writes: bool,
 }
 
 impl Session {
@@ -125,6 +132,8 @@ impl Session {
             next_tandem_stmt: 0x8000_0000,
             xid: None,
             branch: None,
+            aborted: None,
+            local_writes: false,
         }
     }
 
@@ -157,6 +166,15 @@ impl Session {
 
     pub fn connection_id(&self) -> u32 {
         self.connection_id
+    }
+
+    /// COM_RESET_CONNECTION and COM_CHANGE_USER end the local transaction and the session's
+    /// variables, `tandem_xid` among them.
+    fn end_global_session(&mut self) {
+        self.xid = None;
+        self.branch = None;
+        self.aborted = None;
+        self.local_writes = false;
     }
 
     /// Runs the command loop until the client quits, the connection fails, or `close`
@@ -227,36 +245,52 @@ impl Session {
                             return self.set_xid(reply_seq, value).await;
                         }
                     }
-                    StatementKind::Commit if self.branch.is_some() => {
-                        return self.global_commit(reply_seq, payload).await;
-                    }
-                    StatementKind::Rollback => self.branch = None,
                     StatementKind::Ddl => self.ctx.at.meta.clear(),
                     _ => {}
                 }
-                match self.classify_global(kind, sql) {
-                    Global::Plain => {}
-                    Global::Join(xid) => {
-                        let stmt = GlobalStatement::text(payload);
-                        return self.global_dml(reply_seq, stmt, xid).await;
+                if self.in_global_context(sql) {
+                    match self.plan_global(kind, sql) {
+                        Global::Plain => {}
+                        Global::Rollback => {
+                            self.branch = None;
+                            self.aborted = None;
+                        }
+                        Global::Join(xid) => {
+                            let stmt = GlobalStatement::text(payload);
+                            return self.global_dml(reply_seq, stmt, xid).await;
+                        }
+                        Global::LockingRead(xid) => {
+                            let stmt = GlobalStatement::text(payload);
+                            return self.global_locking_read(reply_seq, stmt, xid).await;
+                        }
+                        Global::Commit => {
+                            return self
+                                .global_commit(reply_seq, payload, ResponseKind::Query)
+                                .await;
+                        }
+                        Global::Refuse(e) => return self.reply_error(reply_seq, e).await,
+                        Global::EndAborted(e) => {
+                            self.aborted = None;
+                            return self.reply_error(reply_seq, e).await;
+                        }
                     }
-                    Global::LockingRead(xid) => {
-                        let stmt = GlobalStatement::text(payload);
-                        return self.global_locking_read(reply_seq, stmt, xid).await;
-                    }
-                    Global::Refuse(e) => return self.reply_error(reply_seq, e).await,
                 }
                 (kind, ResponseKind::Query)
             }
             COM_STMT_PREPARE => {
-                let kind = classify(&payload[1..]);
+                let sql = &payload[1..];
+                let kind = classify(sql);
                 if kind == StatementKind::Select {
-                    if let Some(call) = sql_functions::parse(&payload[1..]) {
+                    if let Some(call) = sql_functions::parse(sql) {
                         return self.prepare_tandem_function(reply_seq, call).await;
                     }
                 }
-                if let Global::Refuse(e) = self.classify_global(kind, &payload[1..]) {
-                    return self.reply_error(reply_seq, e).await;
+                // What cannot run in a global context is refused already when prepared there;
+                // every execution is checked again.
+                if self.in_global_context(sql) {
+                    if let Global::Refuse(e) = self.plan_global(kind, sql) {
+                        return self.reply_error(reply_seq, e).await;
+                    }
                 }
                 (kind, ResponseKind::Prepare)
             }
@@ -303,7 +337,9 @@ impl Session {
             COM_PING | COM_INIT_DB | COM_STMT_RESET | COM_SET_OPTION | COM_RESET_CONNECTION
             | COM_STATISTICS | COM_DEBUG | COM_REFRESH => {
                 if cmd == COM_RESET_CONNECTION {
+                    // The database rolls back the local transaction and resets the session.
                     self.prepared.clear();
+                    self.end_global_session();
                 }
                 if cmd == COM_STMT_RESET {
                     if let Some(p) = statement_id(payload).and_then(|id| self.prepared.get_mut(&id))
@@ -466,6 +502,7 @@ impl Session {
         };
         self.backend = None;
         self.prepared.clear();
+        self.end_global_session();
         self.user = req.user;
         if let Some(collation) = req.collation {
             self.key = ConnKey::new(self.caps, collation);
@@ -497,6 +534,9 @@ impl Session {
         if may_change_database(payload, kind) {
             backend.forget_database();
         }
+        if kind == StatementKind::Set || may_change_database(payload, kind) {
+            backend.forget_sql_mode();
+        }
         let io = backend.io();
         io.write_packet(0, payload);
         if io.flush().await.is_err() {
@@ -515,6 +555,9 @@ impl Session {
                     .metrics
                     .statement(kind, started.elapsed().as_secs_f64());
                 self.after_response(payload, kind, &summary);
+                if let Some(code) = summary.error {
+                    self.after_branch_error(code, false).await;
+                }
                 Flow::Continue
             }
             Err(RelayError::Backend { reason, forwarded }) => {
@@ -535,6 +578,17 @@ impl Session {
         }
         if let (Some(status), Some(b)) = (summary.status, self.backend.as_mut()) {
             b.status = status;
+            if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+                self.local_writes = false;
+                if self.branch.is_some() {
+                    self.abandon_branch(
+                        "the local transaction ended without Tandem's COMMIT; the branch of the global transaction was abandoned"
+                            .into(),
+                    );
+                }
+            } else if summary.error.is_none() && writes(kind) {
+                self.local_writes = true;
+            }
         }
         if payload.first() == Some(&COM_STMT_PREPARE) {
             if let Some((id, params, _)) = summary.prepared {
@@ -617,6 +671,16 @@ impl Session {
         self.client.write_packet(seq, &e.encode());
         self.client.flush().await
     }
+}
+
+/// Whether a statement of `kind` may change data (and so makes a local transaction one that
+/// cannot become a branch).
+fn writes(kind: StatementKind) -> bool {
+    use StatementKind::*;
+    !matches!(
+        kind,
+        Select | Show | Set | Use | Begin | Commit | Rollback | Savepoint
+    )
 }
 
 /// The statement id at the start of a COM_STMT_* payload.

@@ -1,18 +1,27 @@
-//! Analysis of a data-changing statement inside a global transaction: which table, which rows,
-//! and whether Tandem can make it undoable.
+//! Analysis of a statement inside a global transaction: which table, which rows, and whether
+//! Tandem can make it undoable.
 //!
 //! Parsing happens only here, only for statements that join a global transaction. The
-//! client's own text is still what runs; the pieces kept here (the WHERE, ORDER BY and LIMIT
-//! clauses, printed back by the parser) only build the image queries around it.
+//! client's own text is what runs, and the pieces the image queries are built from (the
+//! WHERE, ORDER BY and LIMIT clauses, the VALUES of an INSERT) are cut from that same text by
+//! [`lex`](super::lex), never printed back from a syntax tree: MariaDB reads the image query
+//! and the statement alike, whatever literals, escapes and comments they hold. Each piece is
+//! also parsed on its own and must give the same tree as the parser found in the statement,
+//! so the cut and the parse cannot silently disagree.
 
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    visit_expressions, AssignmentTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnInsert,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Value,
+    visit_expressions, AssignmentTarget, BinaryOperator, Expr, FromTable, ObjectName,
+    ObjectNamePart, OnInsert, OrderByExpr, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, UnaryOperator, Value,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token as SqlToken;
+
+use super::builtins;
+use super::lex::{self, LexError, Token};
 
 /// A table as the statement names it (identifier values, without quotes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,43 +32,54 @@ pub struct TableName {
     pub alias: Option<String>,
 }
 
-/// The part of an UPDATE or DELETE that chooses rows, as SQL text for the image queries.
+/// The part of an UPDATE or DELETE that chooses rows, as the client wrote it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowFilter {
     pub where_sql: Option<String>,
     pub order_by_sql: Option<String>,
     pub limit_sql: Option<String>,
-    /// `?` placeholders that come before the filter in the statement (in SET).
-    pub placeholders_before: usize,
-    /// `?` placeholders inside the filter.
-    pub placeholders: usize,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One value of an INSERT's VALUES row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertValue {
+    Null,
+    Default,
+    /// A constant, as the client wrote it; `digits` when it is an unsigned integer written
+    /// with digits alone.
+    Literal {
+        sql: String,
+        digits: bool,
+    },
+    /// Anything else: its value is known only once the server computed it.
+    Expression,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Insert {
     pub table: TableName,
     /// Columns as listed; empty when the statement lists none (all columns, in order).
     pub columns: Vec<String>,
-    pub rows: Vec<Vec<Expr>>,
-    /// ON DUPLICATE KEY UPDATE assignments (column, value).
-    pub on_duplicate: Option<Vec<(String, Expr)>>,
+    pub rows: Vec<Vec<InsertValue>>,
+    /// The columns ON DUPLICATE KEY UPDATE assigns.
+    pub on_duplicate: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
     pub table: TableName,
-    /// Assigned columns (column, value), in order.
-    pub assignments: Vec<(String, Expr)>,
+    /// Assigned columns, in order.
+    pub assigned: Vec<String>,
     pub filter: RowFilter,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delete {
     pub table: TableName,
     pub filter: RowFilter,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dml {
     Insert(Insert),
     Update(Update),
@@ -81,51 +101,334 @@ fn unsupported<T>(what: &str) -> Result<T, AnalyzeError> {
     )))
 }
 
-/// A `SELECT … FOR UPDATE` on one table: which rows it locks.
+/// A `SELECT … FOR UPDATE` (or another locking read) on one table: which rows it locks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockingSelect {
     pub table: TableName,
     pub filter: RowFilter,
 }
 
-/// Analyses a `SELECT … FOR UPDATE` inside a global transaction. Only single-table selects
-/// are understood; ORDER BY and LIMIT are ignored, so the rows checked are a superset.
-pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> {
+/// How a query in a global context reads, before anything runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// A locking read: `FOR UPDATE`, `FOR SHARE` or `LOCK IN SHARE MODE`.
+    pub locking_read: bool,
+    /// `SET STATEMENT … FOR <statement>`: a statement run under other session settings.
+    pub set_statement: bool,
+}
+
+/// Reads a query that arrives in a global context: one statement (a query of several is
+/// refused), no executable comments, and whether it is a locking read.
+pub fn shape(sql: &[u8]) -> Result<Shape, AnalyzeError> {
+    let tokens = one_statement(sql)?;
+    let depth = lex::depths(&tokens);
+    let top = |i: usize| depth[i] == 0;
+    let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
+    let locking_read = word(0, "select")
+        && (0..tokens.len()).any(|i| {
+            top(i)
+                && ((word(i, "for") && (word(i + 1, "update") || word(i + 1, "share")))
+                    || (word(i, "lock") && word(i + 1, "in") && word(i + 2, "share")))
+        });
+    let set_statement = word(0, "set") && word(1, "statement");
+    Ok(Shape {
+        locking_read,
+        set_statement,
+    })
+}
+
+/// The tokens of the one statement in `sql`.
+fn one_statement(sql: &[u8]) -> Result<Vec<Token>, AnalyzeError> {
+    let mut tokens = lex::tokenize(sql).map_err(|e| match e {
+        LexError::ExecutableComment => AnalyzeError::Unsupported(
+            "an executable comment (/*! … */ or /*M! … */) is not supported inside a global \
+             transaction: the server runs its content"
+                .into(),
+        ),
+        LexError::Unterminated(what) => AnalyzeError::Parse(format!("unterminated {what}")),
+    })?;
+    let statements = lex::statements(&tokens);
+    if statements.len() > 1 {
+        return unsupported("more than one statement in one query");
+    }
+    let Some(first) = statements.first() else {
+        return Err(AnalyzeError::Parse("empty statement".into()));
+    };
+    let (start, len) = (first[0].span.start, first.len());
+    let skip = tokens
+        .iter()
+        .position(|t| t.span.start == start)
+        .unwrap_or(0);
+    tokens.drain(..skip);
+    tokens.truncate(len);
+    Ok(tokens)
+}
+
+fn parse(sql: &str) -> Result<Statement, AnalyzeError> {
     let mut statements =
         Parser::parse_sql(&MySqlDialect {}, sql).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
     if statements.len() != 1 {
         return unsupported("more than one statement in one query");
     }
-    let Statement::Query(q) = statements.remove(0) else {
+    Ok(statements.remove(0))
+}
+
+/// Analyses a locking read inside a global transaction. Only single-table selects are
+/// understood; ORDER BY and LIMIT are left out, so the rows checked are a superset.
+pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> {
+    let tokens = one_statement(sql.as_bytes())?;
+    let clauses = Clauses::find(sql.as_bytes(), &tokens, 0);
+    // The parser does not read `LOCK IN SHARE MODE`: it reads the text before the lock clause.
+    let end = clauses.lock.map_or(sql.len(), |i| tokens[i].span.start);
+    let Statement::Query(q) = parse(&sql[..end])? else {
         return unsupported("this statement");
     };
     let SetExpr::Select(select) = *q.body else {
-        return unsupported("a SELECT … FOR UPDATE with set operations");
+        return unsupported("a locking read with set operations");
     };
     let [from] = select.from.as_slice() else {
-        return unsupported("a SELECT … FOR UPDATE over several tables");
+        return unsupported("a locking read over several tables");
     };
     let table = single_table(from)?;
+    check_functions_in(select.selection.as_ref())?;
+    let where_sql = cut_expr(
+        sql,
+        &tokens,
+        clauses.where_.clone(),
+        select.selection.as_ref(),
+    )?;
     Ok(LockingSelect {
         table,
-        filter: filter(select.selection.as_ref(), &[], None, 0),
+        filter: RowFilter {
+            where_sql,
+            ..RowFilter::default()
+        },
     })
+}
+
+/// Checks a read (or a SET) in a global context: one statement, calling no stored function,
+/// which could write what Tandem never sees.
+pub fn check_read(sql: &str) -> Result<(), AnalyzeError> {
+    let tokens = one_statement(sql.as_bytes())?;
+    let clauses = Clauses::find(sql.as_bytes(), &tokens, 0);
+    let end = clauses.lock.map_or(sql.len(), |i| tokens[i].span.start);
+    check_functions(&parse(&sql[..end])?)
 }
 
 /// Analyses one INSERT, UPDATE or DELETE.
 pub fn analyze(sql: &str) -> Result<Dml, AnalyzeError> {
-    let mut statements =
-        Parser::parse_sql(&MySqlDialect {}, sql).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
-    if statements.len() != 1 {
-        return unsupported("more than one statement in one query");
-    }
-    match statements.remove(0) {
-        Statement::Insert(i) => insert(i),
-        Statement::Update(u) => update(u),
-        Statement::Delete(d) => delete(d),
+    let tokens = one_statement(sql.as_bytes())?;
+    let statement = parse(sql)?;
+    check_functions(&statement)?;
+    match statement {
+        Statement::Insert(i) => insert(sql, &tokens, i),
+        Statement::Update(u) => update(sql, &tokens, u),
+        Statement::Delete(d) => delete(sql, &tokens, d),
         Statement::Query(_) => unsupported("a query"),
         _ => unsupported("this statement (DDL and administrative statements)"),
     }
+}
+
+/// Stored and loadable functions may change data Tandem never sees, and an assignment to a
+/// user variable runs once per row the server reads: both are refused.
+fn check_functions(statement: &Statement) -> Result<(), AnalyzeError> {
+    let mut found = None;
+    let _ = visit_expressions(statement, |e| {
+        found = refused_expression(e);
+        if found.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    found.map_or(Ok(()), |what| unsupported(&what))
+}
+
+fn check_functions_in(e: Option<&Expr>) -> Result<(), AnalyzeError> {
+    let mut found = None;
+    if let Some(e) = e {
+        let _ = visit_expressions(e, |e| {
+            found = refused_expression(e);
+            if found.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+    }
+    found.map_or(Ok(()), |what| unsupported(&what))
+}
+
+fn refused_expression(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Function(f) => {
+            let builtin = matches!(f.name.0.as_slice(), [ObjectNamePart::Identifier(i)]
+                if builtins::is_builtin(&i.value));
+            (!builtin).then(|| {
+                format!(
+                    "calling {}() (a stored or loadable function may change data Tandem cannot undo)",
+                    f.name
+                )
+            })
+        }
+        Expr::BinaryOp {
+            op: BinaryOperator::Assignment,
+            ..
+        } => Some("assigning a user variable (:=)".into()),
+        _ => None,
+    }
+}
+
+/// Where the row-choosing clauses of a statement stand: token index ranges of each clause's
+/// body, found at parenthesis depth 0 after `from`.
+#[derive(Debug, Default)]
+struct Clauses {
+    where_: Option<Range<usize>>,
+    order_by: Option<Range<usize>>,
+    limit: Option<Range<usize>>,
+    /// Where a `LOCK IN SHARE MODE` clause starts.
+    lock: Option<usize>,
+}
+
+/// Words that end a WHERE, ORDER BY or LIMIT clause at depth 0.
+const CLAUSE_ENDS: &[&str] = &[
+    "where",
+    "group",
+    "having",
+    "window",
+    "order",
+    "limit",
+    "for",
+    "lock",
+    "into",
+    "union",
+    "except",
+    "intersect",
+    "procedure",
+    "returning",
+];
+
+impl Clauses {
+    fn find(sql: &[u8], tokens: &[Token], from: usize) -> Clauses {
+        let depth = lex::depths(tokens);
+        let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
+        let ends: Vec<usize> = (from..tokens.len())
+            .filter(|&i| depth[i] == 0 && CLAUSE_ENDS.iter().any(|kw| word(i, kw)))
+            .collect();
+        let body = |at: usize, skip: usize| {
+            let end = ends
+                .iter()
+                .copied()
+                .find(|&e| e > at)
+                .unwrap_or(tokens.len());
+            at + skip..end
+        };
+        let mut c = Clauses::default();
+        for &i in &ends {
+            if word(i, "where") && c.where_.is_none() {
+                c.where_ = Some(body(i, 1));
+            } else if word(i, "order") && word(i + 1, "by") && c.order_by.is_none() {
+                c.order_by = Some(body(i, 2));
+            } else if word(i, "limit") && c.limit.is_none() {
+                c.limit = Some(body(i, 1));
+            } else if word(i, "lock") && word(i + 1, "in") && c.lock.is_none() {
+                c.lock = Some(i);
+            }
+        }
+        c
+    }
+}
+
+/// The source text of the tokens in `range`.
+fn source(sql: &str, tokens: &[Token], range: Range<usize>) -> Option<String> {
+    let bytes = lex::text(sql.as_bytes(), tokens.get(range)?)?;
+    std::str::from_utf8(bytes).ok().map(str::to_string)
+}
+
+fn mismatch<T>(clause: &str) -> Result<T, AnalyzeError> {
+    Err(AnalyzeError::Unsupported(format!(
+        "Tandem could not read the statement's {clause} with certainty; it is not run inside a \
+         global transaction"
+    )))
+}
+
+/// A parser over `text` alone.
+fn parser(text: &str) -> Option<Parser<'static>> {
+    static DIALECT: MySqlDialect = MySqlDialect {};
+    Parser::new(&DIALECT).try_with_sql(text).ok()
+}
+
+fn at_end(p: &Parser<'_>) -> bool {
+    p.peek_token().token == SqlToken::EOF
+}
+
+fn parse_expr_alone(text: &str) -> Option<Expr> {
+    let mut p = parser(text)?;
+    let e = p.parse_expr().ok()?;
+    at_end(&p).then_some(e)
+}
+
+/// The source text of an expression clause, checked against the expression the statement
+/// parsed to: both absent, or the text parses alone to the same tree.
+fn cut_expr(
+    sql: &str,
+    tokens: &[Token],
+    range: Option<Range<usize>>,
+    parsed: Option<&Expr>,
+) -> Result<Option<String>, AnalyzeError> {
+    let text = range.and_then(|r| source(sql, tokens, r));
+    match (&text, parsed) {
+        (None, None) => Ok(None),
+        (Some(t), Some(e)) if parse_expr_alone(t).as_ref() == Some(e) => Ok(text),
+        _ => mismatch("WHERE or LIMIT clause"),
+    }
+}
+
+fn cut_order_by(
+    sql: &str,
+    tokens: &[Token],
+    range: Option<Range<usize>>,
+    parsed: &[OrderByExpr],
+) -> Result<Option<String>, AnalyzeError> {
+    let text = range.and_then(|r| source(sql, tokens, r));
+    let Some(t) = &text else {
+        return if parsed.is_empty() {
+            Ok(None)
+        } else {
+            mismatch("ORDER BY clause")
+        };
+    };
+    let alone = parser(t).and_then(|mut p| {
+        let items = p.parse_comma_separated(Parser::parse_order_by_expr).ok()?;
+        at_end(&p).then_some(items)
+    });
+    if alone.as_deref() == Some(parsed) {
+        Ok(text)
+    } else {
+        mismatch("ORDER BY clause")
+    }
+}
+
+fn filter(
+    sql: &str,
+    tokens: &[Token],
+    from: usize,
+    selection: Option<&Expr>,
+    order_by: &[OrderByExpr],
+    limit: Option<&Expr>,
+) -> Result<RowFilter, AnalyzeError> {
+    let c = Clauses::find(sql.as_bytes(), tokens, from);
+    Ok(RowFilter {
+        where_sql: cut_expr(sql, tokens, c.where_, selection)?,
+        order_by_sql: cut_order_by(sql, tokens, c.order_by, order_by)?,
+        limit_sql: cut_expr(sql, tokens, c.limit, limit)?,
+    })
+}
+
+/// The index of the first depth-0 token after `from` that is the word `kw`.
+fn find_word(sql: &str, tokens: &[Token], from: usize, kw: &str) -> Option<usize> {
+    let depth = lex::depths(tokens);
+    (from..tokens.len()).find(|&i| depth[i] == 0 && tokens[i].is_word(sql.as_bytes(), kw))
 }
 
 fn ident_parts(name: &ObjectName) -> Result<Vec<String>, AnalyzeError> {
@@ -168,8 +471,14 @@ fn single_table(t: &TableWithJoins) -> Result<TableName, AnalyzeError> {
             name,
             alias,
             args: None,
+            partitions,
             ..
-        } => table_name(name, alias.as_ref().map(|a| a.name.value.clone())),
+        } => {
+            if !partitions.is_empty() {
+                return unsupported("a PARTITION clause");
+            }
+            table_name(name, alias.as_ref().map(|a| a.name.value.clone()))
+        }
         _ => unsupported("a statement on a derived table"),
     }
 }
@@ -183,48 +492,95 @@ fn column_name(target: &AssignmentTarget) -> Result<String, AnalyzeError> {
     }
 }
 
-fn count_placeholders(e: &Expr) -> usize {
-    let mut n = 0;
-    let _ = visit_expressions(e, |e| {
-        if let Expr::Value(v) = e {
-            if matches!(v.value, Value::Placeholder(_)) {
-                n += 1;
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    n
-}
-
-fn filter(
-    selection: Option<&Expr>,
-    order_by: &[sqlparser::ast::OrderByExpr],
-    limit: Option<&Expr>,
-    placeholders_before: usize,
-) -> RowFilter {
-    let join = |items: &[sqlparser::ast::OrderByExpr]| {
-        items
-            .iter()
-            .map(|o| o.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+/// What an INSERT value is, from its parsed tree and its source text.
+fn insert_value(text: &str, parsed: &Expr) -> InsertValue {
+    let literal = |digits| InsertValue::Literal {
+        sql: text.to_string(),
+        digits,
     };
-    let placeholders = selection.map_or(0, count_placeholders)
-        + order_by
-            .iter()
-            .map(|o| count_placeholders(&o.expr))
-            .sum::<usize>()
-        + limit.map_or(0, count_placeholders);
-    RowFilter {
-        where_sql: selection.map(|e| e.to_string()),
-        order_by_sql: (!order_by.is_empty()).then(|| join(order_by)),
-        limit_sql: limit.map(|e| e.to_string()),
-        placeholders_before,
-        placeholders,
+    match parsed {
+        Expr::Value(v) => match &v.value {
+            Value::Null => InsertValue::Null,
+            Value::Number(n, _) => literal(n.bytes().all(|b| b.is_ascii_digit())),
+            Value::SingleQuotedString(_)
+            | Value::DoubleQuotedString(_)
+            | Value::HexStringLiteral(_)
+            | Value::NationalStringLiteral(_) => literal(false),
+            _ => InsertValue::Expression,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } if matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::Number(..))) => {
+            literal(false)
+        }
+        Expr::Prefixed { value, .. } if matches!(value.as_ref(), Expr::Value(_)) => literal(false),
+        _ => InsertValue::Expression,
     }
 }
 
-fn insert(i: sqlparser::ast::Insert) -> Result<Dml, AnalyzeError> {
+/// The VALUES rows of an INSERT as source text, checked value by value against the parse.
+fn insert_rows(
+    sql: &str,
+    tokens: &[Token],
+    parsed: &[Vec<Expr>],
+) -> Result<Vec<Vec<InsertValue>>, AnalyzeError> {
+    let b = sql.as_bytes();
+    let depth = lex::depths(tokens);
+    let at = find_word(sql, tokens, 0, "values").or_else(|| find_word(sql, tokens, 0, "value"));
+    let Some(mut i) = at.map(|v| v + 1) else {
+        return mismatch("VALUES");
+    };
+    let mut rows = Vec::with_capacity(parsed.len());
+    while tokens.get(i).is_some_and(|t| t.is_punct(b'(')) {
+        let close = (i + 1..tokens.len())
+            .find(|&j| depth[j] == 0 && tokens[j].is_punct(b')'))
+            .ok_or(AnalyzeError::Parse("unbalanced parentheses".into()))?;
+        let mut values = Vec::new();
+        let mut start = i + 1;
+        for j in i + 1..=close {
+            if j == close || (depth[j] == 1 && tokens[j].is_punct(b',')) {
+                values.push(start..j);
+                start = j + 1;
+            }
+        }
+        rows.push(values);
+        i = close + 1;
+        if tokens.get(i).is_some_and(|t| t.is_punct(b',')) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if rows.len() != parsed.len() {
+        return mismatch("VALUES");
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for (row, parsed_row) in rows.into_iter().zip(parsed) {
+        if row.len() != parsed_row.len() {
+            return mismatch("VALUES");
+        }
+        let mut values = Vec::with_capacity(row.len());
+        for (range, e) in row.into_iter().zip(parsed_row) {
+            let one = &tokens[range.clone()];
+            if let [t] = one {
+                if t.is_word(b, "default") {
+                    values.push(InsertValue::Default);
+                    continue;
+                }
+            }
+            let text = source(sql, tokens, range).unwrap_or_default();
+            if parse_expr_alone(&text).as_ref() != Some(e) {
+                return mismatch("VALUES");
+            }
+            values.push(insert_value(&text, e));
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
+
+fn insert(sql: &str, tokens: &[Token], i: sqlparser::ast::Insert) -> Result<Dml, AnalyzeError> {
     if i.replace_into {
         return unsupported("REPLACE");
     }
@@ -233,6 +589,12 @@ fn insert(i: sqlparser::ast::Insert) -> Result<Dml, AnalyzeError> {
     }
     if !i.assignments.is_empty() {
         return unsupported("INSERT … SET");
+    }
+    if i.returning.is_some() {
+        return unsupported("INSERT … RETURNING");
+    }
+    if i.partitioned.is_some() {
+        return unsupported("a PARTITION clause");
     }
     let TableObject::TableName(name) = &i.table else {
         return unsupported("INSERT into a table function");
@@ -251,16 +613,17 @@ fn insert(i: sqlparser::ast::Insert) -> Result<Dml, AnalyzeError> {
     let Some(source) = i.source else {
         return unsupported("INSERT without VALUES");
     };
-    let rows = match *source.body {
+    let parsed_rows = match *source.body {
         SetExpr::Values(v) => v.rows.into_iter().map(|r| r.content).collect::<Vec<_>>(),
         _ => return unsupported("INSERT … SELECT"),
     };
+    let rows = insert_rows(sql, tokens, &parsed_rows)?;
     let on_duplicate = match i.on {
         None => None,
         Some(OnInsert::DuplicateKeyUpdate(assignments)) => Some(
             assignments
-                .into_iter()
-                .map(|a| Ok((column_name(&a.target)?, a.value)))
+                .iter()
+                .map(|a| column_name(&a.target))
                 .collect::<Result<Vec<_>, AnalyzeError>>()?,
         ),
         Some(_) => return unsupported("ON CONFLICT"),
@@ -273,28 +636,43 @@ fn insert(i: sqlparser::ast::Insert) -> Result<Dml, AnalyzeError> {
     }))
 }
 
-fn update(u: sqlparser::ast::Update) -> Result<Dml, AnalyzeError> {
+fn update(sql: &str, tokens: &[Token], u: sqlparser::ast::Update) -> Result<Dml, AnalyzeError> {
     if u.from.is_some() {
         return unsupported("a multi-table UPDATE");
     }
+    if u.returning.is_some() {
+        return unsupported("UPDATE … RETURNING");
+    }
     let table = single_table(&u.table)?;
-    let assignments = u
+    let assigned = u
         .assignments
-        .into_iter()
-        .map(|a| Ok((column_name(&a.target)?, a.value)))
+        .iter()
+        .map(|a| column_name(&a.target))
         .collect::<Result<Vec<_>, AnalyzeError>>()?;
-    let before = assignments.iter().map(|(_, e)| count_placeholders(e)).sum();
-    let filter = filter(u.selection.as_ref(), &u.order_by, u.limit.as_ref(), before);
+    let Some(set) = find_word(sql, tokens, 0, "set") else {
+        return mismatch("SET clause");
+    };
+    let filter = filter(
+        sql,
+        tokens,
+        set + 1,
+        u.selection.as_ref(),
+        &u.order_by,
+        u.limit.as_ref(),
+    )?;
     Ok(Dml::Update(Update {
         table,
-        assignments,
+        assigned,
         filter,
     }))
 }
 
-fn delete(d: sqlparser::ast::Delete) -> Result<Dml, AnalyzeError> {
+fn delete(sql: &str, tokens: &[Token], d: sqlparser::ast::Delete) -> Result<Dml, AnalyzeError> {
     if !d.tables.is_empty() || d.using.is_some() {
         return unsupported("a multi-table DELETE");
+    }
+    if d.returning.is_some() {
+        return unsupported("DELETE … RETURNING");
     }
     let from = match &d.from {
         FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
@@ -303,7 +681,17 @@ fn delete(d: sqlparser::ast::Delete) -> Result<Dml, AnalyzeError> {
         return unsupported("a multi-table DELETE");
     };
     let table = single_table(t)?;
-    let filter = filter(d.selection.as_ref(), &d.order_by, d.limit.as_ref(), 0);
+    let Some(from_kw) = find_word(sql, tokens, 0, "from") else {
+        return mismatch("FROM clause");
+    };
+    let filter = filter(
+        sql,
+        tokens,
+        from_kw + 1,
+        d.selection.as_ref(),
+        &d.order_by,
+        d.limit.as_ref(),
+    )?;
     Ok(Dml::Delete(Delete { table, filter }))
 }
 
@@ -318,14 +706,18 @@ mod tests {
         }
     }
 
+    fn update_of(sql: &str) -> Update {
+        match analyze(sql) {
+            Ok(Dml::Update(u)) => u,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
     #[test]
-    fn update_keeps_table_assignments_and_filter() {
-        let Dml::Update(u) = analyze(
+    fn update_keeps_table_assignments_and_the_clients_filter_text() {
+        let u = update_of(
             "UPDATE /*+ XID('x') */ `shop`.account a SET balance = balance - ?, note = 'x' WHERE id = ? AND owner <> 'it''s' ORDER BY id DESC LIMIT 2",
-        )
-        .unwrap() else {
-            panic!("not an update")
-        };
+        );
         assert_eq!(
             u.table,
             TableName {
@@ -334,17 +726,32 @@ mod tests {
                 alias: Some("a".into())
             }
         );
-        let cols: Vec<&str> = u.assignments.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(cols, vec!["balance", "note"]);
+        assert_eq!(u.assigned, vec!["balance", "note"]);
         assert_eq!(
             u.filter.where_sql.as_deref(),
             Some("id = ? AND owner <> 'it''s'")
         );
         assert_eq!(u.filter.order_by_sql.as_deref(), Some("id DESC"));
         assert_eq!(u.filter.limit_sql.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn literals_escapes_and_comments_reach_the_image_query_unchanged() {
+        // The parser would print this literal back as 'C:\temp' (a tab): the text is kept.
+        let u = update_of(r"UPDATE acct SET bal = bal - 10 WHERE id = 'C:\\temp'");
+        assert_eq!(u.filter.where_sql.as_deref(), Some(r"id = 'C:\\temp'"));
+        let u = update_of(
+            "UPDATE t SET a = 1 WHERE id = 'x'' OR 1=1 -- ' /* c */ AND b = \"q\\\"\" -- end\n",
+        );
         assert_eq!(
-            (u.filter.placeholders_before, u.filter.placeholders),
-            (1, 1)
+            u.filter.where_sql.as_deref(),
+            Some("id = 'x'' OR 1=1 -- ' /* c */ AND b = \"q\\\"\"")
+        );
+        // A comment inside the clause stays inside it.
+        let u = update_of("UPDATE t SET a = 1 WHERE id = 1 # note\n OR id = 2");
+        assert_eq!(
+            u.filter.where_sql.as_deref(),
+            Some("id = 1 # note\n OR id = 2")
         );
     }
 
@@ -355,30 +762,60 @@ mod tests {
         };
         assert_eq!(d.table.name, "t");
         assert_eq!(d.filter.where_sql.as_deref(), Some("a IN (1, 2)"));
+        assert_eq!(d.filter.limit_sql.as_deref(), Some("10"));
         let Dml::Insert(i) = analyze(
-            "INSERT INTO t (id, v) VALUES (1, 'a'), (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+            r"INSERT INTO t (id, v) VALUES (1, 'a'), ('C:\\x', DEFAULT), (NULL, 1+1), (-5, 0) ON DUPLICATE KEY UPDATE v = VALUES(v)",
         )
         .unwrap() else {
             panic!("not an insert")
         };
         assert_eq!(i.columns, vec!["id", "v"]);
-        assert_eq!(i.rows.len(), 2);
-        assert_eq!(i.on_duplicate.as_ref().map(|a| a[0].0.as_str()), Some("v"));
-        let Dml::Insert(i) = analyze("INSERT INTO t VALUES (1)").unwrap() else {
+        let lit = |s: &str, digits| InsertValue::Literal {
+            sql: s.into(),
+            digits,
+        };
+        assert_eq!(
+            i.rows,
+            vec![
+                vec![lit("1", true), lit("'a'", false)],
+                vec![lit(r"'C:\\x'", false), InsertValue::Default],
+                vec![InsertValue::Null, InsertValue::Expression],
+                vec![lit("-5", false), lit("0", true)],
+            ]
+        );
+        assert_eq!(i.on_duplicate, Some(vec!["v".to_string()]));
+        let Dml::Insert(i) = analyze("INSERT INTO t VALUE (_utf8mb4 X'41')").unwrap() else {
             panic!("not an insert")
         };
         assert!(i.columns.is_empty());
+        assert_eq!(i.rows, vec![vec![lit("_utf8mb4 X'41'", false)]]);
     }
 
     #[test]
-    fn locking_selects() {
+    fn locking_reads() {
         let l = analyze_locking_select(
-            "SELECT * FROM acct a WHERE a.id = 3 ORDER BY id LIMIT 1 FOR UPDATE",
+            "SELECT * FROM acct a WHERE a.id = 'x\\'y' ORDER BY id LIMIT 1 FOR UPDATE /* c */",
         )
         .unwrap();
         assert_eq!(l.table.alias.as_deref(), Some("a"));
-        assert_eq!(l.filter.where_sql.as_deref(), Some("a.id = 3"));
+        assert_eq!(l.filter.where_sql.as_deref(), Some("a.id = 'x\\'y'"));
+        let l =
+            analyze_locking_select("SELECT id FROM acct WHERE id > 3 LOCK IN SHARE MODE").unwrap();
+        assert_eq!(l.filter.where_sql.as_deref(), Some("id > 3"));
         assert!(analyze_locking_select("SELECT * FROM a JOIN b ON a.x = b.x FOR UPDATE").is_err());
+        let s = shape(b"SELECT 1 FROM t WHERE a = 'for update' FOR SHARE NOWAIT -- x").unwrap();
+        assert!(s.locking_read);
+        assert!(!shape(b"SELECT 'FOR UPDATE' FROM t").unwrap().locking_read);
+        assert!(
+            !shape(b"SELECT * FROM (SELECT 1 FOR UPDATE) x")
+                .unwrap()
+                .locking_read
+        );
+        assert!(
+            shape(b"SET STATEMENT max_statement_time=1 FOR UPDATE t SET a = 1")
+                .unwrap()
+                .set_statement
+        );
     }
 
     #[test]
@@ -390,11 +827,31 @@ mod tests {
             ("UPDATE t JOIN u ON t.id = u.id SET t.a = 1", "multi-table"),
             ("DELETE t FROM t JOIN u ON t.id = u.id", "multi-table"),
             ("DELETE FROM t USING t JOIN u", "multi-table"),
+            ("DELETE FROM t WHERE id = 1 RETURNING id", "RETURNING"),
             ("CREATE TABLE t (a INT)", "DDL"),
             ("DROP TABLE t", "DDL"),
             (
                 "UPDATE t SET a = 1; DELETE FROM t",
                 "more than one statement",
+            ),
+            (
+                "UPDATE t SET a = 1 WHERE id = 1; SELECT 1",
+                "more than one statement",
+            ),
+            (
+                "UPDATE t SET a = 1 /*! WHERE id = 2 */",
+                "executable comment",
+            ),
+            (
+                "UPDATE t SET a = 1 /*M!100100 WHERE id = 2 */",
+                "executable comment",
+            ),
+            ("UPDATE t SET a = f(1) WHERE id = 1", "f()"),
+            ("UPDATE t SET a = 1 WHERE id = db.f(1)", "db.f()"),
+            ("DELETE FROM t WHERE id IN (SELECT g(x) FROM u)", "g()"),
+            (
+                "UPDATE t SET a = 1 WHERE (@x := id) > 0",
+                "assigning a user variable",
             ),
         ] {
             let m = unsupported_msg(sql);
@@ -404,7 +861,17 @@ mod tests {
             analyze("UPDATE SET WHERE"),
             Err(AnalyzeError::Parse(_))
         ));
+        assert!(matches!(
+            analyze("UPDATE t SET a = 'x WHERE id = 1"),
+            Err(AnalyzeError::Parse(_))
+        ));
         // The parser does not read the comma form of a multi-table UPDATE: refused all the same.
         assert!(analyze("UPDATE t, u SET t.a = 1 WHERE t.id = u.id").is_err());
+        // A trailing semicolon ends the one statement.
+        assert!(analyze("DELETE FROM t WHERE id = 1;").is_ok());
+        // Builtins are fine, in any case.
+        assert!(
+            analyze("UPDATE t SET a = CONCAT(a, 'x'), b = now() WHERE id = lower('A')").is_ok()
+        );
     }
 }

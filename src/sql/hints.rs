@@ -7,6 +7,12 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HintError(pub String);
 
+/// True when the statement carries an XID hint (well-formed or not). Cheap when it has
+/// none: a vectorised search for `/*+`, and the full scan only behind a match.
+pub fn has_hint(sql: &[u8]) -> bool {
+    memchr::memmem::find(sql, b"/*+").is_some() && xid_hint(sql).is_some()
+}
+
 /// Finds the XID hint. `None` when the statement has none. Text inside quotes (strings,
 /// quoted identifiers) is skipped, so a literal that looks like a hint is not one.
 pub fn xid_hint(sql: &[u8]) -> Option<Result<String, HintError>> {

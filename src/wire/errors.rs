@@ -173,6 +173,17 @@ impl MysqlError {
         )
     }
 
+    /// 1402 (XA_RBROLLBACK): the local transaction that was a branch has been rolled back
+    /// (by Tandem, when a statement's change could not be undone exactly, or by the database,
+    /// after a deadlock or a lock wait timeout); statements are refused until ROLLBACK.
+    pub fn branch_rolled_back(why: &str) -> Self {
+        Self::new(
+            1402,
+            "XA100",
+            format!("XA_RBROLLBACK: the local transaction was rolled back: {why}"),
+        )
+    }
+
     /// 1064: a statement Tandem must understand inside a global transaction does not parse.
     pub fn cannot_parse(why: &str) -> Self {
         Self::new(

@@ -66,6 +66,37 @@ pub fn ok_packet(
     out
 }
 
+/// What an OK packet says: affected rows, last insert id and the human-readable info text
+/// (for an UPDATE, MariaDB's "Rows matched: … Changed: … Warnings: …").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OkInfo<'a> {
+    pub affected_rows: u64,
+    pub last_insert_id: u64,
+    pub info: &'a [u8],
+}
+
+/// Reads an OK packet payload; `session_track` when the connection has CLIENT_SESSION_TRACK
+/// (the info is then a length-encoded string).
+pub fn parse_ok(payload: &[u8], session_track: bool) -> Option<OkInfo<'_>> {
+    if payload.first() != Some(&0x00) {
+        return None;
+    }
+    let (affected_rows, a) = read_lenenc_int(payload.get(1..)?)?;
+    let (last_insert_id, b) = read_lenenc_int(payload.get(1 + a..)?)?;
+    let rest = payload.get(5 + a + b..)?;
+    let info = if !session_track || rest.is_empty() {
+        rest
+    } else {
+        let (len, n) = read_lenenc_int(rest)?;
+        rest.get(n..n + usize::try_from(len).ok()?)?
+    };
+    Some(OkInfo {
+        affected_rows,
+        last_insert_id,
+        info,
+    })
+}
+
 /// Replaces the status flags of an OK packet payload in place. Returns false when the payload
 /// is not an OK packet.
 pub fn set_ok_status(payload: &mut [u8], status: StatusFlags) -> bool {
@@ -233,6 +264,27 @@ pub async fn write_prepare_ok<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     io.flush().await
+}
+
+#[cfg(test)]
+mod ok_tests {
+    use super::*;
+
+    #[test]
+    fn ok_packets_with_and_without_session_tracking() {
+        let mut p = ok_packet(3, 7, StatusFlags::SERVER_STATUS_AUTOCOMMIT, 0);
+        p.extend_from_slice(b"Rows matched: 4  Changed: 3  Warnings: 0");
+        let ok = parse_ok(&p, false).unwrap();
+        assert_eq!((ok.affected_rows, ok.last_insert_id), (3, 7));
+        assert_eq!(ok.info, b"Rows matched: 4  Changed: 3  Warnings: 0");
+        let mut p = ok_packet(1, 0, StatusFlags::empty(), 0);
+        put_lenenc_bytes(&mut p, b"info");
+        assert_eq!(parse_ok(&p, true).unwrap().info, b"info");
+        let p = ok_packet(1, 0, StatusFlags::empty(), 0);
+        assert_eq!(parse_ok(&p, true).unwrap().info, b"");
+        assert!(parse_ok(&[0xff, 1, 2], false).is_none());
+        assert!(parse_ok(&[0x00, 0xfc], false).is_none());
+    }
 }
 
 #[cfg(test)]
