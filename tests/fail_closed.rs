@@ -23,8 +23,10 @@ fn setup(prefix: &str, ddl: &str) -> (String, Tandem) {
         "USE {db}; {ddl}; {}",
         tandem::at::undo::UNDO_TABLE_DDL
     ));
-    let yaml = common::single_config(&mariadb().url(&db), "", "{ max: 8 }")
-        .replace("coordinator:", "coordinator:\n  lock_retry_interval: 20ms\n  lock_retry_attempts: 10");
+    let yaml = common::single_config(&mariadb().url(&db), "", "{ max: 8 }").replace(
+        "coordinator:",
+        "coordinator:\n  lock_retry_interval: 20ms\n  lock_retry_attempts: 10",
+    );
     (db, Tandem::start_yaml(&yaml))
 }
 
@@ -168,11 +170,20 @@ async fn what_would_run_unseen_is_refused() {
         ("DROP /*X*/ TABLE audit", 1235),
         ("CALL /*X*/ p()", 1235),
         ("UPDATE /*X*/ acct SET bal = 0 /*! WHERE id = 2 */", 1235),
-        ("UPDATE /*X*/ acct SET bal = 0 /*M!100100 WHERE id = 2 */", 1235),
+        (
+            "UPDATE /*X*/ acct SET bal = 0 /*M!100100 WHERE id = 2 */",
+            1235,
+        ),
         ("UPDATE /*X*/ acct SET bal = bump() WHERE id = 1", 1235),
         ("SELECT /*X*/ bump()", 1235),
-        ("UPDATE /*X*/ acct SET bal = 0 WHERE id = 1; UPDATE acct SET bal = 0 WHERE id = 2", 1235),
-        ("SET STATEMENT max_statement_time = 10 FOR UPDATE /*X*/ acct SET bal = 0", 1235),
+        (
+            "UPDATE /*X*/ acct SET bal = 0 WHERE id = 1; UPDATE acct SET bal = 0 WHERE id = 2",
+            1235,
+        ),
+        (
+            "SET STATEMENT max_statement_time = 10 FOR UPDATE /*X*/ acct SET bal = 0",
+            1235,
+        ),
         ("UPDATE /*X*/ trig SET v = 2 WHERE id = 1", 1235),
         ("DELETE /*X*/ FROM parent WHERE id = 1", 1235),
         ("UPDATE /*X*/ plain SET v = 2 WHERE id = 1", 1235),
@@ -199,7 +210,9 @@ async fn what_would_run_unseen_is_refused() {
         .unwrap();
     let r = c.query_drop("UPDATE acct SET bal = 0 WHERE id = 1").await;
     refused(r, 1235, "NO_BACKSLASH_ESCAPES");
-    c.query_drop("SET sql_mode = @@GLOBAL.sql_mode").await.unwrap();
+    c.query_drop("SET sql_mode = @@GLOBAL.sql_mode")
+        .await
+        .unwrap();
     c.query_drop("SET tandem_xid = NULL").await.unwrap();
     rollback(&mut c, &xid).await;
     for (t, b) in tables.iter().zip(before) {
@@ -296,9 +309,16 @@ async fn a_statement_whose_rows_differ_from_its_image_is_rolled_back() {
             }
         }
     }
-    assert!(refused_n > 0, "a random row differs from the image's most of the time");
+    assert!(
+        refused_n > 0,
+        "a random row differs from the image's most of the time"
+    );
     rollback(&mut c, &xid).await;
-    assert_eq!(snapshot(&db, "t").await, before, "{ran} ran, {refused_n} refused");
+    assert_eq!(
+        snapshot(&db, "t").await,
+        before,
+        "{ran} ran, {refused_n} refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,7 +352,9 @@ async fn a_deadlock_abandons_the_branch_until_the_client_rolls_back() {
         (c, r)
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let r = other.query_drop("UPDATE acct SET bal = 5 WHERE id = 1").await;
+    let r = other
+        .query_drop("UPDATE acct SET bal = 5 WHERE id = 1")
+        .await;
     let (mut c, mine) = waiting.await.unwrap();
     r.unwrap();
     refused(mine, 1213, "the branch is the deadlock victim");
@@ -343,7 +365,11 @@ async fn a_deadlock_abandons_the_branch_until_the_client_rolls_back() {
         1402,
         "after the deadlock",
     );
-    refused(c.query_drop("COMMIT").await, 1402, "commit after the deadlock");
+    refused(
+        c.query_drop("COMMIT").await,
+        1402,
+        "commit after the deadlock",
+    );
     // COMMIT ended it: the session works again, and nothing was registered.
     c.query_drop("SELECT 1").await.unwrap();
     assert_eq!(common::undo_rows(&db).await, 0);
@@ -374,7 +400,11 @@ async fn reset_connection_ends_the_branch() {
     c.query_drop("UPDATE acct SET bal = 1 WHERE id = 1")
         .await
         .unwrap();
-    assert_eq!(common::undo_rows(&db).await, 0, "not part of the global transaction");
+    assert_eq!(
+        common::undo_rows(&db).await,
+        0,
+        "not part of the global transaction"
+    );
     rollback(&mut c, &xid).await;
     let mut direct = common::connect(&mariadb().url(&db)).await;
     let bal: i64 = direct

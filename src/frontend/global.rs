@@ -445,7 +445,13 @@ impl Session {
     ) -> Flow {
         match self.global_dml_inner(reply_seq, stmt, xid).await {
             Ok(flow) => flow,
-            Err(e) => self.reply_error(reply_seq, e).await,
+            Err(e) => {
+                // An image query may be what hit a deadlock.
+                let code = e.code;
+                let flow = self.reply_error(reply_seq, e).await;
+                self.after_branch_error(code, false).await;
+                flow
+            }
         }
     }
 
@@ -488,6 +494,17 @@ impl Session {
             ));
         }
         let wrap = !in_trans && status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        if !wrap {
+            // The local transaction joins now, whatever becomes of this statement: every
+            // later statement of it belongs to the branch.
+            self.branch.get_or_insert_with(|| BranchWork {
+                xid: xid.clone(),
+                ..BranchWork::default()
+            });
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return Ok(Flow::Close);
+        };
         let mut pending = match branch::before(backend, &at, &dml, wrap).await {
             Ok(p) => p,
             Err(e) => {
