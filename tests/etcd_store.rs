@@ -48,7 +48,7 @@ async fn global_transactions_on_an_etcd_cluster_survive_losing_the_leader() {
     let yaml = common::two_databases_config(&mariadb().url(&a), &mariadb().url(&b), "").replace(
         "coordinator:\n",
         &format!(
-            "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {}, prefix: /tandem/test/ }}\n",
+            "coordinator:\n  store: etcd\n  etcd: {{ endpoints: {}, prefix: /tandem/test }}\n",
             etcd.endpoints_yaml()
         ),
     );

@@ -304,6 +304,18 @@ pub struct Embedded {
     pub path: PathBuf,
 }
 
+impl Etcd {
+    /// The prefix every key starts with, ending with '/', so that no prefix matches another
+    /// (`/tandem/prod` must not see `/tandem/prod2`'s keys).
+    pub fn key_prefix(&self) -> String {
+        if self.prefix.ends_with('/') {
+            self.prefix.clone()
+        } else {
+            format!("{}/", self.prefix)
+        }
+    }
+}
+
 impl Default for Embedded {
     fn default() -> Self {
         Embedded {
@@ -321,7 +333,9 @@ fn default_store_path() -> PathBuf {
 pub struct Etcd {
     /// Client URLs (`http://host:port`, `https://…`, or `host:port`).
     pub endpoints: Vec<String>,
-    /// Key prefix; must start and end with '/'.
+    /// Key prefix; must start with '/'. Tandem adds the separator after it when it does not
+    /// end with one (`/tandem/prod` and `/tandem/prod/` are the same prefix); see
+    /// [`Etcd::key_prefix`].
     pub prefix: String,
     /// etcd user and password, when the cluster has authentication enabled.
     #[serde(default)]

@@ -163,10 +163,10 @@ impl Config {
                     "at least one endpoint is required",
                 ));
             }
-            if !etcd.prefix.starts_with('/') || !etcd.prefix.ends_with('/') {
+            if !etcd.prefix.starts_with('/') {
                 return Err(ConfigError::new(
                     "coordinator.etcd.prefix",
-                    "must start and end with '/'",
+                    "must start with '/'",
                 ));
             }
             if etcd.user.is_some() != etcd.password.is_some() {
@@ -327,6 +327,23 @@ http_sidecars:
 
     fn err(text: &str) -> ConfigError {
         Config::from_yaml_with_env(text, env).unwrap_err()
+    }
+
+    #[test]
+    fn etcd_prefix_as_the_docs_write_it() {
+        let etcd = |prefix: &str| {
+            format!("{GOOD}coordinator:\n  store: etcd\n  etcd: {{ endpoints: [127.0.0.1:2379], prefix: {prefix} }}\n")
+        };
+        for (prefix, key_prefix) in [
+            ("/tandem/prod", "/tandem/prod/"),
+            ("/tandem/prod/", "/tandem/prod/"),
+        ] {
+            let c = Config::from_yaml_with_env(&etcd(prefix), env).unwrap();
+            let e = c.coordinator.etcd.as_ref().unwrap();
+            assert_eq!(e.key_prefix(), key_prefix);
+        }
+        let e = Config::from_yaml_with_env(&etcd("tandem/prod"), env).unwrap_err();
+        assert_eq!(e.field, "coordinator.etcd.prefix");
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl EtcdStore {
             .await
             .map_err(backend)?;
         // Loading the cache is also the check that the cluster answers.
-        let cache = Cache::new(&cfg.prefix);
+        let prefix = cfg.key_prefix();
+        let cache = Cache::new(&prefix);
         cache.load(&mut client).await.map_err(backend)?;
         let (closed, on_close) = tokio::sync::watch::channel(());
         tokio::spawn(cache.clone().follow(client.clone(), on_close));
@@ -136,7 +137,7 @@ impl EtcdStore {
             inner: Arc::new(Inner {
                 committer: Committer::start(client.clone()),
                 client,
-                prefix: cfg.prefix.clone(),
+                prefix,
                 writes: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
                 cache,
