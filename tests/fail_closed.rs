@@ -414,3 +414,53 @@ async fn reset_connection_ends_the_branch() {
         .unwrap();
     assert_eq!(bal, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_the_database_refuses_waits_for_a_person() {
+    let (db, tandem) = setup(
+        "refuse",
+        "CREATE TABLE t (id INT PRIMARY KEY, code VARCHAR(10) UNIQUE, g INT AS (id * 2) VIRTUAL);
+         INSERT INTO t (id, code) VALUES (1, 'a'), (2, 'b');",
+    );
+    let before = snapshot(&db, "t").await;
+    let mut c = common::connect(&tandem.url(&db)).await;
+    let xid = common::begin_global(&mut c).await;
+    c.query_drop(format!("/*+ XID('{xid}') */ DELETE FROM t WHERE id = 1"))
+        .await
+        .unwrap();
+    // Another writer takes the unique value the deleted row had.
+    mariadb().sql(&format!("INSERT INTO {db}.t (id, code) VALUES (3, 'a')"));
+    let s = common::end_global(&mut c, "rollback", &xid).await;
+    assert_eq!(
+        s, "Rollbacking",
+        "re-inserting row 1 collides on the unique key"
+    );
+    let (code, body) = tandem.admin(&format!("/v1/transactions/{xid}"));
+    assert_eq!(code, 200);
+    assert!(body.contains("NeedsAttention"), "{body}");
+    assert!(
+        body.contains("1062"),
+        "the database's error is shown: {body}"
+    );
+    // Not retried in a loop, and the row's lock is kept: a global writer of row 1 waits.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !tandem.log().contains("it will be retried"),
+        "{}",
+        tandem.log()
+    );
+    let other = common::begin_global(&mut c).await;
+    let r = c
+        .query_drop(format!(
+            "/*+ XID('{other}') */ INSERT INTO t (id, code) VALUES (1, 'z')"
+        ))
+        .await;
+    refused(r, 1205, "row 1 is still locked");
+    rollback(&mut c, &other).await;
+    // A person clears the way and retries: the row comes back, its generated column computed.
+    mariadb().sql(&format!("DELETE FROM {db}.t WHERE id = 3"));
+    let (code, body) = tandem.admin_post(&format!("/v1/transactions/{xid}/retry"), "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Rollbacked"), "{body}");
+    assert_eq!(snapshot(&db, "t").await, before);
+}

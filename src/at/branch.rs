@@ -640,6 +640,7 @@ pub async fn register(
         status: BranchStatus::Registered,
         lock_keys: work.lock_keys.into_iter().collect(),
         application_data: None,
+        attention: None,
     };
     // The undo log goes out first and is written while the coordinator records the branch;
     // the local COMMIT, which makes both count, waits for both.

@@ -101,44 +101,84 @@ impl AtResource {
     async fn rollback_branch(&self, branch: &Branch) -> Result<RollbackOutcome, Phase2Error> {
         self.ensure_undo_table().await.map_err(err)?;
         let mut c = self.conn().await?;
-        c.execute("BEGIN").await.map_err(err)?;
-        let rows = c
-            .query_raw(&undo::select_sql(&branch.xid, branch.branch_id))
-            .await
-            .map_err(err)?;
-        let Some(row) = rows.into_iter().next() else {
-            // Phase 1 never committed (or not yet): leave the marker so it cannot.
-            c.execute(&undo::finished_marker_sql(&branch.xid, branch.branch_id))
-                .await
-                .map_err(err)?;
-            c.execute("COMMIT").await.map_err(err)?;
-            return Ok(RollbackOutcome::RolledBack);
-        };
-        let status = row
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|s| String::from_utf8(s).ok())
-            .and_then(|s| s.parse::<i64>().ok());
-        if status == Some(undo::STATUS_GLOBAL_FINISHED) {
-            c.execute("COMMIT").await.map_err(err)?;
-            return Ok(RollbackOutcome::RolledBack);
-        }
-        let info = row.first().cloned().flatten().unwrap_or_default();
-        let log: UndoLog =
-            serde_json::from_slice(&info).map_err(|e| err(format!("unreadable undo log: {e}")))?;
-        for item in log.items.iter().rev() {
-            if let Some(why) = undo_item(&mut c, item).await? {
-                c.execute("ROLLBACK").await.map_err(err)?;
-                return Ok(RollbackOutcome::NeedsAttention(why));
+        match restore(&mut c, branch).await {
+            Ok(outcome) => Ok(outcome),
+            Err(RestoreError::Backend(BackendError::Server(e))) if !transient(e.code) => {
+                // The restore's local transaction is undone; the rows stay as phase 1 left
+                // them, locked, until a person looks.
+                let _ = c.execute("ROLLBACK").await;
+                Ok(RollbackOutcome::NeedsAttention(format!(
+                    "restoring the rows failed with the database's error {}: {}; retrying cannot fix it",
+                    e.code, e.message
+                )))
             }
+            Err(RestoreError::Backend(e)) => Err(err(e)),
+            Err(RestoreError::Unreadable(why)) => Ok(RollbackOutcome::NeedsAttention(format!(
+                "unreadable undo log: {why}"
+            ))),
         }
-        c.execute(&undo::delete_sql(&branch.xid, branch.branch_id))
-            .await
-            .map_err(err)?;
-        c.execute("COMMIT").await.map_err(err)?;
-        Ok(RollbackOutcome::RolledBack)
     }
+}
+
+/// Why a restore stopped short.
+enum RestoreError {
+    Backend(BackendError),
+    Unreadable(String),
+}
+
+impl From<BackendError> for RestoreError {
+    fn from(e: BackendError) -> Self {
+        RestoreError::Backend(e)
+    }
+}
+
+/// Database errors that a later attempt may not meet: lock waits, deadlocks, a server going
+/// away or out of resources, a read-only server during a switch-over. Every other error
+/// (a duplicate key, a constraint, a value the column refuses) comes back the same each time.
+fn transient(code: u16) -> bool {
+    matches!(
+        code,
+        1021 | 1037 | 1038 | 1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1927 | 1969 | 2006 | 2013
+    )
+}
+
+/// Rolls one branch back in one local transaction on `c`: reads the undo log (locking it),
+/// restores every item in reverse order, deletes the log, commits.
+async fn restore(c: &mut PooledConn, branch: &Branch) -> Result<RollbackOutcome, RestoreError> {
+    c.execute("BEGIN").await?;
+    let rows = c
+        .query_raw(&undo::select_sql(&branch.xid, branch.branch_id))
+        .await?;
+    let Some(row) = rows.into_iter().next() else {
+        // Phase 1 never committed (or not yet): leave the marker so it cannot.
+        c.execute(&undo::finished_marker_sql(&branch.xid, branch.branch_id))
+            .await?;
+        c.execute("COMMIT").await?;
+        return Ok(RollbackOutcome::RolledBack);
+    };
+    let status = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .and_then(|s| String::from_utf8(s).ok())
+        .and_then(|s| s.parse::<i64>().ok());
+    if status == Some(undo::STATUS_GLOBAL_FINISHED) {
+        c.execute("COMMIT").await?;
+        return Ok(RollbackOutcome::RolledBack);
+    }
+    let info = row.first().cloned().flatten().unwrap_or_default();
+    let log: UndoLog =
+        serde_json::from_slice(&info).map_err(|e| RestoreError::Unreadable(e.to_string()))?;
+    for item in log.items.iter().rev() {
+        if let Some(why) = undo_item(c, item).await? {
+            c.execute("ROLLBACK").await?;
+            return Ok(RollbackOutcome::NeedsAttention(why));
+        }
+    }
+    c.execute(&undo::delete_sql(&branch.xid, branch.branch_id))
+        .await?;
+    c.execute("COMMIT").await?;
+    Ok(RollbackOutcome::RolledBack)
 }
 
 impl ResourceManager for AtResource {
@@ -260,7 +300,7 @@ async fn delete_old_markers(pool: &Pool, retention: Duration) {
 const NO_SUCH_TABLE: u16 = 1146;
 
 /// Undoes one item. Returns why it cannot, when a row changed since phase 1.
-async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>, Phase2Error> {
+async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>, BackendError> {
     let meta = item.meta();
     let table = image::table_sql(&meta);
     let keyed = match item.kind {
@@ -268,10 +308,7 @@ async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>
         ChangeKind::Delete => &item.before,
     };
     let pks: Vec<_> = keyed.iter().map(|r| image::pk_of(&meta, r)).collect();
-    let rows = c
-        .query_raw(&image::rows_by_pk_sql(&meta, &pks))
-        .await
-        .map_err(err)?;
+    let rows = c.query_raw(&image::rows_by_pk_sql(&meta, &pks)).await?;
     let current: HashMap<Vec<Option<Vec<u8>>>, ImageRow> = rows
         .into_iter()
         .map(|r| {
@@ -316,7 +353,7 @@ async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>
                             sets.join(", "),
                             image::pk_match(&meta, &image::pk_of(&meta, before))
                         );
-                        c.execute(&sql).await.map_err(err)?;
+                        c.execute(&sql).await?;
                     }
                     Some(cur) if cur == before => {}
                     _ => return Ok(dirty(after)),
@@ -331,7 +368,7 @@ async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>
                             "DELETE FROM {table} WHERE {}",
                             image::pk_match(&meta, &image::pk_of(&meta, after))
                         );
-                        c.execute(&sql).await.map_err(err)?;
+                        c.execute(&sql).await?;
                     }
                     None => {}
                     Some(_) => return Ok(dirty(after)),
@@ -367,7 +404,7 @@ async fn undo_item(c: &mut PooledConn, item: &UndoItem) -> Result<Option<String>
                             cols.join(", "),
                             vals.join(", ")
                         );
-                        c.execute(&sql).await.map_err(err)?;
+                        c.execute(&sql).await?;
                     }
                     Some(cur) if cur == before => {}
                     Some(_) => return Ok(dirty(before)),

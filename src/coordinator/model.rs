@@ -165,6 +165,10 @@ pub struct Branch {
     /// Kind-specific data phase 2 needs (for TCC, the original request context).
     #[serde(default)]
     pub application_data: Option<String>,
+    /// Why the branch needs a person, when its phase 2 stopped (a dirty write, or an error
+    /// of the database's that retrying cannot fix), as phase 2 found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
 }
 
 #[cfg(test)]

@@ -290,8 +290,18 @@ impl Coordinator {
             xid: xid.to_string(),
         };
         match self.phase2(xid, decision, seen).await {
-            Ok(()) => {
+            Ok(Phase2Run::Done) => {
                 lock(&self.backoff).remove(xid);
+            }
+            Ok(Phase2Run::NeedsPerson) => {
+                // Nothing to retry until a person has looked (the admin API's retry runs it
+                // again): sweeps only look in now and then.
+                let wait = retry_delay(u32::MAX);
+                lock(&self.backoff).insert(
+                    xid.to_string(),
+                    (std::time::Instant::now() + wait, u32::MAX),
+                );
+                tracing::debug!(%xid, "phase 2 waits for a person");
             }
             Err(e) => {
                 let mut b = lock(&self.backoff);
@@ -367,7 +377,7 @@ impl Coordinator {
         xid: &str,
         decision: GlobalStatus,
         seen: Option<i64>,
-    ) -> Result<(), Phase2Error> {
+    ) -> Result<Phase2Run, Phase2Error> {
         let store_err = |e: StoreError| Phase2Error(e.to_string());
         let branches = self
             .store
@@ -391,7 +401,7 @@ impl Coordinator {
                 .await
                 .map_err(store_err)?;
             self.finished(t, done);
-            return Ok(());
+            return Ok(Phase2Run::Done);
         }
         if decision == GlobalStatus::Committing {
             let mut ids = Vec::new();
@@ -413,17 +423,17 @@ impl Coordinator {
             if !ids.is_empty() {
                 self.record_finished(xid, &ids, &fences).await?;
             }
-            return Ok(());
+            return Ok(Phase2Run::Done);
         }
         if branches
             .iter()
             .any(|b| b.status == BranchStatus::NeedsAttention)
         {
-            return Err(Phase2Error("a branch needs attention".into()));
+            return Ok(Phase2Run::NeedsPerson);
         }
         for b in open.iter().rev() {
             let Some((rm, fence)) = self.runs(&b.resource)? else {
-                return Ok(());
+                return Ok(Phase2Run::Done);
             };
             let outcome = if b.status == BranchStatus::Registered {
                 self.still_owner(fence.as_ref())?;
@@ -442,14 +452,19 @@ impl Coordinator {
                 RollbackOutcome::NeedsAttention(why) => {
                     tracing::error!(%xid, branch = b.branch_id, reason = %why, "rollback stopped: the branch needs a person");
                     self.store
-                        .branch_done(xid, b.branch_id, BranchStatus::NeedsAttention)
+                        .branch_done(
+                            xid,
+                            b.branch_id,
+                            BranchStatus::NeedsAttention,
+                            Some(why.clone()),
+                        )
                         .await
                         .map_err(store_err)?;
-                    return Err(Phase2Error(why));
+                    return Ok(Phase2Run::NeedsPerson);
                 }
             }
         }
-        Ok(())
+        Ok(Phase2Run::Done)
     }
 
     /// Stops phase-2 work the moment the ownership it runs under is lost.
@@ -520,7 +535,7 @@ impl Coordinator {
         for b in self.store.branches(xid).await? {
             if b.status == BranchStatus::NeedsAttention {
                 self.store
-                    .branch_done(xid, b.branch_id, BranchStatus::Registered)
+                    .branch_done(xid, b.branch_id, BranchStatus::Registered, None)
                     .await?;
             }
         }
@@ -625,6 +640,14 @@ impl Coordinator {
     }
 }
 
+/// How a run of phase 2 ended without failing.
+enum Phase2Run {
+    Done,
+    /// A branch needs a person (a dirty write, or an error retrying cannot fix): phase 2 stops
+    /// there, keeping its locks.
+    NeedsPerson,
+}
+
 /// How long to wait before the `attempts`-th retry of a failed phase 2: doubling from the
 /// sweep interval, at most a minute.
 fn retry_delay(attempts: u32) -> Duration {
@@ -725,6 +748,7 @@ mod tests {
             status: BranchStatus::Registered,
             lock_keys: vec![key.into()],
             application_data: None,
+            attention: None,
         }
     }
 

@@ -150,6 +150,7 @@ impl Sidecar {
             status: BranchStatus::Registering,
             lock_keys: Vec::new(),
             application_data: serde_json::to_string(&ctx).ok(),
+            attention: None,
         };
         match self.coordinator.register_branch(&branch).await {
             Ok(()) => {}

@@ -124,8 +124,9 @@ impl AnyStore {
         xid: &str,
         branch_id: u64,
         status: BranchStatus,
+        attention: Option<String>,
     ) -> Result<(), StoreError> {
-        each!(self, s => s.branch_done(xid, branch_id, status).await)
+        each!(self, s => s.branch_done(xid, branch_id, status, attention).await)
     }
 
     pub async fn finish(

@@ -33,6 +33,7 @@ fn branch(xid: &str, id: u64, keys: &[&str]) -> Branch {
         status: BranchStatus::Registered,
         lock_keys: keys.iter().map(|k| k.to_string()).collect(),
         application_data: None,
+        attention: None,
     }
 }
 
@@ -156,7 +157,7 @@ async fn suite(s: impl Store + Clone) {
         .await
         .unwrap();
     s.transition("c", Begin, Rollbacking, false).await.unwrap();
-    s.branch_done("c", 11, BranchStatus::RolledBack)
+    s.branch_done("c", 11, BranchStatus::RolledBack, None)
         .await
         .unwrap();
     assert_eq!(s.lock_holder("x", &["r3".into()]).await.unwrap(), None);
@@ -164,9 +165,14 @@ async fn suite(s: impl Store + Clone) {
         s.lock_holder("x", &["r2".into()]).await.unwrap(),
         Some(("r2".into(), "c".into()))
     );
-    s.branch_done("c", 10, BranchStatus::NeedsAttention)
-        .await
-        .unwrap();
+    s.branch_done(
+        "c",
+        10,
+        BranchStatus::NeedsAttention,
+        Some("row changed".into()),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         s.lock_holder("x", &["r1".into()]).await.unwrap(),
         Some(("r1".into(), "c".into()))
@@ -182,6 +188,8 @@ async fn suite(s: impl Store + Clone) {
         statuses,
         vec![BranchStatus::NeedsAttention, BranchStatus::RolledBack]
     );
+    let why = s.branches("c").await.unwrap()[0].attention.clone();
+    assert_eq!(why.as_deref(), Some("row changed"), "the reason is kept");
 
     // The commit decision releases every lock in the same write; finishing deletes branches.
     let before = s.writes();
@@ -270,7 +278,7 @@ async fn suite(s: impl Store + Clone) {
     s.transition("big2", Begin, Rollbacking, false)
         .await
         .unwrap();
-    s.branch_done("big2", 21, BranchStatus::RolledBack)
+    s.branch_done("big2", 21, BranchStatus::RolledBack, None)
         .await
         .unwrap();
     assert_eq!(

@@ -434,6 +434,7 @@ pub fn branch_done(
     xid: &str,
     branch_id: u64,
     status: BranchStatus,
+    attention: Option<String>,
     locks_released: bool,
 ) -> Result<(), StoreError> {
     let key = branch_key(xid, branch_id);
@@ -445,6 +446,7 @@ pub fn branch_done(
         release(t, xid, &branch.lock_keys, Some(branch_id))?;
     }
     branch.status = status;
+    branch.attention = attention;
     t.put(Table::Branches, &key, encode(&branch))
 }
 

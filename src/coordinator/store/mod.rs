@@ -124,13 +124,15 @@ pub trait Store: Send + Sync + 'static {
     /// The branches of a transaction, in registration order.
     fn branches(&self, xid: &str) -> impl Future<Output = Result<Vec<Branch>, StoreError>> + Send;
 
-    /// Records a branch's phase-2 outcome. A rolled-back branch's locks are released in the
-    /// same write; a branch that needs attention keeps them.
+    /// Records a branch's phase-2 outcome, with why it needs attention when it does. A
+    /// rolled-back branch's locks are released in the same write; a branch that needs
+    /// attention keeps them.
     fn branch_done(
         &self,
         xid: &str,
         branch_id: u64,
         status: BranchStatus,
+        attention: Option<String>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Moves a decided transaction to its final status, deleting its branches and any locks
@@ -294,6 +296,7 @@ impl<K: kv::KvStore> Store for K {
         xid: &str,
         branch_id: u64,
         status: BranchStatus,
+        attention: Option<String>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, xid) = (self.clone(), xid.to_string());
         async move {
@@ -305,7 +308,7 @@ impl<K: kv::KvStore> Store for K {
             };
             let x = xid.clone();
             or_release_first(&s, false, release, move |t, released| {
-                kv::branch_done(t, &x, branch_id, status, released)
+                kv::branch_done(t, &x, branch_id, status, attention.clone(), released)
             })
             .await
         }
