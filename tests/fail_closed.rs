@@ -464,3 +464,30 @@ async fn a_rollback_the_database_refuses_waits_for_a_person() {
     assert!(body.contains("Rollbacked"), "{body}");
     assert_eq!(snapshot(&db, "t").await, before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_the_database_takes_for_one_row_share_one_lock() {
+    let (db, tandem) = setup(
+        "collate",
+        "CREATE TABLE ci (k VARCHAR(10) COLLATE utf8mb4_general_ci PRIMARY KEY, v INT);
+         INSERT INTO ci VALUES ('abc', 1);",
+    );
+    let before = snapshot(&db, "ci").await;
+    let mut c1 = common::connect(&tandem.url(&db)).await;
+    let mut c2 = common::connect(&tandem.url(&db)).await;
+    let x1 = common::begin_global(&mut c1).await;
+    c1.query_drop(format!("/*+ XID('{x1}') */ DELETE FROM ci WHERE k = 'abc'"))
+        .await
+        .unwrap();
+    // 'ABC ' is the same key under this collation: the deleted row's lock covers it.
+    let x2 = common::begin_global(&mut c2).await;
+    let r = c2
+        .query_drop(format!(
+            "/*+ XID('{x2}') */ INSERT INTO ci VALUES ('ABC ', 2)"
+        ))
+        .await;
+    refused(r, 1205, "an insert of the same key under another spelling");
+    rollback(&mut c2, &x2).await;
+    rollback(&mut c1, &x1).await;
+    assert_eq!(snapshot(&db, "ci").await, before);
+}

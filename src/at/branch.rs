@@ -453,13 +453,9 @@ pub async fn after(
         }
     }
     let identity = format!("{server}/{}", meta.schema);
-    for row in before.iter().chain(&after) {
-        let pk: Vec<&[u8]> = image::pk_of(&meta, row)
-            .into_iter()
-            .map(|v| v.map_or(&b""[..], |b| b.0.as_slice()))
-            .collect();
-        work.lock_keys.insert(lock_key(&identity, &meta.name, &pk));
-    }
+    let rows: Vec<&ImageRow> = before.iter().chain(&after).collect();
+    work.lock_keys
+        .extend(lock_keys(conn, &identity, &meta, &rows).await?);
     if pending.kind == ChangeKind::Insert && !before.is_empty() {
         // An upsert: rows that existed were updated (update-undo), the rest inserted.
         let mut updated_before = Vec::new();
@@ -504,6 +500,57 @@ pub async fn after(
             .push(UndoItem::new(pending.kind, &meta, before, after));
     }
     Ok(())
+}
+
+/// The lock keys of image rows: their primary key values as the database compares them. Text
+/// key columns go by their collation's weights, which the server computes for all the rows
+/// in one query.
+async fn lock_keys(
+    conn: &mut BackendConn,
+    identity: &str,
+    meta: &TableMeta,
+    rows: &[&ImageRow],
+) -> Result<Vec<String>, AtError> {
+    let mut keys: Vec<Vec<Vec<u8>>> = rows
+        .iter()
+        .map(|row| {
+            image::pk_of(meta, row)
+                .into_iter()
+                .map(|v| v.map_or_else(Vec::new, |b| b.0.clone()))
+                .collect()
+        })
+        .collect();
+    // (row, key column) of each value the server must weigh, and the expression for it.
+    let mut weighed = Vec::new();
+    for (r, key) in keys.iter().enumerate() {
+        for (k, &col) in meta.primary_key.iter().enumerate() {
+            if let Some(sql) = image::key_weight_sql(&meta.columns[col], &key[k]) {
+                weighed.push(((r, k), sql));
+            }
+        }
+    }
+    for chunk in weighed.chunks(500) {
+        let exprs: Vec<&str> = chunk.iter().map(|(_, e)| e.as_str()).collect();
+        let row = conn
+            .query_raw(&format!("SELECT {}", exprs.join(", ")))
+            .await?
+            .into_iter()
+            .next()
+            .filter(|row| row.len() == chunk.len())
+            .ok_or_else(|| {
+                AtError::Mismatch("the server did not weigh the primary key values".into())
+            })?;
+        for (((r, k), _), w) in chunk.iter().zip(row) {
+            keys[*r][*k] = w.unwrap_or_default();
+        }
+    }
+    Ok(keys
+        .iter()
+        .map(|key| {
+            let parts: Vec<&[u8]> = key.iter().map(Vec::as_slice).collect();
+            lock_key(identity, &meta.name, &parts)
+        })
+        .collect())
 }
 
 /// The primary keys of the rows an INSERT wrote, with the ones AUTO_INCREMENT assigned

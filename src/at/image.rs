@@ -103,13 +103,55 @@ pub fn rows_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFil
     sql
 }
 
-/// The locking read of the primary keys of the rows a `SELECT … FOR UPDATE` locks.
+/// Whether a text column's collation ignores trailing spaces (PAD SPACE; MariaDB names its
+/// NO PAD collations `…_nopad_…`).
+fn pads(col: &Column) -> bool {
+    !col.collation
+        .as_deref()
+        .is_some_and(|c| c.to_ascii_lowercase().contains("nopad"))
+}
+
+/// The expression that reads a primary key column `col` of the table named `qualifier` in
+/// the form lock keys use: a text column by its collation's weights, so that two values the
+/// database takes for the same key (`'abc'` and `'ABC '` under a case-insensitive PAD SPACE
+/// collation) lock the same row; anything else as an image reads it.
+fn key_expr(col: &Column, qualifier: &str) -> String {
+    let c = format!("{qualifier}.{}", quote::ident(&col.name));
+    match col.kind {
+        ValueKind::Text if pads(col) => format!("WEIGHT_STRING(RTRIM({c}))"),
+        ValueKind::Text => format!("WEIGHT_STRING({c})"),
+        _ => read_expr(col, qualifier),
+    }
+}
+
+/// The lock-key form of an image value of primary key column `col` (see [`key_expr`]), as
+/// SQL; `None` when the image value already is that form.
+pub fn key_weight_sql(col: &Column, value: &[u8]) -> Option<String> {
+    if col.kind != ValueKind::Text {
+        return None;
+    }
+    let v = quote::text(value, col.charset.as_deref().unwrap_or("binary"));
+    let v = if pads(col) { format!("RTRIM({v})") } else { v };
+    Some(match &col.collation {
+        Some(c) => {
+            let c: String = c
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            format!("WEIGHT_STRING({v} COLLATE {c})")
+        }
+        None => format!("WEIGHT_STRING({v})"),
+    })
+}
+
+/// The locking read of the primary keys of the rows a `SELECT … FOR UPDATE` locks, in the
+/// form lock keys use.
 pub fn pks_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFilter) -> String {
     let qualifier = alias.map_or_else(|| table_sql(meta), quote::ident);
     let cols: Vec<String> = meta
         .primary_key
         .iter()
-        .map(|&i| read_expr(&meta.columns[i], &qualifier))
+        .map(|&i| key_expr(&meta.columns[i], &qualifier))
         .collect();
     let mut sql = format!("SELECT {} FROM {}", cols.join(", "), table_sql(meta));
     if let Some(a) = alias {
