@@ -491,3 +491,62 @@ async fn keys_the_database_takes_for_one_row_share_one_lock() {
     rollback(&mut c1, &x1).await;
     assert_eq!(snapshot(&db, "ci").await, before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locking_read_waits_without_holding_the_rows() {
+    let db = mariadb().fresh_db("lockread");
+    mariadb().sql(&format!(
+        "USE {db}; CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL);
+         INSERT INTO acct VALUES (1, 100), (2, 100);"
+    ));
+    let yaml = common::single_config(&mariadb().url(&db), "", "{ max: 8 }").replace(
+        "coordinator:",
+        "coordinator:\n  lock_retry_interval: 50ms\n  lock_retry_attempts: 100",
+    );
+    let tandem = Tandem::start_yaml(&yaml);
+    for lock in [
+        "FOR UPDATE /* trailing */",
+        "LOCK IN SHARE MODE",
+        "FOR UPDATE -- c\n",
+    ] {
+        let mut c1 = common::connect(&tandem.url(&db)).await;
+        let mut c2 = common::connect(&tandem.url(&db)).await;
+        let x1 = common::begin_global(&mut c1).await;
+        c1.query_drop(format!(
+            "/*+ XID('{x1}') */ UPDATE acct SET bal = 0 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+        let x2 = common::begin_global(&mut c2).await;
+        c2.query_drop(format!("SET tandem_xid = '{x2}'"))
+            .await
+            .unwrap();
+        c2.query_drop("BEGIN").await.unwrap();
+        let read = format!("SELECT bal FROM acct WHERE id = 1 {lock}");
+        let reader = tokio::spawn(async move {
+            let bal: Result<Option<i64>, _> = c2.query_first(read).await;
+            (c2, bal)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The holder's rollback restores the row while the reader waits for its lock.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            common::end_global(&mut c1, "rollback", &x1).await,
+            "Rollbacked"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{lock}: the rollback waited {:?} for the reader's row locks",
+            started.elapsed()
+        );
+        let (mut c2, bal) = reader.await.unwrap();
+        assert_eq!(
+            bal.unwrap(),
+            Some(100),
+            "{lock}: the reader sees the restored row"
+        );
+        c2.query_drop("COMMIT").await.unwrap();
+        c2.query_drop("SET tandem_xid = NULL").await.unwrap();
+        rollback(&mut c2, &x2).await;
+    }
+}

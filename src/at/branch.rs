@@ -748,31 +748,59 @@ async fn register_with_retry(
 /// `SELECT … FOR UPDATE` inside a global transaction reads committed data: it waits while
 /// another global transaction holds a global lock on one of the rows, then fails with the
 /// lock error. Locks `xid` itself holds do not count.
+///
+/// Inside a local transaction the wait happens first on a connection of Tandem's own, which
+/// reads the committed rows' keys without locking them: the session's transaction holds no
+/// lock on them while it waits, so the lock holder's rollback can restore them. The
+/// session's own locking read then checks again, and decides.
 pub async fn check_global_locks(
     conn: &mut BackendConn,
     coordinator: &Arc<Coordinator>,
     source: &AtSource,
     xid: &str,
     select: &crate::sql::dml::LockingSelect,
+    in_transaction: bool,
 ) -> Result<(), AtError> {
     let meta = source
         .meta
         .get(conn, select.table.schema.as_deref(), &select.table.name)
         .await?;
-    let sql = image::pks_by_filter_sql(&meta, select.table.alias.as_deref(), &select.filter);
+    let alias = select.table.alias.as_deref();
     let identity = format!("{}/{}", source.server, meta.schema);
-    let keys: Vec<String> = conn
-        .query_raw(&sql)
-        .await?
-        .into_iter()
-        .map(|row| {
-            let pk: Vec<&[u8]> = row.iter().map(|v| v.as_deref().unwrap_or(b"")).collect();
-            lock_key(&identity, &meta.name, &pk)
-        })
-        .collect();
+    let keys_of = |rows: Vec<crate::backend::Row>| -> Vec<String> {
+        rows.into_iter()
+            .map(|row| {
+                let pk: Vec<&[u8]> = row.iter().map(|v| v.as_deref().unwrap_or(b"")).collect();
+                lock_key(&identity, &meta.name, &pk)
+            })
+            .collect()
+    };
+    if in_transaction {
+        let unlocked = image::pks_by_filter_sql(&meta, alias, &select.filter, "");
+        // A filter that needs the session (its variables, temporary tables) cannot be read
+        // elsewhere; the session's locking read below still checks.
+        if let Ok(mut c) = source.resource.control_conn().await {
+            if let Ok(rows) = c.query_raw(&unlocked).await {
+                c.keep_clean();
+                wait_for_locks(coordinator, source, xid, &keys_of(rows)).await?;
+            }
+        }
+    }
+    let sql = image::pks_by_filter_sql(&meta, alias, &select.filter, &select.lock_sql);
+    let keys = keys_of(conn.query_raw(&sql).await?);
+    wait_for_locks(coordinator, source, xid, &keys).await
+}
+
+/// Waits while another global transaction holds the lock on one of `keys`.
+async fn wait_for_locks(
+    coordinator: &Arc<Coordinator>,
+    source: &AtSource,
+    xid: &str,
+    keys: &[String],
+) -> Result<(), AtError> {
     let mut attempt = 0;
     loop {
-        match coordinator.store().lock_holder(xid, &keys).await {
+        match coordinator.store().lock_holder(xid, keys).await {
             Ok(None) => return Ok(()),
             Ok(Some((key, holder))) => {
                 attempt += 1;

@@ -144,9 +144,15 @@ pub fn key_weight_sql(col: &Column, value: &[u8]) -> Option<String> {
     })
 }
 
-/// The locking read of the primary keys of the rows a `SELECT … FOR UPDATE` locks, in the
-/// form lock keys use.
-pub fn pks_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFilter) -> String {
+/// The read of the primary keys of the rows a `SELECT … FOR UPDATE` locks, in the form lock
+/// keys use, ending with `lock` (the statement's own lock clause, or nothing for a read that
+/// locks nothing).
+pub fn pks_by_filter_sql(
+    meta: &TableMeta,
+    alias: Option<&str>,
+    filter: &RowFilter,
+    lock: &str,
+) -> String {
     let qualifier = alias.map_or_else(|| table_sql(meta), quote::ident);
     let cols: Vec<String> = meta
         .primary_key
@@ -162,7 +168,10 @@ pub fn pks_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFilt
         sql.push_str(" WHERE ");
         sql.push_str(w);
     }
-    sql.push_str(" FOR UPDATE");
+    if !lock.is_empty() {
+        sql.push(' ');
+        sql.push_str(lock);
+    }
     sql
 }
 

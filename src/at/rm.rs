@@ -74,6 +74,14 @@ impl AtResource {
         }
     }
 
+    /// A connection of Tandem's own to this data source (autocommit, nothing pinned).
+    pub async fn control_conn(&self) -> Result<PooledConn, BackendError> {
+        self.pool
+            .acquire_control()
+            .await
+            .map_err(|e| BackendError::Protocol(e.to_string()))
+    }
+
     /// The undo_log table a branch writes to.
     pub fn undo_table(&self) -> &str {
         &self.undo_table

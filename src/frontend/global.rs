@@ -299,7 +299,11 @@ impl Session {
                 return Err(MysqlError::backend_lost(self.ctx.pool.name()));
             };
             check_quoting(backend).await?;
-            branch::check_global_locks(backend, &coordinator, &at, &xid, &select)
+            let in_transaction = backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+                || !backend
+                    .status
+                    .contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+            branch::check_global_locks(backend, &coordinator, &at, &xid, &select, in_transaction)
                 .await
                 .map_err(at_error)
         }

@@ -106,6 +106,9 @@ fn unsupported<T>(what: &str) -> Result<T, AnalyzeError> {
 pub struct LockingSelect {
     pub table: TableName,
     pub filter: RowFilter,
+    /// The statement's lock clause as written (`FOR UPDATE SKIP LOCKED`, `LOCK IN SHARE
+    /// MODE`, …), so the key read waits, or skips, as the statement will.
+    pub lock_sql: String,
 }
 
 /// How a query in a global context reads, before anything runs.
@@ -197,12 +200,18 @@ pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> 
         clauses.where_.clone(),
         select.selection.as_ref(),
     )?;
+    let lock_sql = clauses
+        .lock
+        .or(clauses.for_lock)
+        .and_then(|i| source(sql, &tokens, i..tokens.len()))
+        .unwrap_or_else(|| "FOR UPDATE".into());
     Ok(LockingSelect {
         table,
         filter: RowFilter {
             where_sql,
             ..RowFilter::default()
         },
+        lock_sql,
     })
 }
 
@@ -288,6 +297,8 @@ struct Clauses {
     limit: Option<Range<usize>>,
     /// Where a `LOCK IN SHARE MODE` clause starts.
     lock: Option<usize>,
+    /// Where a `FOR UPDATE` or `FOR SHARE` clause starts.
+    for_lock: Option<usize>,
 }
 
 /// Words that end a WHERE, ORDER BY or LIMIT clause at depth 0.
@@ -333,6 +344,11 @@ impl Clauses {
                 c.limit = Some(body(i, 1));
             } else if word(i, "lock") && word(i + 1, "in") && c.lock.is_none() {
                 c.lock = Some(i);
+            } else if word(i, "for")
+                && (word(i + 1, "update") || word(i + 1, "share"))
+                && c.for_lock.is_none()
+            {
+                c.for_lock = Some(i);
             }
         }
         c
@@ -799,9 +815,14 @@ mod tests {
         .unwrap();
         assert_eq!(l.table.alias.as_deref(), Some("a"));
         assert_eq!(l.filter.where_sql.as_deref(), Some("a.id = 'x\\'y'"));
+        assert_eq!(l.lock_sql, "FOR UPDATE");
         let l =
             analyze_locking_select("SELECT id FROM acct WHERE id > 3 LOCK IN SHARE MODE").unwrap();
         assert_eq!(l.filter.where_sql.as_deref(), Some("id > 3"));
+        assert_eq!(l.lock_sql, "LOCK IN SHARE MODE");
+        let l = analyze_locking_select("SELECT id FROM acct WHERE id > 3 FOR UPDATE SKIP LOCKED")
+            .unwrap();
+        assert_eq!(l.lock_sql, "FOR UPDATE SKIP LOCKED");
         assert!(analyze_locking_select("SELECT * FROM a JOIN b ON a.x = b.x FOR UPDATE").is_err());
         let s = shape(b"SELECT 1 FROM t WHERE a = 'for update' FOR SHARE NOWAIT -- x").unwrap();
         assert!(s.locking_read);
