@@ -183,6 +183,7 @@ fn undo_log(schema: &str, id: u32, before: i64, after: i64) -> UndoLog {
         collation: None,
         auto_increment: false,
         generated: false,
+        invisible: false,
     };
     let meta = TableMeta {
         schema: schema.into(),

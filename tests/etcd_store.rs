@@ -483,6 +483,11 @@ async fn killed_sidecars_finish_their_part_after_a_restart() {
     let xid = two_branches(&mut ca, &mut cb, 5, 1_500).await;
     sa.kill9();
     wait_status(&mut cb, &xid, "TimeoutRollbacking").await;
+    // The status is recorded first; b's rollback of its branch follows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while balance(&b, 2).await != 110 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(balance(&b, 2).await, 110, "b rolled back its own branch");
     sa.restart();
     wait_status(&mut cb, &xid, "TimeoutRollbacked").await;

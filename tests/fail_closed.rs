@@ -210,10 +210,13 @@ async fn what_would_run_unseen_is_refused() {
         .unwrap();
     let r = c.query_drop("UPDATE acct SET bal = 0 WHERE id = 1").await;
     refused(r, 1235, "NO_BACKSLASH_ESCAPES");
+    // Every statement is, until the session leaves the global transaction.
+    let r = c.query_drop("SET sql_mode = @@GLOBAL.sql_mode").await;
+    refused(r, 1235, "any statement under NO_BACKSLASH_ESCAPES");
+    c.query_drop("SET tandem_xid = NULL").await.unwrap();
     c.query_drop("SET sql_mode = @@GLOBAL.sql_mode")
         .await
         .unwrap();
-    c.query_drop("SET tandem_xid = NULL").await.unwrap();
     rollback(&mut c, &xid).await;
     for (t, b) in tables.iter().zip(before) {
         assert_eq!(snapshot(&db, t).await, b, "{t}");
@@ -548,5 +551,77 @@ async fn a_locking_read_waits_without_holding_the_rows() {
         c2.query_drop("COMMIT").await.unwrap();
         c2.query_drop("SET tandem_xid = NULL").await.unwrap();
         rollback(&mut c2, &x2).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_state_that_would_mislead_the_images_is_refused() {
+    let (db, tandem) = setup(
+        "session",
+        "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL);
+         INSERT INTO acct VALUES (1, 100), (6, 100);
+         CREATE TABLE hid (h INT INVISIBLE DEFAULT 0, id INT PRIMARY KEY, v INT);
+         INSERT INTO hid (id, v) VALUES (6, 1);
+         CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20));",
+    );
+    let tables = ["acct", "hid", "audit"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(snapshot(&db, t).await);
+    }
+    let mut c = common::connect(&tandem.url(&db)).await;
+    let xid = common::begin_global(&mut c).await;
+    let hint = format!("/*+ XID('{xid}') */");
+
+    // A positional INSERT skips the invisible column: the key is 5, not 6.
+    c.query_drop(format!("INSERT {hint} INTO hid VALUES (5, 2)"))
+        .await
+        .unwrap();
+    // A character set whose multi-byte characters may end in a backslash.
+    c.query_drop("SET NAMES gbk").await.unwrap();
+    refused(
+        c.query_drop(format!("UPDATE {hint} acct SET bal = 0 WHERE id = 1"))
+            .await,
+        1235,
+        "character_set_client gbk",
+    );
+    c.query_drop("SET NAMES utf8mb4").await.unwrap();
+    // A temporary table hides the base table the images would read.
+    c.query_drop(format!(
+        "CREATE TEMPORARY TABLE acct (id INT PRIMARY KEY, bal INT) SELECT * FROM {db}.acct"
+    ))
+    .await
+    .unwrap();
+    refused(
+        c.query_drop(format!("DELETE {hint} FROM acct WHERE id = 1"))
+            .await,
+        1235,
+        "temporary table",
+    );
+    c.query_drop("DROP TEMPORARY TABLE acct").await.unwrap();
+    // Inside XA.
+    c.query_drop("XA START 'x1'").await.unwrap();
+    refused(
+        c.query_drop(format!("UPDATE {hint} acct SET bal = 0 WHERE id = 1"))
+            .await,
+        1235,
+        "XA",
+    );
+    c.query_drop("XA END 'x1'").await.unwrap();
+    c.query_drop("XA ROLLBACK 'x1'").await.unwrap();
+    // In a branch: SET PASSWORD would commit it.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!("UPDATE {hint} acct SET bal = 1 WHERE id = 6"))
+        .await
+        .unwrap();
+    refused(
+        c.query_drop("SET PASSWORD = PASSWORD('x')").await,
+        1235,
+        "SET PASSWORD in a branch",
+    );
+    c.query_drop("COMMIT").await.unwrap();
+    rollback(&mut c, &xid).await;
+    for (t, b) in tables.iter().zip(before) {
+        assert_eq!(snapshot(&db, t).await, b, "{t}");
     }
 }

@@ -121,10 +121,13 @@ fn unsupported<T>(what: &str) -> Result<T, AtError> {
 }
 
 /// Where column `name`'s value stands in each row of an INSERT: by its column list, or by
-/// table order when it lists none.
+/// the order of the table's visible columns when it lists none.
 fn value_index(meta: &TableMeta, ins: &Insert, name: &str) -> Option<usize> {
     if ins.columns.is_empty() {
-        meta.column_index(name)
+        meta.columns
+            .iter()
+            .filter(|c| !c.invisible)
+            .position(|c| c.name.eq_ignore_ascii_case(name))
     } else {
         ins.columns
             .iter()

@@ -269,6 +269,7 @@ mod tests {
             collation: charset.map(|c| format!("{c}_general_ci")),
             auto_increment: false,
             generated: false,
+            invisible: false,
         };
         TableMeta {
             schema: "shop".into(),

@@ -59,6 +59,9 @@ pub struct Column {
     /// A generated column: images read it, restores never write it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub generated: bool,
+    /// An INVISIBLE column: an INSERT without a column list gives it no value.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invisible: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +202,7 @@ async fn load(conn: &mut BackendConn, schema: &str, table: &str) -> Result<Table
                 .filter(|c| !c.is_empty()),
             auto_increment: cell(4).contains("auto_increment"),
             generated: cell(6) == "ALWAYS",
+            invisible: cell(4).to_ascii_uppercase().contains("INVISIBLE"),
         });
     }
     if primary_key.is_empty() {

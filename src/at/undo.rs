@@ -161,6 +161,7 @@ mod tests {
                 collation: None,
                 auto_increment: true,
                 generated: false,
+                invisible: false,
             }],
             primary_key: vec![0],
             unique_keys: Vec::new(),

@@ -96,6 +96,14 @@ pub struct ServerInfo {
     pub capabilities: CapabilityFlags,
 }
 
+/// How the server reads a session's statement text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    pub sql_mode: String,
+    /// `@@character_set_client`: the character set of statement text and string parameters.
+    pub charset: String,
+}
+
 pub struct BackendConn {
     io: PacketIo<TcpStream>,
     pub key: ConnKey,
@@ -110,9 +118,9 @@ pub struct BackendConn {
     /// `SELECT DATABASE()`); `None` when it may have changed since, see
     /// [`Self::forget_database`].
     database: Option<String>,
-    /// The session's sql_mode as Tandem last read it; `None` when it may have changed since
-    /// (a relayed SET, a query of several statements, a reset).
-    sql_mode: Option<String>,
+    /// The session's sql_mode and client character set as Tandem last read them; `None` when
+    /// they may have changed since (a relayed SET, a query of several statements, a reset).
+    session: Option<SessionSettings>,
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -270,7 +278,7 @@ impl BackendConn {
             status,
             last_used: Instant::now(),
             broken: false,
-            sql_mode: None,
+            session: None,
         })
     }
 
@@ -345,7 +353,7 @@ impl BackendConn {
     /// statements and user variables, and restores session variables.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
         self.database = None;
-        self.sql_mode = None;
+        self.session = None;
         self.command(0x1f, &[], ResponseKind::Single)
             .await
             .map(|_| ())
@@ -380,24 +388,28 @@ impl BackendConn {
         self.database = None;
     }
 
-    /// The session's sql_mode, asked of the server only when Tandem does not know it.
-    pub async fn sql_mode(&mut self) -> Result<String, BackendError> {
-        if self.sql_mode.is_none() {
-            self.sql_mode = Some(
-                self.query_rows("SELECT @@SESSION.sql_mode")
-                    .await?
-                    .into_iter()
-                    .next()
-                    .and_then(|r| r.into_iter().next().flatten())
-                    .unwrap_or_default(),
-            );
+    /// The session settings that decide how the server reads statement text, asked of the
+    /// server only when Tandem does not know them.
+    pub async fn session_settings(&mut self) -> Result<SessionSettings, BackendError> {
+        if self.session.is_none() {
+            let row = self
+                .query_rows("SELECT @@SESSION.sql_mode, @@SESSION.character_set_client")
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let cell = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            self.session = Some(SessionSettings {
+                sql_mode: cell(0),
+                charset: cell(1),
+            });
         }
-        Ok(self.sql_mode.clone().unwrap_or_default())
+        Ok(self.session.clone().unwrap_or_default())
     }
 
     /// Called before relaying a command that may change session variables.
-    pub fn forget_sql_mode(&mut self) {
-        self.sql_mode = None;
+    pub fn forget_session_settings(&mut self) {
+        self.session = None;
     }
 
     fn settle(

@@ -7,5 +7,5 @@
 pub mod conn;
 pub mod pool;
 
-pub use conn::{BackendConn, BackendError, ConnKey, Row};
+pub use conn::{BackendConn, BackendError, ConnKey, Row, SessionSettings};
 pub use pool::{Pool, PooledConn};

@@ -20,7 +20,7 @@ use super::relay::relay;
 use super::session::{Flow, Session};
 use crate::at::branch::{self, AtError, BranchWork, Outcome};
 use crate::at::meta::MetaError;
-use crate::backend::{BackendConn, BackendError};
+use crate::backend::{BackendConn, BackendError, SessionSettings};
 use crate::coordinator::{CoordinatorError, GlobalStatus};
 use crate::sql::dml::{self, AnalyzeError};
 use crate::sql::StatementKind;
@@ -114,18 +114,32 @@ fn ends_transaction(code: u16) -> bool {
     matches!(code, 1213 | 1206 | 1180 | 1181 | 1614)
 }
 
-/// Tandem reads statements with MariaDB's default quoting rules; a session that changed them
-/// is refused in a global transaction.
-async fn check_quoting(backend: &mut BackendConn) -> Result<(), MysqlError> {
-    let mode = backend.sql_mode().await.map_err(backend_error)?;
+/// Tandem reads statement text as MariaDB does by default: backslash escapes and `"…"`
+/// strings, in a character set where a byte below 0x80 is always that ASCII character. A
+/// session that changed either is refused in a global context.
+async fn check_session(backend: &mut BackendConn) -> Result<SessionSettings, MysqlError> {
+    let settings = backend.session_settings().await.map_err(backend_error)?;
     for m in ["NO_BACKSLASH_ESCAPES", "ANSI_QUOTES"] {
-        if mode.split(',').any(|x| x.eq_ignore_ascii_case(m)) {
+        if settings
+            .sql_mode
+            .split(',')
+            .any(|x| x.eq_ignore_ascii_case(m))
+        {
             return Err(MysqlError::not_supported(&format!(
                 "a global transaction in a session whose sql_mode has {m} (Tandem reads statements with the default quoting rules)"
             )));
         }
     }
-    Ok(())
+    let charset = settings.charset.to_ascii_lowercase();
+    if !matches!(
+        charset.as_str(),
+        "utf8mb4" | "utf8mb3" | "utf8" | "latin1" | "ascii" | "binary"
+    ) {
+        return Err(MysqlError::not_supported(&format!(
+            "a global transaction in a session whose character_set_client is {charset} (Tandem reads statements in utf8mb4, utf8mb3, latin1, ascii or binary)"
+        )));
+    }
+    Ok(settings)
 }
 
 /// What the server's OK packet (the first packet of `bytes`) says a statement did.
@@ -164,6 +178,16 @@ impl Session {
             || self.branch.is_some()
             || self.aborted.is_some()
             || hints::has_hint(sql)
+    }
+
+    /// Before anything in a global context is read: the session's backend, and its settings
+    /// checked (see [`check_session`]).
+    pub(super) async fn enter_global(&mut self) -> Result<SessionSettings, MysqlError> {
+        self.pin_backend(None).await?;
+        let Some(backend) = self.backend.as_mut() else {
+            return Err(MysqlError::backend_lost(self.ctx.pool.name()));
+        };
+        check_session(backend).await
     }
 
     /// Decides what a statement of `kind` means in a global context.
@@ -214,12 +238,17 @@ impl Session {
             Insert | Update | Delete | Replace => xid.map_or(Global::Plain, Global::Join),
             Select if shape.locking_read => xid.map_or(Global::Plain, Global::LockingRead),
             Select => read(sql),
-            // SET autocommit = 1 would commit the open branch behind Tandem's back.
-            Set if in_branch && contains_ignore_case(sql, b"autocommit") => refuse(
-                "changing autocommit while a branch of a global transaction is open: COMMIT or ROLLBACK it first",
+            // SET autocommit = 1 and SET PASSWORD would commit the open branch behind
+            // Tandem's back.
+            Set if in_branch && shape.commits => refuse(
+                "changing autocommit or a password while a branch of a global transaction is open (it commits the local transaction): COMMIT or ROLLBACK it first",
             ),
             Set => read(sql),
-            Show | Use => Global::Plain,
+            Show => match dml::check_show(sql) {
+                Ok(()) => Global::Plain,
+                Err(e) => Global::Refuse(analyze_error(e)),
+            },
+            Use => Global::Plain,
             Commit if in_branch => Global::Commit,
             Commit => Global::Plain,
             Rollback => Global::Rollback,
@@ -248,16 +277,17 @@ impl Session {
         self.aborted = Some(why);
     }
 
-    /// After a statement of an open branch failed: if the database rolled the whole local
-    /// transaction back, the branch is abandoned. `pipelined` when a query went out behind
-    /// the statement (its status flags then tell nothing of the statement).
-    pub(super) async fn after_branch_error(&mut self, code: u16, pipelined: bool) {
-        if self.branch.is_none() {
-            return;
-        }
+    /// After a statement failed inside a local transaction: the error packet carries no
+    /// status, so Tandem finds out whether the database rolled the whole transaction back,
+    /// and if so forgets it, abandoning the branch it was. `pipelined` when a query went out
+    /// behind the statement (its status flags then tell nothing of the statement).
+    pub(super) async fn after_error(&mut self, code: u16, pipelined: bool) {
         let Some(backend) = self.backend.as_mut() else {
             return;
         };
+        if !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+            return;
+        }
         let mut ended = ends_transaction(code);
         if code == 1205 {
             ended |= backend
@@ -270,10 +300,34 @@ impl Session {
         if !ended && !pipelined && backend.ping().await.is_ok() {
             ended = !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         }
-        if ended {
+        if !ended {
+            return;
+        }
+        backend.status.remove(StatusFlags::SERVER_STATUS_IN_TRANS);
+        self.local_writes = false;
+        if self.branch.is_some() {
             self.abandon_branch(format!(
                 "the database ended the local transaction with error {code}; the branch of the global transaction was abandoned"
             ));
+        }
+    }
+
+    /// A statement Tandem relayed committed the branch's local transaction (an implicit
+    /// commit that slipped through): its changes are in, without their undo log. The undo log
+    /// is written now, on its own, and the branch registered, so that a global rollback can
+    /// still restore the rows; failing that, the damage is logged for a person.
+    pub(super) async fn register_committed_branch(&mut self) {
+        let Some(work) = self.branch.take() else {
+            return;
+        };
+        let xid = work.xid.clone();
+        tracing::error!(%xid, id = self.connection_id(), "a relayed statement committed the local transaction of a branch; registering the branch after the fact");
+        let at = self.ctx.at.clone();
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        if let Err(e) = branch::register(backend, &self.ctx.coordinator, &at, work).await {
+            tracing::error!(%xid, error = %e, "a committed branch could not be registered: a global rollback will not restore its rows");
         }
     }
 
@@ -298,7 +352,6 @@ impl Session {
             let Some(backend) = self.backend.as_mut() else {
                 return Err(MysqlError::backend_lost(self.ctx.pool.name()));
             };
-            check_quoting(backend).await?;
             let in_transaction = backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
                 || !backend
                     .status
@@ -331,11 +384,11 @@ impl Session {
         let Some(sql) = p.sql.clone() else {
             return Some(self.reply_error(reply_seq, not_utf8()).await);
         };
-        let charset = mysql_common::collations::Collation::from(
-            mysql_common::collations::CollationId::from(self.key.collation as u16),
-        )
-        .charset
-        .to_string();
+        // String parameters are in the session's client character set.
+        let charset = match self.enter_global().await {
+            Ok(settings) => settings.charset,
+            Err(e) => return Some(self.reply_error(reply_seq, e).await),
+        };
         let xid = match self.plan_global(kind, sql.as_bytes()) {
             Global::Plain => return None,
             Global::Rollback => {
@@ -453,7 +506,7 @@ impl Session {
                 // An image query may be what hit a deadlock.
                 let code = e.code;
                 let flow = self.reply_error(reply_seq, e).await;
-                self.after_branch_error(code, false).await;
+                self.after_error(code, false).await;
                 flow
             }
         }
@@ -482,6 +535,22 @@ impl Session {
             self.check_active(&xid).await?;
         }
         let dml = dml::analyze(&sql).map_err(analyze_error)?;
+        if self.branch.is_none() && self.xa {
+            return Err(MysqlError::not_supported(
+                "joining a global transaction inside an XA transaction",
+            ));
+        }
+        let table = match &dml {
+            dml::Dml::Insert(i) => &i.table,
+            dml::Dml::Update(u) => &u.table,
+            dml::Dml::Delete(d) => &d.table,
+        };
+        if self.temporary.contains(&table.name.to_lowercase()) {
+            return Err(MysqlError::not_supported(&format!(
+                "writing to {} inside a global transaction while a temporary table of that name hides the table",
+                table.name
+            )));
+        }
         self.pin_backend(None).await?;
         let at = self.ctx.at.clone();
         let joining = self.branch.is_none();
@@ -489,7 +558,6 @@ impl Session {
         let Some(backend) = self.backend.as_mut() else {
             return Ok(Flow::Close);
         };
-        check_quoting(backend).await?;
         let status = backend.status;
         let in_trans = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         if joining && in_trans && wrote_before {
@@ -518,6 +586,17 @@ impl Session {
                 return Err(at_error(e));
             }
         };
+        if !wrap && !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+            // The client's transaction is gone (the before image ran outside it): nothing of
+            // the branch can commit any more.
+            self.abandon_branch(
+                "the local transaction ended before this statement; the branch of the global transaction was abandoned"
+                    .into(),
+            );
+            return Err(MysqlError::branch_rolled_back(
+                "the local transaction had already ended",
+            ));
+        }
 
         // The statement itself: the client's own packet, and behind it the after-image query
         // when that is known in advance. Its response is held back until Tandem has checked
@@ -547,7 +626,7 @@ impl Session {
             }
             let flow = self.send_captured(captured, None).await;
             if !wrap {
-                self.after_branch_error(code, pipelined).await;
+                self.after_error(code, pipelined).await;
             }
             return Ok(flow);
         }
@@ -631,9 +710,4 @@ impl Session {
         self.forward(reply_seq, payload, StatementKind::Commit, response)
             .await
     }
-}
-
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }

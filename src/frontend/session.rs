@@ -5,7 +5,7 @@
 //! variables, temporary tables, prepared statements, transactions, LAST_INSERT_ID) means
 //! exactly what it would mean on a direct connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +21,7 @@ use super::relay::{relay, RelayError};
 use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
+use crate::sql::dml::SessionEffect;
 use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
 use crate::sql::params;
 use crate::sql::{classify, hints, StatementKind};
@@ -109,6 +110,12 @@ pub struct Session {
     /// The open local transaction changed data before any statement of it joined a global
     /// transaction: such a transaction cannot become a branch, as those changes have no undo.
     pub(super) local_writes: bool,
+    /// An XA transaction is open (`XA START` seen, no `XA COMMIT`/`ROLLBACK` yet): its local
+    /// transaction cannot become a branch.
+    pub(super) xa: bool,
+    /// Temporary tables the session created (lower case): they hide base tables of the same
+    /// name, which Tandem's images would read instead.
+    pub(super) temporary: HashSet<String>,
 }
 
 impl Session {
@@ -134,6 +141,8 @@ impl Session {
             branch: None,
             aborted: None,
             local_writes: false,
+            xa: false,
+            temporary: HashSet::new(),
         }
     }
 
@@ -175,6 +184,8 @@ impl Session {
         self.branch = None;
         self.aborted = None;
         self.local_writes = false;
+        self.xa = false;
+        self.temporary.clear();
     }
 
     /// Runs the command loop until the client quits, the connection fails, or `close`
@@ -249,6 +260,9 @@ impl Session {
                     _ => {}
                 }
                 if self.in_global_context(sql) {
+                    if let Err(e) = self.enter_global().await {
+                        return self.reply_error(reply_seq, e).await;
+                    }
                     match self.plan_global(kind, sql) {
                         Global::Plain => {}
                         Global::Rollback => {
@@ -333,6 +347,12 @@ impl Session {
             COM_PING if self.backend.is_none() => {
                 let ok = self.ok();
                 return self.reply(reply_seq, &ok).await;
+            }
+            COM_REFRESH if self.branch.is_some() => {
+                let e = MysqlError::not_supported(
+                    "COM_REFRESH inside a branch of a global transaction (it commits the local transaction)",
+                );
+                return self.reply_error(reply_seq, e).await;
             }
             COM_PING | COM_INIT_DB | COM_STMT_RESET | COM_SET_OPTION | COM_RESET_CONNECTION
             | COM_STATISTICS | COM_DEBUG | COM_REFRESH => {
@@ -534,8 +554,12 @@ impl Session {
         if may_change_database(payload, kind) {
             backend.forget_database();
         }
-        if kind == StatementKind::Set || may_change_database(payload, kind) {
-            backend.forget_sql_mode();
+        if matches!(
+            kind,
+            StatementKind::Set | StatementKind::Other | StatementKind::Call
+        ) || may_change_database(payload, kind)
+        {
+            backend.forget_session_settings();
         }
         let io = backend.io();
         io.write_packet(0, payload);
@@ -554,9 +578,12 @@ impl Session {
                 self.ctx
                     .metrics
                     .statement(kind, started.elapsed().as_secs_f64());
-                self.after_response(payload, kind, &summary);
+                let committed = self.after_response(payload, kind, &summary);
                 if let Some(code) = summary.error {
-                    self.after_branch_error(code, false).await;
+                    self.after_error(code, false).await;
+                }
+                if committed {
+                    self.register_committed_branch().await;
                 }
                 Flow::Continue
             }
@@ -572,22 +599,36 @@ impl Session {
         }
     }
 
-    fn after_response(&mut self, payload: &[u8], kind: StatementKind, summary: &Summary) {
+    /// Bookkeeping after a relayed response. Returns true when the branch's local transaction
+    /// was committed by the statement (implicitly: a statement that succeeds does not roll
+    /// back), so the branch must be registered after the fact.
+    fn after_response(&mut self, payload: &[u8], kind: StatementKind, summary: &Summary) -> bool {
         if let Some(code) = summary.error {
             self.ctx.metrics.error(code);
         }
+        let mut committed = false;
         if let (Some(status), Some(b)) = (summary.status, self.backend.as_mut()) {
             b.status = status;
             if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
                 self.local_writes = false;
-                if self.branch.is_some() {
-                    self.abandon_branch(
-                        "the local transaction ended without Tandem's COMMIT; the branch of the global transaction was abandoned"
-                            .into(),
-                    );
-                }
+                committed = self.branch.is_some();
             } else if summary.error.is_none() && writes(kind) {
                 self.local_writes = true;
+            }
+        }
+        if summary.error.is_none() && matches!(kind, StatementKind::Ddl | StatementKind::Other) {
+            match crate::sql::dml::session_effect(&payload[1..]) {
+                SessionEffect::XaStart => self.xa = true,
+                SessionEffect::XaEnd => self.xa = false,
+                SessionEffect::CreateTemporary(name) => {
+                    self.temporary.insert(name);
+                }
+                SessionEffect::DropTables(names) => {
+                    for n in names {
+                        self.temporary.remove(&n);
+                    }
+                }
+                SessionEffect::None => {}
             }
         }
         if payload.first() == Some(&COM_STMT_PREPARE) {
@@ -603,6 +644,7 @@ impl Session {
                 self.prepared.insert(id, stmt);
             }
         }
+        committed
     }
 
     /// Forwards a command that has no response (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA).

@@ -118,6 +118,8 @@ pub struct Shape {
     pub locking_read: bool,
     /// `SET STATEMENT … FOR <statement>`: a statement run under other session settings.
     pub set_statement: bool,
+    /// A SET that commits the local transaction: of `autocommit`, or `SET PASSWORD`.
+    pub commits: bool,
 }
 
 /// Reads a query that arrives in a global context: one statement (a query of several is
@@ -134,10 +136,93 @@ pub fn shape(sql: &[u8]) -> Result<Shape, AnalyzeError> {
                     || (word(i, "lock") && word(i + 1, "in") && word(i + 2, "share")))
         });
     let set_statement = word(0, "set") && word(1, "statement");
+    let commits =
+        word(0, "set") && (word(1, "password") || (0..tokens.len()).any(|i| word(i, "autocommit")));
     Ok(Shape {
         locking_read,
         set_statement,
+        commits,
     })
+}
+
+/// What a statement run outside a global context does to session state that matters once
+/// the session joins one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEffect {
+    None,
+    /// `XA START` / `XA BEGIN`.
+    XaStart,
+    /// `XA COMMIT` / `XA ROLLBACK`.
+    XaEnd,
+    /// `CREATE TEMPORARY TABLE name` (lower case).
+    CreateTemporary(String),
+    /// `DROP [TEMPORARY] TABLE names` (lower case).
+    DropTables(Vec<String>),
+}
+
+/// Reads the [`SessionEffect`] of a statement (DDL or another kind Tandem does not analyse).
+pub fn session_effect(sql: &[u8]) -> SessionEffect {
+    let Ok(tokens) = lex::tokenize(sql) else {
+        return SessionEffect::None;
+    };
+    let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
+    // A table name: the last part of `[db.]name`, unquoted, lower case.
+    let name_at = |i: usize| -> Option<(String, usize)> {
+        let mut i = i;
+        let mut name = None;
+        loop {
+            let t = tokens.get(i)?;
+            let text = &sql[t.span.clone()];
+            name = Some(match t.kind {
+                lex::TokenKind::Word => String::from_utf8_lossy(text).to_lowercase(),
+                lex::TokenKind::QuotedIdent => String::from_utf8_lossy(&text[1..text.len() - 1])
+                    .replace("``", "`")
+                    .to_lowercase(),
+                _ => return name.map(|n| (n, i)),
+            });
+            if tokens.get(i + 1).is_some_and(|t| t.is_punct(b'.')) {
+                i += 2;
+            } else {
+                return name.map(|n| (n, i + 1));
+            }
+        }
+    };
+    if word(0, "xa") {
+        return if word(1, "start") || word(1, "begin") {
+            SessionEffect::XaStart
+        } else if word(1, "commit") || word(1, "rollback") {
+            SessionEffect::XaEnd
+        } else {
+            SessionEffect::None
+        };
+    }
+    if word(0, "create") && word(1, "temporary") && word(2, "table") {
+        let at = if word(3, "if") { 6 } else { 3 };
+        return name_at(at).map_or(SessionEffect::None, |(n, _)| {
+            SessionEffect::CreateTemporary(n)
+        });
+    }
+    if word(0, "drop") {
+        let mut i = if word(1, "temporary") { 2 } else { 1 };
+        if !word(i, "table") && !word(i, "tables") {
+            return SessionEffect::None;
+        }
+        i += 1;
+        if word(i, "if") {
+            i += 2;
+        }
+        let mut names = Vec::new();
+        while let Some((n, next)) = name_at(i) {
+            names.push(n);
+            if tokens.get(next).is_some_and(|t| t.is_punct(b',')) {
+                i = next + 1;
+            } else {
+                break;
+            }
+        }
+        return SessionEffect::DropTables(names);
+    }
+    SessionEffect::None
 }
 
 /// The tokens of the one statement in `sql`.
@@ -183,7 +268,10 @@ pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> 
     let clauses = Clauses::find(sql.as_bytes(), &tokens, 0);
     // The parser does not read `LOCK IN SHARE MODE`: it reads the text before the lock clause.
     let end = clauses.lock.map_or(sql.len(), |i| tokens[i].span.start);
-    let Statement::Query(q) = parse(&sql[..end])? else {
+    let statement = parse(&sql[..end])?;
+    // The select list, HAVING and ORDER BY may call functions too.
+    check_functions(&statement)?;
+    let Statement::Query(q) = statement else {
         return unsupported("this statement");
     };
     let SetExpr::Select(select) = *q.body else {
@@ -193,7 +281,6 @@ pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> 
         return unsupported("a locking read over several tables");
     };
     let table = single_table(from)?;
-    check_functions_in(select.selection.as_ref())?;
     let where_sql = cut_expr(
         sql,
         &tokens,
@@ -224,6 +311,36 @@ pub fn check_read(sql: &str) -> Result<(), AnalyzeError> {
     check_functions(&parse(&sql[..end])?)
 }
 
+/// Checks a SHOW, DESCRIBE or EXPLAIN in a global context (the parser reads few of them):
+/// refused when it calls a function that is not a built-in one (`SHOW … WHERE f()`).
+pub fn check_show(sql: &[u8]) -> Result<(), AnalyzeError> {
+    let tokens = one_statement(sql)?;
+    for (i, pair) in tokens.windows(2).enumerate() {
+        if !pair[1].is_punct(b'(') {
+            continue;
+        }
+        let qualified = i > 0 && tokens[i - 1].is_punct(b'.');
+        let known = pair[0].kind == lex::TokenKind::Word && {
+            let name = String::from_utf8_lossy(&sql[pair[0].span.clone()]).to_ascii_uppercase();
+            builtins::is_builtin(&name)
+                || sqlparser::keywords::ALL_KEYWORDS
+                    .binary_search(&name.as_str())
+                    .is_ok()
+        };
+        let call = matches!(
+            pair[0].kind,
+            lex::TokenKind::Word | lex::TokenKind::QuotedIdent
+        );
+        if call && (qualified || !known) {
+            return unsupported(&format!(
+                "calling {}() (a stored or loadable function may change data Tandem cannot undo)",
+                String::from_utf8_lossy(&sql[pair[0].span.clone()])
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Analyses one INSERT, UPDATE or DELETE.
 pub fn analyze(sql: &str) -> Result<Dml, AnalyzeError> {
     let tokens = one_statement(sql.as_bytes())?;
@@ -240,32 +357,15 @@ pub fn analyze(sql: &str) -> Result<Dml, AnalyzeError> {
 
 /// Stored and loadable functions may change data Tandem never sees, and an assignment to a
 /// user variable runs once per row the server reads: both are refused.
-fn check_functions(statement: &Statement) -> Result<(), AnalyzeError> {
-    let mut found = None;
-    let _ = visit_expressions(statement, |e| {
-        found = refused_expression(e);
-        if found.is_some() {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
+fn check_functions(node: &impl sqlparser::ast::Visit) -> Result<(), AnalyzeError> {
+    let refused = visit_expressions(node, |e| match refused_expression(e) {
+        Some(what) => ControlFlow::Break(what),
+        None => ControlFlow::Continue(()),
     });
-    found.map_or(Ok(()), |what| unsupported(&what))
-}
-
-fn check_functions_in(e: Option<&Expr>) -> Result<(), AnalyzeError> {
-    let mut found = None;
-    if let Some(e) = e {
-        let _ = visit_expressions(e, |e| {
-            found = refused_expression(e);
-            if found.is_some() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
+    match refused {
+        ControlFlow::Break(what) => unsupported(&what),
+        ControlFlow::Continue(()) => Ok(()),
     }
-    found.map_or(Ok(()), |what| unsupported(&what))
 }
 
 fn refused_expression(e: &Expr) -> Option<String> {
@@ -543,7 +643,11 @@ fn insert_rows(
 ) -> Result<Vec<Vec<InsertValue>>, AnalyzeError> {
     let b = sql.as_bytes();
     let depth = lex::depths(tokens);
-    let at = find_word(sql, tokens, 0, "values").or_else(|| find_word(sql, tokens, 0, "value"));
+    // The first VALUES (or VALUE) at depth 0: a later `VALUES(col)` is ON DUPLICATE KEY
+    // UPDATE's function.
+    let at = (0..tokens.len()).find(|&i| {
+        depth[i] == 0 && (tokens[i].is_word(b, "values") || tokens[i].is_word(b, "value"))
+    });
     let Some(mut i) = at.map(|v| v + 1) else {
         return mismatch("VALUES");
     };
@@ -836,6 +940,35 @@ mod tests {
             shape(b"SET STATEMENT max_statement_time=1 FOR UPDATE t SET a = 1")
                 .unwrap()
                 .set_statement
+        );
+    }
+
+    #[test]
+    fn show_calling_stored_functions() {
+        assert!(check_show(b"SHOW TABLES WHERE Tables_in_db LIKE 'a%'").is_ok());
+        assert!(check_show(b"SHOW DATABASES WHERE LENGTH(`Database`) > 3").is_ok());
+        assert!(check_show(b"EXPLAIN SELECT * FROM t WHERE id IN (1, 2)").is_ok());
+        assert!(check_show(b"SHOW DATABASES WHERE shop.drain() IS NOT NULL").is_err());
+        assert!(check_show(b"SHOW DATABASES WHERE drain () IS NOT NULL").is_err());
+        assert!(check_show(b"EXPLAIN SELECT `f`(1)").is_err());
+    }
+
+    #[test]
+    fn session_effects() {
+        assert_eq!(session_effect(b"XA START 'x'"), SessionEffect::XaStart);
+        assert_eq!(session_effect(b"xa rollback 'x'"), SessionEffect::XaEnd);
+        assert_eq!(session_effect(b"XA END 'x'"), SessionEffect::None);
+        assert_eq!(
+            session_effect(b"CREATE TEMPORARY TABLE IF NOT EXISTS db.`Acct` LIKE acct"),
+            SessionEffect::CreateTemporary("acct".into())
+        );
+        assert_eq!(
+            session_effect(b"drop temporary table if exists a, `b``c`"),
+            SessionEffect::DropTables(vec!["a".into(), "b`c".into()])
+        );
+        assert_eq!(
+            session_effect(b"CREATE TABLE t (a INT)"),
+            SessionEffect::None
         );
     }
 

@@ -165,8 +165,8 @@ fn time(r: &mut Reader<'_>) -> Result<String, ParamError> {
         return Ok(quote::text(b"00:00:00", "utf8mb4"));
     }
     let neg = b[0] == 1;
-    let days = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-    let hours = days * 24 + b[5] as u32;
+    let days = u64::from(u32::from_le_bytes([b[1], b[2], b[3], b[4]]));
+    let hours = days * 24 + u64::from(b[5]);
     let us = if len >= 12 {
         u32::from_le_bytes([b[8], b[9], b[10], b[11]])
     } else {
@@ -227,47 +227,22 @@ pub fn decode_plain(
         .collect()
 }
 
-/// Replaces each `?` placeholder (outside strings, quoted names and comments) with its
-/// literal, in order.
+/// Replaces each `?` placeholder (outside strings, quoted names and comments, as
+/// [`lex`](super::lex) reads them) with its literal, in order.
 pub fn substitute(sql: &str, literals: &[Option<String>]) -> Result<String, ParamError> {
-    let b = sql.as_bytes();
+    let tokens = super::lex::tokenize(sql.as_bytes()).map_err(|e| ParamError(e.to_string()))?;
     let mut out = String::with_capacity(sql.len() + 16 * literals.len());
     let mut next = literals.iter();
-    let mut i = 0;
     let mut start = 0;
-    while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    if b[i] == b'\\' && q != b'`' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 1);
-            }
-            b'#' => i = sql[i..].find('\n').map_or(b.len(), |e| i + e),
-            b'-' if b.get(i + 1) == Some(&b'-')
-                && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
-            {
-                i = sql[i..].find('\n').map_or(b.len(), |e| i + e)
-            }
-            b'?' => {
-                out.push_str(&sql[start..i]);
-                let lit = next
-                    .next()
-                    .ok_or_else(|| bad("more placeholders than parameters"))?;
-                out.push_str(lit.as_deref().unwrap_or("NULL"));
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
+    for t in tokens.iter().filter(|t| t.is_punct(b'?')) {
+        let lit = next
+            .next()
+            .ok_or_else(|| bad("more placeholders than parameters"))?;
+        out.push_str(&sql[start..t.span.start]);
+        out.push_str(lit.as_deref().unwrap_or("NULL"));
+        start = t.span.end;
     }
-    out.push_str(&sql[start.min(sql.len())..]);
+    out.push_str(&sql[start..]);
     if next.next().is_some() {
         return Err(bad("more parameters than placeholders"));
     }
