@@ -4,7 +4,7 @@
 //! backend connection per client session, and forwards statements and results byte for byte,
 //! stepping in only where it must.
 //!
-//! * [`at`]: AT-mode branches (in progress: global row lock keys).
+//! * [`at`]: AT-mode branches: table metadata, row images, undo log, lock keys, phase 2.
 //! * [`wire`]: Tandem's own MySQL protocol layer: packet framing, handshake and auth,
 //!   response scanning, error packets. Imports nothing above it.
 //! * [`config`]: the YAML model, `${NAME}` substitution and validation, pure and testable.
@@ -12,7 +12,8 @@
 //!   store interface (embedded redb file; in memory for tests). Knows nothing of SQL.
 //! * [`frontend`]: listeners, client handshake, the per-client session loop and the relay
 //!   that streams responses back.
-//! * [`sql`]: cheap statement classification (no parsing on the hot path).
+//! * [`sql`]: cheap statement classification (no parsing on the hot path), and inside global
+//!   transactions a lexer that reads text as MariaDB does and the analysis built on it.
 //! * [`backend`]: backend connections (raw packets, so results stream untouched) and the
 //!   per-data-source pools with health checks.
 //! * [`http`]: the admin API (liveness, readiness, Prometheus metrics).

@@ -2,7 +2,8 @@
 //! branch, with row images recorded as an undo log in the business database and global row
 //! locks held in the coordinator.
 //!
-//! Built so far: [`lock_key`], the global lock key of a row.
+//! [`branch`] runs phase 1 on the session's connection ([`image`] reads rows, [`undo`] encodes
+//! the log, [`lock_key`] names rows, [`meta`] knows tables); [`rm`] runs phase 2.
 
 pub mod branch;
 pub mod image;
