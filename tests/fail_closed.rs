@@ -625,3 +625,44 @@ async fn session_state_that_would_mislead_the_images_is_refused() {
         assert_eq!(snapshot(&db, t).await, b, "{t}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autocommit_off_and_the_way_out_of_a_bad_setting() {
+    let (db, tandem) = setup(
+        "acoff",
+        "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL);
+         INSERT INTO acct VALUES (1, 100);",
+    );
+    let before = snapshot(&db, "acct").await;
+    let mut c = common::connect(&tandem.url(&db)).await;
+    let xid = common::begin_global(&mut c).await;
+    // JDBC's setAutoCommit(false): the first statement opens the local transaction.
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    c.query_drop(format!("SET tandem_xid = '{xid}'"))
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO acct VALUES (7, 1)")
+        .await
+        .unwrap();
+    c.query_drop("UPDATE acct SET bal = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    assert_eq!(common::undo_rows(&db).await, 1, "one branch, registered");
+    // A setting Tandem cannot read under: everything is refused but a bare ROLLBACK.
+    c.query_drop("UPDATE acct SET bal = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    c.query_drop("SET NAMES sjis").await.unwrap();
+    refused(
+        c.query_drop("UPDATE acct SET bal = 6 WHERE id = 1").await,
+        1235,
+        "sjis",
+    );
+    c.query_drop("ROLLBACK").await.unwrap();
+    c.query_drop("SET tandem_xid = NULL").await.unwrap();
+    c.query_drop("SET NAMES utf8mb4").await.unwrap();
+    c.query_drop("SET autocommit = 1").await.unwrap();
+    rollback(&mut c, &xid).await;
+    assert_eq!(snapshot(&db, "acct").await, before);
+}

@@ -168,6 +168,14 @@ pub fn pks_by_filter_sql(
         sql.push_str(" WHERE ");
         sql.push_str(w);
     }
+    if let Some(o) = &filter.order_by_sql {
+        sql.push_str(" ORDER BY ");
+        sql.push_str(o);
+    }
+    if let Some(l) = &filter.limit_sql {
+        sql.push_str(" LIMIT ");
+        sql.push_str(l);
+    }
     if !lock.is_empty() {
         sql.push(' ');
         sql.push_str(lock);

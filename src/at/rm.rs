@@ -111,7 +111,7 @@ impl AtResource {
         let mut c = self.conn().await?;
         match restore(&mut c, branch).await {
             Ok(outcome) => Ok(outcome),
-            Err(RestoreError::Backend(BackendError::Server(e))) if !transient(e.code) => {
+            Err(RestoreError::Backend(BackendError::Server(e))) if permanent(e.code) => {
                 // The restore's local transaction is undone; the rows stay as phase 1 left
                 // them, locked, until a person looks.
                 let _ = c.execute("ROLLBACK").await;
@@ -140,13 +140,32 @@ impl From<BackendError> for RestoreError {
     }
 }
 
-/// Database errors that a later attempt may not meet: lock waits, deadlocks, a server going
-/// away or out of resources, a read-only server during a switch-over. Every other error
-/// (a duplicate key, a constraint, a value the column refuses) comes back the same each time.
-fn transient(code: u16) -> bool {
+/// Database errors that come back the same on every attempt: the data or the schema refuses
+/// the restore (a duplicate key, a foreign key, a NULL or a value the column refuses, a check
+/// constraint, a table or column gone, a privilege missing). Every other error (lock waits,
+/// deadlocks, a server away, busy or read-only for a while) is retried with backoff.
+fn permanent(code: u16) -> bool {
     matches!(
         code,
-        1021 | 1037 | 1038 | 1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1927 | 1969 | 2006 | 2013
+        1044 | 1045
+            | 1048
+            | 1054
+            | 1136
+            | 1142
+            | 1143
+            | 1146
+            | 1264
+            | 1265
+            | 1292
+            | 1364
+            | 1366
+            | 1406
+            | 1451
+            | 1452
+            | 1586
+            | 1062
+            | 3105
+            | 4025
     )
 }
 

@@ -305,7 +305,7 @@ impl Coordinator {
             }
             Err(e) => {
                 let mut b = lock(&self.backoff);
-                let attempts = b.get(xid).map_or(0, |(_, n)| *n) + 1;
+                let attempts = b.get(xid).map_or(0, |(_, n)| *n).saturating_add(1);
                 let wait = retry_delay(attempts);
                 b.insert(
                     xid.to_string(),

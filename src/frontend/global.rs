@@ -20,7 +20,7 @@ use super::relay::relay;
 use super::session::{Flow, Session};
 use crate::at::branch::{self, AtError, BranchWork, Outcome};
 use crate::at::meta::MetaError;
-use crate::backend::{BackendConn, BackendError, SessionSettings};
+use crate::backend::{BackendError, SessionSettings};
 use crate::coordinator::{CoordinatorError, GlobalStatus};
 use crate::sql::dml::{self, AnalyzeError};
 use crate::sql::StatementKind;
@@ -116,9 +116,10 @@ fn ends_transaction(code: u16) -> bool {
 
 /// Tandem reads statement text as MariaDB does by default: backslash escapes and `"…"`
 /// strings, in a character set where a byte below 0x80 is always that ASCII character. A
-/// session that changed either is refused in a global context.
-async fn check_session(backend: &mut BackendConn) -> Result<SessionSettings, MysqlError> {
-    let settings = backend.session_settings().await.map_err(backend_error)?;
+/// session that changed either is refused in a global context (but for a plain COMMIT or
+/// ROLLBACK, see [`Session::plan_global`]).
+fn check_session(settings: &SessionSettings) -> Result<(), MysqlError> {
+    let leave = "; leave the global transaction (SET tandem_xid = NULL, COMMIT or ROLLBACK) and restore the setting";
     for m in ["NO_BACKSLASH_ESCAPES", "ANSI_QUOTES"] {
         if settings
             .sql_mode
@@ -126,7 +127,7 @@ async fn check_session(backend: &mut BackendConn) -> Result<SessionSettings, Mys
             .any(|x| x.eq_ignore_ascii_case(m))
         {
             return Err(MysqlError::not_supported(&format!(
-                "a global transaction in a session whose sql_mode has {m} (Tandem reads statements with the default quoting rules)"
+                "a global transaction in a session whose sql_mode has {m} (Tandem reads statements with the default quoting rules){leave}"
             )));
         }
     }
@@ -136,10 +137,17 @@ async fn check_session(backend: &mut BackendConn) -> Result<SessionSettings, Mys
         "utf8mb4" | "utf8mb3" | "utf8" | "latin1" | "ascii" | "binary"
     ) {
         return Err(MysqlError::not_supported(&format!(
-            "a global transaction in a session whose character_set_client is {charset} (Tandem reads statements in utf8mb4, utf8mb3, latin1, ascii or binary)"
+            "a global transaction in a session whose character_set_client is {charset} (Tandem reads statements in utf8mb4, utf8mb3, latin1, ascii or binary){leave}"
         )));
     }
-    Ok(settings)
+    Ok(())
+}
+
+/// A statement that is one bare keyword or two (`COMMIT`, `ROLLBACK WORK`): nothing in it
+/// depends on how quotes, escapes or characters are read.
+fn bare(sql: &[u8]) -> bool {
+    sql.iter()
+        .all(|b| b.is_ascii_alphabetic() || b.is_ascii_whitespace() || *b == b'_')
 }
 
 /// What the server's OK packet (the first packet of `bytes`) says a statement did.
@@ -184,14 +192,28 @@ impl Session {
     /// checked (see [`check_session`]).
     pub(super) async fn enter_global(&mut self) -> Result<SessionSettings, MysqlError> {
         self.pin_backend(None).await?;
+        let stale = std::mem::take(&mut self.status_stale);
         let Some(backend) = self.backend.as_mut() else {
             return Err(MysqlError::backend_lost(self.ctx.pool.name()));
         };
-        check_session(backend).await
+        // An error outside any global context left the transaction's state unknown.
+        if stale
+            && backend.ping().await.is_ok()
+            && !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+        {
+            self.local_writes = false;
+        }
+        backend.session_settings().await.map_err(backend_error)
     }
 
-    /// Decides what a statement of `kind` means in a global context.
-    pub(super) fn plan_global(&self, kind: StatementKind, sql: &[u8]) -> Global {
+    /// Decides what a statement of `kind` means in a global context; `session` says whether
+    /// the session's settings let Tandem read statement text (see [`check_session`]).
+    pub(super) fn plan_global(
+        &self,
+        kind: StatementKind,
+        sql: &[u8],
+        session: &SessionSettings,
+    ) -> Global {
         use StatementKind::*;
         if let Some(why) = &self.aborted {
             return match kind {
@@ -200,6 +222,16 @@ impl Session {
                 _ => Global::Refuse(MysqlError::branch_rolled_back(&format!(
                     "{why}; send ROLLBACK before anything else"
                 ))),
+            };
+        }
+        if let Err(e) = check_session(session) {
+            // A bare COMMIT or ROLLBACK still ends the branch: its statements were all read
+            // under settings that passed.
+            return match kind {
+                Rollback if bare(sql) => Global::Rollback,
+                Commit if bare(sql) && self.branch.is_some() => Global::Commit,
+                Commit if bare(sql) => Global::Plain,
+                _ => Global::Refuse(e),
             };
         }
         let shape = match dml::shape(sql) {
@@ -282,6 +314,7 @@ impl Session {
     /// and if so forgets it, abandoning the branch it was. `pipelined` when a query went out
     /// behind the statement (its status flags then tell nothing of the statement).
     pub(super) async fn after_error(&mut self, code: u16, pipelined: bool) {
+        let global = self.xid.is_some() || self.branch.is_some();
         let Some(backend) = self.backend.as_mut() else {
             return;
         };
@@ -289,6 +322,12 @@ impl Session {
             return;
         }
         let mut ended = ends_transaction(code);
+        if !global && !ended {
+            // Outside a global transaction it matters only once the session joins one:
+            // asked then (see `enter_global`), not on every error.
+            self.status_stale = true;
+            return;
+        }
         if code == 1205 {
             ended |= backend
                 .query_rows("SELECT @@innodb_rollback_on_timeout")
@@ -366,7 +405,13 @@ impl Session {
                 self.forward(reply_seq, payload, StatementKind::Select, response)
                     .await
             }
-            Err(e) => self.reply_error(reply_seq, e).await,
+            Err(e) => {
+                // The key read itself may have hit a deadlock.
+                let code = e.code;
+                let flow = self.reply_error(reply_seq, e).await;
+                self.after_error(code, false).await;
+                flow
+            }
         }
     }
 
@@ -384,12 +429,11 @@ impl Session {
         let Some(sql) = p.sql.clone() else {
             return Some(self.reply_error(reply_seq, not_utf8()).await);
         };
-        // String parameters are in the session's client character set.
-        let charset = match self.enter_global().await {
-            Ok(settings) => settings.charset,
+        let settings = match self.enter_global().await {
+            Ok(settings) => settings,
             Err(e) => return Some(self.reply_error(reply_seq, e).await),
         };
-        let xid = match self.plan_global(kind, sql.as_bytes()) {
+        let xid = match self.plan_global(kind, sql.as_bytes(), &settings) {
             Global::Plain => return None,
             Global::Rollback => {
                 self.branch = None;
@@ -416,7 +460,8 @@ impl Session {
                 "parameters sent with COM_STMT_SEND_LONG_DATA in a global transaction",
             ))
         } else {
-            params::decode(payload, p.params as usize, &mut p.types, &charset)
+            // String parameters are in the session's client character set.
+            params::decode(payload, p.params as usize, &mut p.types, &settings.charset)
                 .and_then(|lits| params::substitute(&sql, &lits))
                 .map_err(|e| {
                     MysqlError::not_supported(&format!(
@@ -586,7 +631,7 @@ impl Session {
                 return Err(at_error(e));
             }
         };
-        if !wrap && !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+        if in_trans && !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
             // The client's transaction is gone (the before image ran outside it): nothing of
             // the branch can commit any more.
             self.abandon_branch(

@@ -116,6 +116,9 @@ pub struct Session {
     /// Temporary tables the session created (lower case): they hide base tables of the same
     /// name, which Tandem's images would read instead.
     pub(super) temporary: HashSet<String>,
+    /// A statement failed inside a local transaction outside any global one, so whether the
+    /// transaction is still open is unknown until asked (see `enter_global`).
+    pub(super) status_stale: bool,
 }
 
 impl Session {
@@ -143,6 +146,7 @@ impl Session {
             local_writes: false,
             xa: false,
             temporary: HashSet::new(),
+            status_stale: false,
         }
     }
 
@@ -260,10 +264,11 @@ impl Session {
                     _ => {}
                 }
                 if self.in_global_context(sql) {
-                    if let Err(e) = self.enter_global().await {
-                        return self.reply_error(reply_seq, e).await;
-                    }
-                    match self.plan_global(kind, sql) {
+                    let settings = match self.enter_global().await {
+                        Ok(s) => s,
+                        Err(e) => return self.reply_error(reply_seq, e).await,
+                    };
+                    match self.plan_global(kind, sql, &settings) {
                         Global::Plain => {}
                         Global::Rollback => {
                             self.branch = None;
@@ -302,7 +307,14 @@ impl Session {
                 // What cannot run in a global context is refused already when prepared there;
                 // every execution is checked again.
                 if self.in_global_context(sql) {
-                    if let Global::Refuse(e) = self.plan_global(kind, sql) {
+                    let refused = match self.enter_global().await {
+                        Ok(settings) => match self.plan_global(kind, sql, &settings) {
+                            Global::Refuse(e) => Some(e),
+                            _ => None,
+                        },
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = refused {
                         return self.reply_error(reply_seq, e).await;
                     }
                 }
@@ -611,25 +623,24 @@ impl Session {
             b.status = status;
             if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
                 self.local_writes = false;
-                committed = self.branch.is_some();
+                if self.branch.is_some() {
+                    // Only a statement that commits implicitly ends a transaction with
+                    // success; anything else found it ended already (rolled back unseen).
+                    if matches!(kind, StatementKind::Set | StatementKind::Other) {
+                        committed = true;
+                    } else {
+                        self.abandon_branch(
+                            "the local transaction had ended; the branch of the global transaction was abandoned"
+                                .into(),
+                        );
+                    }
+                }
             } else if summary.error.is_none() && writes(kind) {
                 self.local_writes = true;
             }
         }
-        if summary.error.is_none() && matches!(kind, StatementKind::Ddl | StatementKind::Other) {
-            match crate::sql::dml::session_effect(&payload[1..]) {
-                SessionEffect::XaStart => self.xa = true,
-                SessionEffect::XaEnd => self.xa = false,
-                SessionEffect::CreateTemporary(name) => {
-                    self.temporary.insert(name);
-                }
-                SessionEffect::DropTables(names) => {
-                    for n in names {
-                        self.temporary.remove(&n);
-                    }
-                }
-                SessionEffect::None => {}
-            }
+        if summary.error.is_none() {
+            self.note_session_effects(payload, kind);
         }
         if payload.first() == Some(&COM_STMT_PREPARE) {
             if let Some((id, params, _)) = summary.prepared {
@@ -645,6 +656,41 @@ impl Session {
             }
         }
         committed
+    }
+
+    /// Follows what a relayed statement did to the session that matters once it joins a
+    /// global transaction: XA transactions and temporary tables. Only DDL, statements of
+    /// other kinds and queries of several statements are read.
+    fn note_session_effects(&mut self, payload: &[u8], kind: StatementKind) {
+        let ddl_or_other = matches!(kind, StatementKind::Ddl | StatementKind::Other);
+        let text = match payload.first() {
+            Some(&COM_QUERY) if ddl_or_other || payload.contains(&b';') => payload[1..].to_vec(),
+            Some(&COM_STMT_EXECUTE) if ddl_or_other => {
+                match statement_id(payload)
+                    .and_then(|id| self.prepared.get(&id))
+                    .and_then(|p| p.sql.clone())
+                {
+                    Some(sql) => sql.into_bytes(),
+                    None => return,
+                }
+            }
+            _ => return,
+        };
+        for effect in crate::sql::dml::session_effects(&text) {
+            match effect {
+                SessionEffect::XaStart => self.xa = true,
+                SessionEffect::XaEnd => self.xa = false,
+                SessionEffect::CreateTemporary(name) => {
+                    self.temporary.insert(name);
+                }
+                SessionEffect::DropTables(names) => {
+                    for n in names {
+                        self.temporary.remove(&n);
+                    }
+                }
+                SessionEffect::None => {}
+            }
+        }
     }
 
     /// Forwards a command that has no response (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA).

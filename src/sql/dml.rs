@@ -160,11 +160,20 @@ pub enum SessionEffect {
     DropTables(Vec<String>),
 }
 
-/// Reads the [`SessionEffect`] of a statement (DDL or another kind Tandem does not analyse).
-pub fn session_effect(sql: &[u8]) -> SessionEffect {
+/// The [`SessionEffect`]s of the statements of a query.
+pub fn session_effects(sql: &[u8]) -> Vec<SessionEffect> {
     let Ok(tokens) = lex::tokenize(sql) else {
-        return SessionEffect::None;
+        return Vec::new();
     };
+    lex::statements(&tokens)
+        .into_iter()
+        .map(|s| session_effect(sql, s))
+        .filter(|e| *e != SessionEffect::None)
+        .collect()
+}
+
+/// Reads the [`SessionEffect`] of one statement's tokens.
+fn session_effect(sql: &[u8], tokens: &[Token]) -> SessionEffect {
     let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
     // A table name: the last part of `[db.]name`, unquoted, lower case.
     let name_at = |i: usize| -> Option<(String, usize)> {
@@ -196,8 +205,14 @@ pub fn session_effect(sql: &[u8]) -> SessionEffect {
             SessionEffect::None
         };
     }
-    if word(0, "create") && word(1, "temporary") && word(2, "table") {
-        let at = if word(3, "if") { 6 } else { 3 };
+    let or_replace = if word(1, "or") && word(2, "replace") {
+        2
+    } else {
+        0
+    };
+    if word(0, "create") && word(1 + or_replace, "temporary") && word(2 + or_replace, "table") {
+        let at = 3 + or_replace;
+        let at = if word(at, "if") { at + 3 } else { at };
         return name_at(at).map_or(SessionEffect::None, |(n, _)| {
             SessionEffect::CreateTemporary(n)
         });
@@ -274,7 +289,13 @@ pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> 
     let Statement::Query(q) = statement else {
         return unsupported("this statement");
     };
-    let SetExpr::Select(select) = *q.body else {
+    let sqlparser::ast::Query {
+        body,
+        order_by,
+        limit_clause,
+        ..
+    } = *q;
+    let SetExpr::Select(select) = *body else {
         return unsupported("a locking read with set operations");
     };
     let [from] = select.from.as_slice() else {
@@ -292,12 +313,35 @@ pub fn analyze_locking_select(sql: &str) -> Result<LockingSelect, AnalyzeError> 
         .or(clauses.for_lock)
         .and_then(|i| source(sql, &tokens, i..tokens.len()))
         .unwrap_or_else(|| "FOR UPDATE".into());
+    let mut filter = RowFilter {
+        where_sql,
+        ..RowFilter::default()
+    };
+    // Without SKIP LOCKED the keys of every row the filter matches are checked, a superset.
+    // With it, the key read must take the rows the statement will take, not lock them all.
+    if lock_sql.to_ascii_lowercase().contains("skip") {
+        let order_by = match order_by.map(|o| o.kind) {
+            None => Vec::new(),
+            Some(sqlparser::ast::OrderByKind::Expressions(e)) => e,
+            Some(_) => return unsupported("ORDER BY ALL"),
+        };
+        filter.order_by_sql = cut_order_by(sql, &tokens, clauses.order_by.clone(), &order_by)?;
+        let limit_text = clauses.limit.clone().and_then(|r| source(sql, &tokens, r));
+        let same_limit = |text: &str| {
+            let Ok(Statement::Query(alone)) = parse(&format!("SELECT 1 LIMIT {text}")) else {
+                return false;
+            };
+            alone.limit_clause == limit_clause
+        };
+        filter.limit_sql = match (limit_text, &limit_clause) {
+            (None, None) => None,
+            (Some(t), Some(_)) if same_limit(&t) => Some(t),
+            _ => return mismatch("LIMIT clause"),
+        };
+    }
     Ok(LockingSelect {
         table,
-        filter: RowFilter {
-            where_sql,
-            ..RowFilter::default()
-        },
+        filter,
         lock_sql,
     })
 }
@@ -311,10 +355,30 @@ pub fn check_read(sql: &str) -> Result<(), AnalyzeError> {
     check_functions(&parse(&sql[..end])?)
 }
 
-/// Checks a SHOW, DESCRIBE or EXPLAIN in a global context (the parser reads few of them):
-/// refused when it calls a function that is not a built-in one (`SHOW … WHERE f()`).
+/// Checks a SHOW, DESCRIBE or EXPLAIN in a global context: refused when it calls a function
+/// that is not a built-in one (`SHOW … WHERE f()`). The statement an EXPLAIN or DESCRIBE
+/// names is checked as a read; a SHOW (which the parser reads few of) by its tokens: a name
+/// before `(` must be a built-in function or one of the operators that take parentheses.
 pub fn check_show(sql: &[u8]) -> Result<(), AnalyzeError> {
     let tokens = one_statement(sql)?;
+    let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
+    if ["explain", "describe", "desc"].iter().any(|kw| word(0, kw)) {
+        let explained = tokens.iter().position(|t| {
+            [
+                "select", "insert", "update", "delete", "replace", "with", "table", "values",
+            ]
+            .iter()
+            .any(|kw| t.is_word(sql, kw))
+        });
+        return match explained {
+            Some(at) => match std::str::from_utf8(&sql[tokens[at].span.start..]) {
+                Ok(text) => check_read(text),
+                Err(_) => unsupported("a statement that is not UTF-8"),
+            },
+            // DESCRIBE t, EXPLAIN t [column]: no expression at all.
+            None => Ok(()),
+        };
+    }
     for (i, pair) in tokens.windows(2).enumerate() {
         if !pair[1].is_punct(b'(') {
             continue;
@@ -323,9 +387,10 @@ pub fn check_show(sql: &[u8]) -> Result<(), AnalyzeError> {
         let known = pair[0].kind == lex::TokenKind::Word && {
             let name = String::from_utf8_lossy(&sql[pair[0].span.clone()]).to_ascii_uppercase();
             builtins::is_builtin(&name)
-                || sqlparser::keywords::ALL_KEYWORDS
-                    .binary_search(&name.as_str())
-                    .is_ok()
+                || [
+                    "IN", "EXISTS", "ANY", "ALL", "SOME", "AND", "OR", "NOT", "XOR", "LIKE",
+                ]
+                .contains(&name.as_str())
         };
         let call = matches!(
             pair[0].kind,
@@ -927,6 +992,17 @@ mod tests {
         let l = analyze_locking_select("SELECT id FROM acct WHERE id > 3 FOR UPDATE SKIP LOCKED")
             .unwrap();
         assert_eq!(l.lock_sql, "FOR UPDATE SKIP LOCKED");
+        let l = analyze_locking_select(
+            "SELECT id FROM jobs WHERE state = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                l.filter.order_by_sql.as_deref(),
+                l.filter.limit_sql.as_deref()
+            ),
+            (Some("id"), Some("1"))
+        );
         assert!(analyze_locking_select("SELECT * FROM a JOIN b ON a.x = b.x FOR UPDATE").is_err());
         let s = shape(b"SELECT 1 FROM t WHERE a = 'for update' FOR SHARE NOWAIT -- x").unwrap();
         assert!(s.locking_read);
@@ -951,25 +1027,30 @@ mod tests {
         assert!(check_show(b"SHOW DATABASES WHERE shop.drain() IS NOT NULL").is_err());
         assert!(check_show(b"SHOW DATABASES WHERE drain () IS NOT NULL").is_err());
         assert!(check_show(b"EXPLAIN SELECT `f`(1)").is_err());
+        assert!(check_show(b"EXPLAIN INSERT INTO acct (id) VALUES (1)").is_ok());
+        assert!(check_show(b"DESCRIBE acct").is_ok());
+        assert!(check_show(b"SHOW TABLES WHERE archive(Tables_in_shop)").is_err());
     }
 
     #[test]
-    fn session_effects() {
-        assert_eq!(session_effect(b"XA START 'x'"), SessionEffect::XaStart);
-        assert_eq!(session_effect(b"xa rollback 'x'"), SessionEffect::XaEnd);
-        assert_eq!(session_effect(b"XA END 'x'"), SessionEffect::None);
+    fn session_effects_of_queries() {
+        let one = |sql: &str| session_effects(sql.as_bytes());
+        assert_eq!(one("XA START 'x'"), [SessionEffect::XaStart]);
+        assert_eq!(one("xa rollback 'x'"), [SessionEffect::XaEnd]);
+        assert_eq!(one("XA END 'x'"), []);
         assert_eq!(
-            session_effect(b"CREATE TEMPORARY TABLE IF NOT EXISTS db.`Acct` LIKE acct"),
-            SessionEffect::CreateTemporary("acct".into())
+            one("CREATE TEMPORARY TABLE IF NOT EXISTS db.`Acct` LIKE acct"),
+            [SessionEffect::CreateTemporary("acct".into())]
         );
         assert_eq!(
-            session_effect(b"drop temporary table if exists a, `b``c`"),
-            SessionEffect::DropTables(vec!["a".into(), "b`c".into()])
+            one("SELECT 1; CREATE OR REPLACE TEMPORARY TABLE acct (id INT)"),
+            [SessionEffect::CreateTemporary("acct".into())]
         );
         assert_eq!(
-            session_effect(b"CREATE TABLE t (a INT)"),
-            SessionEffect::None
+            one("drop temporary table if exists a, `b``c`"),
+            [SessionEffect::DropTables(vec!["a".into(), "b`c".into()])]
         );
+        assert_eq!(one("CREATE TABLE t (a INT)"), []);
     }
 
     #[test]
