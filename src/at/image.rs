@@ -78,28 +78,43 @@ pub fn table_sql(meta: &TableMeta) -> String {
 /// and limit, on its own table (under its alias, which the filter may use).
 pub fn rows_by_filter_sql(meta: &TableMeta, alias: Option<&str>, filter: &RowFilter) -> String {
     let qualifier = alias.map_or_else(|| table_sql(meta), quote::ident);
-    let mut sql = format!(
-        "SELECT {} FROM {}",
-        select_list(meta, &qualifier),
-        table_sql(meta)
-    );
+    by_filter_sql(
+        meta,
+        alias,
+        filter,
+        &select_list(meta, &qualifier),
+        "FOR UPDATE",
+    )
+}
+
+/// `SELECT {columns} FROM` the table (under its alias) `WHERE … ORDER BY … LIMIT …` of
+/// `filter`, then `lock`.
+fn by_filter_sql(
+    meta: &TableMeta,
+    alias: Option<&str>,
+    filter: &RowFilter,
+    columns: &str,
+    lock: &str,
+) -> String {
+    let mut sql = format!("SELECT {columns} FROM {}", table_sql(meta));
     if let Some(a) = alias {
         sql.push(' ');
         sql.push_str(&quote::ident(a));
     }
-    if let Some(w) = &filter.where_sql {
-        sql.push_str(" WHERE ");
-        sql.push_str(w);
+    for (clause, text) in [
+        (" WHERE ", &filter.where_sql),
+        (" ORDER BY ", &filter.order_by_sql),
+        (" LIMIT ", &filter.limit_sql),
+    ] {
+        if let Some(t) = text {
+            sql.push_str(clause);
+            sql.push_str(t);
+        }
     }
-    if let Some(o) = &filter.order_by_sql {
-        sql.push_str(" ORDER BY ");
-        sql.push_str(o);
+    if !lock.is_empty() {
+        sql.push(' ');
+        sql.push_str(lock);
     }
-    if let Some(l) = &filter.limit_sql {
-        sql.push_str(" LIMIT ");
-        sql.push_str(l);
-    }
-    sql.push_str(" FOR UPDATE");
     sql
 }
 
@@ -159,28 +174,7 @@ pub fn pks_by_filter_sql(
         .iter()
         .map(|&i| key_expr(&meta.columns[i], &qualifier))
         .collect();
-    let mut sql = format!("SELECT {} FROM {}", cols.join(", "), table_sql(meta));
-    if let Some(a) = alias {
-        sql.push(' ');
-        sql.push_str(&quote::ident(a));
-    }
-    if let Some(w) = &filter.where_sql {
-        sql.push_str(" WHERE ");
-        sql.push_str(w);
-    }
-    if let Some(o) = &filter.order_by_sql {
-        sql.push_str(" ORDER BY ");
-        sql.push_str(o);
-    }
-    if let Some(l) = &filter.limit_sql {
-        sql.push_str(" LIMIT ");
-        sql.push_str(l);
-    }
-    if !lock.is_empty() {
-        sql.push(' ');
-        sql.push_str(lock);
-    }
-    sql
+    by_filter_sql(meta, alias, filter, &cols.join(", "), lock)
 }
 
 /// The primary key values of an image row.
