@@ -587,7 +587,17 @@ impl Coordinator {
     /// One pass of the background work: time out expired transactions, drive decided ones
     /// whose phase 2 is unfinished, and (every [`FORGET_EVERY`]) forget long-finished ones.
     pub async fn sweep(self: &Arc<Self>) {
-        let txs = if self.forget_due() {
+        let forget_due = self.forget_due();
+        if forget_due {
+            match self.store.release_orphan_locks().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(locks = n, "released row locks whose transaction had ended")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look for row locks left behind"),
+            }
+        }
+        let txs = if forget_due {
             self.store.list().await
         } else {
             self.store.unfinished().await

@@ -151,6 +151,10 @@ impl AnyStore {
         each!(self, s => s.forget(xid).await)
     }
 
+    pub async fn release_orphan_locks(&self) -> Result<usize, StoreError> {
+        each!(self, s => s.release_orphan_locks().await)
+    }
+
     pub async fn lock_holder(
         &self,
         xid: &str,

@@ -165,6 +165,12 @@ pub trait Store: Send + Sync + 'static {
         keys: &[LockKey],
     ) -> impl Future<Output = Result<Option<(LockKey, String)>, StoreError>> + Send;
 
+    /// Releases every lock whose holder is final or forgotten, and returns how many. Locks go
+    /// with the decision or the finish that ends their transaction; a release split over
+    /// several writes (more locks than one write holds) that a crash cut short is what
+    /// leaves them, and the sweep calls this now and then to find them.
+    fn release_orphan_locks(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
     /// Write operations performed so far (for the store-writes-per-transaction metric).
     fn writes(&self) -> u64;
 }
@@ -251,7 +257,8 @@ impl<K: kv::KvStore> Store for K {
         async move {
             match s.keys_per_write() {
                 Some(limit) if branch.lock_keys.len() + KEYS_BESIDE_LOCKS > limit => {
-                    register_in_steps(&s, branch, limit - KEYS_BESIDE_LOCKS).await
+                    register_in_steps(&s, branch, limit.saturating_sub(KEYS_BESIDE_LOCKS).max(1))
+                        .await
                 }
                 _ => {
                     s.write(true, move |t| kv::register_branch(t, &branch))
@@ -369,6 +376,40 @@ impl<K: kv::KvStore> Store for K {
                 kv::forget(t, &x, released)
             })
             .await
+        }
+    }
+
+    fn release_orphan_locks(&self) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let s = self.clone();
+        async move {
+            let locks = s.read(|t| t.scan(kv::Table::Locks, "")).await?;
+            let mut by_holder: std::collections::BTreeMap<String, Vec<LockKey>> =
+                std::collections::BTreeMap::new();
+            for (key, value) in locks {
+                let owner: kv::LockOwner = kv::decode(&key, &value)?;
+                by_holder.entry(owner.xid).or_default().push(key);
+            }
+            let slice = s
+                .keys_per_write()
+                .map_or(usize::MAX, |n| n.saturating_sub(KEYS_BESIDE_LOCKS).max(1));
+            let mut released = 0;
+            for (xid, keys) in by_holder {
+                for part in keys.chunks(slice) {
+                    let (x, part) = (xid.clone(), part.to_vec());
+                    // Decided inside the write: a holder still running keeps its locks.
+                    released += s
+                        .write(false, move |t| {
+                            let ended = kv::get_global(t, &x)?.is_none_or(|g| g.status.is_final());
+                            if !ended {
+                                return Ok::<usize, StoreError>(0);
+                            }
+                            kv::release(t, &x, &part, None)?;
+                            Ok(part.len())
+                        })
+                        .await?;
+                }
+            }
+            Ok(released)
         }
     }
 
