@@ -691,6 +691,7 @@ pub async fn register(
         lock_keys: work.lock_keys.into_iter().collect(),
         application_data: None,
         attention: None,
+        seq: 0,
     };
     // The undo log goes out first and is written while the coordinator records the branch;
     // the local COMMIT, which makes both count, waits for both.

@@ -165,10 +165,19 @@ pub struct Branch {
     /// Kind-specific data phase 2 needs (for TCC, the original request context).
     #[serde(default)]
     pub application_data: Option<String>,
+    /// Registration order within the transaction, as the store counts it (1, 2, …; 0 in
+    /// records written before it was kept). Rollback goes in reverse of it, whatever the
+    /// clocks of the sidecars that chose the branch ids.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
     /// Why the branch needs a person, when its phase 2 stopped (a dirty write, or an error
     /// of the database's that retrying cannot fix), as phase 2 found it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ impl Coordinator {
             .branches_seen(xid, seen)
             .await
             .map_err(store_err)?;
-        let open: Vec<&Branch> = branches
+        let mut open: Vec<&Branch> = branches
             .iter()
             .filter(|b| {
                 matches!(
@@ -393,6 +393,9 @@ impl Coordinator {
                 )
             })
             .collect();
+        // Registration order, as the store counted it (branch ids come from each sidecar's
+        // clock, so they order branches of different sidecars by clock, not by time).
+        open.sort_by_key(|b| (b.seq, b.branch_id));
         if branches.is_empty() {
             let done = decision.outcome().unwrap_or(decision);
             let t = self
@@ -759,6 +762,7 @@ mod tests {
             lock_keys: vec![key.into()],
             application_data: None,
             attention: None,
+            seq: 0,
         }
     }
 
@@ -798,6 +802,24 @@ mod tests {
         assert_eq!(lock(&rm.calls).len(), 2, "no phase 2 ran twice");
         // begin + 2 branches + decision + final
         assert_eq!(c.store().writes(), 5);
+    }
+
+    /// Branch ids come from each sidecar's clock: a sidecar whose clock is behind registers
+    /// a later branch with a smaller id. Rollback follows the store's registration order.
+    #[tokio::test]
+    async fn rollback_order_is_registration_order_whatever_the_clocks() {
+        let (c, rm) = setup();
+        let tx = c.begin(None).await.unwrap();
+        for id in [300, 100, 200] {
+            c.register_branch(&branch(&tx.xid, id, &format!("k{id}")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(c.rollback(&tx.xid).await.unwrap(), GlobalStatus::Rollbacked);
+        assert_eq!(
+            *lock(&rm.calls),
+            vec!["rollback 200", "rollback 100", "rollback 300"]
+        );
     }
 
     #[tokio::test]

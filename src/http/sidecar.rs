@@ -151,6 +151,7 @@ impl Sidecar {
             lock_keys: Vec::new(),
             application_data: serde_json::to_string(&ctx).ok(),
             attention: None,
+            seq: 0,
         };
         match self.coordinator.register_branch(&branch).await {
             Ok(()) => {}

@@ -34,6 +34,7 @@ fn branch(xid: &str, id: u64, keys: &[&str]) -> Branch {
         lock_keys: keys.iter().map(|k| k.to_string()).collect(),
         application_data: None,
         attention: None,
+        seq: 0,
     }
 }
 
@@ -177,6 +178,15 @@ async fn suite(s: impl Store + Clone) {
         s.lock_holder("x", &["r1".into()]).await.unwrap(),
         Some(("r1".into(), "c".into()))
     );
+    // The store counts registrations in order, whatever the branch ids.
+    let seqs: Vec<(u64, u64)> = s
+        .branches("c")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| (b.branch_id, b.seq))
+        .collect();
+    assert!(seqs.iter().all(|(_, seq)| *seq > 0), "{seqs:?}");
     let statuses: Vec<BranchStatus> = s
         .branches("c")
         .await

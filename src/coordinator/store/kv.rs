@@ -286,16 +286,32 @@ fn stored(branch: &Branch, status: BranchStatus) -> Branch {
     stored
 }
 
+/// The branch's place in its transaction's registration order: after every branch already
+/// recorded (a retried write of the same branch keeps its place).
+fn registration_seq(t: &(impl KvRead + ?Sized), branch: &Branch) -> Result<u64, StoreError> {
+    let mut next = 1;
+    for (key, value) in t.scan(Table::Branches, &branch_prefix(&branch.xid))? {
+        let b: Branch = decode(&key, &value)?;
+        if b.branch_id == branch.branch_id {
+            return Ok(b.seq);
+        }
+        next = next.max(b.seq + 1);
+    }
+    Ok(next)
+}
+
 pub fn register_branch(
     t: &mut (impl KvTxn + ?Sized),
     branch: &Branch,
 ) -> Result<(), RegisterError> {
     check_begin(t, &branch.xid)?;
     take_locks(t, &branch.xid, branch.branch_id, &branch.lock_keys)?;
+    let mut record = stored(branch, branch.status);
+    record.seq = registration_seq(t, branch)?;
     t.put(
         Table::Branches,
         &branch_key(&branch.xid, branch.branch_id),
-        encode(&stored(branch, branch.status)),
+        encode(&record),
     )?;
     Ok(())
 }
@@ -310,10 +326,12 @@ pub fn begin_registration(
     branch: &Branch,
 ) -> Result<(), RegisterError> {
     check_begin(t, &branch.xid)?;
+    let mut record = stored(branch, BranchStatus::Registering);
+    record.seq = registration_seq(t, branch)?;
     t.put(
         Table::Branches,
         &branch_key(&branch.xid, branch.branch_id),
-        encode(&stored(branch, BranchStatus::Registering)),
+        encode(&record),
     )?;
     Ok(())
 }
