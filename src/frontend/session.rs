@@ -663,20 +663,22 @@ impl Session {
     /// other kinds and queries of several statements are read.
     fn note_session_effects(&mut self, payload: &[u8], kind: StatementKind) {
         let ddl_or_other = matches!(kind, StatementKind::Ddl | StatementKind::Other);
-        let text = match payload.first() {
-            Some(&COM_QUERY) if ddl_or_other || payload.contains(&b';') => payload[1..].to_vec(),
+        let effects = match payload.first() {
+            Some(&COM_QUERY) if ddl_or_other || memchr::memchr(b';', payload).is_some() => {
+                crate::sql::dml::session_effects(&payload[1..])
+            }
             Some(&COM_STMT_EXECUTE) if ddl_or_other => {
                 match statement_id(payload)
                     .and_then(|id| self.prepared.get(&id))
-                    .and_then(|p| p.sql.clone())
+                    .and_then(|p| p.sql.as_deref())
                 {
-                    Some(sql) => sql.into_bytes(),
+                    Some(sql) => crate::sql::dml::session_effects(sql.as_bytes()),
                     None => return,
                 }
             }
             _ => return,
         };
-        for effect in crate::sql::dml::session_effects(&text) {
+        for effect in effects {
             match effect {
                 SessionEffect::XaStart => self.xa = true,
                 SessionEffect::XaEnd => self.xa = false,
