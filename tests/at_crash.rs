@@ -59,8 +59,7 @@ async fn crash_between_phase_one_and_the_decision_rolls_back_after_restart() {
 async fn crash_between_the_decision_and_phase_two_finishes_after_restart() {
     // A database of its own, so it can be down while the decision is taken.
     let dir = common::scratch("crash2-db");
-    let port = common::free_port();
-    common::start_mariadb(&dir, port);
+    let port = common::start_mariadb_on_a_free_port(&dir);
     let root = format!("mysql://root@127.0.0.1:{port}/mysql");
     {
         let mut r = common::connect(&root).await;

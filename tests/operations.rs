@@ -68,8 +68,7 @@ async fn admin_live_ready_and_metrics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn database_down_gives_prompt_errors_and_service_resumes() {
     let dir = common::scratch("outage-db");
-    let port = common::free_port();
-    common::start_mariadb(&dir, port);
+    let port = common::start_mariadb_on_a_free_port(&dir);
     let dsn = format!("mysql://root@127.0.0.1:{port}/mysql");
     let tandem = Tandem::start_yaml(&single_config(
         &dsn,

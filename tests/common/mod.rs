@@ -54,17 +54,44 @@ pub fn mariadb() -> &'static MariaDb {
         {
             return MariaDb { port };
         }
-        let port = free_port();
         let dir = scratch("mariadb");
-        start_mariadb(&dir, port);
+        let port = start_mariadb_on_a_free_port(&dir);
         MariaDb { port }
     })
 }
 
-/// Starts a MariaDB in `dir` and arranges for it to stop when this process exits.
+/// Starts a MariaDB in `dir` on a port free a moment ago, and on another one when some
+/// other process took that port first; returns the port.
+pub fn start_mariadb_on_a_free_port(dir: &Path) -> u16 {
+    for _ in 0..5 {
+        let port = free_port();
+        if try_start_mariadb(dir, port) {
+            return port;
+        }
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        assert!(
+            log.contains("Address already in use"),
+            "MariaDB failed to start in {}",
+            dir.display()
+        );
+    }
+    panic!("MariaDB found no free port in {}", dir.display());
+}
+
+/// Starts a MariaDB in `dir` (again, after [`stop_mariadb`]) on `port`.
+pub fn start_mariadb(dir: &Path, port: u16) {
+    assert!(
+        try_start_mariadb(dir, port),
+        "MariaDB failed to start in {}",
+        dir.display()
+    );
+}
+
+/// Starts a MariaDB in `dir` and arranges for it to stop when this process exits; false when
+/// it did not start.
 // The watchdog outlives this function on purpose: it waits for the test process to end.
 #[allow(clippy::zombie_processes)]
-pub fn start_mariadb(dir: &Path, port: u16) {
+fn try_start_mariadb(dir: &Path, port: u16) -> bool {
     let script = root().join("scripts/mariadb.sh");
     let status = Command::new("bash")
         .arg(&script)
@@ -75,11 +102,9 @@ pub fn start_mariadb(dir: &Path, port: u16) {
         ])
         .status()
         .expect("run scripts/mariadb.sh");
-    assert!(
-        status.success(),
-        "MariaDB failed to start in {}",
-        dir.display()
-    );
+    if !status.success() {
+        return false;
+    }
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; bash '{script}' stop '{dir}'",
         pid = std::process::id(),
@@ -93,6 +118,7 @@ pub fn start_mariadb(dir: &Path, port: u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start watchdog");
+    true
 }
 
 pub fn stop_mariadb(dir: &Path) {
