@@ -148,13 +148,7 @@ pub fn key_weight_sql(col: &Column, value: &[u8]) -> Option<String> {
     let v = quote::text(value, col.charset.as_deref().unwrap_or("binary"));
     let v = if pads(col) { format!("RTRIM({v})") } else { v };
     Some(match &col.collation {
-        Some(c) => {
-            let c: String = c
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            format!("WEIGHT_STRING({v} COLLATE {c})")
-        }
+        Some(c) => format!("WEIGHT_STRING({v} COLLATE {})", quote::bare_name(c)),
         None => format!("WEIGHT_STRING({v})"),
     })
 }
@@ -244,11 +238,7 @@ pub fn literal(col: &Column, value: Option<&[u8]>) -> String {
         ValueKind::Text => {
             let mut s = quote::text(v, col.charset.as_deref().unwrap_or("binary"));
             if let Some(c) = &col.collation {
-                let c: String = c
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                s = format!("{s} COLLATE {c}");
+                s = format!("{s} COLLATE {}", quote::bare_name(c));
             }
             s
         }

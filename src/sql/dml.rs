@@ -242,7 +242,7 @@ fn session_effect(sql: &[u8], tokens: &[Token]) -> SessionEffect {
 
 /// The tokens of the one statement in `sql`.
 fn one_statement(sql: &[u8]) -> Result<Vec<Token>, AnalyzeError> {
-    let mut tokens = lex::tokenize(sql).map_err(|e| match e {
+    let tokens = lex::tokenize(sql).map_err(|e| match e {
         LexError::ExecutableComment => AnalyzeError::Unsupported(
             "an executable comment (/*! … */ or /*M! … */) is not supported inside a global \
              transaction: the server runs its content"
@@ -250,21 +250,11 @@ fn one_statement(sql: &[u8]) -> Result<Vec<Token>, AnalyzeError> {
         ),
         LexError::Unterminated(what) => AnalyzeError::Parse(format!("unterminated {what}")),
     })?;
-    let statements = lex::statements(&tokens);
-    if statements.len() > 1 {
-        return unsupported("more than one statement in one query");
+    match lex::statements(&tokens).as_slice() {
+        [] => Err(AnalyzeError::Parse("empty statement".into())),
+        [one] => Ok(one.to_vec()),
+        _ => unsupported("more than one statement in one query"),
     }
-    let Some(first) = statements.first() else {
-        return Err(AnalyzeError::Parse("empty statement".into()));
-    };
-    let (start, len) = (first[0].span.start, first.len());
-    let skip = tokens
-        .iter()
-        .position(|t| t.span.start == start)
-        .unwrap_or(0);
-    tokens.drain(..skip);
-    tokens.truncate(len);
-    Ok(tokens)
 }
 
 fn parse(sql: &str) -> Result<Statement, AnalyzeError> {

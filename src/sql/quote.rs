@@ -22,12 +22,17 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// A character set or collation name as SQL: its letters, digits and underscores only (names
+/// come from the server, but never reach SQL unfiltered).
+pub fn bare_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
 /// A text value in character set `charset`, from its bytes.
 pub fn text(bytes: &[u8], charset: &str) -> String {
-    let cs: String = charset
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
+    let cs = bare_name(charset);
     format!(
         "CONVERT({} USING {})",
         hex(bytes),
