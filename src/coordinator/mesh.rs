@@ -103,7 +103,7 @@ impl Mesh {
                 match (table, value) {
                     (Table::Globals, Some(v)) => {
                         if let Ok(tx) = serde_json::from_slice::<GlobalTx>(v) {
-                            c.drive(key, tx.status, Some(rev));
+                            c.changed(&tx, rev);
                         }
                     }
                     // A branch record goes when its phase 2 is done: in a rollback, the

@@ -139,9 +139,31 @@ pub struct GlobalTx {
     /// Milliseconds since the Unix epoch when it began.
     pub begun_at_ms: u64,
     pub timeout_ms: u64,
+    /// A person force-finished it (the admin API): phase 2 ends its remaining branches
+    /// without undoing them, deleting their undo logs as a commit does, and records the
+    /// decision's own final status.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forced: bool,
+    /// How many times a person asked phase 2 to run again (the admin API's retry). Each
+    /// request changes this record, so every node that owns one of its branches hears of it
+    /// through the store's watch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u64,
 }
 
 impl GlobalTx {
+    /// A transaction that begins at `begun_at_ms` (milliseconds since the Unix epoch).
+    pub fn begun(xid: String, begun_at_ms: u64, timeout_ms: u64) -> GlobalTx {
+        GlobalTx {
+            xid,
+            status: GlobalStatus::Begin,
+            begun_at_ms,
+            timeout_ms,
+            forced: false,
+            retries: 0,
+        }
+    }
+
     /// True when the transaction is still open and past its timeout at `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.status == GlobalStatus::Begin
@@ -180,6 +202,19 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a person asks of a decided transaction whose phase 2 stopped (the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intervention {
+    /// The data was fixed by hand: the branches that needed attention are rolled back again.
+    Retry,
+    /// The data was restored by hand: the remaining branches end without being undone.
+    ForceFinish,
+}
+
 #[cfg(test)]
 mod tests {
     use super::GlobalStatus::*;
@@ -214,12 +249,7 @@ mod tests {
 
     #[test]
     fn expiry_applies_to_open_transactions_only() {
-        let mut tx = GlobalTx {
-            xid: "x".into(),
-            status: Begin,
-            begun_at_ms: 1_000,
-            timeout_ms: 500,
-        };
+        let mut tx = GlobalTx::begun("x".into(), 1_000, 500);
         assert!(!tx.is_expired(1_499));
         assert!(tx.is_expired(1_500));
         tx.status = Committing;

@@ -8,7 +8,7 @@
 //!   the background sweep) drive phase 2 of every decided transaction to its end;
 //! * phase-2 actions are idempotent, so one interrupted half-way is simply run again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx};
+use super::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, Intervention};
 use super::store::any::AnyStore;
 use super::store::{RegisterError, StoreError, Transition};
 use crate::metrics::CoordinatorMetrics;
@@ -90,8 +90,9 @@ pub struct Coordinator {
     resources: RwLock<HashMap<String, Arc<dyn ResourceManager>>>,
     /// Set when the store is shared: then only owned resources are this process's work.
     ownership: std::sync::OnceLock<Arc<dyn Ownership>>,
-    /// Transactions whose phase 2 is running here now.
-    in_flight: Mutex<HashSet<String>>,
+    /// Transactions whose phase 2 is running here now, each with the run asked for while it
+    /// runs (it follows at once: what it was asked to see may have come too late for this one).
+    in_flight: Mutex<HashMap<String, Option<Run>>>,
     /// Phase 2 that failed: when to try again, and how many tries so far.
     backoff: Mutex<HashMap<String, (std::time::Instant, u32)>>,
     /// The next branch id; starts from the clock so ids keep increasing across restarts.
@@ -107,15 +108,66 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Removes the XID from the in-flight set when phase 2 ends, however it ends.
+/// What phase 2 is asked to carry out for one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// The decision (`Committing`, `Rollbacking` or `TimeoutRollbacking`).
+    pub status: GlobalStatus,
+    /// A person force-finished it: its branches end without being undone.
+    pub forced: bool,
+}
+
+impl Decided {
+    pub fn of(tx: &GlobalTx) -> Decided {
+        Decided {
+            status: tx.status,
+            forced: tx.forced,
+        }
+    }
+
+    fn plain(status: GlobalStatus) -> Decided {
+        Decided {
+            status,
+            forced: false,
+        }
+    }
+}
+
+/// One run of phase 2 asked for: what to carry out, and a store revision at or after what
+/// it must see, when known.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    decided: Decided,
+    seen: Option<i64>,
+}
+
+impl Run {
+    /// One run that does what both ask: the later decision, forced if either is, and the
+    /// newer revision to see.
+    fn and(self, other: Run) -> Run {
+        Run {
+            decided: Decided {
+                status: other.decided.status,
+                forced: self.decided.forced || other.decided.forced,
+            },
+            seen: self.seen.max(other.seen),
+        }
+    }
+}
+
+/// Removes the XID from the in-flight set when phase 2 ends early (a panic, a cancelled
+/// future); a run that ends normally hands the XID on or removes it itself.
 struct InFlight<'a> {
-    set: &'a Mutex<HashSet<String>>,
-    xid: String,
+    set: &'a Mutex<HashMap<String, Option<Run>>>,
+    xid: &'a str,
+    armed: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        lock(self.set).remove(&self.xid);
+        if self.armed {
+            lock(self.set).remove(self.xid);
+        }
     }
 }
 
@@ -134,7 +186,7 @@ impl Coordinator {
             default_timeout,
             resources: RwLock::new(HashMap::new()),
             ownership: std::sync::OnceLock::new(),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             backoff: Mutex::new(HashMap::new()),
             next_branch: std::sync::atomic::AtomicU64::new(now_ms() << 16),
             last_forget: Mutex::new(None),
@@ -171,12 +223,8 @@ impl Coordinator {
     /// Begins a global transaction.
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<GlobalTx, CoordinatorError> {
         let timeout = timeout.unwrap_or(self.default_timeout);
-        let tx = GlobalTx {
-            xid: new_xid(),
-            status: GlobalStatus::Begin,
-            begun_at_ms: now_ms(),
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
-        };
+        let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+        let tx = GlobalTx::begun(new_xid(), now_ms(), timeout_ms);
         self.store.create(&tx).await?;
         Ok(tx)
     }
@@ -240,9 +288,9 @@ impl Coordinator {
         xid: &str,
         decision: GlobalStatus,
     ) -> Result<GlobalStatus, CoordinatorError> {
-        let current = match self.store.decide(xid, decision).await? {
-            (Transition::Moved, to) => to,
-            (Transition::Found(s), _) => s,
+        let (current, moved) = match self.store.decide(xid, decision).await? {
+            (Transition::Moved, to) => (to, true),
+            (Transition::Found(s), _) => (s, false),
             (Transition::NotFound, _) => return Err(CoordinatorError::UnknownXid(xid.to_string())),
         };
         if current.is_final() {
@@ -255,47 +303,89 @@ impl Coordinator {
             if self.ownership.get().is_none() {
                 let me = self.clone();
                 let xid = xid.to_string();
-                tokio::spawn(async move { me.run_phase2(&xid, current, None).await });
+                let run = Decided::plain(current);
+                tokio::spawn(async move { me.run_phase2(&xid, run, None).await });
             }
             return Ok(GlobalStatus::Committed);
         }
-        self.run_phase2(xid, current, None).await;
+        let decided = if moved {
+            Decided::plain(current)
+        } else {
+            // Decided before: perhaps force-finished meanwhile, which only its record says.
+            self.get(xid)
+                .await
+                .map_or(Decided::plain(current), |tx| Decided::of(&tx))
+        };
+        self.settle(xid, decided).await
+    }
+
+    /// Runs phase 2 of a decided transaction here and gives phase 2 running elsewhere (here,
+    /// when the sweep found the decision first; in a mesh, on the sidecars that own the other
+    /// branches) a moment, so the answer is usually the final status.
+    async fn settle(
+        self: &Arc<Self>,
+        xid: &str,
+        decided: Decided,
+    ) -> Result<GlobalStatus, CoordinatorError> {
+        self.run_phase2(xid, decided, None).await;
+        let current = decided.status;
         let mut status = self.store.get(xid).await?.map_or(current, |t| t.status);
-        // Phase 2 may be running elsewhere: here, when the sweep found the decision first,
-        // and in a mesh on the sidecars that own the other branches. Give it a moment, so the
-        // answer is usually the final status.
         let deadline = std::time::Instant::now() + ROLLBACK_WAIT;
         while !status.is_final()
-            && (self.ownership.get().is_some() || lock(&self.in_flight).contains(xid))
+            && (self.ownership.get().is_some() || lock(&self.in_flight).contains_key(xid))
             && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            self.run_phase2(xid, current, None).await;
+            if !lock(&self.in_flight).contains_key(xid) {
+                // In case an event that would have driven it here was missed.
+                self.run_phase2(xid, decided, None).await;
+            }
             status = self.store.get(xid).await?.map_or(current, |t| t.status);
         }
         Ok(status)
     }
 
-    /// Runs phase 2 of a decided transaction unless it is already running here. `seen`: a
-    /// store revision at or after the decision, when it is known.
-    async fn run_phase2(&self, xid: &str, decision: GlobalStatus, seen: Option<i64>) {
+    /// Runs phase 2 of a decided transaction. When it is running here already, the run
+    /// under way is followed by one more, which does what this one was asked.
+    async fn run_phase2(&self, xid: &str, decided: Decided, seen: Option<i64>) {
+        let mut run = Run { decided, seen };
         {
-            let mut set = lock(&self.in_flight);
-            if !set.insert(xid.to_string()) {
+            let mut runs = lock(&self.in_flight);
+            if let Some(next) = runs.get_mut(xid) {
+                *next = Some(next.map_or(run, |n| n.and(run)));
                 return;
             }
+            runs.insert(xid.to_string(), None);
         }
-        let _guard = InFlight {
+        let mut guard = InFlight {
             set: &self.in_flight,
-            xid: xid.to_string(),
+            xid,
+            armed: true,
         };
-        match self.phase2(xid, decision, seen).await {
+        loop {
+            let outcome = self.phase2(xid, run.decided, run.seen).await;
+            self.after_phase2(xid, outcome);
+            let mut runs = lock(&self.in_flight);
+            match runs.get_mut(xid).and_then(Option::take) {
+                Some(next) => run = next,
+                None => {
+                    runs.remove(xid);
+                    guard.armed = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Notes how a run of phase 2 ended: when to try again, if it must.
+    fn after_phase2(&self, xid: &str, outcome: Result<Phase2Run, Phase2Error>) {
+        match outcome {
             Ok(Phase2Run::Done) => {
                 lock(&self.backoff).remove(xid);
             }
             Ok(Phase2Run::NeedsPerson) => {
-                // Nothing to retry until a person has looked (the admin API's retry runs it
-                // again): sweeps only look in now and then.
+                // Nothing to retry until a person has looked (the admin API's retry or
+                // force-finish runs it again): sweeps only look in now and then.
                 let wait = retry_delay(u32::MAX);
                 lock(&self.backoff).insert(
                     xid.to_string(),
@@ -323,26 +413,39 @@ impl Coordinator {
             .is_some_and(|(at, _)| std::time::Instant::now() < *at)
     }
 
-    /// Runs phase 2 of `xid` now if `status` is a decision not yet finished (told by a store
-    /// event at revision `seen`), unless an earlier failure asks to wait.
-    pub fn drive(self: &Arc<Self>, xid: &str, status: GlobalStatus, seen: Option<i64>) {
-        if status == GlobalStatus::Begin || status.is_final() || self.backing_off(xid) {
+    /// Runs phase 2 of `xid` now if it is decided and not yet finished (told by a store event
+    /// at revision `seen`), unless an earlier failure asks to wait.
+    fn drive(self: &Arc<Self>, xid: &str, decided: Decided, seen: Option<i64>) {
+        if decided.status == GlobalStatus::Begin
+            || decided.status.is_final()
+            || self.backing_off(xid)
+        {
             return;
         }
         let (me, xid) = (self.clone(), xid.to_string());
-        tokio::spawn(async move { me.run_phase2(&xid, status, seen).await });
+        tokio::spawn(async move { me.run_phase2(&xid, decided, seen).await });
+    }
+
+    /// The record of `tx` changed (a store event at revision `seen`): its decision, or a
+    /// person's retry or force-finish. Each is work to do now, whatever an earlier failure
+    /// asked.
+    pub fn changed(self: &Arc<Self>, tx: &GlobalTx, seen: i64) {
+        if tx.status.outcome().is_some() {
+            lock(&self.backoff).remove(&tx.xid);
+        }
+        self.drive(&tx.xid, Decided::of(tx), Some(seen));
     }
 
     /// A branch of `xid` finished its phase 2 (a store event at revision `seen`): if `xid`
     /// is rolling back, the branch before it may be this node's to roll back now. A commit
     /// has nothing to wait for: its decision drove every branch already.
     pub fn nudge(self: &Arc<Self>, xid: &str, seen: i64) {
-        if let Some(status) = self.store.cached_status(xid) {
+        if let Some(tx) = self.store.cached(xid) {
             if matches!(
-                status,
+                tx.status,
                 GlobalStatus::Rollbacking | GlobalStatus::TimeoutRollbacking
             ) {
-                self.drive(xid, status, Some(seen));
+                self.drive(xid, Decided::of(&tx), Some(seen));
             }
         }
     }
@@ -371,14 +474,16 @@ impl Coordinator {
     /// Phase 2 of the branches that are this process's. Commit: every such branch at once,
     /// recorded in one write. Rollback: from the last registered branch backwards, stopping
     /// at a branch that belongs to another process (its owner rolls it back, and this runs
-    /// again when it has).
+    /// again when it has). Force-finish: like a commit, each branch ends without being undone
+    /// (its undo log deleted), its locks released.
     async fn phase2(
         &self,
         xid: &str,
-        decision: GlobalStatus,
+        decided: Decided,
         seen: Option<i64>,
     ) -> Result<Phase2Run, Phase2Error> {
         let store_err = |e: StoreError| Phase2Error(e.to_string());
+        let decision = decided.status;
         let branches = self
             .store
             .branches_seen(xid, seen)
@@ -389,7 +494,9 @@ impl Coordinator {
             .filter(|b| {
                 matches!(
                     b.status,
-                    BranchStatus::Registered | BranchStatus::Registering
+                    BranchStatus::Registered
+                        | BranchStatus::Registering
+                        | BranchStatus::NeedsAttention
                 )
             })
             .collect();
@@ -406,15 +513,24 @@ impl Coordinator {
             self.finished(t, done);
             return Ok(Phase2Run::Done);
         }
-        if decision == GlobalStatus::Committing {
+        if decision == GlobalStatus::Committing || decided.forced {
             let mut ids = Vec::new();
             let mut fences = Vec::new();
             for b in open {
-                let Some((rm, fence)) = self.runs(&b.resource)? else {
-                    continue;
+                let (rm, fence) = match self.runs(&b.resource) {
+                    Ok(Some(mine)) => mine,
+                    Ok(None) => continue,
+                    Err(e) if decided.forced => {
+                        // Alone with the store, and no data source here serves it any more:
+                        // the person who finishes the transaction takes its undo log on.
+                        tracing::warn!(%xid, branch = b.branch_id, error = %e, "force-finish: the branch's undo log is left in its database");
+                        ids.push(b.branch_id);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 // A branch still registering never committed locally: nothing to delete.
-                if b.status == BranchStatus::Registered {
+                if b.status != BranchStatus::Registering {
                     self.still_owner(fence.as_ref())?;
                     let started = std::time::Instant::now();
                     rm.commit(b).await?;
@@ -428,7 +544,7 @@ impl Coordinator {
             }
             return Ok(Phase2Run::Done);
         }
-        if branches
+        if open
             .iter()
             .any(|b| b.status == BranchStatus::NeedsAttention)
         {
@@ -529,52 +645,40 @@ impl Coordinator {
     }
 
     /// Runs phase 2 again for a transaction whose branches stopped as needing a person, once
-    /// the person has fixed the data: those branches are rolled back again.
+    /// the person has fixed the data: those branches are rolled back again, by whichever
+    /// node owns each (the request is recorded in the store, whose watch tells them).
     pub async fn retry(self: &Arc<Self>, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
-        let tx = self.get(xid).await?;
-        if tx.status.is_final() || tx.status == GlobalStatus::Begin {
-            return Ok(tx.status);
-        }
-        for b in self.store.branches(xid).await? {
-            if b.status == BranchStatus::NeedsAttention {
-                self.store
-                    .branch_done(xid, b.branch_id, BranchStatus::Registered, None)
-                    .await?;
-            }
-        }
-        self.run_phase2(xid, tx.status, None).await;
-        self.status(xid).await
+        self.intervene(xid, Intervention::Retry).await
     }
 
     /// Ends a decided transaction without undoing what its remaining branches did (after a
-    /// person restored the data by hand): their undo logs are deleted, locks released, and
-    /// the final status recorded.
+    /// person restored the data by hand): each branch's owner deletes its undo log and
+    /// releases its locks, and the last one records the decision's final status. The request
+    /// is recorded first, in one write, so no node goes on rolling back afterwards, and a
+    /// crash half-way leaves a transaction that still finishes the same way.
     pub async fn force_finish(
         self: &Arc<Self>,
         xid: &str,
     ) -> Result<GlobalStatus, CoordinatorError> {
-        let tx = self.get(xid).await?;
-        let done = match tx.status {
-            GlobalStatus::Committing => GlobalStatus::Committed,
-            GlobalStatus::Rollbacking => GlobalStatus::Rollbacked,
-            GlobalStatus::TimeoutRollbacking => GlobalStatus::TimeoutRollbacked,
-            other => return Ok(other),
-        };
-        for b in self.store.branches(xid).await? {
-            if matches!(
-                b.status,
-                BranchStatus::Registered | BranchStatus::NeedsAttention
-            ) {
-                if let Some(rm) = self.resource(&b.resource) {
-                    rm.commit(&b)
-                        .await
-                        .map_err(|e| CoordinatorError::Store(StoreError::Backend(e.0)))?;
-                }
-            }
+        self.intervene(xid, Intervention::ForceFinish).await
+    }
+
+    async fn intervene(
+        self: &Arc<Self>,
+        xid: &str,
+        what: Intervention,
+    ) -> Result<GlobalStatus, CoordinatorError> {
+        check_xid(xid)?;
+        let tx = self
+            .store
+            .intervene(xid, what)
+            .await?
+            .ok_or_else(|| CoordinatorError::UnknownXid(xid.to_string()))?;
+        if tx.status.outcome().is_none() {
+            return Ok(tx.status);
         }
-        let t = self.store.finish(xid, tx.status, done).await?;
-        self.finished(t, done);
-        self.status(xid).await
+        lock(&self.backoff).remove(xid);
+        self.settle(xid, Decided::of(&tx)).await
     }
 
     /// Whether this sweep is due to read finished transactions too (see [`FORGET_EVERY`]).
@@ -623,7 +727,7 @@ impl Coordinator {
                     let _ = self.store.forget(&tx.xid).await;
                 }
             } else if tx.status != GlobalStatus::Begin && !self.backing_off(&tx.xid) {
-                self.run_phase2(&tx.xid, tx.status, None).await;
+                self.run_phase2(&tx.xid, Decided::of(&tx), None).await;
             }
         }
     }
@@ -893,6 +997,91 @@ mod tests {
         );
         assert_eq!(
             c.store().lock_holder("o", &["a".into()]).await.unwrap(),
+            None
+        );
+    }
+
+    /// Owns the resources it names, as node `node` of a mesh.
+    struct Owns(&'static str, &'static [&'static str]);
+
+    impl Ownership for Owns {
+        fn fence(&self, resource: &str) -> Option<Fence> {
+            self.1.contains(&resource).then(|| Fence {
+                resource: resource.into(),
+                node: self.0.into(),
+            })
+        }
+    }
+
+    /// Two nodes share a store, each owning one data source. A force-finish asked of one
+    /// node ends each branch through its owner, without undoing it: the undo log of the
+    /// other node's branch is deleted by that node, not left behind.
+    #[tokio::test]
+    async fn force_finish_in_a_mesh_ends_each_branch_through_its_owner() {
+        use crate::coordinator::store::kv::{KvStore, Table};
+        let store = MemoryStore::new();
+        for (resource, node) in [("db1", "n1"), ("db2", "n2")] {
+            store
+                .write(true, move |t| {
+                    t.put(Table::Owners, resource, serde_json::to_vec(node).unwrap())
+                })
+                .await
+                .unwrap();
+        }
+        let node = |name: &'static str, owns: &'static [&'static str]| {
+            let metrics = crate::metrics::Metrics::new().coordinator();
+            let c = Coordinator::new(
+                AnyStore::Memory(store.clone()),
+                Duration::from_secs(60),
+                metrics,
+            );
+            let rm = Arc::new(Recorder::default());
+            c.register_resource(owns[0], rm.clone());
+            c.set_ownership(Arc::new(Owns(name, owns)));
+            (c, rm)
+        };
+        let (c1, rm1) = node("n1", &["db1"]);
+        let (c2, rm2) = node("n2", &["db2"]);
+        let tx = c1.begin(None).await.unwrap();
+        c1.register_branch(&branch(&tx.xid, 1, "a")).await.unwrap();
+        let mut second = branch(&tx.xid, 2, "b");
+        second.resource = "db2".into();
+        c2.register_branch(&second).await.unwrap();
+        // Branch 2 comes first in the rollback, and its owner finds a dirty write.
+        c1.store()
+            .decide(&tx.xid, GlobalStatus::Rollbacking)
+            .await
+            .unwrap();
+        *lock(&rm2.dirty) = Some(2);
+        c2.sweep().await;
+        c1.sweep().await;
+        assert_eq!(*lock(&rm2.calls), vec!["rollback 2"]);
+        assert!(lock(&rm1.calls).is_empty(), "branch 1 waits for branch 2");
+
+        // The store's watch would tell node 2 of the changed record; here the test does.
+        let told = tokio::spawn({
+            let c2 = c2.clone();
+            let xid = tx.xid.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let tx = c2.store().get(&xid).await.unwrap().unwrap();
+                assert!(tx.forced, "the request is on record before any branch ends");
+                c2.changed(&tx, 0);
+            }
+        });
+        assert_eq!(
+            c1.force_finish(&tx.xid).await.unwrap(),
+            GlobalStatus::Rollbacked
+        );
+        told.await.unwrap();
+        assert_eq!(*lock(&rm1.calls), vec!["commit 1"], "never undone");
+        assert_eq!(*lock(&rm2.calls), vec!["rollback 2", "commit 2"]);
+        assert!(c1.store().branches(&tx.xid).await.unwrap().is_empty());
+        assert_eq!(
+            c1.store()
+                .lock_holder("o", &["a".into(), "b".into()])
+                .await
+                .unwrap(),
             None
         );
     }

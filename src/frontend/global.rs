@@ -517,7 +517,7 @@ impl Session {
     /// sidecar saw begin and not end passes without asking the store (the branch's
     /// registration checks again, in the store); any other answer comes from the store.
     async fn check_active(&self, xid: &str) -> Result<(), MysqlError> {
-        if self.ctx.coordinator.store().cached_status(xid) == Some(GlobalStatus::Begin) {
+        if self.ctx.coordinator.store().cached(xid).map(|t| t.status) == Some(GlobalStatus::Begin) {
             return Ok(());
         }
         match self.ctx.coordinator.status(xid).await {

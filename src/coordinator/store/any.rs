@@ -5,7 +5,9 @@ use super::embedded::EmbeddedStore;
 use super::etcd::EtcdStore;
 use super::memory::MemoryStore;
 use super::{RegisterError, Store, StoreError, Transition};
-use crate::coordinator::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
+use crate::coordinator::model::{
+    Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, Intervention, LockKey,
+};
 
 #[derive(Clone)]
 pub enum AnyStore {
@@ -90,11 +92,11 @@ impl AnyStore {
         }
     }
 
-    /// A transaction's status as the etcd store's cache last saw it (`None` elsewhere, and
-    /// for finished transactions): a hint of what to look at, not an answer.
-    pub fn cached_status(&self, xid: &str) -> Option<GlobalStatus> {
+    /// A transaction as the etcd store's cache last saw it (`None` elsewhere, and for
+    /// finished transactions): a hint of what to look at, not an answer.
+    pub fn cached(&self, xid: &str) -> Option<GlobalTx> {
         match self {
-            AnyStore::Etcd(s) => s.cached_global(xid).map(|t| t.status),
+            AnyStore::Etcd(s) => s.cached_global(xid),
             _ => None,
         }
     }
@@ -145,6 +147,14 @@ impl AnyStore {
         fences: &[Fence],
     ) -> Result<Option<GlobalStatus>, StoreError> {
         each!(self, s => s.finish_branches(xid, ids, fences).await)
+    }
+
+    pub async fn intervene(
+        &self,
+        xid: &str,
+        what: Intervention,
+    ) -> Result<Option<GlobalTx>, StoreError> {
+        each!(self, s => s.intervene(xid, what).await)
     }
 
     pub async fn forget(&self, xid: &str) -> Result<(), StoreError> {

@@ -4,7 +4,9 @@ use super::embedded::EmbeddedStore;
 use super::etcd::EtcdStore;
 use super::memory::MemoryStore;
 use super::{RegisterError, Store, StoreError, Transition};
-use crate::coordinator::model::{Branch, BranchKind, BranchStatus, GlobalStatus, GlobalTx};
+use crate::coordinator::model::{
+    Branch, BranchKind, BranchStatus, GlobalStatus, GlobalTx, Intervention,
+};
 
 use GlobalStatus::*;
 
@@ -16,12 +18,7 @@ static BEGUN: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 });
 
 fn tx(xid: &str) -> GlobalTx {
-    GlobalTx {
-        xid: xid.into(),
-        status: Begin,
-        begun_at_ms: *BEGUN,
-        timeout_ms: 60_000,
-    }
+    GlobalTx::begun(xid.into(), *BEGUN, 60_000)
 }
 
 fn branch(xid: &str, id: u64, keys: &[&str]) -> Branch {
@@ -340,6 +337,64 @@ async fn suite(s: impl Store + Clone) {
         None
     );
     assert!(s.branches("p2").await.unwrap().is_empty());
+
+    // A person's requests: only for a decided transaction not yet final, each one write.
+    s.create(&tx("i")).await.unwrap();
+    s.register_branch(&branch("i", 1, &["i/1"])).await.unwrap();
+    s.register_branch(&branch("i", 2, &["i/2"])).await.unwrap();
+    let before = s.writes();
+    let found = s.intervene("i", Intervention::ForceFinish).await.unwrap();
+    assert_eq!(found, Some(tx("i")), "Begin: nothing to finish yet");
+    assert_eq!(s.intervene("zz", Intervention::Retry).await.unwrap(), None);
+    assert_eq!(s.writes(), before);
+    s.transition("i", Begin, Rollbacking, false).await.unwrap();
+    s.branch_done("i", 2, BranchStatus::NeedsAttention, Some("dirty".into()))
+        .await
+        .unwrap();
+    let before = s.writes();
+    let retried = s
+        .intervene("i", Intervention::Retry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((retried.retries, retried.forced), (1, false));
+    let b = s.branches("i").await.unwrap();
+    assert_eq!(
+        b.iter()
+            .map(|b| (b.status, b.attention.clone()))
+            .collect::<Vec<_>>(),
+        vec![(BranchStatus::Registered, None); 2],
+        "the branch that needed a person runs again"
+    );
+    let forced = s
+        .intervene("i", Intervention::ForceFinish)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (forced.status, forced.retries, forced.forced),
+        (Rollbacking, 1, true)
+    );
+    assert_eq!(s.get("i").await.unwrap(), Some(forced));
+    assert_eq!(s.writes() - before, 2);
+    assert_eq!(
+        s.lock_holder("x", &["i/1".into()])
+            .await
+            .unwrap()
+            .map(|h| h.1),
+        Some("i".into()),
+        "locks go with the branches, not with the request"
+    );
+    s.finish_branches("i", &[1, 2], &[]).await.unwrap();
+    let done = s.get("i").await.unwrap().unwrap();
+    assert_eq!(done.status, Rollbacked);
+    let before = s.writes();
+    assert_eq!(
+        s.intervene("i", Intervention::Retry).await.unwrap(),
+        Some(done),
+        "final: nothing changes"
+    );
+    assert_eq!(s.writes(), before);
 
     // Store writes for one global transaction with B branches: begin + B + decision + final.
     let before = s.writes();

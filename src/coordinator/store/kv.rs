@@ -8,7 +8,9 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{RegisterError, StoreError, Transition};
-use crate::coordinator::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
+use crate::coordinator::model::{
+    Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, Intervention, LockKey,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
@@ -553,6 +555,39 @@ pub fn finish_branches(
         &deleted,
     )?;
     Ok(Some((done, applied)))
+}
+
+/// Records a person's request about a decided transaction not yet final (see
+/// [`Intervention`]), with the change of its record that tells every node: `Retry` returns
+/// the branches that need attention to `Registered` and counts the request; `ForceFinish`
+/// marks the transaction forced. Returns the transaction as it is now; one that is not
+/// decided, or already final, is returned unchanged.
+pub fn intervene(
+    t: &mut (impl KvTxn + ?Sized),
+    xid: &str,
+    what: Intervention,
+) -> Result<Option<GlobalTx>, StoreError> {
+    let Some(mut tx) = get_global(t, xid)? else {
+        return Ok(None);
+    };
+    if tx.status.outcome().is_none() {
+        return Ok(Some(tx));
+    }
+    match what {
+        Intervention::Retry => {
+            for mut b in branches(t, xid)? {
+                if b.status == BranchStatus::NeedsAttention {
+                    b.status = BranchStatus::Registered;
+                    b.attention = None;
+                    t.put(Table::Branches, &branch_key(xid, b.branch_id), encode(&b))?;
+                }
+            }
+            tx.retries = tx.retries.saturating_add(1);
+        }
+        Intervention::ForceFinish => tx.forced = true,
+    }
+    t.put(Table::Globals, xid, encode(&tx))?;
+    Ok(Some(tx))
 }
 
 pub fn forget(

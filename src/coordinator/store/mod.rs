@@ -17,7 +17,7 @@ mod conformance;
 
 use std::future::Future;
 
-use super::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, LockKey};
+use super::model::{Branch, BranchStatus, Fence, GlobalStatus, GlobalTx, Intervention, LockKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -153,6 +153,14 @@ pub trait Store: Send + Sync + 'static {
         ids: &[u64],
         fences: &[Fence],
     ) -> impl Future<Output = Result<Option<GlobalStatus>, StoreError>> + Send;
+
+    /// Records a person's request about a decided, unfinished transaction, in one write (see
+    /// [`kv::intervene`]). Returns the transaction as it is now.
+    fn intervene(
+        &self,
+        xid: &str,
+        what: Intervention,
+    ) -> impl Future<Output = Result<Option<GlobalTx>, StoreError>> + Send;
 
     /// Deletes a transaction's record entirely (after its final status was kept long enough
     /// to answer late queries).
@@ -365,6 +373,15 @@ impl<K: kv::KvStore> Store for K {
             .await?;
             Ok(finished.and_then(|(status, applied)| applied.get().then_some(status)))
         }
+    }
+
+    fn intervene(
+        &self,
+        xid: &str,
+        what: Intervention,
+    ) -> impl Future<Output = Result<Option<GlobalTx>, StoreError>> + Send {
+        let (s, xid) = (self.clone(), xid.to_string());
+        async move { s.write(true, move |t| kv::intervene(t, &xid, what)).await }
     }
 
     fn forget(&self, xid: &str) -> impl Future<Output = Result<(), StoreError>> + Send {

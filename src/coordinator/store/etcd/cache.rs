@@ -435,10 +435,8 @@ mod tests {
         let cache = loaded(3);
         let tx = |status| {
             let tx = GlobalTx {
-                xid: "x".into(),
                 status,
-                begun_at_ms: 1,
-                timeout_ms: 1,
+                ..GlobalTx::begun("x".into(), 1, 1)
             };
             serde_json::to_string(&tx).unwrap()
         };
