@@ -175,6 +175,83 @@ async fn two_sidecars_finish_one_transaction() {
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 110));
 }
 
+/// A branch on the other sidecar needs a person (a dirty write): the retry and the
+/// force-finish asked of the first sidecar are carried out by the branch's owner at once,
+/// not after its back-off, and leave no undo log and no lock in either database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_repairs_a_rollback_across_sidecars() {
+    let etcd = EtcdCluster::start(1);
+    let (a, b) = databases("repair");
+    let sa = sidecar(&etcd, &a, "repair-a");
+    let sb = sidecar(&etcd, &b, "repair-b");
+    let mut ca = common::connect(&sa.url(&a)).await;
+    let mut cb = common::connect(&sb.url(&b)).await;
+    // Retry: the person puts b's row back as the transaction left it.
+    let xid = stuck_rollback(&sa, &mut ca, &mut cb, &b, 10).await;
+    mariadb().sql(&format!(
+        "UPDATE {b}.account SET balance = 110 WHERE id = 2"
+    ));
+    let asked = std::time::Instant::now();
+    let (code, body) = sa.admin_post(&format!("/v1/transactions/{xid}/retry"), "");
+    assert_eq!(code, 200, "{body}");
+    wait_status(&mut ca, &xid, "Rollbacked").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "carried out when asked, not after a back-off: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
+    common::wait_no_undo(&[&a, &b]).await;
+
+    // Force-finish: the person restores b by hand; nothing is undone any more.
+    let xid = stuck_rollback(&sa, &mut ca, &mut cb, &b, 7).await;
+    mariadb().sql(&format!(
+        "UPDATE {b}.account SET balance = 100 WHERE id = 2"
+    ));
+    let (code, body) = sa.admin_post(&format!("/v1/transactions/{xid}/finish"), "");
+    assert_eq!(code, 200, "{body}");
+    wait_status(&mut ca, &xid, "Rollbacked").await;
+    common::wait_no_undo(&[&a, &b]).await;
+    assert_eq!(
+        (balance(&a, 1).await, balance(&b, 2).await),
+        (93, 100),
+        "the remaining branch ends as it was, not undone"
+    );
+    assert_eq!(etcd.get_prefix("/tandem/mesh/locks/"), Vec::<String>::new());
+    // The rows are free for the next global transaction.
+    let xid = two_branches(&mut ca, &mut cb, 3, 30_000).await;
+    assert_eq!(
+        common::end_global(&mut ca, "commit", &xid).await,
+        "Committed"
+    );
+    assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (90, 103));
+}
+
+/// Rolls back a transfer whose row in `b` someone else changed meanwhile: the rollback stops
+/// there, the branch needing a person. Returns the XID.
+async fn stuck_rollback(
+    sa: &Tandem,
+    ca: &mut mysql_async::Conn,
+    cb: &mut mysql_async::Conn,
+    b: &str,
+    amount: i64,
+) -> String {
+    let xid = two_branches(ca, cb, amount, 60_000).await;
+    mariadb().sql(&format!(
+        "UPDATE {b}.account SET balance = 1000 WHERE id = 2"
+    ));
+    let status = common::end_global(ca, "rollback", &xid).await;
+    assert_eq!(status, "Rollbacking", "{xid}");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = sa.admin(&format!("/v1/transactions/{xid}"));
+        if body.contains("NeedsAttention") {
+            return xid;
+        }
+        within_20s(start, &format!("{xid}: branch b needs a person: {body}"));
+    }
+}
+
 /// Two replicas in front of one database: one owns it; when the owner is killed after the
 /// decision, the other takes its phase 2 over once the owner's lease runs out.
 #[tokio::test(flavor = "multi_thread")]
