@@ -4,7 +4,9 @@
 #   scripts/mariadb.sh start DIR PORT   # initialise DIR if new, start, wait until it answers
 #   scripts/mariadb.sh stop DIR         # stop the server started in DIR
 #
-# root has an empty password and is reachable over TCP on 127.0.0.1 only.
+# root has an empty password and is reachable over TCP on 127.0.0.1 only. The server listens
+# on 127.0.0.1, or on the comma-separated addresses in MARIADB_BIND_ADDRESS (127.0.0.1 among
+# them: the start-up check connects there).
 set -euo pipefail
 
 cmd=${1:?usage: mariadb.sh start DIR PORT | stop DIR}
@@ -29,7 +31,7 @@ start)
   # --no-defaults: nothing from /etc/mysql leaks in; every setting is here.
   mariadbd --no-defaults --user="$(id -un)" --datadir="$dir/data" --port="$port" \
     --tmpdir="$dir/tmp" \
-    --bind-address=127.0.0.1 --socket="$dir/sock" --pid-file="$dir/pid" \
+    --bind-address="${MARIADB_BIND_ADDRESS:-127.0.0.1}" --socket="$dir/sock" --pid-file="$dir/pid" \
     --skip-log-bin --max-connections=2000 --max-allowed-packet=256M \
     --innodb-buffer-pool-size=256M --innodb-log-file-size=128M \
     --innodb-flush-log-at-trx-commit="${MARIADB_FLUSH_LOG_AT_TRX_COMMIT:-2}" --character-set-server=utf8mb4 \

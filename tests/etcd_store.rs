@@ -3,7 +3,7 @@
 mod common;
 
 use common::etcd::EtcdCluster;
-use common::link::Link;
+use common::netns;
 use common::{mariadb, Tandem, PASSWORD, USER};
 use mysql_async::prelude::*;
 use std::time::Duration;
@@ -98,7 +98,12 @@ fn sidecar_with(etcd: &EtcdCluster, db: &str, name: &str, extra: &str) -> Tandem
 
 /// A sidecar that reaches etcd at `endpoints` (YAML list).
 fn sidecar_on(endpoints: &str, db: &str, name: &str, extra: &str) -> Tandem {
-    let yaml = common::single_config(&mariadb().url(db), "", "{ max: 8 }") + extra;
+    Tandem::start_yaml(&(sidecar_config(endpoints, &mariadb().url(db), name) + extra))
+}
+
+/// The config of sidecar `name` in front of `dsn`, sharing the etcd cluster at `endpoints`.
+fn sidecar_config(endpoints: &str, dsn: &str, name: &str) -> String {
+    let yaml = common::single_config(dsn, "", "{ max: 8 }");
     let yaml = yaml.replace(
         "coordinator:\n  embedded: { path: \"{DIR}/tandem.db\" }\n",
         &format!(
@@ -106,7 +111,7 @@ fn sidecar_on(endpoints: &str, db: &str, name: &str, extra: &str) -> Tandem {
         ),
     );
     assert!(yaml.contains("store: etcd"), "{yaml}");
-    Tandem::start_yaml(&yaml)
+    yaml
 }
 
 /// Fails the test if `start` is more than 20 s ago: for polling loops.
@@ -575,92 +580,48 @@ async fn killed_sidecars_finish_their_part_after_a_restart() {
     );
 }
 
-/// A sidecar paused for longer than its lease (as a network partition would) loses its
-/// data source to a replica, which runs phase 2 meanwhile; resumed, it does not take it back.
+/// Which sidecars own data source `db`, as sidecar `t` sees the cluster.
+fn owners_of(t: &Tandem, db: &str) -> Vec<String> {
+    let (_, body) = t.admin("/v1/cluster");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["owns"].as_array().is_some_and(|o| {
+                o.iter()
+                    .any(|r| r.as_str().is_some_and(|r| r.ends_with(&format!("/{db}"))))
+            })
+        })
+        .filter_map(|n| n["node"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until `node` alone owns `db`, as `t` sees the cluster.
+fn wait_owner(t: &Tandem, db: &str, node: &str) {
+    let start = std::time::Instant::now();
+    while owners_of(t, db) != vec![node.to_string()] {
+        within_20s(start, &format!("{node} owns {db}"));
+    }
+}
+
+/// The owner of database b stops (SIGSTOP, as in a long GC pause or a frozen VM) for longer
+/// than its lease: a replica takes b over and runs its phase 2 meanwhile; the old owner,
+/// resumed, does not take b back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_owner_loses_its_data_source_to_a_replica() {
-    owner_paused(Pause::Process).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_owner_cut_off_from_etcd_loses_its_data_source_to_a_replica() {
-    owner_paused(Pause::Network).await;
-}
-
-/// How the owner stops for longer than its lease.
-#[derive(PartialEq)]
-enum Pause {
-    /// The process stops (SIGSTOP), as in a long GC pause or a frozen VM.
-    Process,
-    /// The network between it and every etcd member stops delivering.
-    Network,
-}
-
-/// The owner of database b stops for longer than its lease: a replica takes b over and runs
-/// its phase 2 meanwhile; the old owner, back, does not take b back.
-async fn owner_paused(pause: Pause) {
     let etcd = EtcdCluster::start(3);
-    let (a, b) = databases(if pause == Pause::Process {
-        "pause"
-    } else {
-        "cut"
-    });
-    let links: Vec<Link> = etcd
-        .endpoints()
-        .iter()
-        .map(|e| {
-            let addr = e.trim_start_matches("http://").parse().unwrap();
-            Link::start(addr)
-        })
-        .collect();
-    let linked = format!(
-        "[{}]",
-        links
-            .iter()
-            .map(|l| format!("\"http://{}\"", l.address()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let (a, b) = databases("pause");
     let sa = sidecar(&etcd, &a, "pause-a");
-    let b1 = sidecar_on(&linked, &b, "pause-b1", "");
-    let owner = |t: &Tandem| {
-        let (_, body) = t.admin("/v1/cluster");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| {
-                n["owns"].as_array().is_some_and(|o| {
-                    o.iter()
-                        .any(|r| r.as_str().is_some_and(|r| r.ends_with(&format!("/{b}"))))
-                })
-            })
-            .filter_map(|n| n["node"].as_str().map(str::to_string))
-            .collect::<Vec<_>>()
-    };
-    let start = std::time::Instant::now();
-    while owner(&sa) != vec!["pause-b1".to_string()] {
-        within_20s(start, "b1 owns database b");
-    }
+    let b1 = sidecar(&etcd, &b, "pause-b1");
+    wait_owner(&sa, &b, "pause-b1");
     let b2 = sidecar(&etcd, &b, "pause-b2");
 
     // Pause b1 past its 3 s lease.
     assert_ne!(b1.pid(), 0, "b1 runs");
-    let kill = |sig: &str| {
-        std::process::Command::new("kill")
-            .args([sig, &b1.pid().to_string()])
-            .status()
-            .unwrap()
-    };
-    match pause {
-        Pause::Process => assert!(kill("-STOP").success()),
-        Pause::Network => links.iter().for_each(Link::pause),
-    }
-    let start = std::time::Instant::now();
-    while owner(&sa) != vec!["pause-b2".to_string()] {
-        within_20s(start, "b2 takes database b over");
-    }
+    b1.signal("STOP");
+    wait_owner(&sa, &b, "pause-b2");
     // A transaction through b2 meanwhile: b2 runs its phase 2.
     let mut ca = common::connect(&sa.url(&a)).await;
     let mut cb = common::connect(&b2.url(&b)).await;
@@ -670,14 +631,11 @@ async fn owner_paused(pause: Pause) {
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (100, 100));
 
     // b1 resumes: it finds its lease gone and leaves database b to b2.
-    match pause {
-        Pause::Process => assert!(kill("-CONT").success()),
-        Pause::Network => links.iter().for_each(Link::resume),
-    }
+    b1.signal("CONT");
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
-        owner(&sa),
-        vec!["pause-b2".to_string()],
+        owners_of(&sa, &b),
+        vec!["pause-b2"],
         "one owner, the replica"
     );
     let xid = two_branches(&mut ca, &mut cb, 4, 30_000).await;
@@ -685,6 +643,146 @@ async fn owner_paused(pause: Pause) {
     assert_eq!(s, "Committed");
     wait_status(&mut ca, &xid, "Committed").await;
     assert_eq!((balance(&a, 1).await, balance(&b, 2).await), (96, 104));
+}
+
+/// A real network partition. The owner of database b runs on a test host (a network
+/// namespace) of its own, and reaches MariaDB and its clients over one link, etcd over
+/// another. The etcd link is cut, for longer than the lease:
+/// - a global write through the cut-off sidecar fails, and nothing of it is committed;
+/// - a replica takes b over and rolls back a transaction in which the cut-off sidecar had
+///   registered a branch;
+/// - healed, the old owner leaves b to the replica and serves global transactions again,
+///   and no undo log and no lock is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_partitioned_from_etcd_loses_its_data_source_to_a_replica() {
+    let mut host = netns::Host::new();
+    let (db_link, etcd_link) = (host.link(), host.link());
+    let here = host.veth(db_link).outside;
+    let etcd = EtcdCluster::start_reachable_at(3, &host.veth(etcd_link).outside.to_string());
+    // A MariaDB of the test's own, which the host reaches over its database link. Every
+    // sidecar names it by that address, so b's replicas share one data source identity.
+    let port = common::start_mariadb_listening(
+        &common::scratch("partition-mariadb"),
+        &format!("127.0.0.1,{here}"),
+    );
+    let root = |db: &str| format!("mysql://root@127.0.0.1:{port}/{db}");
+    let mut setup = common::connect(&root("mysql")).await;
+    setup
+        .query_drop(
+            "CREATE USER tandem@'%' IDENTIFIED BY 'tandem-secret';
+             GRANT ALL ON *.* TO tandem@'%';
+             CREATE DATABASE part_a; CREATE DATABASE part_b;
+             CREATE TABLE part_a.account (id INT PRIMARY KEY, balance BIGINT NOT NULL);
+             CREATE TABLE part_b.account LIKE part_a.account;
+             INSERT INTO part_a.account VALUES (1, 100), (2, 100);
+             INSERT INTO part_b.account VALUES (1, 100), (2, 100);",
+        )
+        .await
+        .unwrap();
+    let dsn = |db: &str| format!("mysql://tandem:tandem-secret@{here}:{port}/{db}");
+    let balances = || {
+        let url = root("mysql");
+        async move {
+            let mut c = common::connect(&url).await;
+            let rows: Vec<(i64, i64, i64)> = c
+                .query(
+                    "SELECT (SELECT balance FROM part_a.account WHERE id = 1),
+                            (SELECT balance FROM part_b.account WHERE id = 1),
+                            (SELECT balance FROM part_b.account WHERE id = 2)",
+                )
+                .await
+                .unwrap();
+            rows[0]
+        }
+    };
+    let undo_logs = || {
+        let url = root("mysql");
+        async move {
+            let mut c = common::connect(&url).await;
+            let n: Option<i64> = c
+                .query_first(
+                    "SELECT (SELECT COUNT(*) FROM part_a.undo_log)
+                          + (SELECT COUNT(*) FROM part_b.undo_log)",
+                )
+                .await
+                .unwrap();
+            n.unwrap_or(-1)
+        }
+    };
+
+    let sa = Tandem::start_yaml(&sidecar_config(
+        &etcd.endpoints_yaml(),
+        &dsn("part_a"),
+        "part-a",
+    ));
+    let b1 = Tandem::start_yaml_on(
+        &sidecar_config(&etcd.endpoints_yaml_at_also(), &dsn("part_b"), "part-b1"),
+        &host,
+        db_link,
+    );
+    wait_owner(&sa, "part_b", "part-b1");
+    let b2 = Tandem::start_yaml(&sidecar_config(
+        &etcd.endpoints_yaml(),
+        &dsn("part_b"),
+        "part-b2",
+    ));
+    let mut ca = common::connect(&sa.url("part_a")).await;
+    let mut cb1 = common::connect(&b1.url("part_b")).await;
+    // A branch through b1 (account 2), the transaction undecided.
+    let xid = two_branches(&mut ca, &mut cb1, 10, 120_000).await;
+
+    host.cut(etcd_link);
+    let cut = std::time::Instant::now();
+    // A global write through b1 now (account 1) cannot register its branch.
+    let other = common::begin_global(&mut ca).await;
+    let write = tokio::spawn(async move {
+        let r = cb1
+            .query_drop(format!(
+                "/*+ XID('{other}') */ UPDATE account SET balance = balance + 1 WHERE id = 1"
+            ))
+            .await;
+        (r, cb1)
+    });
+    // Meanwhile b2 takes b over, and undoes b1's branch when the transaction rolls back.
+    wait_owner(&sa, "part_b", "part-b2");
+    assert_eq!(
+        common::end_global(&mut ca, "rollback", &xid).await,
+        "Rollbacked"
+    );
+    assert_eq!(balances().await, (100, 100, 100));
+    let (written, mut cb1) = write.await.unwrap();
+    let e = written.expect_err("a branch that cannot register must not commit");
+    assert!(
+        e.to_string().contains("coordinator"),
+        "a clear error about the coordinator store: {e}"
+    );
+    assert_eq!(balances().await, (100, 100, 100), "nothing of it committed");
+    assert!(
+        cut.elapsed() > Duration::from_secs(3),
+        "cut off for longer than the lease"
+    );
+
+    // Healed: b1 leaves b to b2, and works again.
+    host.heal(etcd_link);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        owners_of(&sa, "part_b"),
+        vec!["part-b2"],
+        "one owner, the replica"
+    );
+    let xid = two_branches(&mut ca, &mut cb1, 4, 30_000).await;
+    assert_eq!(
+        common::end_global(&mut ca, "commit", &xid).await,
+        "Committed"
+    );
+    wait_status(&mut ca, &xid, "Committed").await;
+    assert_eq!(balances().await, (96, 100, 104));
+    let start = std::time::Instant::now();
+    while undo_logs().await != 0 {
+        within_20s(start, "no undo log left");
+    }
+    assert_eq!(etcd.get_prefix("/tandem/mesh/locks/"), Vec::<String>::new());
+    drop((b1, b2, sa));
 }
 
 /// One global transaction with AT branches on two sidecars and a TCC branch on a service

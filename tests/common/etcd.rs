@@ -18,6 +18,8 @@ pub struct EtcdCluster {
     token: String,
     /// The members' directories, removed with the cluster.
     base: PathBuf,
+    /// An address the members listen on besides loopback (a test host's link).
+    also: Option<String>,
 }
 
 struct Member {
@@ -33,9 +35,18 @@ impl EtcdCluster {
     /// taken only when etcd starts, so another test can take one first: a cluster that does
     /// not come up starts again on other ports, up to three times.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_listening(n, None)
+    }
+
+    /// [`EtcdCluster::start`], the members listening for clients on address `also` too.
+    pub fn start_reachable_at(n: usize, also: &str) -> EtcdCluster {
+        Self::start_listening(n, Some(also))
+    }
+
+    fn start_listening(n: usize, also: Option<&str>) -> EtcdCluster {
         let mut why = String::new();
         for _ in 0..3 {
-            let mut cluster = EtcdCluster::start_once(n);
+            let mut cluster = EtcdCluster::start_once(n, also);
             match cluster.healthy(Duration::from_secs(60)) {
                 Ok(()) => return cluster,
                 Err(e) => why = e,
@@ -44,7 +55,7 @@ impl EtcdCluster {
         panic!("etcd did not start: {why}");
     }
 
-    fn start_once(n: usize) -> EtcdCluster {
+    fn start_once(n: usize, also: Option<&str>) -> EtcdCluster {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("etcd-{}", N.fetch_add(1, Ordering::Relaxed));
         let base = scratch(&name);
@@ -67,6 +78,7 @@ impl EtcdCluster {
             initial_cluster,
             token: format!("tandem-test-{}-{name}", std::process::id()),
             base,
+            also: also.map(str::to_string),
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -87,9 +99,24 @@ impl EtcdCluster {
         format!("[{}]", self.endpoints().join(", "))
     }
 
+    /// The endpoints at the second address the members listen on, as a YAML flow list.
+    pub fn endpoints_yaml_at_also(&self) -> String {
+        let also = self
+            .also
+            .as_deref()
+            .expect("started with start_reachable_at");
+        let urls: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("http://{also}:{}", m.client))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+
     fn spawn(&mut self, i: usize) {
         let initial_cluster = self.initial_cluster.clone();
         let token = self.token.clone();
+        let also = self.also.clone();
         let m = &mut self.members[i];
         std::fs::create_dir_all(&m.dir).expect("member dir");
         let log = std::fs::OpenOptions::new()
@@ -98,12 +125,16 @@ impl EtcdCluster {
             .open(m.dir.join("etcd.log"))
             .expect("etcd log");
         let client = format!("http://127.0.0.1:{}", m.client);
+        let listen = match &also {
+            Some(a) => format!("{client},http://{a}:{}", m.client),
+            None => client.clone(),
+        };
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let child = Command::new("etcd")
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(m.dir.join("data"))
-            .args(["--listen-client-urls", &client])
+            .args(["--listen-client-urls", &listen])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])

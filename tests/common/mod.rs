@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod etcd;
-pub mod link;
+pub mod netns;
 pub mod raw;
 
 pub fn root() -> PathBuf {
@@ -63,9 +63,15 @@ pub fn mariadb() -> &'static MariaDb {
 /// Starts a MariaDB in `dir` on a port free a moment ago, and on another one when some
 /// other process took that port first; returns the port.
 pub fn start_mariadb_on_a_free_port(dir: &Path) -> u16 {
+    start_mariadb_listening(dir, "127.0.0.1")
+}
+
+/// [`start_mariadb_on_a_free_port`], the server listening on `addresses` (comma-separated,
+/// 127.0.0.1 among them).
+pub fn start_mariadb_listening(dir: &Path, addresses: &str) -> u16 {
     for _ in 0..5 {
         let port = free_port();
-        if try_start_mariadb(dir, port) {
+        if try_start_mariadb(dir, port, addresses) {
             return port;
         }
         let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
@@ -81,7 +87,7 @@ pub fn start_mariadb_on_a_free_port(dir: &Path) -> u16 {
 /// Starts a MariaDB in `dir` (again, after [`stop_mariadb`]) on `port`.
 pub fn start_mariadb(dir: &Path, port: u16) {
     assert!(
-        try_start_mariadb(dir, port),
+        try_start_mariadb(dir, port, "127.0.0.1"),
         "MariaDB failed to start in {}",
         dir.display()
     );
@@ -91,9 +97,10 @@ pub fn start_mariadb(dir: &Path, port: u16) {
 /// it did not start.
 // The watchdog outlives this function on purpose: it waits for the test process to end.
 #[allow(clippy::zombie_processes)]
-fn try_start_mariadb(dir: &Path, port: u16) -> bool {
+fn try_start_mariadb(dir: &Path, port: u16, addresses: &str) -> bool {
     let script = root().join("scripts/mariadb.sh");
     let status = Command::new("bash")
+        .env("MARIADB_BIND_ADDRESS", addresses)
         .arg(&script)
         .args([
             "start",
@@ -190,6 +197,10 @@ pub fn mariadb_cli(
 /// A running Tandem process, killed on drop.
 pub struct Tandem {
     child: Option<Child>,
+    /// Where its listeners are: loopback, or its address on a test host's link.
+    pub host: String,
+    /// The network namespace it runs in, when it runs on a test host.
+    netns: Option<String>,
     pub port: u16,
     /// The port of a second listener, when the config has `{PORT_B}`.
     pub port_b: u16,
@@ -262,6 +273,20 @@ impl Tandem {
     /// `{PORT_B}` names a second listener's port. A port another process took between its
     /// choice and Tandem's bind is chosen again.
     pub fn start_yaml(yaml: &str) -> Tandem {
+        Self::start_yaml_at(yaml, None)
+    }
+
+    /// Starts Tandem on test host `on`, its listeners on the host's address on link `link`
+    /// (every `127.0.0.1:` listener address of the config is moved there).
+    pub fn start_yaml_on(yaml: &str, on: &netns::Host, link: usize) -> Tandem {
+        let inside = on.veth(link).inside.to_string();
+        let yaml = yaml
+            .replace("127.0.0.1:{PORT", &format!("{inside}:{{PORT"))
+            .replace("127.0.0.1:{ADMIN}", &format!("{inside}:{{ADMIN}}"));
+        Self::start_yaml_at(&yaml, Some((on.name(), inside)))
+    }
+
+    fn start_yaml_at(yaml: &str, on: Option<(&str, String)>) -> Tandem {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = scratch(&format!("tandem-{}", N.fetch_add(1, Ordering::Relaxed)));
         for attempt in 0.. {
@@ -274,6 +299,10 @@ impl Tandem {
             std::fs::write(dir.join("tandem.yaml"), text).expect("write config");
             let mut t = Tandem {
                 child: None,
+                host: on
+                    .as_ref()
+                    .map_or_else(|| "127.0.0.1".to_string(), |(_, a)| a.clone()),
+                netns: on.as_ref().map(|(n, _)| n.to_string()),
                 port,
                 port_b,
                 admin_port,
@@ -302,7 +331,16 @@ impl Tandem {
             .append(true)
             .open(self.dir.join("tandem.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        let bin = env!("CARGO_BIN_EXE_tandem");
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("--config")
             .arg(self.dir.join("tandem.yaml"))
             .arg("--log-level")
@@ -321,7 +359,7 @@ impl Tandem {
     fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let up = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
+            let up = |p: u16| TcpStream::connect((self.host.as_str(), p)).is_ok();
             if up(self.port) && up(self.admin_port) {
                 return Ok(());
             }
@@ -351,19 +389,19 @@ impl Tandem {
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)
+        format!("mysql://{USER}:{PASSWORD}@{}:{}/{db}", self.host, self.port)
     }
 
     pub fn url_no_db(&self) -> String {
-        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}", self.port)
+        format!("mysql://{USER}:{PASSWORD}@{}:{}", self.host, self.port)
     }
 
     pub fn admin(&self, path: &str) -> (u16, String) {
-        http_get(self.admin_port, path)
+        http_to(&self.host, self.admin_port, "GET", path, "")
     }
 
     pub fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
-        http(self.admin_port, "POST", path, body)
+        http_to(&self.host, self.admin_port, "POST", path, body)
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -434,8 +472,13 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// A minimal HTTP/1.1 request with a JSON body; returns status and body.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_to("127.0.0.1", port, method, path, body)
+}
+
+/// [`http`] to a server at `host`.
+pub fn http_to(host: &str, port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::Write;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+    let mut s = TcpStream::connect((host, port)).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(20))).ok();
     write!(
         s,
