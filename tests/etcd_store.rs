@@ -216,6 +216,8 @@ async fn a_person_repairs_a_rollback_across_sidecars() {
     let (code, body) = sa.admin_post(&format!("/v1/transactions/{xid}/finish"), "");
     assert_eq!(code, 200, "{body}");
     wait_status(&mut ca, &xid, "Rollbacked").await;
+    let (_, shown) = sb.admin(&format!("/v1/transactions/{xid}"));
+    assert!(shown.contains(r#""force_finished":true"#), "{shown}");
     common::wait_no_undo(&[&a, &b]).await;
     assert_eq!(
         (balance(&a, 1).await, balance(&b, 2).await),

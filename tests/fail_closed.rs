@@ -223,6 +223,64 @@ async fn what_would_run_unseen_is_refused() {
     }
 }
 
+/// A local transaction that changed data before joining cannot join: those changes have no
+/// undo. Reads and SETs count as changes when they may have made some (a stored function, a
+/// second statement behind a harmless first one), in text and prepared statements.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_transaction_that_may_have_written_does_not_join() {
+    let (db, tandem) = setup(
+        "wrote",
+        "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL);
+         INSERT INTO acct VALUES (1, 100), (2, 100);
+         CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20))",
+    );
+    let mut direct = common::connect(&mariadb().url(&db)).await;
+    direct
+        .query_drop(
+            "CREATE FUNCTION bump() RETURNS INT MODIFIES SQL DATA \
+             BEGIN INSERT INTO audit (note) VALUES ('f'); RETURN 1; END",
+        )
+        .await
+        .unwrap();
+    let accounts = snapshot(&db, "acct").await;
+    let mut c = common::connect(&tandem.url(&db)).await;
+    let xid = common::begin_global(&mut c).await;
+    let join = format!("UPDATE /*+ XID('{xid}') */ acct SET bal = bal - 1 WHERE id = 1");
+    for (before, what) in [
+        ("SELECT bump()", "bump()"),
+        ("SET @n = bump()", "bump()"),
+        ("SELECT 1; DELETE FROM audit", "several statements"),
+        ("INSERT INTO audit (note) VALUES ('x')", "a data change"),
+    ] {
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(before).await.unwrap();
+        let e = c.query_drop(&join).await.expect_err(before);
+        assert_eq!(error_code(&e), Some(1235), "{before}: {e}");
+        assert!(e.to_string().contains(what), "{before}: {e}");
+        c.query_drop("ROLLBACK").await.unwrap();
+    }
+    // Prepared, the text is read once, at prepare.
+    let stmt = c
+        .prep("SELECT bump() FROM acct WHERE id = ?")
+        .await
+        .unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    c.exec_drop(&stmt, (1,)).await.unwrap();
+    let e = c.query_drop(&join).await.expect_err("prepared");
+    assert!(e.to_string().contains("bump()"), "{e}");
+    c.query_drop("ROLLBACK").await.unwrap();
+    // Plain reads, built-in functions and locking reads before joining are fine.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop("SELECT COUNT(*), MAX(bal) FROM acct WHERE id IN (1, 2) FOR UPDATE")
+        .await
+        .unwrap();
+    c.query_drop(&join).await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    rollback(&mut c, &xid).await;
+    assert_eq!(snapshot(&db, "acct").await, accounts);
+    assert_eq!(snapshot(&db, "audit").await, Vec::<Vec<Value>>::new());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_increment_keys_are_the_ones_the_server_assigned() {
     let (db, tandem) = setup(

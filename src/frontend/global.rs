@@ -201,7 +201,7 @@ impl Session {
             && backend.ping().await.is_ok()
             && !backend.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
         {
-            self.local_writes = false;
+            self.local_writes = None;
         }
         backend.session_settings().await.map_err(backend_error)
     }
@@ -343,7 +343,7 @@ impl Session {
             return;
         }
         backend.status.remove(StatusFlags::SERVER_STATUS_IN_TRANS);
-        self.local_writes = false;
+        self.local_writes = None;
         if self.branch.is_some() {
             self.abandon_branch(format!(
                 "the database ended the local transaction with error {code}; the branch of the global transaction was abandoned"
@@ -599,16 +599,16 @@ impl Session {
         self.pin_backend(None).await?;
         let at = self.ctx.at.clone();
         let joining = self.branch.is_none();
-        let wrote_before = self.local_writes;
+        let wrote_before = self.local_writes.clone();
         let Some(backend) = self.backend.as_mut() else {
             return Ok(Flow::Close);
         };
         let status = backend.status;
         let in_trans = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-        if joining && in_trans && wrote_before {
-            return Err(MysqlError::not_supported(
-                "joining a global transaction in a local transaction that already changed data outside it (Tandem cannot undo those changes): start the local transaction with a statement of the global transaction",
-            ));
+        if let Some(what) = wrote_before.filter(|_| joining && in_trans) {
+            return Err(MysqlError::not_supported(&format!(
+                "joining a global transaction in a local transaction that already changed data outside it ({what}; Tandem cannot undo those changes): start the local transaction with a statement of the global transaction"
+            )));
         }
         let wrap = !in_trans && status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
         if !wrap {

@@ -21,7 +21,7 @@ use super::relay::{relay, RelayError};
 use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
-use crate::sql::dml::SessionEffect;
+use crate::sql::dml::{self, SessionEffect};
 use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
 use crate::sql::params;
 use crate::sql::{classify, hints, StatementKind};
@@ -70,6 +70,9 @@ pub(super) struct PreparedStmt {
     pub long_data: bool,
     /// The text carries an XID hint (read once, at prepare).
     pub has_hint: bool,
+    /// What in the text may change data although it is a read or a `SET` (see
+    /// [`dml::may_write`]), read once, at prepare.
+    pub may_write: Option<String>,
 }
 
 /// What the handshake established about a client.
@@ -107,9 +110,10 @@ pub struct Session {
     /// by Tandem when a statement could not be undone exactly): until the client's ROLLBACK,
     /// its statements are refused rather than run outside the transaction it believes open.
     pub(super) aborted: Option<String>,
-    /// The open local transaction changed data before any statement of it joined a global
-    /// transaction: such a transaction cannot become a branch, as those changes have no undo.
-    pub(super) local_writes: bool,
+    /// The open local transaction changed data (or may have: a read that called a stored
+    /// function) before any statement of it joined a global transaction, and what did: such
+    /// a transaction cannot become a branch, as those changes have no undo.
+    pub(super) local_writes: Option<String>,
     /// An XA transaction is open (`XA START` seen, no `XA COMMIT`/`ROLLBACK` yet): its local
     /// transaction cannot become a branch.
     pub(super) xa: bool,
@@ -143,7 +147,7 @@ impl Session {
             xid: None,
             branch: None,
             aborted: None,
-            local_writes: false,
+            local_writes: None,
             xa: false,
             temporary: HashSet::new(),
             status_stale: false,
@@ -187,7 +191,7 @@ impl Session {
         self.xid = None;
         self.branch = None;
         self.aborted = None;
-        self.local_writes = false;
+        self.local_writes = None;
         self.xa = false;
         self.temporary.clear();
     }
@@ -622,7 +626,7 @@ impl Session {
         if let (Some(status), Some(b)) = (summary.status, self.backend.as_mut()) {
             b.status = status;
             if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
-                self.local_writes = false;
+                self.local_writes = None;
                 if self.branch.is_some() {
                     // Only a statement that commits implicitly ends a transaction with
                     // success; anything else found it ended already (rolled back unseen).
@@ -635,8 +639,11 @@ impl Session {
                         );
                     }
                 }
-            } else if summary.error.is_none() && writes(kind) {
-                self.local_writes = true;
+            } else if summary.error.is_none()
+                && self.branch.is_none()
+                && self.local_writes.is_none()
+            {
+                self.local_writes = self.wrote(payload, kind);
             }
         }
         if summary.error.is_none() {
@@ -651,6 +658,7 @@ impl Session {
                     types: Vec::new(),
                     long_data: false,
                     has_hint: hints::xid_hint(&payload[1..]).is_some(),
+                    may_write: dml::may_write(&payload[1..]),
                 };
                 self.prepared.insert(id, stmt);
             }
@@ -765,6 +773,25 @@ impl Session {
 
 /// Whether a statement of `kind` may change data (and so makes a local transaction one that
 /// cannot become a branch).
+impl Session {
+    /// Whether statement `payload` (of `kind`), run in a local transaction outside any
+    /// global one, changed data or may have, and how. One of a kind that changes nothing may
+    /// have all the same (see [`dml::may_write`]): its text is looked at (a prepared
+    /// statement's once, at prepare).
+    fn wrote(&self, payload: &[u8], kind: StatementKind) -> Option<String> {
+        if writes(kind) {
+            return Some("a data change".into());
+        }
+        match payload.first() {
+            Some(&COM_QUERY) => dml::may_write(&payload[1..]),
+            Some(&COM_STMT_EXECUTE) => statement_id(payload)
+                .and_then(|id| self.prepared.get(&id))
+                .and_then(|p| p.may_write.clone()),
+            _ => None,
+        }
+    }
+}
+
 fn writes(kind: StatementKind) -> bool {
     use StatementKind::*;
     !matches!(

@@ -187,6 +187,8 @@ async fn tx_show(State(state): State<Arc<AdminState>>, Path(xid): Path<String>) 
         "status": tx.status.name(),
         "begun_at_ms": tx.begun_at_ms,
         "timeout_ms": tx.timeout_ms,
+        "force_finished": tx.forced,
+        "retries": tx.retries,
         "branches": branches,
     })))
 }

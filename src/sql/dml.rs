@@ -369,31 +369,111 @@ pub fn check_show(sql: &[u8]) -> Result<(), AnalyzeError> {
             None => Ok(()),
         };
     }
+    match named_call(sql, &tokens) {
+        Some(name) => unsupported(&format!(
+            "calling {name}() (a stored or loadable function may change data Tandem cannot undo)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Words that stand before `(` without calling a function: operators and clauses that take
+/// parentheses, and the reserved words among them (a stored function cannot be named by a
+/// reserved word unquoted).
+const NOT_CALLS: &[&str] = &[
+    "ALL",
+    "AND",
+    "ANY",
+    "AS",
+    "BETWEEN",
+    "BY",
+    "CASE",
+    "COLUMNS",
+    "DISTINCT",
+    "ELSE",
+    "EXCEPT",
+    "EXISTS",
+    "FROM",
+    "GROUP",
+    "HAVING",
+    "IN",
+    "INTERSECT",
+    "INTO",
+    "IS",
+    "JOIN",
+    "LIKE",
+    "LIMIT",
+    "NOT",
+    "OF",
+    "ON",
+    "OR",
+    "OVER",
+    "PARTITION",
+    "REGEXP",
+    "RLIKE",
+    "ROW",
+    "SELECT",
+    "SET",
+    "SOME",
+    "THEN",
+    "UNION",
+    "USING",
+    "VALUES",
+    "WHEN",
+    "WHERE",
+    "WINDOW",
+    "WITH",
+    "XOR",
+];
+
+/// The first name in `tokens` called as a function that may be a stored or loadable one:
+/// a name before `(` that is qualified (`db.f(`), quoted, or neither a MariaDB built-in nor
+/// one of [`NOT_CALLS`]. A type after `AS` (`CAST(x AS DATETIME(6))`) is no call. Read from
+/// tokens alone, so it is cheap, and on the safe side: what it cannot tell from a call
+/// counts as one.
+fn named_call(sql: &[u8], tokens: &[lex::Token]) -> Option<String> {
     for (i, pair) in tokens.windows(2).enumerate() {
-        if !pair[1].is_punct(b'(') {
+        if !pair[1].is_punct(b'(')
+            || !matches!(
+                pair[0].kind,
+                lex::TokenKind::Word | lex::TokenKind::QuotedIdent
+            )
+        {
             continue;
         }
-        let qualified = i > 0 && tokens[i - 1].is_punct(b'.');
+        let before = i.checked_sub(1).map(|j| &tokens[j]);
+        let qualified = before.is_some_and(|t| t.is_punct(b'.'));
+        let a_type = before.is_some_and(|t| t.is_word(sql, "as"));
         let known = pair[0].kind == lex::TokenKind::Word && {
             let name = String::from_utf8_lossy(&sql[pair[0].span.clone()]).to_ascii_uppercase();
-            builtins::is_builtin(&name)
-                || [
-                    "IN", "EXISTS", "ANY", "ALL", "SOME", "AND", "OR", "NOT", "XOR", "LIKE",
-                ]
-                .contains(&name.as_str())
+            builtins::is_builtin(&name) || NOT_CALLS.contains(&name.as_str())
         };
-        let call = matches!(
-            pair[0].kind,
-            lex::TokenKind::Word | lex::TokenKind::QuotedIdent
-        );
-        if call && (qualified || !known) {
-            return unsupported(&format!(
-                "calling {}() (a stored or loadable function may change data Tandem cannot undo)",
-                String::from_utf8_lossy(&sql[pair[0].span.clone()])
-            ));
+        if qualified || !(known || a_type) {
+            return Some(String::from_utf8_lossy(&sql[pair[0].span.clone()]).into_owned());
         }
     }
-    Ok(())
+    None
+}
+
+/// Whether a query run outside a global transaction, classified by its first statement as
+/// one that changes nothing, may have changed data all the same, and how: it holds more
+/// than one statement (the others were not classified), calls a stored or loadable
+/// function, or holds an executable comment, whose content the server runs. A local
+/// transaction in which one ran cannot join a global transaction, since Tandem could not
+/// undo what it did. Cheap for the common case: a text without `(`, `;` or `/*` is none.
+pub fn may_write(sql: &[u8]) -> Option<String> {
+    if memchr::memchr2(b'(', b';', sql).is_none() && memchr::memmem::find(sql, b"/*").is_none() {
+        return None;
+    }
+    match lex::tokenize(sql) {
+        Ok(tokens) if lex::statements(&tokens).len() > 1 => {
+            Some("a query of several statements".into())
+        }
+        Ok(tokens) => named_call(sql, &tokens).map(|name| format!("a call of {name}()")),
+        Err(LexError::ExecutableComment) => Some("an executable comment".into()),
+        // The server refuses what does not lex.
+        Err(LexError::Unterminated(_)) => None,
+    }
 }
 
 /// Analyses one INSERT, UPDATE or DELETE.
@@ -1007,6 +1087,36 @@ mod tests {
                 .unwrap()
                 .set_statement
         );
+    }
+
+    #[test]
+    fn reads_that_may_have_written() {
+        for quiet in [
+            "SELECT * FROM acct WHERE id IN (1, 2) FOR UPDATE",
+            "SELECT COUNT(*), MAX(bal) FROM acct",
+            "SELECT a.id FROM acct a JOIN (SELECT id FROM t) b USING (id)",
+            "SELECT CAST(x AS DATETIME(6)), CONVERT(y, CHAR(3)) FROM t",
+            "SELECT 'f(1); g()' AS text, `col` FROM t",
+            "SELECT ROW(1, 2) = ROW(1, 2), EXISTS (SELECT 1)",
+            "SET @a = CONCAT('x', 1)",
+            "SELECT 1;",
+            "SELECT 1 -- f(2); drop()\n",
+        ] {
+            assert_eq!(may_write(quiet.as_bytes()), None, "{quiet}");
+        }
+        for (loud, what) in [
+            ("SELECT drain(1)", "a call of drain()"),
+            ("SELECT shop.f()", "a call of f()"),
+            ("SELECT `count`(1)", "a call of `count`()"),
+            ("SET @a = archive()", "a call of archive()"),
+            (
+                "SELECT 1; UPDATE acct SET bal = 0",
+                "a query of several statements",
+            ),
+            ("SELECT 1 /*!, f() */", "an executable comment"),
+        ] {
+            assert_eq!(may_write(loud.as_bytes()).as_deref(), Some(what), "{loud}");
+        }
     }
 
     #[test]
