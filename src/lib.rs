@@ -14,6 +14,8 @@
 //!   that streams responses back.
 //! * [`sql`]: cheap statement classification (no parsing on the hot path), and inside global
 //!   transactions a lexer that reads text as MariaDB does and the analysis built on it.
+//! * [`planner`]: per statement, which of an executor's backends runs it (`rw_split`'s
+//!   rules: what a replica may answer).
 //! * [`backend`]: backend connections (raw packets, so results stream untouched) and the
 //!   per-data-source pools with health checks.
 //! * [`http`]: the admin API (liveness, readiness, Prometheus metrics).
@@ -27,6 +29,7 @@ pub mod coordinator;
 pub mod frontend;
 pub mod http;
 pub mod metrics;
+pub mod planner;
 pub mod server;
 pub mod sql;
 pub mod wire;

@@ -164,6 +164,44 @@ pub struct Executor {
     /// For `mode: single`: the one data source.
     #[serde(default)]
     pub data_source: Option<String>,
+    /// For `mode: rw_split`: the data source that takes writes.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// For `mode: rw_split`: data sources replicating from the primary, which take reads.
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
+    /// For `mode: rw_split`: a replica further behind than this takes no reads until it
+    /// catches up. Default 5s.
+    #[serde(default)]
+    pub max_replica_lag: Option<Seconds>,
+    /// For `mode: rw_split`: a session's read sees that session's earlier writes (it waits,
+    /// briefly, for the replica to apply them, or goes to the primary). Default true.
+    #[serde(default)]
+    pub read_your_writes: Option<bool>,
+}
+
+impl Executor {
+    pub fn max_replica_lag(&self) -> Seconds {
+        self.max_replica_lag.unwrap_or(Seconds::secs(5))
+    }
+
+    pub fn read_your_writes(&self) -> bool {
+        self.read_your_writes.unwrap_or(true)
+    }
+}
+
+/// A replica of an `rw_split` executor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    pub data_source: String,
+    /// Its share of the reads, against the other replicas' weights. Default 1.
+    #[serde(default = "default_weight", deserialize_with = "count")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -104,22 +104,76 @@ impl Config {
 
         for (i, e) in self.executors.iter().enumerate() {
             let at = |f: &str| format!("executors[{i}].{f}");
+            let known = |f: &str, ds: &str| {
+                if self.data_sources.iter().any(|d| d.name == ds) {
+                    Ok(())
+                } else {
+                    Err(ConfigError::new(
+                        at(f),
+                        format!("no data source is named '{ds}'"),
+                    ))
+                }
+            };
+            let only_for = |f: &str, set: bool, mode: &str| {
+                if set {
+                    Err(ConfigError::new(at(f), format!("only for mode: {mode}")))
+                } else {
+                    Ok(())
+                }
+            };
             match e.mode {
                 Mode::Single => {
                     let ds = e.data_source.as_deref().ok_or_else(|| {
                         ConfigError::new(at("data_source"), "required for mode: single")
                     })?;
-                    if !self.data_sources.iter().any(|d| d.name == ds) {
+                    known("data_source", ds)?;
+                    only_for("primary", e.primary.is_some(), "rw_split")?;
+                    only_for("replicas", !e.replicas.is_empty(), "rw_split")?;
+                    only_for("max_replica_lag", e.max_replica_lag.is_some(), "rw_split")?;
+                    only_for("read_your_writes", e.read_your_writes.is_some(), "rw_split")?;
+                }
+                Mode::RwSplit => {
+                    only_for("data_source", e.data_source.is_some(), "single")?;
+                    let primary = e.primary.as_deref().ok_or_else(|| {
+                        ConfigError::new(at("primary"), "required for mode: rw_split")
+                    })?;
+                    known("primary", primary)?;
+                    if e.replicas.is_empty() {
                         return Err(ConfigError::new(
-                            at("data_source"),
-                            format!("no data source is named '{ds}'"),
+                            at("replicas"),
+                            "mode: rw_split needs at least one replica",
                         ));
                     }
-                }
-                Mode::RwSplit | Mode::Sharding => {
+                    for (j, r) in e.replicas.iter().enumerate() {
+                        let f = format!("replicas[{j}].data_source");
+                        known(&f, &r.data_source)?;
+                        let again = r.data_source == primary
+                            || e.replicas[..j]
+                                .iter()
+                                .any(|o| o.data_source == r.data_source);
+                        if again {
+                            return Err(ConfigError::new(
+                                at(&f),
+                                format!("'{}' is named twice in this executor", r.data_source),
+                            ));
+                        }
+                        if r.weight == 0 {
+                            return Err(ConfigError::new(
+                                at(&format!("replicas[{j}].weight")),
+                                "must be at least 1",
+                            ));
+                        }
+                    }
+                    // The fields are checked, the routing layer is not in this version yet.
                     return Err(ConfigError::new(
                         at("mode"),
-                        "only 'single' is available in this version of Tandem",
+                        "mode: rw_split is not available in this version of Tandem yet",
+                    ));
+                }
+                Mode::Sharding => {
+                    return Err(ConfigError::new(
+                        at("mode"),
+                        "mode: sharding is not available in this version of Tandem yet",
                     ));
                 }
             }
@@ -308,6 +362,58 @@ http_sidecars:
     transactions:
       - { method: POST, path: /orders, timeout: 30s }
 "#;
+
+    #[test]
+    fn rw_split_fields_are_checked_and_name_the_field() {
+        let rw = |executor: &str| {
+            GOOD.replace(
+                "    mode: single\n    data_source: orders_db\n",
+                &format!("    mode: rw_split\n{executor}"),
+            )
+            .replace(
+                "admin:\n",
+                "  - { name: r1, dsn: \"mysql://root@127.0.0.1:3307/orders\" }\nadmin:\n",
+            )
+        };
+        let field = |yaml: &str| Config::from_yaml_with_env(yaml, env).unwrap_err().field;
+        for (executor, at) in [
+            ("    replicas: [{ data_source: r1 }]\n", "executors[0].primary"),
+            ("    primary: nope\n    replicas: [{ data_source: r1 }]\n", "executors[0].primary"),
+            ("    primary: orders_db\n", "executors[0].replicas"),
+            (
+                "    primary: orders_db\n    replicas: [{ data_source: nope }]\n",
+                "executors[0].replicas[0].data_source",
+            ),
+            (
+                "    primary: orders_db\n    replicas: [{ data_source: r1 }, { data_source: r1 }]\n",
+                "executors[0].replicas[1].data_source",
+            ),
+            (
+                "    primary: orders_db\n    replicas: [{ data_source: orders_db }]\n",
+                "executors[0].replicas[0].data_source",
+            ),
+            (
+                "    primary: orders_db\n    replicas: [{ data_source: r1, weight: 0 }]\n",
+                "executors[0].replicas[0].weight",
+            ),
+            (
+                "    data_source: orders_db\n    primary: orders_db\n    replicas: [{ data_source: r1 }]\n",
+                "executors[0].data_source",
+            ),
+            // Every field holds; the mode itself is not available yet.
+            (
+                "    primary: orders_db\n    replicas: [{ data_source: r1, weight: 2 }]\n    max_replica_lag: 2s\n",
+                "executors[0].mode",
+            ),
+        ] {
+            assert_eq!(field(&rw(executor)), at, "{executor}");
+        }
+        let single_with_replicas = GOOD.replace(
+            "    data_source: orders_db\n",
+            "    data_source: orders_db\n    replicas: [{ data_source: orders_db }]\n",
+        );
+        assert_eq!(field(&single_with_replicas), "executors[0].replicas");
+    }
 
     #[test]
     fn http_sidecar_loads() {

@@ -431,7 +431,7 @@ const NOT_CALLS: &[&str] = &[
 /// one of [`NOT_CALLS`]. A type after `AS` (`CAST(x AS DATETIME(6))`) is no call. Read from
 /// tokens alone, so it is cheap, and on the safe side: what it cannot tell from a call
 /// counts as one.
-fn named_call(sql: &[u8], tokens: &[lex::Token]) -> Option<String> {
+pub(crate) fn named_call(sql: &[u8], tokens: &[lex::Token]) -> Option<String> {
     for (i, pair) in tokens.windows(2).enumerate() {
         if !pair[1].is_punct(b'(')
             || !matches!(

@@ -1,5 +1,6 @@
-//! The XID hint: `/*+ XID('…') */` anywhere in a statement (DBPack-compatible) makes the
-//! statement's local transaction a branch of that global transaction.
+//! Hints in comments. The XID hint: `/*+ XID('…') */` anywhere in a statement
+//! (DBPack-compatible) makes the statement's local transaction a branch of that global
+//! transaction. The primary hint, `/*+ PRIMARY */`, sends a read to the primary.
 //!
 //! Read from the raw text with a byte scan; no parsing.
 
@@ -16,38 +17,55 @@ pub fn has_hint(sql: &[u8]) -> bool {
 /// Finds the XID hint. `None` when the statement has none. Text inside quotes (strings,
 /// quoted identifiers) is skipped, so a literal that looks like a hint is not one.
 pub fn xid_hint(sql: &[u8]) -> Option<Result<String, HintError>> {
+    hint_bodies(sql).find_map(xid_in)
+}
+
+/// True when a hint comment asks for the primary: `/*+ PRIMARY */` (`mode: rw_split` sends
+/// that read to the primary instead of a replica). Cheap when there is no hint at all.
+pub fn primary_hint(sql: &[u8]) -> bool {
+    memchr::memmem::find(sql, b"/*+").is_some()
+        && hint_bodies(sql).any(|body| {
+            body.split(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                .any(|w| w.eq_ignore_ascii_case(b"primary"))
+        })
+}
+
+/// The bodies of the statement's hint comments (`/*+ … */`, after the `+`), in order. Text
+/// inside quotes (strings, quoted identifiers) is skipped, so a literal that looks like a
+/// hint is not one.
+fn hint_bodies(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut i = 0;
     let mut quote: Option<u8> = None;
-    while i < sql.len() {
-        let b = sql[i];
-        match quote {
-            Some(q) => {
-                if b == b'\\' && q != b'`' {
-                    i += 1;
-                } else if b == q {
-                    quote = None;
-                }
-            }
-            None if b == b'\'' || b == b'"' || b == b'`' => quote = Some(b),
-            None if sql[i..].starts_with(b"/*") => {
-                let body_start = i + 2;
-                let end = sql[body_start..]
-                    .windows(2)
-                    .position(|w| w == b"*/")
-                    .map_or(sql.len(), |e| body_start + e);
-                if sql.get(body_start) == Some(&b'+') {
-                    if let Some(found) = xid_in(&sql[body_start + 1..end]) {
-                        return Some(found);
+    std::iter::from_fn(move || {
+        while i < sql.len() {
+            let b = sql[i];
+            match quote {
+                Some(q) => {
+                    if b == b'\\' && q != b'`' {
+                        i += 1;
+                    } else if b == q {
+                        quote = None;
                     }
                 }
-                i = end + 2;
-                continue;
+                None if b == b'\'' || b == b'"' || b == b'`' => quote = Some(b),
+                None if sql[i..].starts_with(b"/*") => {
+                    let body_start = i + 2;
+                    let end = sql[body_start..]
+                        .windows(2)
+                        .position(|w| w == b"*/")
+                        .map_or(sql.len(), |e| body_start + e);
+                    i = end + 2;
+                    if sql.get(body_start) == Some(&b'+') {
+                        return Some(&sql[body_start + 1..end]);
+                    }
+                    continue;
+                }
+                None => {}
             }
-            None => {}
+            i += 1;
         }
-        i += 1;
-    }
-    None
+        None
+    })
 }
 
 /// Reads `XID('…')` (or `XID("…")`) inside one hint comment.

@@ -69,9 +69,23 @@ pub fn start_mariadb_on_a_free_port(dir: &Path) -> u16 {
 /// [`start_mariadb_on_a_free_port`], the server listening on `addresses` (comma-separated,
 /// 127.0.0.1 among them).
 pub fn start_mariadb_listening(dir: &Path, addresses: &str) -> u16 {
+    start_mariadb_as(dir, addresses, Role::Alone)
+}
+
+/// What a test's MariaDB is to the others.
+#[derive(Clone, Copy)]
+pub enum Role {
+    Alone,
+    /// Writes a binary log that replicas follow.
+    Primary,
+    /// A read-only GTID replica of the primary on this port, caught up when started.
+    ReplicaOf(u16),
+}
+
+fn start_mariadb_as(dir: &Path, addresses: &str, role: Role) -> u16 {
     for _ in 0..5 {
         let port = free_port();
-        if try_start_mariadb(dir, port, addresses) {
+        if try_start_mariadb(dir, port, addresses, role) {
             return port;
         }
         let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
@@ -87,7 +101,7 @@ pub fn start_mariadb_listening(dir: &Path, addresses: &str) -> u16 {
 /// Starts a MariaDB in `dir` (again, after [`stop_mariadb`]) on `port`.
 pub fn start_mariadb(dir: &Path, port: u16) {
     assert!(
-        try_start_mariadb(dir, port, "127.0.0.1"),
+        try_start_mariadb(dir, port, "127.0.0.1", Role::Alone),
         "MariaDB failed to start in {}",
         dir.display()
     );
@@ -97,16 +111,25 @@ pub fn start_mariadb(dir: &Path, port: u16) {
 /// it did not start.
 // The watchdog outlives this function on purpose: it waits for the test process to end.
 #[allow(clippy::zombie_processes)]
-fn try_start_mariadb(dir: &Path, port: u16, addresses: &str) -> bool {
+fn try_start_mariadb(dir: &Path, port: u16, addresses: &str, role: Role) -> bool {
     let script = root().join("scripts/mariadb.sh");
+    let command = match role {
+        Role::Alone => "start",
+        Role::Primary => "start-primary",
+        Role::ReplicaOf(_) => "start-replica",
+    };
     let status = Command::new("bash")
         .env("MARIADB_BIND_ADDRESS", addresses)
         .arg(&script)
         .args([
-            "start",
+            command,
             dir.to_str().expect("utf-8 path"),
             &port.to_string(),
         ])
+        .args(match role {
+            Role::ReplicaOf(primary) => Some(primary.to_string()),
+            _ => None,
+        })
         .status()
         .expect("run scripts/mariadb.sh");
     if !status.success() {
@@ -126,6 +149,52 @@ fn try_start_mariadb(dir: &Path, port: u16, addresses: &str) -> bool {
         .spawn()
         .expect("start watchdog");
     true
+}
+
+/// A MariaDB primary and a GTID replica of it, for the tests of read/write splitting.
+/// Each test that changes replication (stops it, lags it) starts a pair of its own.
+pub struct ReplicatedPair {
+    pub primary: u16,
+    pub replica: u16,
+    pub replica_dir: PathBuf,
+}
+
+impl ReplicatedPair {
+    pub fn start(name: &str) -> ReplicatedPair {
+        let primary = start_mariadb_as(
+            &scratch(&format!("{name}-primary")),
+            "127.0.0.1",
+            Role::Primary,
+        );
+        let replica_dir = scratch(&format!("{name}-replica"));
+        let replica = start_mariadb_as(&replica_dir, "127.0.0.1", Role::ReplicaOf(primary));
+        ReplicatedPair {
+            primary,
+            replica,
+            replica_dir,
+        }
+    }
+
+    /// Runs SQL as root on the primary.
+    pub fn primary_sql(&self, sql: &str) -> String {
+        mariadb_cli(self.primary, "root", "", None, sql).expect("SQL on the primary")
+    }
+
+    /// Runs SQL as root on the replica.
+    pub fn replica_sql(&self, sql: &str) -> String {
+        mariadb_cli(self.replica, "root", "", None, sql).expect("SQL on the replica")
+    }
+
+    /// Waits until the replica has applied everything the primary has written.
+    pub fn caught_up(&self) {
+        let pos = self.primary_sql("SELECT @@gtid_binlog_pos");
+        let waited = self.replica_sql(&format!("SELECT MASTER_GTID_WAIT('{}', 30)", pos.trim()));
+        assert_eq!(
+            waited.trim(),
+            "0",
+            "the replica did not catch up with {pos}"
+        );
+    }
 }
 
 pub fn stop_mariadb(dir: &Path) {
