@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-statement hot path: classifying a statement, and scanning a
-//! result set as it is relayed. `cargo bench --bench hot_path` prints nanoseconds per
+//! result set as it is relayed; and what a statement of a global transaction costs to read
+//! (lexing, parsing, cutting its clauses from the client's text). `cargo bench --bench hot_path` prints nanoseconds per
 //! operation; end-to-end ratios against MariaDB come from `scripts/bench.sh`.
 
 use std::hint::black_box;
@@ -77,6 +78,19 @@ fn main() {
             for s in statements {
                 black_box(classify(black_box(s)));
             }
+        },
+    );
+
+    let update = "/*+ XID('001a2-3b4c') */ UPDATE account SET balance = balance - 5 WHERE id = 17";
+    bench("shape of a global UPDATE (lex)", 1, 200_000, || {
+        black_box(tandem::sql::dml::shape(black_box(update.as_bytes())).expect("one statement"));
+    });
+    bench(
+        "analysis of a global UPDATE (lex, parse, clauses)",
+        1,
+        100_000,
+        || {
+            black_box(tandem::sql::dml::analyze(black_box(update)).expect("an UPDATE"));
         },
     );
 
