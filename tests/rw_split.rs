@@ -3,7 +3,11 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::ReplicatedPair;
+use tandem::backend::health::{self, Health};
+use tandem::backend::Pool;
 
 /// The pair the tests route over behaves as a primary and its replica do: writes reach the
 /// replica, the replica refuses writes of its own (read-only), a marker row written on the
@@ -41,4 +45,51 @@ fn the_test_servers_replicate() {
         pair.replica_sql("SELECT v FROM shop.t WHERE id = 3").trim(),
         "late"
     );
+}
+
+/// The replica monitor sees what the replica does: usable while it replicates, not when its
+/// SQL thread stops or the server is down, and usable again once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_replica_monitor_sees_replication_stop_and_the_server_go() {
+    let pair = ReplicatedPair::start("health");
+    let dsn = tandem::config::Dsn::parse(&format!("mysql://root@127.0.0.1:{}/mysql", pair.replica))
+        .unwrap();
+    let pool = Pool::new(
+        "replica",
+        dsn,
+        tandem::config::Pool::default(),
+        tandem::metrics::Metrics::new().pool("replica"),
+    );
+    let max_lag = Duration::from_secs(5);
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let seen = health::monitor(pool.clone(), max_lag, Duration::from_millis(100), shutdown);
+    let until = |want: fn(&Health) -> bool, what: &'static str| {
+        let mut seen = seen.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), seen.wait_for(want))
+                .await
+                .unwrap_or_else(|_| panic!("the monitor never saw {what}"))
+                .map(|h| h.clone())
+                .unwrap()
+        }
+    };
+    assert!(until(Health::usable, "a usable replica").await.lag() <= Some(max_lag));
+
+    pair.replica_sql("STOP SLAVE SQL_THREAD");
+    let found = until(
+        |h| matches!(h, Health::NotReplicating(_)),
+        "replication stop",
+    )
+    .await;
+    assert!(
+        format!("{found:?}").contains("Slave_SQL_Running"),
+        "{found:?}"
+    );
+    pair.replica_sql("START SLAVE SQL_THREAD");
+    until(Health::usable, "replication start again").await;
+
+    pair.stop_replica();
+    until(|h| matches!(h, Health::Down(_)), "the server gone").await;
+    pair.restart_replica();
+    until(Health::usable, "the server back").await;
 }

@@ -308,7 +308,7 @@ impl BackendConn {
         arg: &[u8],
         kind: ResponseKind,
     ) -> Result<Summary, BackendError> {
-        let r = self.command_inner(cmd, arg, kind, None).await;
+        let r = self.command_inner(cmd, arg, kind, None, None).await;
         self.settle(r)
     }
 
@@ -332,9 +332,40 @@ impl BackendConn {
     pub async fn query_raw(&mut self, sql: &str) -> Result<Vec<Row>, BackendError> {
         let mut rows = Vec::new();
         let r = self
-            .command_inner(0x03, sql.as_bytes(), ResponseKind::Query, Some(&mut rows))
+            .command_inner(
+                0x03,
+                sql.as_bytes(),
+                ResponseKind::Query,
+                Some(&mut rows),
+                None,
+            )
             .await;
         self.settle(r).map(|_| rows)
+    }
+
+    /// Runs a query and collects its text rows with the columns' names: for results whose
+    /// columns differ between server versions (`SHOW SLAVE STATUS`).
+    pub async fn query_named(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BackendError> {
+        let (mut rows, mut names) = (Vec::new(), Vec::new());
+        let r = self
+            .command_inner(
+                0x03,
+                sql.as_bytes(),
+                ResponseKind::Query,
+                Some(&mut rows),
+                Some(&mut names),
+            )
+            .await;
+        self.settle(r)?;
+        let text = |c: Option<Vec<u8>>| c.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let rows = rows
+            .into_iter()
+            .map(|r| r.into_iter().map(text).collect())
+            .collect();
+        Ok((names, rows))
     }
 
     /// Runs a statement, discarding any result.
@@ -455,7 +486,7 @@ impl BackendConn {
         &mut self,
         rows: Option<&mut Vec<Row>>,
     ) -> Result<Summary, BackendError> {
-        let r = self.read_response(ResponseKind::Query, rows).await;
+        let r = self.read_response(ResponseKind::Query, rows, None).await;
         self.settle(r)
     }
 
@@ -473,21 +504,26 @@ impl BackendConn {
         arg: &[u8],
         kind: ResponseKind,
         rows: Option<&mut Vec<Row>>,
+        names: Option<&mut Vec<String>>,
     ) -> Result<(Summary, Option<MysqlError>), BackendError> {
         self.write_command(cmd, arg);
-        self.read_response(kind, rows).await
+        self.read_response(kind, rows, names).await
     }
 
     /// Flushes, then reads one response packet by packet. Rows are decoded only when `rows`
-    /// asks for them; an ERR packet's content is returned beside the summary.
+    /// asks for them, column names only when `names` does; an ERR packet's content is
+    /// returned beside the summary.
     async fn read_response(
         &mut self,
         kind: ResponseKind,
         mut rows: Option<&mut Vec<Row>>,
+        mut names: Option<&mut Vec<String>>,
     ) -> Result<(Summary, Option<MysqlError>), BackendError> {
         self.io.flush().await?;
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
         let mut columns = 0u64;
+        // Column definitions still to come after a column count.
+        let mut definitions = 0u64;
         loop {
             let p = self
                 .io
@@ -512,8 +548,14 @@ impl BackendConn {
             if let Some(rows) = rows.as_deref_mut() {
                 if scanner.summary().result_sets > sets_before {
                     columns = read_lenenc_int(&p.payload).map_or(0, |(n, _)| n);
+                    definitions = columns;
                 } else if scanner.summary().rows > rows_before {
                     rows.push(decode_text_row(&p.payload, columns)?);
+                } else if definitions > 0 {
+                    definitions -= 1;
+                    if let Some(names) = names.as_deref_mut() {
+                        names.push(column_name(&p.payload)?);
+                    }
                 }
             }
             match progress {
@@ -544,6 +586,25 @@ fn ok_status(payload: &[u8]) -> Option<StatusFlags> {
 
 /// One text-protocol row: each cell's bytes, or `None` for NULL.
 pub type Row = Vec<Option<Vec<u8>>>;
+
+/// The name of a column definition (protocol 4.1: catalog, schema, table, original table,
+/// then name, each a length-encoded string).
+fn column_name(payload: &[u8]) -> Result<String, BackendError> {
+    let bad = || BackendError::Protocol("bad column definition".into());
+    let mut rest = payload;
+    for field in 0..5 {
+        let (len, n) = read_lenenc_int(rest).ok_or_else(bad)?;
+        let end = n
+            .checked_add(usize::try_from(len).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
+        let value = rest.get(n..end).ok_or_else(bad)?;
+        if field == 4 {
+            return Ok(String::from_utf8_lossy(value).into_owned());
+        }
+        rest = &rest[end..];
+    }
+    Err(bad())
+}
 
 fn decode_text_row(payload: &[u8], columns: u64) -> Result<Row, BackendError> {
     let mut out = Vec::with_capacity(columns as usize);

@@ -185,6 +185,24 @@ impl ReplicatedPair {
         mariadb_cli(self.replica, "root", "", None, sql).expect("SQL on the replica")
     }
 
+    /// Stops the replica's server.
+    pub fn stop_replica(&self) {
+        stop_mariadb(&self.replica_dir);
+    }
+
+    /// Starts the replica's server again, on its port, replicating and caught up.
+    pub fn restart_replica(&self) {
+        assert!(
+            try_start_mariadb(
+                &self.replica_dir,
+                self.replica,
+                "127.0.0.1",
+                Role::ReplicaOf(self.primary)
+            ),
+            "the replica did not start again"
+        );
+    }
+
     /// Waits until the replica has applied everything the primary has written.
     pub fn caught_up(&self) {
         let pos = self.primary_sql("SELECT @@gtid_binlog_pos");
