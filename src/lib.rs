@@ -16,6 +16,8 @@
 //!   transactions a lexer that reads text as MariaDB does and the analysis built on it.
 //! * [`planner`]: per statement, which of an executor's backends runs it (`rw_split`'s
 //!   rules: what a replica may answer).
+//! * [`exec`]: what carries a routing decision out (`rw_split`'s replicas and the session
+//!   state a session carries to each connection it opens).
 //! * [`backend`]: backend connections (raw packets, so results stream untouched) and the
 //!   per-data-source pools with health checks.
 //! * [`http`]: the admin API (liveness, readiness, Prometheus metrics).
@@ -26,6 +28,7 @@ pub mod at;
 pub mod backend;
 pub mod config;
 pub mod coordinator;
+pub mod exec;
 pub mod frontend;
 pub mod http;
 pub mod metrics;
