@@ -20,6 +20,10 @@ pub struct Metrics {
     backend_connections: IntGaugeVec,
     backend_connects: IntCounterVec,
     errors: IntCounterVec,
+    reads: IntCounterVec,
+    primary_fallbacks: IntCounterVec,
+    gtid_wait_seconds: HistogramVec,
+    replica_lag: prometheus::GaugeVec,
     coordinator: CoordinatorMetrics,
 }
 
@@ -48,9 +52,31 @@ pub struct ListenerMetrics {
     latency: Vec<Histogram>,
     name: String,
     errors: IntCounterVec,
+    reads: IntCounterVec,
+    primary_fallbacks: IntCounterVec,
+    gtid_waits: Histogram,
 }
 
 impl ListenerMetrics {
+    /// `rw_split`: a read ran on `backend` (a replica's data source, or `primary`).
+    pub fn read_on(&self, backend: &str) {
+        self.reads
+            .with_label_values(&[self.name.as_str(), backend])
+            .inc();
+    }
+
+    /// `rw_split`: a read a replica could have answered ran on the primary, and why.
+    pub fn primary_fallback(&self, why: &str) {
+        self.primary_fallbacks
+            .with_label_values(&[self.name.as_str(), why])
+            .inc();
+    }
+
+    /// `rw_split`: a read waited for its replica to apply the session's writes.
+    pub fn gtid_wait(&self, seconds: f64) {
+        self.gtid_waits.observe(seconds);
+    }
+
     /// Records one statement and how long its response took.
     pub fn statement(&self, kind: StatementKind, seconds: f64) {
         self.statements[kind.index()].inc();
@@ -129,6 +155,39 @@ impl Metrics {
             &["listener", "code"],
         )
         .expect("valid metric");
+        let reads = IntCounterVec::new(
+            Opts::new(
+                "tandem_reads_total",
+                "rw_split: reads by the backend that answered (a replica's data source, or primary)",
+            ),
+            &["listener", "backend"],
+        )
+        .expect("valid metric");
+        let primary_fallbacks = IntCounterVec::new(
+            Opts::new(
+                "tandem_primary_fallbacks_total",
+                "rw_split: reads a replica could have answered that ran on the primary, by reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let gtid_wait_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tandem_gtid_wait_seconds",
+                "rw_split: time a read waited for its replica to apply the session's writes",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14).expect("valid buckets")),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let replica_lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "tandem_replica_lag_seconds",
+                "rw_split: how far behind each replica was last seen (-1: not replicating or down)",
+            ),
+            &["data_source"],
+        )
+        .expect("valid metric");
         let coordinator = CoordinatorMetrics {
             outcomes: IntCounterVec::new(
                 Opts::new(
@@ -186,6 +245,10 @@ impl Metrics {
             Box::new(backend_connections.clone()),
             Box::new(backend_connects.clone()),
             Box::new(errors.clone()),
+            Box::new(reads.clone()),
+            Box::new(primary_fallbacks.clone()),
+            Box::new(gtid_wait_seconds.clone()),
+            Box::new(replica_lag.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -198,8 +261,17 @@ impl Metrics {
             backend_connections,
             backend_connects,
             errors,
+            reads,
+            primary_fallbacks,
+            gtid_wait_seconds,
+            replica_lag,
             coordinator,
         }
+    }
+
+    /// `rw_split`: the gauge of how far behind replica `data_source` is.
+    pub fn replica_lag(&self, data_source: &str) -> prometheus::Gauge {
+        self.replica_lag.with_label_values(&[data_source])
     }
 
     pub fn coordinator(&self) -> CoordinatorMetrics {
@@ -220,6 +292,9 @@ impl Metrics {
                 .collect(),
             name: name.to_string(),
             errors: self.errors.clone(),
+            reads: self.reads.clone(),
+            primary_fallbacks: self.primary_fallbacks.clone(),
+            gtid_waits: self.gtid_wait_seconds.with_label_values(&[name]),
         }
     }
 

@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, watch};
 use crate::at::branch::{AtSource, LockRetry};
 use crate::at::meta::MetaCache;
 use crate::at::rm::AtResource;
-use crate::backend::Pool;
-use crate::config::{self, AuthPlugin, Config, Dsn, StoreKind};
+use crate::backend::{health, Pool};
+use crate::config::{self, AuthPlugin, Config, Dsn, Mode, StoreKind};
 use crate::coordinator::mesh::{Mesh, NodeInfo};
 use crate::coordinator::store::any::AnyStore;
 use crate::coordinator::store::embedded::EmbeddedStore;
 use crate::coordinator::store::etcd::EtcdStore;
 use crate::coordinator::Coordinator;
+use crate::exec::rw_split::{Replica, Replicas};
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
 use crate::http::sidecar::{self, Sidecar};
@@ -60,6 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let coordinator = open_coordinator(&config, metrics.coordinator()).await?;
+    let replicas = replica_names(&config);
     let at_sources: Vec<Arc<AtSource>> = pools
         .iter()
         .map(|pool| {
@@ -67,7 +69,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 pool.clone(),
                 config.coordinator.finished_marker_retention.0,
             ));
-            coordinator.register_resource(&resource.identity(), resource.clone());
+            if !replicas.contains(pool.name()) {
+                coordinator.register_resource(&resource.identity(), resource.clone());
+            }
             Arc::new(AtSource {
                 server: pool.dsn().server_identity(),
                 resource,
@@ -103,7 +107,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 admin: config.admin.as_ref().map(|a| a.address.clone()),
                 resources: at_sources
                     .iter()
-                    .map(|a| a.resource.identity())
+                    .zip(&pools)
+                    .filter(|(_, p)| !replicas.contains(p.name()))
+                    .map(|(a, _)| a.resource.identity())
                     .chain(
                         tcc_resources
                             .iter()
@@ -131,13 +137,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let connection_ids = Arc::new(AtomicU32::new(1));
 
     for (i, l) in config.listeners.iter().enumerate() {
-        let (pool, at) =
-            executor_pool(&config, &pools, &at_sources, &l.executor).ok_or_else(|| {
-                StartError::Invalid {
-                    field: format!("listeners[{i}].executor"),
-                    message: format!("no usable executor '{}'", l.executor),
-                }
-            })?;
+        let backends = executor_backends(
+            &config,
+            &pools,
+            &at_sources,
+            &l.executor,
+            &metrics,
+            &shutdown_rx,
+        )
+        .ok_or_else(|| StartError::Invalid {
+            field: format!("listeners[{i}].executor"),
+            message: format!("no usable executor '{}'", l.executor),
+        })?;
         let tls =
             match &l.tls {
                 Some(t) => Some(frontend::tls::acceptor(&t.cert, &t.key).map_err(|e| {
@@ -162,9 +173,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let ctx = Arc::new(ListenerContext {
             name: l.name.clone(),
             users: l.users.clone(),
-            pool,
+            pool: backends.pool,
+            replicas: backends.replicas,
+            read_your_writes: backends.read_your_writes,
             coordinator: coordinator.clone(),
-            at,
+            at: backends.at,
             tls_required: l.tls.as_ref().is_some_and(|t| t.required),
             tls,
             max_allowed_packet: l.max_allowed_packet.0 as usize,
@@ -266,6 +279,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 /// The sweep of a sidecar in a mesh, where etcd watches bring phase-2 work at once.
 const MESH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often each replica's monitor asks how its replication stands.
+const REPLICA_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens the coordinator store. Its background sweep (which first finishes any phase 2 a
 /// previous run left undone) is started once the resources are known.
@@ -309,14 +324,70 @@ fn node_name() -> String {
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-fn executor_pool(
+/// What a listener's executor gives its sessions: the pool every session's statements use
+/// (the single data source, or the primary), its AT state, and for `rw_split` the replicas.
+struct Backends {
+    pool: Pool,
+    at: Arc<AtSource>,
+    replicas: Option<Arc<Replicas>>,
+    read_your_writes: bool,
+}
+
+fn executor_backends(
     config: &Config,
     pools: &[Pool],
     at: &[Arc<AtSource>],
     executor: &str,
-) -> Option<(Pool, Arc<AtSource>)> {
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<Backends> {
     let e = config.executors.iter().find(|e| e.name == executor)?;
-    let ds = e.data_source.as_deref()?;
-    let i = pools.iter().position(|p| p.name() == ds)?;
-    Some((pools[i].clone(), at.get(i)?.clone()))
+    let pool_of = |name: &str| pools.iter().position(|p| p.name() == name);
+    match e.mode {
+        Mode::Single => {
+            let i = pool_of(e.data_source.as_deref()?)?;
+            Some(Backends {
+                pool: pools[i].clone(),
+                at: at.get(i)?.clone(),
+                replicas: None,
+                read_your_writes: false,
+            })
+        }
+        Mode::RwSplit => {
+            let i = pool_of(e.primary.as_deref()?)?;
+            let mut replicas = Vec::new();
+            for r in &e.replicas {
+                let pool = pools[pool_of(&r.data_source)?].clone();
+                let health = health::monitor(
+                    pool.clone(),
+                    e.max_replica_lag().0,
+                    REPLICA_CHECK_INTERVAL,
+                    metrics.replica_lag(&r.data_source),
+                    shutdown.clone(),
+                );
+                replicas.push(Replica {
+                    pool,
+                    weight: r.weight,
+                    health,
+                });
+            }
+            Some(Backends {
+                pool: pools[i].clone(),
+                at: at.get(i)?.clone(),
+                replicas: Some(Arc::new(Replicas { replicas })),
+                read_your_writes: e.read_your_writes(),
+            })
+        }
+        Mode::Sharding => None,
+    }
+}
+
+/// The data sources that are replicas of an `rw_split` executor: they take no branches
+/// (read-only, and written only by replication).
+fn replica_names(config: &Config) -> std::collections::HashSet<&str> {
+    config
+        .executors
+        .iter()
+        .flat_map(|e| e.replicas.iter().map(|r| r.data_source.as_str()))
+        .collect()
 }

@@ -62,7 +62,14 @@ async fn the_replica_monitor_sees_replication_stop_and_the_server_go() {
     );
     let max_lag = Duration::from_secs(5);
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let seen = health::monitor(pool.clone(), max_lag, Duration::from_millis(100), shutdown);
+    let metrics = tandem::metrics::Metrics::new();
+    let seen = health::monitor(
+        pool.clone(),
+        max_lag,
+        Duration::from_millis(100),
+        metrics.replica_lag("replica"),
+        shutdown,
+    );
     let until = |want: fn(&Health) -> bool, what: &'static str| {
         let mut seen = seen.clone();
         async move {
@@ -92,4 +99,272 @@ async fn the_replica_monitor_sees_replication_stop_and_the_server_go() {
     until(|h| matches!(h, Health::Down(_)), "the server gone").await;
     pair.restart_replica();
     until(Health::usable, "the server back").await;
+}
+
+/// A Tandem with one `rw_split` listener over the pair, in front of database `db`.
+fn rw_split_tandem(pair: &ReplicatedPair, db: &str, extra: &str) -> common::Tandem {
+    let yaml = format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:{{PORT}}
+    users: {{ {user}: "{password}" }}
+    executor: main
+executors:
+  - name: main
+    mode: rw_split
+    primary: primary
+    replicas: [{{ data_source: replica }}]
+{extra}
+data_sources:
+  - {{ name: primary, dsn: "mysql://root@127.0.0.1:{p}/{db}" }}
+  - {{ name: replica, dsn: "mysql://root@127.0.0.1:{r}/{db}" }}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+coordinator:
+  embedded: {{ path: "{{DIR}}/tandem.db" }}
+"#,
+        user = common::USER,
+        password = common::PASSWORD,
+        p = pair.primary,
+        r = pair.replica,
+    );
+    common::Tandem::start_yaml(&yaml)
+}
+
+/// `whoami` answers which server a read ran on: its one row differs on each (written with
+/// the binary log off).
+fn mark_servers(pair: &ReplicatedPair, db: &str) {
+    pair.primary_sql(&format!(
+        "CREATE DATABASE IF NOT EXISTS {db};
+         CREATE TABLE {db}.whoami (server VARCHAR(10));
+         CREATE TABLE {db}.t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20));"
+    ));
+    pair.caught_up();
+    pair.primary_sql(&format!(
+        "SET sql_log_bin = 0; INSERT INTO {db}.whoami VALUES ('primary')"
+    ));
+    pair.replica_sql(&format!(
+        "SET sql_log_bin = 0; INSERT INTO {db}.whoami VALUES ('replica')"
+    ));
+}
+
+async fn who(c: &mut mysql_async::Conn, sql: &str) -> String {
+    use mysql_async::prelude::*;
+    c.query_first::<String, _>(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_default()
+}
+
+/// Reads outside transactions go to the replica; writes, transactions, locking reads, the
+/// primary hint and reads of the session's own state go to the primary; the session's
+/// database and session variables hold on the replica too.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
+    use mysql_async::prelude::*;
+    let pair = ReplicatedPair::start("routing");
+    mark_servers(&pair, "shop");
+    mark_servers(&pair, "other");
+    let tandem = rw_split_tandem(&pair, "shop", "");
+    let mut c = common::connect(&tandem.url("shop")).await;
+    let ask = "SELECT server FROM whoami";
+    assert_eq!(who(&mut c, ask).await, "replica");
+    assert_eq!(
+        who(&mut c, "SELECT /*+ PRIMARY */ server FROM whoami").await,
+        "primary"
+    );
+    assert_eq!(
+        who(&mut c, "SELECT server FROM whoami FOR UPDATE").await,
+        "primary"
+    );
+    c.query_drop("BEGIN").await.unwrap();
+    assert_eq!(who(&mut c, ask).await, "primary", "in a transaction");
+    c.query_drop("COMMIT").await.unwrap();
+    // A write goes to the primary: the read-only replica would refuse it (1290).
+    c.query_drop("INSERT INTO t (v) VALUES ('a')")
+        .await
+        .unwrap();
+    let id: u64 = c
+        .query_first("SELECT LAST_INSERT_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(id, 1);
+    c.query_drop("SET @x = 41").await.unwrap();
+    let x: i64 = c.query_first("SELECT @x + 1").await.unwrap().unwrap();
+    assert_eq!(x, 42);
+    // Session variables reach the replica: under ANSI_QUOTES "server" names the column.
+    c.query_drop("SET sql_mode = 'ANSI_QUOTES'").await.unwrap();
+    let quoted = "SELECT server FROM whoami WHERE \"server\" = server";
+    assert_eq!(who(&mut c, quoted).await, "replica");
+    c.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    assert_eq!(
+        who(&mut c, quoted).await,
+        "",
+        "the string 'server' matches no row"
+    );
+    // So does the current database.
+    c.query_drop("USE other").await.unwrap();
+    assert_eq!(who(&mut c, ask).await, "replica");
+    let db: String = c.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+    assert_eq!(db, "other");
+    c.query_drop("USE shop").await.unwrap();
+    // A temporary table lives on the primary's connection: reads stay there while it does.
+    c.query_drop("CREATE TEMPORARY TABLE scratch (id INT)")
+        .await
+        .unwrap();
+    assert_eq!(who(&mut c, ask).await, "primary");
+    c.query_drop("DROP TEMPORARY TABLE scratch").await.unwrap();
+    assert_eq!(who(&mut c, ask).await, "replica");
+    // SHOW WARNINGS answers about the statement before it, where it ran.
+    c.query_drop("SELECT CAST('1x' AS SIGNED) FROM whoami")
+        .await
+        .unwrap();
+    let warnings: Vec<mysql_async::Row> = c.query("SHOW WARNINGS").await.unwrap();
+    assert_eq!(warnings.len(), 1);
+
+    let (_, metrics) = tandem.admin("/metrics");
+    assert!(
+        metrics.contains(r#"tandem_reads_total{backend="replica",listener="main"}"#),
+        "{metrics}"
+    );
+}
+
+/// Read-your-writes: with the replica's SQL thread stopped, a read after a write waits a
+/// moment and runs on the primary, so it sees the write; once the replica has applied the
+/// write, reads go back to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_after_a_write_sees_it() {
+    use mysql_async::prelude::*;
+    let pair = ReplicatedPair::start("ryw");
+    mark_servers(&pair, "shop");
+    let tandem = rw_split_tandem(&pair, "shop", "");
+    let mut c = common::connect(&tandem.url("shop")).await;
+    assert_eq!(who(&mut c, "SELECT server FROM whoami").await, "replica");
+    pair.replica_sql("STOP SLAVE SQL_THREAD");
+    c.query_drop("INSERT INTO t (v) VALUES ('mine')")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let v: Option<String> = c
+        .query_first("SELECT v FROM t WHERE v = 'mine'")
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("mine"), "the session sees its own write");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited for the replica first"
+    );
+    pair.replica_sql("START SLAVE SQL_THREAD");
+    pair.caught_up();
+    // Once the replica's monitor sees it replicate again, reads go back to it.
+    let start = std::time::Instant::now();
+    while who(&mut c, "SELECT server FROM whoami").await != "replica" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the replica was never taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replicating, it applies the next write within the wait: the read is the replica's.
+    c.query_drop("INSERT INTO t (v) VALUES ('again')")
+        .await
+        .unwrap();
+    let seen: Option<(String, String)> = c
+        .query_first("SELECT t.v, w.server FROM t, whoami w WHERE t.v = 'again'")
+        .await
+        .unwrap();
+    assert_eq!(seen, Some(("again".into(), "replica".into())));
+    let (_, metrics) = tandem.admin("/metrics");
+    assert!(
+        metrics.contains("tandem_primary_fallbacks_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_gtid_wait_seconds_count"),
+        "{metrics}"
+    );
+}
+
+/// A replica that goes down takes no reads (they go to the primary) and is taken back once
+/// it is up and replicating again.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_leave_a_replica_that_is_down_and_come_back() {
+    let pair = ReplicatedPair::start("down");
+    mark_servers(&pair, "shop");
+    let tandem = rw_split_tandem(&pair, "shop", "");
+    let mut c = common::connect(&tandem.url("shop")).await;
+    let ask = "SELECT server FROM whoami";
+    assert_eq!(who(&mut c, ask).await, "replica");
+    pair.stop_replica();
+    // Every read is answered, by the primary once the monitor has seen the replica go.
+    let start = std::time::Instant::now();
+    loop {
+        let mut fresh = common::connect(&tandem.url("shop")).await;
+        if who(&mut fresh, ask).await == "primary" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "reads never left the replica"
+        );
+    }
+    pair.restart_replica();
+    let start = std::time::Instant::now();
+    loop {
+        let mut fresh = common::connect(&tandem.url("shop")).await;
+        if who(&mut fresh, ask).await == "replica" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the replica was never taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A global transaction through an `rw_split` listener runs on the primary (its images are
+/// read there) and commits and rolls back as through `single`; prepared statements keep
+/// their meaning (they run on the primary).
+#[tokio::test(flavor = "multi_thread")]
+async fn global_transactions_and_prepared_statements_through_rw_split() {
+    use mysql_async::prelude::*;
+    let pair = ReplicatedPair::start("global");
+    mark_servers(&pair, "shop");
+    pair.primary_sql(&format!(
+        "CREATE TABLE shop.acct (id INT PRIMARY KEY, bal INT NOT NULL);
+         INSERT INTO shop.acct VALUES (1, 100);
+         USE shop; {}",
+        tandem::at::undo::UNDO_TABLE_DDL
+    ));
+    pair.caught_up();
+    let tandem = rw_split_tandem(&pair, "shop", "");
+    let mut c = common::connect(&tandem.url("shop")).await;
+    for (end, want, bal) in [("rollback", "Rollbacked", 100), ("commit", "Committed", 90)] {
+        let xid = common::begin_global(&mut c).await;
+        c.query_drop(format!(
+            "UPDATE /*+ XID('{xid}') */ acct SET bal = bal - 10 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(common::end_global(&mut c, end, &xid).await, want);
+        let on_primary: i64 = c
+            .query_first("SELECT /*+ PRIMARY */ bal FROM acct WHERE id = 1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(on_primary, bal, "{end}");
+    }
+    let stmt = c
+        .prep("SELECT server FROM whoami WHERE server <> ?")
+        .await
+        .unwrap();
+    let server: Option<String> = c.exec_first(&stmt, ("nobody",)).await.unwrap();
+    assert_eq!(server.as_deref(), Some("primary"));
+    c.query_drop("SET @n = 7").await.unwrap();
+    let stmt = c.prep("SELECT @n * ?").await.unwrap();
+    let n: Option<i64> = c.exec_first(&stmt, (6,)).await.unwrap();
+    assert_eq!(n, Some(42));
 }

@@ -94,11 +94,13 @@ fn judge(names: &[String], row: Option<&Vec<Option<String>>>, max_lag: Duration)
 }
 
 /// Looks at the replica behind `pool` every `interval` until `shutdown` turns true; the
-/// receiver holds the last look's finding.
+/// receiver holds the last look's finding, and `lag` shows how far behind the replica is
+/// (-1 while it is down or not replicating).
 pub fn monitor(
     pool: Pool,
     max_lag: Duration,
     interval: Duration,
+    lag: prometheus::Gauge,
     mut shutdown: watch::Receiver<bool>,
 ) -> watch::Receiver<Health> {
     let (tx, rx) = watch::channel(Health::Unknown);
@@ -111,6 +113,7 @@ pub fn monitor(
                 _ = tick.tick() => {}
             }
             let found = check(&pool, max_lag).await;
+            lag.set(found.lag().map_or(-1.0, |l| l.as_secs_f64()));
             if *tx.borrow() != found {
                 tracing::info!(data_source = %pool.name(), health = ?found, "replica health changed");
             }

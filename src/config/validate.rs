@@ -164,11 +164,6 @@ impl Config {
                             ));
                         }
                     }
-                    // The fields are checked, the routing layer is not in this version yet.
-                    return Err(ConfigError::new(
-                        at("mode"),
-                        "mode: rw_split is not available in this version of Tandem yet",
-                    ));
                 }
                 Mode::Sharding => {
                     return Err(ConfigError::new(
@@ -400,14 +395,13 @@ http_sidecars:
                 "    data_source: orders_db\n    primary: orders_db\n    replicas: [{ data_source: r1 }]\n",
                 "executors[0].data_source",
             ),
-            // Every field holds; the mode itself is not available yet.
-            (
-                "    primary: orders_db\n    replicas: [{ data_source: r1, weight: 2 }]\n    max_replica_lag: 2s\n",
-                "executors[0].mode",
-            ),
         ] {
             assert_eq!(field(&rw(executor)), at, "{executor}");
         }
+        let good = rw("    primary: orders_db\n    replicas: [{ data_source: r1, weight: 2 }]\n    max_replica_lag: 2s\n");
+        let c = Config::from_yaml_with_env(&good, env).unwrap();
+        assert_eq!(c.executors[0].replicas[0].weight, 2);
+        assert!(c.executors[0].read_your_writes());
         let single_with_replicas = GOOD.replace(
             "    data_source: orders_db\n",
             "    data_source: orders_db\n    replicas: [{ data_source: orders_db }]\n",

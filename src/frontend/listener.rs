@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::at::branch::AtSource;
 use crate::backend::Pool;
 use crate::coordinator::Coordinator;
+use crate::exec::rw_split::Replicas;
 use crate::metrics::ListenerMetrics;
 use crate::wire::auth::AuthMethod;
 
@@ -22,8 +23,13 @@ use super::handshake;
 pub struct ListenerContext {
     pub name: String,
     pub users: BTreeMap<String, String>,
-    /// The executor's one data source (mode: single).
+    /// The executor's one data source (mode: single), or its primary (mode: rw_split).
     pub pool: Pool,
+    /// `rw_split`: the replicas reads may go to. `None` in single mode, whose sessions never
+    /// ask the planner.
+    pub replicas: Option<Arc<Replicas>>,
+    /// `rw_split`: a session's reads see its earlier writes.
+    pub read_your_writes: bool,
     pub coordinator: Arc<Coordinator>,
     /// AT-mode state of the data source.
     pub at: Arc<AtSource>,

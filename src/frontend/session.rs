@@ -18,9 +18,11 @@ use super::global::{Global, GlobalStatement};
 use super::handshake::{authenticate, Credentials};
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
+use super::route::ReplicaConn;
 use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
+use crate::exec::session_state::SessionState;
 use crate::sql::dml::{self, SessionEffect};
 use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
 use crate::sql::params;
@@ -123,6 +125,19 @@ pub struct Session {
     /// A statement failed inside a local transaction outside any global one, so whether the
     /// transaction is still open is unknown until asked (see `enter_global`).
     pub(super) status_stale: bool,
+    /// The error code of the last statement relayed from the primary, if it failed.
+    pub(super) last_error: Option<u16>,
+    /// `rw_split`: the session's connection to a replica, for reads.
+    pub(super) replica: Option<ReplicaConn>,
+    /// `rw_split`: the session-variable statements to carry to a replica connection.
+    pub(super) state: SessionState,
+    /// `rw_split`: why the session's reads stay on the primary, when they do.
+    pub(super) pinned: Option<&'static str>,
+    /// `rw_split`: the previous statement ran on the replica connection.
+    pub(super) last_on_replica: bool,
+    /// `rw_split`: the primary ran a statement that may have written since the session last
+    /// made sure its replica had applied its writes.
+    pub(super) unsynced_write: bool,
 }
 
 impl Session {
@@ -151,6 +166,12 @@ impl Session {
             xa: false,
             temporary: HashSet::new(),
             status_stale: false,
+            last_error: None,
+            replica: None,
+            state: SessionState::default(),
+            pinned: None,
+            last_on_replica: false,
+            unsynced_write: false,
         }
     }
 
@@ -188,6 +209,11 @@ impl Session {
     /// COM_RESET_CONNECTION and COM_CHANGE_USER end the local transaction and the session's
     /// variables, `tandem_xid` among them.
     fn end_global_session(&mut self) {
+        // The session's variables are gone too: what a replica connection holds is stale.
+        self.replica = None;
+        self.state.reset(None);
+        self.pinned = None;
+        self.unsynced_write = false;
         self.xid = None;
         self.branch = None;
         self.aborted = None;
@@ -267,7 +293,11 @@ impl Session {
                     StatementKind::Ddl => self.ctx.at.meta.clear(),
                     _ => {}
                 }
-                if self.in_global_context(sql) {
+                let global = self.in_global_context(sql);
+                if self.ctx.replicas.is_some() && !global {
+                    return self.route_query(reply_seq, payload, kind).await;
+                }
+                if global {
                     let settings = match self.enter_global().await {
                         Ok(s) => s,
                         Err(e) => return self.reply_error(reply_seq, e).await,
@@ -619,6 +649,7 @@ impl Session {
     /// was committed by the statement (implicitly: a statement that succeeds does not roll
     /// back), so the branch must be registered after the fact.
     fn after_response(&mut self, payload: &[u8], kind: StatementKind, summary: &Summary) -> bool {
+        self.last_error = summary.error;
         if let Some(code) = summary.error {
             self.ctx.metrics.error(code);
         }

@@ -1,0 +1,332 @@
+//! A session of an `rw_split` listener: each text query goes where the planner says.
+//!
+//! The session's primary connection is the one every other path of the session uses
+//! (`Session::backend`): writes, transactions, global transactions, prepared statements.
+//! A read the planner sends to a replica runs on a second connection, to one replica at a
+//! time, which the session brings to its own state first (current database, session
+//! variables; see [`crate::exec::session_state`]) and, with read-your-writes, waits on until
+//! it has applied the session's last write. When no replica is usable, or the wait runs out,
+//! or the replica fails before anything reached the client, the read runs on the primary.
+
+use std::time::{Duration, Instant};
+
+use mysql_common::constants::StatusFlags;
+
+use super::relay::{relay, RelayError};
+use super::session::{Flow, Session};
+use crate::backend::PooledConn;
+use crate::exec::session_state::Applied;
+use crate::planner::rw_split::{self, Facts};
+use crate::planner::Target;
+use crate::sql::{dml, StatementKind};
+use crate::wire::scanner::ResponseKind;
+
+/// How long a read waits for a replica to apply the session's last write before it goes to
+/// the primary instead.
+pub const GTID_WAIT: Duration = Duration::from_secs(1);
+
+/// The session's connection to one replica.
+pub(super) struct ReplicaConn {
+    pub index: usize,
+    pub conn: PooledConn,
+    /// How far the connection has come along the session's state.
+    pub applied: Applied,
+}
+
+/// Why a read did not run on a replica.
+enum NotThere {
+    /// No replica is usable, or the wait for the session's writes ran out: the primary
+    /// answers.
+    Primary(&'static str),
+    /// The client saw part of an answer and the replica failed: the session ends, as it would
+    /// on a direct connection.
+    Broken,
+}
+
+impl Session {
+    /// Runs text query `payload` (of `kind`) where `rw_split`'s planner says.
+    pub(super) async fn route_query(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        kind: StatementKind,
+    ) -> Flow {
+        let sql = &payload[1..];
+        let facts = Facts {
+            transaction: self.in_local_transaction(),
+            global: self.xid.is_some() || self.branch.is_some(),
+            pinned: self
+                .pinned
+                .or_else(|| (!self.temporary.is_empty()).then_some("a temporary table exists")),
+        };
+        let decision = rw_split::route(kind, sql, &facts);
+        if let Some(why) = decision.pins {
+            self.pin_primary(why);
+        }
+        match decision.route.target {
+            Target::Replica => {
+                match self.read_on_replica(payload, kind).await {
+                    Ok(flow) => return flow,
+                    Err(NotThere::Broken) => return Flow::Close,
+                    Err(NotThere::Primary(why)) => {
+                        tracing::debug!(id = self.connection_id(), why, "read on the primary");
+                        self.ctx.metrics.primary_fallback(why);
+                    }
+                }
+                self.on_primary(reply_seq, payload, kind).await
+            }
+            Target::Previous if self.last_on_replica && self.replica.is_some() => {
+                match self.relay_on_replica(payload, kind).await {
+                    Ok(flow) => flow,
+                    Err(NotThere::Broken) => Flow::Close,
+                    Err(NotThere::Primary(_)) => self.on_primary(reply_seq, payload, kind).await,
+                }
+            }
+            Target::Everywhere => {
+                let flow = self.on_primary(reply_seq, payload, kind).await;
+                if matches!(flow, Flow::Continue) && self.last_error.is_none() {
+                    self.carry_state(sql, kind).await;
+                }
+                flow
+            }
+            Target::Primary | Target::Previous => self.on_primary(reply_seq, payload, kind).await,
+        }
+    }
+
+    /// Whether the primary connection is inside a local transaction (or autocommit is off,
+    /// so the next statement opens one).
+    fn in_local_transaction(&self) -> bool {
+        self.backend.as_ref().is_some_and(|b| {
+            b.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+                || !b.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+        })
+    }
+
+    /// From now on, the session's reads run on the primary (state a replica cannot share).
+    pub(super) fn pin_primary(&mut self, why: &'static str) {
+        if self.pinned.is_none() {
+            tracing::debug!(id = self.connection_id(), why, "reads stay on the primary");
+        }
+        self.pinned = Some(why);
+        self.replica = None;
+    }
+
+    async fn on_primary(&mut self, reply_seq: u8, payload: &[u8], kind: StatementKind) -> Flow {
+        self.last_on_replica = false;
+        let sql = &payload[1..];
+        let flow = self
+            .forward(reply_seq, payload, kind, ResponseKind::Query)
+            .await;
+        if writes_maybe(kind, sql) {
+            // The session's next replica read waits for this write.
+            self.unsynced_write = true;
+        }
+        if kind == StatementKind::Select || kind == StatementKind::Show {
+            self.ctx.metrics.read_on("primary");
+        }
+        flow
+    }
+
+    /// A statement of the session's state ran on the primary: the session carries it to its
+    /// replica connection, now if one is open, and to every one it opens later.
+    async fn carry_state(&mut self, sql: &[u8], kind: StatementKind) {
+        if kind == StatementKind::Use {
+            // The database itself is read from the primary when a replica catches up.
+            if let Some(r) = self.replica.as_mut() {
+                r.applied.database = None;
+            }
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
+            self.pin_primary("a session variable set in text that is not UTF-8");
+            return;
+        };
+        if self.state.record(text).is_err() {
+            self.pin_primary("more session variables than a replica connection is given");
+            return;
+        }
+        if self.replica.is_some() && self.catch_up().await.is_err() {
+            self.replica = None;
+        }
+    }
+
+    /// Brings the replica connection to the session's state. A statement the replica refuses
+    /// pins the session to the primary.
+    async fn catch_up(&mut self) -> Result<(), ()> {
+        let database = match self.backend.as_mut() {
+            Some(primary) => primary.current_database().await.map_err(|_| ())?,
+            None => None,
+        };
+        let Some(r) = self.replica.as_mut() else {
+            return Err(());
+        };
+        if let Some(db) = database.as_deref() {
+            if r.applied.database.as_deref() != Some(db) {
+                r.conn.init_db(db).await.map_err(|_| ())?;
+                r.applied.database = Some(db.to_string());
+            }
+        }
+        let missing = self.state.catch_up(&r.applied).statements.to_vec();
+        for sql in missing {
+            if let Err(e) = r.conn.execute(&sql).await {
+                tracing::debug!(id = self.connection_id(), error = %e, %sql, "a replica refused the session's state");
+                self.pin_primary("session state a replica refused");
+                return Err(());
+            }
+            r.applied.statements += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs a read on a replica: the session's one, or a newly chosen one.
+    async fn read_on_replica(
+        &mut self,
+        payload: &[u8],
+        kind: StatementKind,
+    ) -> Result<Flow, NotThere> {
+        let Some(replicas) = self.ctx.replicas.clone() else {
+            return Err(NotThere::Primary("no replicas"));
+        };
+        if self
+            .replica
+            .as_ref()
+            .is_some_and(|r| !replicas.usable(r.index))
+        {
+            self.replica = None;
+        }
+        if self.replica.is_none() {
+            let index = replicas
+                .pick(rand::random())
+                .ok_or(NotThere::Primary("no usable replica"))?;
+            let conn = replicas.replicas[index]
+                .pool
+                .acquire(self.key)
+                .await
+                .map_err(|_| NotThere::Primary("the replica did not give a connection"))?;
+            self.replica = Some(ReplicaConn {
+                index,
+                conn,
+                applied: Applied::default(),
+            });
+        }
+        // Cheap when nothing changed: the primary's current database is known already.
+        if self.catch_up().await.is_err() {
+            self.replica = None;
+            return Err(NotThere::Primary(
+                "the replica could not take the session's state",
+            ));
+        }
+        if self.ctx.read_your_writes && self.unsynced_write {
+            self.wait_for_writes().await?;
+        }
+        self.relay_on_replica(payload, kind).await
+    }
+
+    /// Waits until the replica has applied the session's last write (its GTID, which the
+    /// primary's connection keeps in `@@last_gtid`), for at most [`GTID_WAIT`].
+    async fn wait_for_writes(&mut self) -> Result<(), NotThere> {
+        let started = Instant::now();
+        let gtid = match self.backend.as_mut() {
+            Some(primary) => primary
+                .query_rows("SELECT @@last_gtid")
+                .await
+                .ok()
+                .and_then(|rows| rows.into_iter().next())
+                .and_then(|row| row.into_iter().next().flatten())
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        if !gtid.is_empty() {
+            let Some(r) = self.replica.as_mut() else {
+                return Err(NotThere::Primary("no replica connection"));
+            };
+            let wait = format!(
+                "SELECT MASTER_GTID_WAIT('{}', {})",
+                gtid.replace('\'', ""),
+                GTID_WAIT.as_secs_f64()
+            );
+            let caught_up = r
+                .conn
+                .query_rows(&wait)
+                .await
+                .ok()
+                .and_then(|rows| rows.into_iter().next())
+                .and_then(|row| row.into_iter().next().flatten());
+            self.ctx.metrics.gtid_wait(started.elapsed().as_secs_f64());
+            if caught_up.as_deref() != Some("0") {
+                return Err(NotThere::Primary(
+                    "the replica did not apply the session's writes in time",
+                ));
+            }
+        }
+        self.unsynced_write = false;
+        Ok(())
+    }
+
+    /// Relays a read on the session's replica connection. A failure before anything reached
+    /// the client sends the read to the primary.
+    async fn relay_on_replica(
+        &mut self,
+        payload: &[u8],
+        kind: StatementKind,
+    ) -> Result<Flow, NotThere> {
+        let started = Instant::now();
+        let id = self.connection_id();
+        let Some(r) = self.replica.as_mut() else {
+            return Err(NotThere::Primary("no replica connection"));
+        };
+        let io = r.conn.io();
+        io.write_packet(0, payload);
+        if io.flush().await.is_err() {
+            r.conn.mark_broken();
+            self.replica = None;
+            return Err(NotThere::Primary("the replica connection failed"));
+        }
+        let name = r.conn.data_source().to_string();
+        match relay(
+            &mut r.conn,
+            &mut self.client,
+            ResponseKind::Query,
+            self.ctx.max_allowed_packet,
+        )
+        .await
+        {
+            Ok(summary) => {
+                self.ctx
+                    .metrics
+                    .statement(kind, started.elapsed().as_secs_f64());
+                if let Some(code) = summary.error {
+                    self.ctx.metrics.error(code);
+                }
+                self.ctx.metrics.read_on(&name);
+                self.last_on_replica = true;
+                Ok(Flow::Continue)
+            }
+            Err(RelayError::Backend { reason, forwarded }) => {
+                tracing::warn!(id, data_source = %name, %reason, "replica failed during a read");
+                r.conn.mark_broken();
+                self.replica = None;
+                if forwarded {
+                    Err(NotThere::Broken)
+                } else {
+                    Err(NotThere::Primary("the replica failed before answering"))
+                }
+            }
+            Err(RelayError::Client(_)) => {
+                r.conn.mark_broken();
+                Err(NotThere::Broken)
+            }
+        }
+    }
+}
+
+/// Whether a statement the primary ran may have written (what a replica must apply before
+/// the session's next read there).
+fn writes_maybe(kind: StatementKind, sql: &[u8]) -> bool {
+    use StatementKind::*;
+    match kind {
+        Select | Show => dml::may_write(sql).is_some(),
+        Set | Use | Begin | Rollback | Savepoint => false,
+        _ => true,
+    }
+}
