@@ -317,3 +317,52 @@ async fn packets_larger_than_16_mib_cross_in_both_directions() {
         .unwrap();
     assert_eq!(len, 9 * 1024 * 1024);
 }
+
+/// When the database closes a session's connection while the session is idle (its
+/// `wait_timeout`, a `KILL` of its thread), the client's connection closes too, as a direct
+/// connection's would: the client sees an ended connection, not an error from a proxy that
+/// still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_the_database_closes_closes_for_the_client() {
+    let (db, tandem) = setup("gone");
+    // The database's idle timeout.
+    let mut c = common::connect(&tandem.url(&db)).await;
+    c.query_drop("SET SESSION wait_timeout = 1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    match c.query_drop("SELECT 1").await {
+        Err(mysql_async::Error::Server(e)) => {
+            panic!("a proxy's error instead of a closed connection: {e}")
+        }
+        Err(_) => {}
+        Ok(()) => panic!("the connection outlived the database's wait_timeout"),
+    }
+
+    // A KILL of the session's thread, from another connection straight to the database.
+    let mut raw = common::raw::app(tandem.port, Some(&db)).await;
+    let resp = common::raw::query(&mut raw, "SELECT CONNECTION_ID()").await;
+    let thread = resp
+        .iter()
+        .find_map(|(_, p)| {
+            let text = String::from_utf8_lossy(p.get(1..)?);
+            text.trim().parse::<u64>().ok()
+        })
+        .expect("the backend thread id");
+    mariadb().sql(&format!("KILL CONNECTION {thread}"));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match raw.io().read_packet(1 << 20).await {
+                Ok(Some(p)) => assert_eq!(
+                    p.payload.first(),
+                    Some(&0xff),
+                    "only an error packet before the end"
+                ),
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the client's connection stayed open after the KILL"
+    );
+}

@@ -288,6 +288,12 @@ impl BackendConn {
         &mut self.io
     }
 
+    /// The connection's socket, to learn (while no command is under way) that the server
+    /// closed it.
+    pub fn stream(&self) -> &TcpStream {
+        self.io.get_ref()
+    }
+
     pub fn mark_broken(&mut self) {
         self.broken = true;
     }

@@ -230,6 +230,10 @@ impl Session {
             let read = tokio::select! {
                 biased;
                 _ = &mut close => break,
+                _ = server_spoke(self.backend.as_deref()) => {
+                    self.backend_went_away().await;
+                    break;
+                }
                 r = self.client.read_packet(self.ctx.max_allowed_packet) => r,
             };
             let packet = match read {
@@ -253,6 +257,29 @@ impl Session {
         }
         let _ = self.client.shutdown().await;
         tracing::debug!(listener = %self.ctx.name, id = self.connection_id, "session ended");
+    }
+
+    /// The database spoke on the session's connection while no command was under way: it
+    /// is closing it (its `wait_timeout`, a `KILL`, a shutdown). The client's connection
+    /// closes too, as a direct connection would, after what the server said last (an error
+    /// packet, when it sent one), so drivers see a stale connection for what it is.
+    async fn backend_went_away(&mut self) {
+        let Some(mut b) = self.backend.take() else {
+            return;
+        };
+        b.mark_broken();
+        let said = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            b.io().read_packet(crate::wire::packet::MAX_CHUNK),
+        )
+        .await;
+        tracing::debug!(id = self.connection_id, data_source = %self.ctx.pool.name(), "the database closed the session's connection");
+        if let Ok(Ok(Some(p))) = said {
+            if p.payload.first() == Some(&0xff) {
+                self.client.write_packet(p.seq, &p.payload);
+                let _ = self.client.flush().await;
+            }
+        }
     }
 
     async fn on_read_error(&mut self, e: WireError) {
@@ -820,6 +847,17 @@ impl Session {
                 .and_then(|p| p.may_write.clone()),
             _ => None,
         }
+    }
+}
+
+/// Resolves when the server sends something on `backend` (or closes it); never without one.
+async fn server_spoke(backend: Option<&crate::backend::BackendConn>) {
+    match backend {
+        Some(b) => {
+            let mut byte = [0u8; 1];
+            let _ = b.stream().peek(&mut byte).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
