@@ -135,6 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     coordinator.spawn_sweeper(sweep, shutdown_rx.clone());
     let (sessions_tx, mut sessions_rx) = mpsc::channel::<()>(1);
     let connection_ids = Arc::new(AtomicU32::new(1));
+    let sessions = Arc::new(frontend::kill::Registry::default());
 
     for (i, l) in config.listeners.iter().enumerate() {
         let backends = executor_backends(
@@ -188,6 +189,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             server_version: l.server_version.clone(),
             metrics: metrics.listener(&l.name),
             connection_ids: connection_ids.clone(),
+            sessions: sessions.clone(),
         });
         tracing::info!(listener = %l.name, address = %address, "listening");
         tokio::spawn(frontend::serve(

@@ -366,3 +366,71 @@ async fn a_connection_the_database_closes_closes_for_the_client() {
         "the client's connection stayed open after the KILL"
     );
 }
+
+/// `KILL` names a connection by Tandem's id (the handshake's) or by its backend thread's
+/// (`CONNECTION_ID()`), and reaches that session's backend threads; only the same user's
+/// sessions may be killed, and an unknown id is an error, as on the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_reaches_the_session_a_client_names() {
+    let (db, tandem) = setup("kill");
+    let mut c1 = common::connect(&tandem.url(&db)).await;
+    let mut c2 = common::connect(&tandem.url(&db)).await;
+    c2.query_drop("SELECT 1").await.unwrap();
+    // KILL QUERY by Tandem's id: the statement running on c2 ends at once.
+    let c2_id = c2.id();
+    let sleeping = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r: Result<Option<i64>, _> = c2.query_first("SELECT SLEEP(20)").await;
+        (r.map_err(|e| e.to_string()), started.elapsed(), c2)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    c1.query_drop(format!("KILL QUERY {c2_id}")).await.unwrap();
+    let (r, took, mut c2) = sleeping.await.unwrap();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "{r:?} after {took:?}"
+    );
+    assert!(
+        r.as_ref().is_err_and(|e| e.contains("1317")),
+        "the database's 'Query execution was interrupted': {r:?}"
+    );
+    // KILL CONNECTION by the backend thread's id: c2's connection ends.
+    let thread: u64 = c2
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(thread, u64::from(c2_id), "two ids for one connection");
+    c1.query_drop(format!("KILL CONNECTION {thread}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(c2.query_drop("SELECT 1").await.is_err(), "c2 was killed");
+    // Errors as the database gives them.
+    let e = c1.query_drop("KILL 999999").await.unwrap_err();
+    assert_eq!(error_code(&e), Some(1094), "{e}");
+    let other_url = format!("mysql://other@127.0.0.1:{}/{db}", tandem.port);
+    let other = common::connect(&other_url).await;
+    let e = c1
+        .query_drop(format!("KILL {}", other.id()))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1095), "{e}");
+    let e = c1.query_drop("KILL USER app").await.unwrap_err();
+    assert_eq!(error_code(&e), Some(1235), "{e}");
+    // COM_PROCESS_KILL, as old clients send it.
+    let mut raw = common::raw::app(tandem.port, Some(&db)).await;
+    let victim = common::connect(&tandem.url(&db)).await;
+    let mut cmd = vec![0x0c];
+    cmd.extend_from_slice(&victim.id().to_le_bytes());
+    let resp =
+        common::raw::command(&mut raw, &cmd, tandem::wire::scanner::ResponseKind::Single).await;
+    assert_eq!(resp.first().map(|(_, p)| p[0]), Some(0x00), "OK: {resp:?}");
+    // A session killing itself ends with 1927.
+    let mut me = common::connect(&tandem.url(&db)).await;
+    let e = me
+        .query_drop(format!("KILL {}", me.id()))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1927), "{e}");
+}

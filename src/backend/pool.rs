@@ -41,6 +41,9 @@ struct Inner {
     /// Collation id → (character set, collation) names, for restoring a connection's
     /// character set after a reset.
     collations: Mutex<HashMap<u8, (String, String)>>,
+    /// Server thread id → the client session holding that connection now (a `KILL` finds a
+    /// session's threads here, and nothing once a connection went back to the pool).
+    owners: Mutex<HashMap<u32, u32>>,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ impl Pool {
             metrics,
             server: Mutex::new(None),
             collations: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
         });
         tokio::spawn(health_loop(Arc::downgrade(&inner)));
         Pool { inner }
@@ -120,6 +124,33 @@ impl Pool {
                 return Err(AcquireError::Exhausted(inner.cfg.acquire_timeout.0));
             }
         }
+    }
+
+    /// Takes a connection for client session `session` (Tandem's connection id): the pool
+    /// knows it holds the connection until it comes back (see [`Pool::threads_of`]).
+    pub async fn acquire_for(
+        &self,
+        key: ConnKey,
+        session: u32,
+    ) -> Result<PooledConn, AcquireError> {
+        let mut conn = self.acquire(key).await?;
+        lock(&self.inner.owners).insert(conn.thread_id, session);
+        conn.owner = Some(session);
+        Ok(conn)
+    }
+
+    /// The server threads of the connections session `session` holds now.
+    pub fn threads_of(&self, session: u32) -> Vec<u32> {
+        lock(&self.inner.owners)
+            .iter()
+            .filter(|(_, s)| **s == session)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// The session holding the connection of server thread `thread`, if one does.
+    pub fn owner_of(&self, thread: u32) -> Option<u32> {
+        lock(&self.inner.owners).get(&thread).copied()
     }
 
     /// Takes a connection for Tandem's own statements (phase 2, housekeeping).
@@ -255,6 +286,8 @@ pub struct PooledConn {
     pool: Arc<Inner>,
     /// A client session ran statements on it, so its session state must be reset.
     dirty: bool,
+    /// The client session holding it, when one does (see [`Pool::acquire_for`]).
+    owner: Option<u32>,
 }
 
 impl PooledConn {
@@ -263,6 +296,7 @@ impl PooledConn {
             conn: Some(conn),
             pool,
             dirty: true,
+            owner: None,
         }
     }
 
@@ -295,6 +329,9 @@ impl Drop for PooledConn {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if self.owner.is_some() {
+            lock(&self.pool.owners).remove(&conn.thread_id);
+        }
         let pool = self.pool.clone();
         if conn.is_broken() {
             pool.release_slot();

@@ -42,6 +42,8 @@ pub struct ListenerContext {
     pub metrics: ListenerMetrics,
     /// Connection ids shown to clients, unique across the whole Tandem process.
     pub connection_ids: Arc<AtomicU32>,
+    /// Every live session of the process, for `KILL`.
+    pub sessions: Arc<super::kill::Registry>,
 }
 
 impl ListenerContext {

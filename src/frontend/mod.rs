@@ -7,6 +7,7 @@
 pub mod functions;
 mod global;
 pub mod handshake;
+pub mod kill;
 pub mod listener;
 pub mod relay;
 mod route;

@@ -200,7 +200,7 @@ impl Session {
                 .ok_or(NotThere::Primary("no usable replica"))?;
             let conn = replicas.replicas[index]
                 .pool
-                .acquire(self.key)
+                .acquire_for(self.key, self.connection_id())
                 .await
                 .map_err(|_| NotThere::Primary("the replica did not give a connection"))?;
             self.replica = Some(ReplicaConn {

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::functions;
 use super::global::{Global, GlobalStatement};
 use super::handshake::{authenticate, Credentials};
+use super::kill;
 use super::listener::ListenerContext;
 use super::relay::{relay, RelayError};
 use super::route::ReplicaConn;
@@ -41,6 +42,7 @@ const COM_FIELD_LIST: u8 = 0x04;
 const COM_REFRESH: u8 = 0x07;
 const COM_STATISTICS: u8 = 0x09;
 const COM_PROCESS_INFO: u8 = 0x0a;
+const COM_PROCESS_KILL: u8 = 0x0c;
 const COM_DEBUG: u8 = 0x0d;
 const COM_PING: u8 = 0x0e;
 const COM_CHANGE_USER: u8 = 0x11;
@@ -185,13 +187,16 @@ impl Session {
             return Ok(());
         }
         let pool = &self.ctx.pool;
-        let mut conn = pool.acquire(self.key).await.map_err(|e| match e {
-            AcquireError::Exhausted(_) => MysqlError::too_many_connections(pool.name()),
-            AcquireError::Connect(BackendError::Server(e)) => e,
-            AcquireError::Connect(e) => {
-                MysqlError::backend_unavailable(pool.name(), &e.to_string())
-            }
-        })?;
+        let mut conn = pool
+            .acquire_for(self.key, self.connection_id)
+            .await
+            .map_err(|e| match e {
+                AcquireError::Exhausted(_) => MysqlError::too_many_connections(pool.name()),
+                AcquireError::Connect(BackendError::Server(e)) => e,
+                AcquireError::Connect(e) => {
+                    MysqlError::backend_unavailable(pool.name(), &e.to_string())
+                }
+            })?;
         if let Some(db) = database {
             conn.init_db(db).await.map_err(|e| match e {
                 BackendError::Server(e) => e,
@@ -204,6 +209,10 @@ impl Session {
 
     pub fn connection_id(&self) -> u32 {
         self.connection_id
+    }
+
+    pub(super) fn user(&self) -> &str {
+        &self.user
     }
 
     /// COM_RESET_CONNECTION and COM_CHANGE_USER end the local transaction and the session's
@@ -226,10 +235,15 @@ impl Session {
     /// resolves (Tandem is draining; a statement in progress finishes first).
     pub async fn run(mut self, mut close: oneshot::Receiver<()>) {
         tracing::debug!(listener = %self.ctx.name, user = %self.user, peer = %self.peer, id = self.connection_id, "session started");
+        let (_registered, killed) =
+            self.ctx
+                .sessions
+                .register(self.connection_id, &self.user, self.pools());
         loop {
             let read = tokio::select! {
                 biased;
                 _ = &mut close => break,
+                _ = killed.notified() => break,
                 _ = server_spoke(self.backend.as_deref()) => {
                     self.backend_went_away().await;
                     break;
@@ -312,6 +326,11 @@ impl Session {
                             return self.tandem_function(reply_seq, call).await;
                         }
                     }
+                    StatementKind::Other => match kill::parse(sql) {
+                        Some(Ok(k)) => return self.kill(reply_seq, k).await,
+                        Some(Err(e)) => return self.reply_error(reply_seq, e).await,
+                        None => {}
+                    },
                     StatementKind::Set => {
                         if let Some(value) = hints::set_xid(sql) {
                             return self.set_xid(reply_seq, value).await;
@@ -445,9 +464,16 @@ impl Session {
             COM_FIELD_LIST => (StatementKind::Other, ResponseKind::FieldList),
             COM_PROCESS_INFO => (StatementKind::Show, ResponseKind::Query),
             COM_CHANGE_USER => return self.change_user(&payload[1..]).await,
+            COM_PROCESS_KILL => {
+                let Some(id) = statement_id(payload) else {
+                    let e =
+                        MysqlError::malformed_packet("COM_PROCESS_KILL without a connection id");
+                    return self.reply_error(reply_seq, e).await;
+                };
+                return self.kill(reply_seq, kill::Kill { query: false, id }).await;
+            }
             _ => {
-                // Includes COM_PROCESS_KILL, whose connection id would name a backend
-                // connection the client cannot know, and replication commands.
+                // Replication commands, and the commands the database has retired.
                 return self
                     .reply_error(reply_seq, MysqlError::unknown_command(cmd))
                     .await;

@@ -111,6 +111,21 @@ impl MysqlError {
     }
 
     /// 1235: a feature Tandem does not support.
+    /// 1094: a `KILL` names no live connection.
+    pub fn no_such_thread(id: u32) -> Self {
+        Self::new(1094, "HY000", format!("Unknown thread id: {id}"))
+    }
+
+    /// 1095: a `KILL` of another user's connection.
+    pub fn kill_denied(id: u32) -> Self {
+        Self::new(1095, "HY000", format!("You are not owner of thread {id}"))
+    }
+
+    /// 1927: the session killed its own connection.
+    pub fn connection_killed() -> Self {
+        Self::new(1927, "70100", "Connection was killed")
+    }
+
     pub fn not_supported(what: &str) -> Self {
         Self::new(
             1235,
