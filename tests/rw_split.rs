@@ -194,16 +194,21 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     c.query_drop("SET @x = 41").await.unwrap();
     let x: i64 = c.query_first("SELECT @x + 1").await.unwrap().unwrap();
     assert_eq!(x, 42);
-    // Session variables reach the replica: under ANSI_QUOTES "server" names the column.
+    // Session variables reach the replica.
+    c.query_drop("SET SESSION div_precision_increment = 8")
+        .await
+        .unwrap();
+    let third = "SELECT CONCAT(server, ' ', 1/3) FROM whoami";
+    assert_eq!(who(&mut c, third).await, "replica 0.33333333");
+    c.query_drop("SET SESSION div_precision_increment = 2")
+        .await
+        .unwrap();
+    assert_eq!(who(&mut c, third).await, "replica 0.33");
+    // Under ANSI_QUOTES the planner does not read text: reads stay on the primary.
     c.query_drop("SET sql_mode = 'ANSI_QUOTES'").await.unwrap();
-    let quoted = "SELECT server FROM whoami WHERE \"server\" = server";
-    assert_eq!(who(&mut c, quoted).await, "replica");
-    c.query_drop("SET sql_mode = DEFAULT").await.unwrap();
-    assert_eq!(
-        who(&mut c, quoted).await,
-        "",
-        "the string 'server' matches no row"
-    );
+    assert_eq!(who(&mut c, ask).await, "primary");
+    c.query_drop("SET sql_mode = ''").await.unwrap();
+    assert_eq!(who(&mut c, ask).await, "replica");
     // So does the current database.
     c.query_drop("USE other").await.unwrap();
     assert_eq!(who(&mut c, ask).await, "replica");
@@ -216,6 +221,11 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         .unwrap();
     assert_eq!(who(&mut c, ask).await, "primary");
     c.query_drop("DROP TEMPORARY TABLE scratch").await.unwrap();
+    assert_eq!(who(&mut c, ask).await, "replica");
+    // LOCK TABLES holds on the primary's connection: reads stay there until UNLOCK TABLES.
+    c.query_drop("LOCK TABLES whoami READ").await.unwrap();
+    assert_eq!(who(&mut c, ask).await, "primary");
+    c.query_drop("UNLOCK TABLES").await.unwrap();
     assert_eq!(who(&mut c, ask).await, "replica");
     // SHOW WARNINGS answers about the statement before it, where it ran.
     c.query_drop("SELECT CAST('1x' AS SIGNED) FROM whoami")
@@ -256,6 +266,14 @@ async fn a_read_after_a_write_sees_it() {
         started.elapsed() >= Duration::from_millis(900),
         "it waited for the replica first"
     );
+    // A write through a prepared statement counts the same.
+    let insert = c.prep("INSERT INTO t (v) VALUES (?)").await.unwrap();
+    c.exec_drop(&insert, ("prepared",)).await.unwrap();
+    let v: Option<String> = c
+        .query_first("SELECT v FROM t WHERE v = 'prepared'")
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("prepared"));
     pair.replica_sql("START SLAVE SQL_THREAD");
     pair.caught_up();
     // Once the replica's monitor sees it replicate again, reads go back to it.

@@ -1,6 +1,6 @@
 //! Whether a replica may take reads, as a monitor of its own sees it.
 //!
-//! One monitor per replica asks the replica, every interval on a control connection, how its
+//! One monitor per replica asks the replica, every interval on a connection of its own, how its
 //! replication stands (`SHOW SLAVE STATUS`, read by column name: the columns differ between
 //! versions). A replica takes reads only while it answers, both replication threads run, and
 //! it is no further behind than the executor's `max_replica_lag`. `Seconds_Behind_Master`
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{BackendError, Pool};
+use super::{BackendError, Pool, PooledConn};
 
 /// What the last look at a replica found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,19 +42,39 @@ impl Health {
     }
 }
 
-/// Looks at the replica behind `pool` once.
-pub async fn check(pool: &Pool, max_lag: Duration) -> Health {
-    let mut conn = match pool.acquire_control().await {
-        Ok(c) => c,
-        Err(e) => return Health::Down(e.to_string()),
-    };
-    match conn.query_named("SHOW SLAVE STATUS").await {
-        Ok((names, rows)) => judge(&names, rows.first(), max_lag),
-        Err(BackendError::Server(e)) => Health::Down(e.to_string()),
-        Err(e) => {
-            conn.mark_broken();
-            Health::Down(e.to_string())
+/// How long one look may take: a replica that does not answer within it is down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Looks at the replica behind `pool` once, on the monitor's own connection `conn` (opened
+/// when there is none; dropped when it fails, so the next look opens another).
+async fn check(pool: &Pool, conn: &mut Option<PooledConn>, max_lag: Duration) -> Health {
+    let look = async {
+        if conn.is_none() {
+            *conn = Some(pool.acquire_control().await.map_err(|e| e.to_string())?);
         }
+        let c = conn.as_mut().ok_or_else(|| "no connection".to_string())?;
+        match c.query_named("SHOW SLAVE STATUS").await {
+            Ok((names, rows)) => Ok(judge(&names, rows.first(), max_lag)),
+            Err(BackendError::Server(e)) => Ok(Health::Down(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, look).await {
+        Ok(Ok(health)) => health,
+        Ok(Err(e)) => {
+            drop_conn(conn);
+            Health::Down(e)
+        }
+        Err(_) => {
+            drop_conn(conn);
+            Health::Down(format!("no answer within {CHECK_TIMEOUT:?}"))
+        }
+    }
+}
+
+fn drop_conn(conn: &mut Option<PooledConn>) {
+    if let Some(mut c) = conn.take() {
+        c.mark_broken();
     }
 }
 
@@ -105,6 +125,9 @@ pub fn monitor(
 ) -> watch::Receiver<Health> {
     let (tx, rx) = watch::channel(Health::Unknown);
     tokio::spawn(async move {
+        // A connection of the monitor's own, kept between looks: sessions that fill the
+        // replica's pool do not make it look down.
+        let mut conn = None;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -112,7 +135,7 @@ pub fn monitor(
                 _ = shutdown.wait_for(|s| *s) => return,
                 _ = tick.tick() => {}
             }
-            let found = check(&pool, max_lag).await;
+            let found = check(&pool, &mut conn, max_lag).await;
             lag.set(found.lag().map_or(-1.0, |l| l.as_secs_f64()));
             if *tx.borrow() != found {
                 tracing::info!(data_source = %pool.name(), health = ?found, "replica health changed");

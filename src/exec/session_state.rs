@@ -48,9 +48,11 @@ impl SessionState {
     }
 
     /// The session ran `sql`, a statement of its session variables, on the primary. The
-    /// same statement again right after itself changes nothing and is not kept twice.
+    /// same statement again right after itself changes nothing and is not kept twice, unless
+    /// it reads a variable.
     pub fn record(&mut self, sql: &str) -> Result<(), TooMuchState> {
-        if self.statements.last().is_some_and(|last| last == sql) {
+        // Unless it reads a variable (`SET x = @@x * 2` does something each time).
+        if !sql.contains('@') && self.statements.last().is_some_and(|last| last == sql) {
             return Ok(());
         }
         if self.statements.len() >= MAX_STATEMENTS {

@@ -25,12 +25,19 @@ use crate::wire::scanner::ResponseKind;
 /// the primary instead.
 pub const GTID_WAIT: Duration = Duration::from_secs(1);
 
+/// How long bringing a replica connection to the session's state may take before the read
+/// goes to the primary instead.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The session's connection to one replica.
 pub(super) struct ReplicaConn {
     pub index: usize,
     pub conn: PooledConn,
     /// How far the connection has come along the session's state.
     pub applied: Applied,
+    /// How many of the session's possible writes the replica is known to have applied (see
+    /// `Session::writes`).
+    pub synced: u64,
 }
 
 /// Why a read did not run on a replica.
@@ -52,16 +59,51 @@ impl Session {
         kind: StatementKind,
     ) -> Flow {
         let sql = &payload[1..];
+        // The planner reads text with the default quoting rules: under others, the session's
+        // reads stay on the primary (whose connection tells which mode is on).
+        if let Err(e) = self.pin_backend(None).await {
+            return self.reply_error(reply_seq, e).await;
+        }
+        let unreadable = match self.backend.as_mut() {
+            Some(b) => match b.session_settings().await {
+                Ok(s) => s
+                    .sql_mode
+                    .split(',')
+                    .any(|m| {
+                        m.eq_ignore_ascii_case("ANSI_QUOTES")
+                            || m.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES")
+                    })
+                    .then_some("an sql_mode the planner does not read text under"),
+                Err(_) => Some("the session's settings could not be read"),
+            },
+            None => Some("no primary connection"),
+        };
         let facts = Facts {
             transaction: self.in_local_transaction(),
             global: self.xid.is_some() || self.branch.is_some(),
             pinned: self
                 .pinned
+                .or(unreadable)
                 .or_else(|| (!self.temporary.is_empty()).then_some("a temporary table exists")),
         };
         let decision = rw_split::route(kind, sql, &facts);
         if let Some(why) = decision.pins {
             self.pin_primary(why);
+        }
+        if self.pinned == Some(rw_split::TABLES_LOCKED) && unlocks_tables(sql) {
+            self.pinned = None;
+        }
+        let harmless = match kind {
+            StatementKind::Use
+            | StatementKind::Begin
+            | StatementKind::Rollback
+            | StatementKind::Savepoint => true,
+            StatementKind::Select | StatementKind::Show => dml::may_write(sql).is_none(),
+            StatementKind::Set => decision.route.target == Target::Everywhere,
+            _ => false,
+        };
+        if !harmless {
+            self.possible_write();
         }
         match decision.route.target {
             Target::Replica => {
@@ -112,15 +154,9 @@ impl Session {
     }
 
     async fn on_primary(&mut self, reply_seq: u8, payload: &[u8], kind: StatementKind) -> Flow {
-        self.last_on_replica = false;
-        let sql = &payload[1..];
         let flow = self
             .forward(reply_seq, payload, kind, ResponseKind::Query)
             .await;
-        if writes_maybe(kind, sql) {
-            // The session's next replica read waits for this write.
-            self.unsynced_write = true;
-        }
         if kind == StatementKind::Select || kind == StatementKind::Show {
             self.ctx.metrics.read_on("primary");
         }
@@ -145,8 +181,11 @@ impl Session {
             self.pin_primary("more session variables than a replica connection is given");
             return;
         }
-        if self.replica.is_some() && self.catch_up().await.is_err() {
-            self.replica = None;
+        if self.replica.is_some() {
+            let caught_up = tokio::time::timeout(CONTROL_TIMEOUT, self.catch_up()).await;
+            if !matches!(caught_up, Ok(Ok(()))) {
+                self.drop_replica();
+            }
         }
     }
 
@@ -207,60 +246,96 @@ impl Session {
                 index,
                 conn,
                 applied: Applied::default(),
+                synced: 0,
             });
         }
         // Cheap when nothing changed: the primary's current database is known already.
-        if self.catch_up().await.is_err() {
-            self.replica = None;
+        let caught_up = tokio::time::timeout(CONTROL_TIMEOUT, self.catch_up()).await;
+        if !matches!(caught_up, Ok(Ok(()))) {
+            self.drop_replica();
             return Err(NotThere::Primary(
                 "the replica could not take the session's state",
             ));
         }
-        if self.ctx.read_your_writes && self.unsynced_write {
-            self.wait_for_writes().await?;
+        let behind = self
+            .replica
+            .as_ref()
+            .is_some_and(|r| r.synced < self.writes);
+        if self.ctx.read_your_writes && behind {
+            match tokio::time::timeout(GTID_WAIT + CONTROL_TIMEOUT, self.wait_for_writes()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(not_there)) => return Err(not_there),
+                Err(_) => {
+                    self.drop_replica();
+                    return Err(NotThere::Primary(
+                        "the wait for the session's writes took too long",
+                    ));
+                }
+            }
         }
         self.relay_on_replica(payload, kind).await
     }
 
-    /// Waits until the replica has applied the session's last write (its GTID, which the
-    /// primary's connection keeps in `@@last_gtid`), for at most [`GTID_WAIT`].
+    /// Waits until the replica has applied everything the primary had written by now (its
+    /// `@@gtid_binlog_pos`, which covers the session's own writes and those Tandem made for
+    /// it on connections of its own, such as a global rollback's), for at most
+    /// [`GTID_WAIT`].
     async fn wait_for_writes(&mut self) -> Result<(), NotThere> {
         let started = Instant::now();
-        let gtid = match self.backend.as_mut() {
-            Some(primary) => primary
-                .query_rows("SELECT @@last_gtid")
-                .await
-                .ok()
-                .and_then(|rows| rows.into_iter().next())
-                .and_then(|row| row.into_iter().next().flatten())
-                .unwrap_or_default(),
-            None => String::new(),
+        let writes = self.writes;
+        let Some(primary) = self.backend.as_mut() else {
+            return Err(NotThere::Primary(
+                "no primary connection to ask for its position",
+            ));
         };
-        if !gtid.is_empty() {
+        let position = primary
+            .query_rows("SELECT @@gtid_binlog_pos")
+            .await
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|row| row.into_iter().next())
+            .ok_or(NotThere::Primary(
+                "the primary's position could not be read",
+            ))?
+            .unwrap_or_default();
+        if !position.is_empty() {
+            let wait = format!(
+                "SELECT MASTER_GTID_WAIT('{}', {})",
+                position.replace(['\'', '\\'], ""),
+                GTID_WAIT.as_secs_f64()
+            );
             let Some(r) = self.replica.as_mut() else {
                 return Err(NotThere::Primary("no replica connection"));
             };
-            let wait = format!(
-                "SELECT MASTER_GTID_WAIT('{}', {})",
-                gtid.replace('\'', ""),
-                GTID_WAIT.as_secs_f64()
-            );
-            let caught_up = r
-                .conn
-                .query_rows(&wait)
-                .await
-                .ok()
-                .and_then(|rows| rows.into_iter().next())
-                .and_then(|row| row.into_iter().next().flatten());
+            let answer = r.conn.query_rows(&wait).await;
             self.ctx.metrics.gtid_wait(started.elapsed().as_secs_f64());
+            let caught_up = match answer {
+                Ok(rows) => rows
+                    .into_iter()
+                    .next()
+                    .and_then(|row| row.into_iter().next().flatten()),
+                Err(_) => {
+                    self.drop_replica();
+                    return Err(NotThere::Primary("the replica failed while waiting"));
+                }
+            };
             if caught_up.as_deref() != Some("0") {
                 return Err(NotThere::Primary(
                     "the replica did not apply the session's writes in time",
                 ));
             }
         }
-        self.unsynced_write = false;
+        if let Some(r) = self.replica.as_mut() {
+            r.synced = writes;
+        }
         Ok(())
+    }
+
+    /// Gives the replica connection up (broken, or of no use any more).
+    fn drop_replica(&mut self) {
+        if let Some(mut r) = self.replica.take() {
+            r.conn.mark_broken();
+        }
     }
 
     /// Relays a read on the session's replica connection. A failure before anything reached
@@ -320,13 +395,25 @@ impl Session {
     }
 }
 
-/// Whether a statement the primary ran may have written (what a replica must apply before
-/// the session's next read there).
-fn writes_maybe(kind: StatementKind, sql: &[u8]) -> bool {
-    use StatementKind::*;
-    match kind {
-        Select | Show => dml::may_write(sql).is_some(),
-        Set | Use | Begin | Rollback | Savepoint => false,
-        _ => true,
+impl Session {
+    /// The session did something on the primary that may have written (or made Tandem
+    /// write for it): its next replica read waits until the replica has applied it.
+    pub(super) fn possible_write(&mut self) {
+        if self.ctx.replicas.is_some() {
+            self.writes += 1;
+        }
     }
+}
+
+/// `UNLOCK TABLES` (or `UNLOCK TABLE`).
+fn unlocks_tables(sql: &[u8]) -> bool {
+    let mut words = sql
+        .split(|b| b.is_ascii_whitespace() || *b == b';')
+        .filter(|w| !w.is_empty());
+    words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"unlock"))
+        && words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"tables") || w.eq_ignore_ascii_case(b"table"))
 }

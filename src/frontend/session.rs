@@ -137,9 +137,9 @@ pub struct Session {
     pub(super) pinned: Option<&'static str>,
     /// `rw_split`: the previous statement ran on the replica connection.
     pub(super) last_on_replica: bool,
-    /// `rw_split`: the primary ran a statement that may have written since the session last
-    /// made sure its replica had applied its writes.
-    pub(super) unsynced_write: bool,
+    /// `rw_split`: how many statements that may have written the session ran on the
+    /// primary (a replica connection that has applied fewer waits before a read).
+    pub(super) writes: u64,
 }
 
 impl Session {
@@ -173,7 +173,7 @@ impl Session {
             state: SessionState::default(),
             pinned: None,
             last_on_replica: false,
-            unsynced_write: false,
+            writes: 0,
         }
     }
 
@@ -222,7 +222,6 @@ impl Session {
         self.replica = None;
         self.state.reset(None);
         self.pinned = None;
-        self.unsynced_write = false;
         self.xid = None;
         self.branch = None;
         self.aborted = None;
@@ -315,6 +314,13 @@ impl Session {
                 .reply_error(reply_seq, MysqlError::malformed_packet("empty command"))
                 .await;
         };
+        if !matches!(
+            cmd,
+            COM_QUERY | COM_PING | COM_QUIT | COM_STMT_CLOSE | COM_STATISTICS | COM_FIELD_LIST
+        ) {
+            // rw_split: a prepared execution, a reset, … may write (or make Tandem write).
+            self.possible_write();
+        }
         let (kind, response) = match cmd {
             COM_QUIT => return Flow::Close,
             COM_QUERY => {
@@ -323,6 +329,8 @@ impl Session {
                 match kind {
                     StatementKind::Select => {
                         if let Some(call) = sql_functions::parse(sql) {
+                            // A commit or rollback writes (phase 2, on Tandem's connections).
+                            self.possible_write();
                             return self.tandem_function(reply_seq, call).await;
                         }
                     }
@@ -340,8 +348,11 @@ impl Session {
                     _ => {}
                 }
                 let global = self.in_global_context(sql);
-                if self.ctx.replicas.is_some() && !global {
-                    return self.route_query(reply_seq, payload, kind).await;
+                if self.ctx.replicas.is_some() {
+                    if !global {
+                        return self.route_query(reply_seq, payload, kind).await;
+                    }
+                    self.possible_write();
                 }
                 if global {
                     let settings = match self.enter_global().await {
@@ -644,6 +655,7 @@ impl Session {
         response: ResponseKind,
     ) -> Flow {
         let started = Instant::now();
+        self.last_on_replica = false;
         if let Err(e) = self.pin_backend(None).await {
             return self.reply_error(reply_seq, e).await;
         }

@@ -102,6 +102,24 @@ const SCHEMA_SHOWS: &[&str] = &[
 /// System variables about the previous statement, answered where it ran.
 const PREVIOUS_STATEMENT_VARIABLES: &[&str] = &["error_count", "warning_count"];
 
+/// Functions about the previous statement, answered where it ran.
+const PREVIOUS_FUNCTIONS: &[&str] = &["FOUND_ROWS", "ROW_COUNT"];
+
+/// Schemas whose tables describe the server itself (its threads, status, variables,
+/// replication), which differ between a primary and its replicas.
+const SERVER_SCHEMAS: &[&str] = &["information_schema", "performance_schema", "mysql", "sys"];
+
+/// Functions, callable without parentheses too, whose answer differs between servers or
+/// between the connections' users.
+const SERVER_WORDS: &[&str] = &[
+    "current_role",
+    "current_user",
+    "session_user",
+    "system_user",
+    "user",
+    "version",
+];
+
 /// Built-in functions a session-variable `SET` may call and still be repeated exactly on
 /// another connection later: deterministic, reading no data and no clock.
 const REPEATABLE_FUNCTIONS: &[&str] = &[
@@ -124,28 +142,59 @@ const REPEATABLE_FUNCTIONS: &[&str] = &[
     "RIGHT",
 ];
 
+/// Why a session's reads stay on the primary after `LOCK TABLES` (until `UNLOCK TABLES`).
+pub const TABLES_LOCKED: &str = "tables are locked (LOCK TABLES)";
+
 /// Where a statement of `kind` with text `sql` runs, given what the session holds.
 pub fn route(kind: StatementKind, sql: &[u8], facts: &Facts) -> Decision {
     use StatementKind::*;
+    let Ok(tokens) = lex::tokenize(sql) else {
+        return Decision::pinning(
+            Target::Primary,
+            "a text the planner cannot read",
+            "a statement the planner could not read",
+        );
+    };
+    let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
+    // Locks the primary's connection holds from now on, whatever the statement.
+    if called(sql, &tokens, LOCKING_FUNCTIONS).is_some() {
+        return Decision::pinning(Target::Primary, "a named lock", "a named lock is held");
+    }
+    if word(0, "lock") && (word(1, "tables") || word(1, "table")) {
+        return Decision::pinning(Target::Primary, "LOCK TABLES", TABLES_LOCKED);
+    }
+    if word(0, "flush") && tokens.iter().any(|t| t.is_word(sql, "lock")) {
+        return Decision::pinning(Target::Primary, "FLUSH … LOCK", TABLES_LOCKED);
+    }
+    // What else a query of several statements, a procedure or dynamic SQL changes in the
+    // session is not followed: the session's reads stay on the primary.
+    if lex::statements(&tokens).len() > 1 {
+        return Decision::pinning(
+            Target::Primary,
+            "several statements in one query",
+            "a query of several statements ran",
+        );
+    }
+    if kind == Call || word(0, "execute") || word(0, "prepare") {
+        return Decision::pinning(
+            Target::Primary,
+            "a procedure or dynamic SQL",
+            "a procedure or dynamic SQL ran",
+        );
+    }
     match kind {
-        Set => return set(sql),
+        Set => return set(sql, &tokens),
         Use => return Decision::to(Target::Everywhere, "the current database"),
         Select | Show => {}
         _ => return Decision::to(Target::Primary, "not a read"),
     }
-    let Ok(tokens) = lex::tokenize(sql) else {
-        return Decision::to(Target::Primary, "a text the planner cannot read");
-    };
-    if lex::statements(&tokens).len() > 1 {
-        return Decision::to(Target::Primary, "several statements in one query");
-    }
+    let on_primary = |why| Decision::to(Target::Primary, why);
     // What the previous statement left is on its own connection, transaction or not.
     if previous_statement(sql, &tokens) {
-        return Decision::to(Target::Previous, "about the previous statement");
-    }
-    let on_primary = |why| Decision::to(Target::Primary, why);
-    if called(sql, &tokens, LOCKING_FUNCTIONS).is_some() {
-        return Decision::pinning(Target::Primary, "a named lock", "a named lock is held");
+        return match needs_primary(sql, &tokens, true) {
+            None => Decision::to(Target::Previous, "about the previous statement"),
+            Some(why) => on_primary(why),
+        };
     }
     if facts.global {
         return on_primary("a global transaction");
@@ -162,7 +211,7 @@ pub fn route(kind: StatementKind, sql: &[u8], facts: &Facts) -> Decision {
     if kind == Show && !schema_show(sql, &tokens) {
         return on_primary("a SHOW about the server or the connection");
     }
-    if let Some(why) = needs_primary(sql, &tokens) {
+    if let Some(why) = needs_primary(sql, &tokens, false) {
         return on_primary(why);
     }
     Decision::to(Target::Replica, "a plain read")
@@ -177,11 +226,24 @@ fn schema_show(sql: &[u8], tokens: &[Token]) -> bool {
     what.is_some_and(|t| SCHEMA_SHOWS.iter().any(|kw| t.is_word(sql, kw)))
 }
 
-/// Why a read outside any transaction must run on the primary, if it must.
-fn needs_primary(sql: &[u8], tokens: &[Token]) -> Option<&'static str> {
+/// Why a read outside any transaction must run on the primary, if it must. With
+/// `previous_ok`, what asks about the previous statement (`@@warning_count`, `FOUND_ROWS()`)
+/// does not count: the caller sends it where that statement ran.
+fn needs_primary(sql: &[u8], tokens: &[Token], previous_ok: bool) -> Option<&'static str> {
     let word = |t: &Token, kw: &str| t.is_word(sql, kw);
     for (i, t) in tokens.iter().enumerate() {
         let next = tokens.get(i + 1);
+        if next.is_some_and(|n| n.is_punct(b'.'))
+            && SERVER_SCHEMAS.iter().any(|schema| t.is_word(sql, schema))
+        {
+            return Some("a table of the server's own (they differ between servers)");
+        }
+        if word(t, "previous") && next.is_some_and(|n| word(n, "value")) {
+            return Some("a sequence");
+        }
+        if SERVER_WORDS.iter().any(|w| word(t, w)) {
+            return Some("a function whose answer differs between servers");
+        }
         if word(t, "for") && next.is_some_and(|n| word(n, "update") || word(n, "share")) {
             return Some("a locking read");
         }
@@ -198,15 +260,23 @@ fn needs_primary(sql: &[u8], tokens: &[Token]) -> Option<&'static str> {
             return Some("a sequence");
         }
         if t.is_punct(b'@') {
-            return Some(if next.is_some_and(|n| n.is_punct(b'@')) {
-                "a system variable (servers differ in some, connections in others)"
-            } else {
-                "a user variable (they live on the primary's connection)"
-            });
+            if next.is_some_and(|n| n.is_punct(b'@')) {
+                let about_previous = previous_ok
+                    && system_variable(sql, &tokens[i + 2..], PREVIOUS_STATEMENT_VARIABLES);
+                if !about_previous {
+                    return Some(
+                        "a system variable (servers differ in some, connections in others)",
+                    );
+                }
+            } else if !(i > 0 && tokens[i - 1].is_punct(b'@')) {
+                return Some("a user variable (they live on the primary's connection)");
+            }
         }
     }
-    if called(sql, tokens, PRIMARY_FUNCTIONS).is_some() {
-        return Some("a function that answers from the session's own connection");
+    if let Some(name) = called(sql, tokens, PRIMARY_FUNCTIONS) {
+        if !(previous_ok && PREVIOUS_FUNCTIONS.contains(&name.as_str())) {
+            return Some("a function that answers from the session's own connection");
+        }
     }
     if stored_call(sql, tokens) {
         return Some("a call of a function that is not a built-in (it may write)");
@@ -217,33 +287,36 @@ fn needs_primary(sql: &[u8], tokens: &[Token]) -> Option<&'static str> {
 /// `SET`: session variables run everywhere, so every connection of the session behaves
 /// alike; user variables live on the primary (reads that use them go there). A session
 /// variable set from something that cannot be repeated exactly on another connection later
-/// (a query, the clock, a user variable) pins the session's reads to the primary.
-fn set(sql: &[u8]) -> Decision {
-    let Ok(tokens) = lex::tokenize(sql) else {
-        return Decision::pinning(
-            Target::Primary,
-            "a SET the planner cannot read",
-            "a session variable set in a way the planner cannot read",
-        );
-    };
-    if lex::statements(&tokens).len() > 1 {
-        return Decision::pinning(
-            Target::Primary,
-            "several statements in one query",
-            "a session variable set in a query of several statements",
-        );
+/// (a query, the clock, a user variable, the server's `DEFAULT`), or one that changes what
+/// reaches the replicas (`sql_log_bin`, `skip_replication`), pins the session's reads to the
+/// primary.
+fn set(sql: &[u8], tokens: &[Token]) -> Decision {
+    let word = |i: usize, kw: &str| tokens.get(i).is_some_and(|t| t.is_word(sql, kw));
+    // `SET STATEMENT … FOR <statement>` runs that statement; `SET TRANSACTION` (without
+    // SESSION) is about the next transaction only.
+    if word(1, "statement") || word(1, "transaction") {
+        return Decision::to(Target::Primary, "a statement with its own settings");
     }
     // `SET GLOBAL`, `SET PASSWORD`, `SET DEFAULT ROLE` change the server, not the session.
     let server = tokens.iter().any(|t| t.is_word(sql, "global"))
-        || tokens
-            .get(1)
-            .is_some_and(|t| t.is_word(sql, "password") || t.is_word(sql, "default"));
+        || word(1, "password")
+        || word(1, "default");
+    let replication = tokens
+        .iter()
+        .any(|t| t.is_word(sql, "sql_log_bin") || t.is_word(sql, "skip_replication"));
     let user_variable = tokens.windows(2).enumerate().any(|(i, w)| {
         w[0].is_punct(b'@') && !w[1].is_punct(b'@') && (i == 0 || !tokens[i - 1].is_punct(b'@'))
     });
-    let session = sets_session_variables(sql, &tokens);
+    let session = sets_session_variables(sql, tokens);
     if !session {
         return Decision::to(Target::Primary, "user variables");
+    }
+    if replication {
+        return Decision::pinning(
+            Target::Primary,
+            "a SET of what reaches the replicas",
+            "the session's writes may not reach the replicas",
+        );
     }
     if server {
         return Decision::pinning(
@@ -252,7 +325,8 @@ fn set(sql: &[u8]) -> Decision {
             "a SET of the server with the session's variables",
         );
     }
-    if user_variable || !repeatable(sql, &tokens) {
+    let default = tokens.iter().skip(1).any(|t| t.is_word(sql, "default"));
+    if user_variable || default || !repeatable(sql, tokens) {
         return Decision::pinning(
             Target::Primary,
             "a session variable set from what another connection cannot repeat",
@@ -320,11 +394,12 @@ fn previous_statement(sql: &[u8], tokens: &[Token]) -> bool {
     {
         return true;
     }
-    tokens.windows(2).enumerate().any(|(i, w)| {
-        w[0].is_punct(b'@')
-            && w[1].is_punct(b'@')
-            && system_variable(sql, &tokens[i + 2..], PREVIOUS_STATEMENT_VARIABLES)
-    })
+    called(sql, tokens, PREVIOUS_FUNCTIONS).is_some()
+        || tokens.windows(2).enumerate().any(|(i, w)| {
+            w[0].is_punct(b'@')
+                && w[1].is_punct(b'@')
+                && system_variable(sql, &tokens[i + 2..], PREVIOUS_STATEMENT_VARIABLES)
+        })
 }
 
 /// Whether the tokens after `@@` name one of `names` (`@@x`, `@@session.x`).
@@ -399,7 +474,13 @@ mod tests {
             "SELECT * FROM t LOCK IN SHARE MODE",
             "SELECT id INTO @x FROM t LIMIT 1",
             "SELECT LAST_INSERT_ID()",
-            "SELECT found_rows()",
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST",
+            "SELECT * FROM mysql.gtid_slave_pos",
+            "SELECT PREVIOUS VALUE FOR s",
+            "SELECT CURRENT_USER()",
+            "SELECT CURRENT_USER",
+            "SELECT USER(), VERSION()",
+            "SELECT @@warning_count INTO @w",
             "SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1",
             "SELECT @x",
             "SELECT * FROM t WHERE id = @id",
@@ -466,6 +547,8 @@ mod tests {
             "SHOW WARNINGS",
             "SHOW COUNT(*) ERRORS",
             "SELECT @@warning_count",
+            "SELECT FOUND_ROWS()",
+            "SELECT ROW_COUNT()",
         ] {
             assert_eq!(alone(sql), Target::Previous, "{sql}");
         }
@@ -507,6 +590,17 @@ mod tests {
             "SET time_zone = shop.zone()",
             "SET GLOBAL max_connections = 10",
             "SET PASSWORD = PASSWORD('x')",
+            "SET sql_mode = DEFAULT",
+            "SET sql_log_bin = 0",
+            "SET SESSION skip_replication = 1",
+            "LOCK TABLES t WRITE",
+            "DO GET_LOCK('m', 5)",
+            "SET @l = GET_LOCK('m', 5)",
+            "SELECT @@warning_count, GET_LOCK('x', 1)",
+            "SELECT 1; SET sql_mode = 'ANSI_QUOTES'",
+            "CALL p()",
+            "EXECUTE IMMEDIATE @stmt",
+            "PREPARE s FROM @stmt",
         ] {
             let d = set(sql);
             assert_eq!(d.route.target, Target::Primary, "{sql}");
@@ -514,5 +608,13 @@ mod tests {
         }
         let d = set("SELECT GET_LOCK('a', 1)");
         assert_eq!((d.route.target, d.pins.is_some()), (Target::Primary, true));
+        assert_eq!(set("LOCK TABLES t READ").pins, Some(TABLES_LOCKED));
+        for sql in [
+            "SET STATEMENT foreign_key_checks = 0 FOR INSERT INTO t VALUES (1)",
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        ] {
+            let d = set(sql);
+            assert_eq!((d.route.target, d.pins), (Target::Primary, None), "{sql}");
+        }
     }
 }

@@ -182,6 +182,8 @@ const BUILTINS: &[&str] = &[
     "REVERSE",
     "RIGHT",
     "ROUND",
+    "ROW_COUNT",
+    "ROW_NUMBER",
     "RPAD",
     "RTRIM",
     "SCHEMA",
