@@ -97,7 +97,7 @@ async fn bad_commands_after_the_handshake() {
     let mut r = raw::app(tandem.port, Some(&db)).await;
 
     // Unknown and refused commands: 1047, and the connection stays usable.
-    for cmd in [0x00u8, 0x05, 0x0c, 0x12, 0x20, 0x99, 0xfe] {
+    for cmd in [0x00u8, 0x05, 0x12, 0x20, 0x99, 0xfe] {
         let resp = raw::command(&mut r, &[cmd, 1, 2, 3], ResponseKind::Single).await;
         assert_eq!(resp[0].1[0], 0xff, "command {cmd:#x}");
         assert_eq!(
@@ -106,6 +106,9 @@ async fn bad_commands_after_the_handshake() {
             "command {cmd:#x}"
         );
     }
+    // COM_PROCESS_KILL without a whole connection id: malformed.
+    let resp = raw::command(&mut r, &[0x0c, 1, 2, 3], ResponseKind::Single).await;
+    assert_eq!(raw::error_code(&resp), Some(1835));
     // An empty command packet: malformed.
     let resp = raw::command(&mut r, &[], ResponseKind::Single).await;
     assert_eq!(raw::error_code(&resp), Some(1835));
