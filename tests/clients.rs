@@ -7,26 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{mariadb, mariadb_cli, root, Tandem, PASSWORD, USER};
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}); scripts/test.sh installs the client libraries")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
-    assert!(
-        text.contains(": ok"),
-        "{program} printed no success line:\n{text}"
-    );
-}
+use common::{mariadb, mariadb_cli, root, run_client, ReplicatedPair, Tandem, PASSWORD, USER};
 
 #[test]
 fn mariadb_command_line_client() {
@@ -65,7 +46,7 @@ fn python_drivers() {
         .unwrap_or_else(|_| root().join("target/py/bin/python").display().to_string());
     let script = root().join("tests/clients/python/check_clients.py");
     let port = tandem.port.to_string();
-    run(
+    run_client(
         &python,
         &[script.to_str().unwrap(), &port, USER, PASSWORD, &db],
     );
@@ -77,7 +58,7 @@ fn node_mysql2_query_and_execute() {
     let tandem = Tandem::start(&db);
     let script = root().join("tests/clients/node/check_clients.js");
     let port = tandem.port.to_string();
-    run(
+    run_client(
         "node",
         &[script.to_str().unwrap(), &port, USER, PASSWORD, &db],
     );
@@ -129,4 +110,44 @@ fn load_data_local_infile_is_relayed() {
     )
     .unwrap();
     assert_eq!(out, "name-4999\n");
+}
+
+/// The same clients through an `rw_split` listener over a primary and a GTID replica: their
+/// reads right after their writes see them (read-your-writes), prepared statements keep
+/// their meaning, and results arrive as through `single`.
+#[test]
+fn clients_through_rw_split() {
+    let pair = ReplicatedPair::start("clients");
+    pair.primary_sql("CREATE DATABASE clients");
+    pair.caught_up();
+    let tandem = pair.tandem("clients");
+    let port = tandem.port.to_string();
+    let python = std::env::var("TANDEM_TEST_PYTHON")
+        .unwrap_or_else(|_| root().join("target/py/bin/python").display().to_string());
+    let script = root().join("tests/clients/python/check_clients.py");
+    run_client(
+        &python,
+        &[script.to_str().unwrap(), &port, USER, PASSWORD, "clients"],
+    );
+    let script = root().join("tests/clients/node/check_clients.js");
+    run_client(
+        "node",
+        &[script.to_str().unwrap(), &port, USER, PASSWORD, "clients"],
+    );
+    let out = mariadb_cli(
+        tandem.port,
+        USER,
+        PASSWORD,
+        Some("clients"),
+        "CREATE TABLE cli (id INT PRIMARY KEY, s VARCHAR(20));
+         INSERT INTO cli VALUES (1, 'uno'), (2, 'dos');
+         SELECT id, s FROM cli ORDER BY id;",
+    )
+    .unwrap();
+    assert_eq!(out, "1\tuno\n2\tdos\n");
+    let (_, metrics) = tandem.admin("/metrics");
+    assert!(
+        metrics.contains(r#"tandem_reads_total{backend="replica",listener="main"}"#),
+        "some reads went to the replica: {metrics}"
+    );
 }

@@ -101,37 +101,6 @@ async fn the_replica_monitor_sees_replication_stop_and_the_server_go() {
     until(Health::usable, "the server back").await;
 }
 
-/// A Tandem with one `rw_split` listener over the pair, in front of database `db`.
-fn rw_split_tandem(pair: &ReplicatedPair, db: &str, extra: &str) -> common::Tandem {
-    let yaml = format!(
-        r#"
-listeners:
-  - name: main
-    address: 127.0.0.1:{{PORT}}
-    users: {{ {user}: "{password}" }}
-    executor: main
-executors:
-  - name: main
-    mode: rw_split
-    primary: primary
-    replicas: [{{ data_source: replica }}]
-{extra}
-data_sources:
-  - {{ name: primary, dsn: "mysql://root@127.0.0.1:{p}/{db}" }}
-  - {{ name: replica, dsn: "mysql://root@127.0.0.1:{r}/{db}" }}
-admin:
-  address: 127.0.0.1:{{ADMIN}}
-coordinator:
-  embedded: {{ path: "{{DIR}}/tandem.db" }}
-"#,
-        user = common::USER,
-        password = common::PASSWORD,
-        p = pair.primary,
-        r = pair.replica,
-    );
-    common::Tandem::start_yaml(&yaml)
-}
-
 /// `whoami` answers which server a read ran on: its one row differs on each (written with
 /// the binary log off).
 fn mark_servers(pair: &ReplicatedPair, db: &str) {
@@ -166,7 +135,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     let pair = ReplicatedPair::start("routing");
     mark_servers(&pair, "shop");
     mark_servers(&pair, "other");
-    let tandem = rw_split_tandem(&pair, "shop", "");
+    let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     let ask = "SELECT server FROM whoami";
     assert_eq!(who(&mut c, ask).await, "replica");
@@ -249,7 +218,7 @@ async fn a_read_after_a_write_sees_it() {
     use mysql_async::prelude::*;
     let pair = ReplicatedPair::start("ryw");
     mark_servers(&pair, "shop");
-    let tandem = rw_split_tandem(&pair, "shop", "");
+    let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     assert_eq!(who(&mut c, "SELECT server FROM whoami").await, "replica");
     pair.replica_sql("STOP SLAVE SQL_THREAD");
@@ -311,7 +280,7 @@ async fn a_read_after_a_write_sees_it() {
 async fn reads_leave_a_replica_that_is_down_and_come_back() {
     let pair = ReplicatedPair::start("down");
     mark_servers(&pair, "shop");
-    let tandem = rw_split_tandem(&pair, "shop", "");
+    let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     let ask = "SELECT server FROM whoami";
     assert_eq!(who(&mut c, ask).await, "replica");
@@ -358,7 +327,7 @@ async fn global_transactions_and_prepared_statements_through_rw_split() {
         tandem::at::undo::UNDO_TABLE_DDL
     ));
     pair.caught_up();
-    let tandem = rw_split_tandem(&pair, "shop", "");
+    let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     for (end, want, bal) in [("rollback", "Rollbacked", 100), ("commit", "Committed", 90)] {
         let xid = common::begin_global(&mut c).await;

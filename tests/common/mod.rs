@@ -151,6 +151,26 @@ fn try_start_mariadb(dir: &Path, port: u16, addresses: &str, role: Role) -> bool
     true
 }
 
+/// Runs a client program that prints a line with `: ok` when its checks pass.
+pub fn run_client(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}); scripts/test.sh installs the client libraries")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    assert!(
+        text.contains(": ok"),
+        "{program} printed no success line:\n{text}"
+    );
+}
+
 /// A MariaDB primary and a GTID replica of it, for the tests of read/write splitting.
 /// Each test that changes replication (stops it, lags it) starts a pair of its own.
 pub struct ReplicatedPair {
@@ -201,6 +221,40 @@ impl ReplicatedPair {
             ),
             "the replica did not start again"
         );
+    }
+
+    /// A Tandem with one `rw_split` listener over the pair, in front of database `db`.
+    pub fn tandem(&self, db: &str) -> Tandem {
+        self.tandem_with(db, "")
+    }
+
+    /// [`ReplicatedPair::tandem`], `extra` appended to the executor's fields.
+    pub fn tandem_with(&self, db: &str, extra: &str) -> Tandem {
+        let yaml = format!(
+            r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:{{PORT}}
+    users: {{ {USER}: "{PASSWORD}" }}
+    executor: main
+executors:
+  - name: main
+    mode: rw_split
+    primary: primary
+    replicas: [{{ data_source: replica }}]
+{extra}
+data_sources:
+  - {{ name: primary, dsn: "mysql://root@127.0.0.1:{p}/{db}" }}
+  - {{ name: replica, dsn: "mysql://root@127.0.0.1:{r}/{db}" }}
+admin:
+  address: 127.0.0.1:{{ADMIN}}
+coordinator:
+  embedded: {{ path: "{{DIR}}/tandem.db" }}
+"#,
+            p = self.primary,
+            r = self.replica,
+        );
+        Tandem::start_yaml(&yaml)
     }
 
     /// Waits until the replica has applied everything the primary has written.
