@@ -285,6 +285,9 @@ async fn reads_leave_a_replica_that_is_down_and_come_back() {
     let ask = "SELECT server FROM whoami";
     assert_eq!(who(&mut c, ask).await, "replica");
     pair.stop_replica();
+    // The session's replica connection is dead: the read, of which nothing reached the
+    // client, runs on the primary instead of failing.
+    assert_eq!(who(&mut c, ask).await, "primary");
     // Every read is answered, by the primary once the monitor has seen the replica go.
     let start = std::time::Instant::now();
     loop {
@@ -354,4 +357,58 @@ async fn global_transactions_and_prepared_statements_through_rw_split() {
     let stmt = c.prep("SELECT @n * ?").await.unwrap();
     let n: Option<i64> = c.exec_first(&stmt, (6,)).await.unwrap();
     assert_eq!(n, Some(42));
+}
+
+/// A replica further behind than `max_replica_lag` takes no reads until it catches up. The
+/// replica is made to lag for real: it applies events only 4 s after the primary wrote them
+/// (`MASTER_DELAY`), so `Seconds_Behind_Master` climbs past the 1 s limit while an event
+/// waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_too_far_behind_takes_no_reads_until_it_catches_up() {
+    let pair = ReplicatedPair::start("lag");
+    mark_servers(&pair, "shop");
+    let tandem = pair.tandem_with("shop", "    max_replica_lag: 1s");
+    let ask = "SELECT server FROM whoami";
+    let read = || async {
+        let mut c = common::connect(&tandem.url("shop")).await;
+        who(&mut c, ask).await
+    };
+    assert_eq!(read().await, "replica");
+    pair.replica_sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 4; START SLAVE");
+    // Replicating again (the restart of its threads is not what this test is about).
+    let start = std::time::Instant::now();
+    while read().await != "replica" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the replica did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pair.primary_sql("INSERT INTO shop.t (v) VALUES ('late')");
+    let lag = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"tandem_replica_lag_seconds{data_source="replica"} "#))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let start = std::time::Instant::now();
+    let (mut seen_primary, mut seen_lag) = (false, 0.0f64);
+    while start.elapsed() < Duration::from_secs(4) && !(seen_primary && seen_lag > 1.0) {
+        seen_primary |= read().await == "primary";
+        seen_lag = seen_lag.max(lag(&tandem.admin("/metrics").1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_primary, "reads never left the lagging replica");
+    assert!(seen_lag > 1.0, "the monitor saw a lag of {seen_lag} s");
+    pair.replica_sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 0; START SLAVE");
+    pair.caught_up();
+    let start = std::time::Instant::now();
+    while read().await != "replica" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the replica was never taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
