@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Tandem's build, tests, demo and benchmarks need on Debian: MariaDB, etcd,
-# protoc, sysbench, openssl, Node.js and Python, plus the client libraries the tests drive.
+# protoc, sysbench, HAProxy, openssl, Node.js and Python, plus the client libraries the tests
+# drive.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ have etcd || need+=(etcd-server)
 have etcdctl || need+=(etcd-client)
 have protoc || need+=(protobuf-compiler)
 have sysbench || need+=(sysbench)
+have haproxy || need+=(haproxy)
 have openssl || need+=(openssl)
 have bc || need+=(bc)
 have curl || need+=(curl)
