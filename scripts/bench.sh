@@ -64,11 +64,7 @@ run() {
   shift 2
   local out
   out=$(sysbench "$workload" "${common[@]}" "$@" --threads="$threads" --time="$seconds" --report-interval=0 run)
-  if [ "$workload" = oltp_point_select ]; then
-    echo "$out" | awk '/queries:/ { gsub(/[(]/, "", $3); print $3; exit }'
-  else
-    echo "$out" | awk '/transactions:/ { gsub(/[(]/, "", $3); print $3; exit }'
-  fi
+  echo "$out" | sysbench_rate "$workload"
 }
 
 printf '\n%-20s %7s %12s %12s %7s\n' workload threads direct tandem ratio

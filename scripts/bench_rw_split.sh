@@ -91,11 +91,7 @@ run() {
   # shellcheck disable=SC2086
   out=$(sysbench "$workload" "${common[@]}" ${target[$where]} --threads="$threads" \
     --time="$seconds" --report-interval=0 run)
-  if [ "$workload" = oltp_point_select ]; then
-    echo "$out" | awk '/queries:/ { gsub(/[(]/, "", $3); print $3; exit }'
-  else
-    echo "$out" | awk '/transactions:/ { gsub(/[(]/, "", $3); print $3; exit }'
-  fi
+  echo "$out" | sysbench_rate "$workload"
 }
 
 printf '\n%-18s %3s %9s %9s %9s %9s %14s %14s\n' workload thr direct haproxy single rw_split rw_split/single tandem/haproxy

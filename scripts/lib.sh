@@ -53,3 +53,13 @@ coordinator:
   etcd: { endpoints: ["http://127.0.0.1:$6"], prefix: $7, node_name: $8 }
 YAML
 }
+
+# Reads sysbench's report on stdin and prints its rate: queries/s for oltp_point_select
+# (named in $1), transactions/s for the other workloads.
+sysbench_rate() {
+  if [ "$1" = oltp_point_select ]; then
+    awk '/queries:/ { gsub(/[(]/, "", $3); print $3; exit }'
+  else
+    awk '/transactions:/ { gsub(/[(]/, "", $3); print $3; exit }'
+  fi
+}
