@@ -148,6 +148,21 @@ pub const TABLES_LOCKED: &str = "tables are locked (LOCK TABLES)";
 /// Where a statement of `kind` with text `sql` runs, given what the session holds.
 pub fn route(kind: StatementKind, sql: &[u8], facts: &Facts) -> Decision {
     use StatementKind::*;
+    // A read in a transaction runs on the primary whatever it says, unless it takes a lock
+    // or hides another statement (which pin the session): without `;` or the word `lock`
+    // in it, that is known without reading it further.
+    if matches!(kind, Select | Show)
+        && (facts.global || facts.transaction)
+        && memchr::memchr(b';', sql).is_none()
+        && !sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"lock"))
+    {
+        let why = if facts.global {
+            "a global transaction"
+        } else {
+            "a transaction"
+        };
+        return Decision::to(Target::Primary, why);
+    }
     let Ok(tokens) = lex::tokenize(sql) else {
         return Decision::pinning(
             Target::Primary,
@@ -522,6 +537,11 @@ mod tests {
         };
         for facts in [tx, global, pinned] {
             assert_eq!(target(sql, facts), Target::Primary, "{facts:?}");
+        }
+        // A named lock taken in a transaction still holds after it: the session is pinned.
+        for sql in ["SELECT GET_LOCK('m', 1)", "SELECT 1; SELECT 2"] {
+            let d = route(classify::classify(sql.as_bytes()), sql.as_bytes(), &tx);
+            assert!(d.pins.is_some(), "{sql}");
         }
     }
 
