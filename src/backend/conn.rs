@@ -324,14 +324,7 @@ impl BackendConn {
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let rows = self.query_raw(sql).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                r.into_iter()
-                    .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                    .collect()
-            })
-            .collect())
+        Ok(text_rows(rows))
     }
 
     /// Runs a query and collects its rows as the bytes the server sent (text protocol).
@@ -366,12 +359,7 @@ impl BackendConn {
             )
             .await;
         self.settle(r)?;
-        let text = |c: Option<Vec<u8>>| c.map(|b| String::from_utf8_lossy(&b).into_owned());
-        let rows = rows
-            .into_iter()
-            .map(|r| r.into_iter().map(text).collect())
-            .collect();
-        Ok((names, rows))
+        Ok((names, text_rows(rows)))
     }
 
     /// Runs a statement, discarding any result.
@@ -592,6 +580,17 @@ fn ok_status(payload: &[u8]) -> Option<StatusFlags> {
 
 /// One text-protocol row: each cell's bytes, or `None` for NULL.
 pub type Row = Vec<Option<Vec<u8>>>;
+
+/// Rows as text (control-plane results are small and textual).
+fn text_rows(rows: Vec<Row>) -> Vec<Vec<Option<String>>> {
+    rows.into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .collect()
+        })
+        .collect()
+}
 
 /// The name of a column definition (protocol 4.1: catalog, schema, table, original table,
 /// then name, each a length-encoded string).
