@@ -329,17 +329,7 @@ impl BackendConn {
 
     /// Runs a query and collects its rows as the bytes the server sent (text protocol).
     pub async fn query_raw(&mut self, sql: &str) -> Result<Vec<Row>, BackendError> {
-        let mut rows = Vec::new();
-        let r = self
-            .command_inner(
-                0x03,
-                sql.as_bytes(),
-                ResponseKind::Query,
-                Some(&mut rows),
-                None,
-            )
-            .await;
-        self.settle(r).map(|_| rows)
+        self.collect(sql, None).await
     }
 
     /// Runs a query and collects its text rows with the columns' names: for results whose
@@ -348,18 +338,28 @@ impl BackendConn {
         &mut self,
         sql: &str,
     ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BackendError> {
-        let (mut rows, mut names) = (Vec::new(), Vec::new());
+        let mut names = Vec::new();
+        let rows = self.collect(sql, Some(&mut names)).await?;
+        Ok((names, text_rows(rows)))
+    }
+
+    /// Runs a query, collecting its rows, and its column names when `names` asks for them.
+    async fn collect(
+        &mut self,
+        sql: &str,
+        names: Option<&mut Vec<String>>,
+    ) -> Result<Vec<Row>, BackendError> {
+        let mut rows = Vec::new();
         let r = self
             .command_inner(
                 0x03,
                 sql.as_bytes(),
                 ResponseKind::Query,
                 Some(&mut rows),
-                Some(&mut names),
+                names,
             )
             .await;
-        self.settle(r)?;
-        Ok((names, text_rows(rows)))
+        self.settle(r).map(|_| rows)
     }
 
     /// Runs a statement, discarding any result.
