@@ -317,7 +317,7 @@ async fn reads_leave_a_replica_that_is_down_and_come_back() {
 
 /// A global transaction through an `rw_split` listener runs on the primary (its images are
 /// read there) and commits and rolls back as through `single`; prepared statements keep
-/// their meaning (they run on the primary).
+/// their meaning.
 #[tokio::test(flavor = "multi_thread")]
 async fn global_transactions_and_prepared_statements_through_rw_split() {
     use mysql_async::prelude::*;
@@ -352,7 +352,7 @@ async fn global_transactions_and_prepared_statements_through_rw_split() {
         .await
         .unwrap();
     let server: Option<String> = c.exec_first(&stmt, ("nobody",)).await.unwrap();
-    assert_eq!(server.as_deref(), Some("primary"));
+    assert_eq!(server.as_deref(), Some("replica"));
     c.query_drop("SET @n = 7").await.unwrap();
     let stmt = c.prep("SELECT @n * ?").await.unwrap();
     let n: Option<i64> = c.exec_first(&stmt, (6,)).await.unwrap();
@@ -410,5 +410,120 @@ async fn a_replica_too_far_behind_takes_no_reads_until_it_catches_up() {
             "the replica was never taken back"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many prepared statements a server holds now.
+fn prepared_on(out: &str) -> u64 {
+    out.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Prepared_stmt_count in {out:?}"))
+}
+
+/// A statement prepared once runs wherever each execution goes: a read outside a
+/// transaction on the replica (prepared there under an id of its own, the first time), the
+/// rest on the primary; read-your-writes holds for prepared reads; closing the statement
+/// closes the replica's copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_reads_run_on_the_replica() {
+    use mysql_async::prelude::*;
+    let pair = ReplicatedPair::start("prepared");
+    mark_servers(&pair, "shop");
+    let tandem = pair.tandem("shop");
+    let mut c = common::connect(&tandem.url("shop")).await;
+    let stmt = c
+        .prep("SELECT server FROM whoami WHERE server <> ?")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let server: Option<String> = c.exec_first(&stmt, ("nobody",)).await.unwrap();
+        assert_eq!(server.as_deref(), Some("replica"));
+    }
+    let count = "SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'";
+    assert_eq!(
+        prepared_on(&pair.replica_sql(count)),
+        1,
+        "one copy on the replica"
+    );
+    // A locking read, a read of the session's own connection, and any read in a
+    // transaction run on the primary.
+    let locking = c
+        .prep("SELECT server FROM whoami WHERE server <> ? FOR UPDATE")
+        .await
+        .unwrap();
+    let server: Option<String> = c.exec_first(&locking, ("nobody",)).await.unwrap();
+    assert_eq!(server.as_deref(), Some("primary"));
+    c.query_drop("INSERT INTO t (v) VALUES ('first')")
+        .await
+        .unwrap();
+    let last = c.prep("SELECT LAST_INSERT_ID() + ?").await.unwrap();
+    let id: Option<i64> = c.exec_first(&last, (0,)).await.unwrap();
+    assert_eq!(id, Some(1));
+    c.query_drop("BEGIN").await.unwrap();
+    let server: Option<String> = c.exec_first(&stmt, ("nobody",)).await.unwrap();
+    assert_eq!(server.as_deref(), Some("primary"));
+    c.query_drop("COMMIT").await.unwrap();
+    // A write the replica has not applied: the prepared read waits, then the primary answers.
+    pair.replica_sql("STOP SLAVE SQL_THREAD");
+    let insert = c.prep("INSERT INTO t (v) VALUES (?)").await.unwrap();
+    c.exec_drop(&insert, ("mine",)).await.unwrap();
+    let find = c.prep("SELECT COUNT(*) FROM t WHERE v = ?").await.unwrap();
+    let n: Option<i64> = c.exec_first(&find, ("mine",)).await.unwrap();
+    assert_eq!(n, Some(1), "the session sees its own prepared write");
+    pair.replica_sql("START SLAVE SQL_THREAD");
+    pair.caught_up();
+    c.close(stmt).await.unwrap();
+    c.close(find).await.unwrap();
+    // mysql_async closes statements as it goes; whatever it kept, the replica holds no more
+    // copies than the session has statements open, and none once the session is gone.
+    drop(c);
+    let start = std::time::Instant::now();
+    while prepared_on(&pair.replica_sql(count)) != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the replica still holds the session's statements"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An execution that does not bind its parameter types again (a driver sends them once)
+/// runs on a replica connection that never saw them: Tandem binds them for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_reusing_its_types_runs_on_the_replica() {
+    use tandem::wire::scanner::ResponseKind;
+    let pair = ReplicatedPair::start("types");
+    mark_servers(&pair, "shop");
+    let tandem = pair.tandem("shop");
+    let mut r = common::raw::app(tandem.port, Some("shop")).await;
+    let mut prepare = vec![0x16];
+    prepare.extend_from_slice(b"SELECT server FROM whoami WHERE server <> ?");
+    let resp = common::raw::command(&mut r, &prepare, ResponseKind::Prepare).await;
+    assert_eq!(resp[0].1[0], 0x00, "{resp:?}");
+    let id = resp[0].1[1..5].to_vec();
+    let execute = |bind: bool| {
+        let mut p = vec![0x17];
+        p.extend_from_slice(&id);
+        p.push(0);
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.push(0); // null bitmap
+        p.push(u8::from(bind));
+        if bind {
+            p.extend_from_slice(&[0xfe, 0x00]); // STRING
+        }
+        p.push(6);
+        p.extend_from_slice(b"nobody");
+        p
+    };
+    // The first execution, in a transaction, binds the types on the primary.
+    common::raw::query(&mut r, "BEGIN").await;
+    let resp = common::raw::command(&mut r, &execute(true), ResponseKind::Execute).await;
+    assert!(common::raw::has_row_ending(&resp, b"primary"), "{resp:?}");
+    common::raw::query(&mut r, "COMMIT").await;
+    // The next ones reuse them, on the replica.
+    for _ in 0..2 {
+        let resp = common::raw::command(&mut r, &execute(false), ResponseKind::Execute).await;
+        assert!(common::raw::has_row_ending(&resp, b"replica"), "{resp:?}");
     }
 }

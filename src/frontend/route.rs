@@ -8,17 +8,19 @@
 //! it has applied the session's last write. When no replica is usable, or the wait runs out,
 //! or the replica fails before anything reached the client, the read runs on the primary.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use mysql_common::constants::StatusFlags;
 
 use super::relay::{relay, RelayError};
-use super::session::{Flow, Session};
+use super::session::{statement_id, Flow, Session};
 use crate::backend::PooledConn;
 use crate::exec::session_state::Applied;
 use crate::planner::rw_split::{self, Facts};
 use crate::planner::Target;
 use crate::sql::{dml, StatementKind};
+use crate::wire::execute;
 use crate::wire::scanner::ResponseKind;
 
 /// How long a read waits for a replica to apply the session's last write before it goes to
@@ -38,6 +40,18 @@ pub(super) struct ReplicaConn {
     /// How many of the session's possible writes the replica is known to have applied (see
     /// `Session::writes`).
     pub synced: u64,
+    /// The session's prepared statements this connection prepared too: the client's id (the
+    /// primary's) → the replica's.
+    pub statements: HashMap<u32, u32>,
+}
+
+/// A read to run on a replica.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// A COM_QUERY payload.
+    Query(&'a [u8]),
+    /// A COM_STMT_EXECUTE payload of the client's prepared statement `id`.
+    Execute { id: u32, payload: &'a [u8] },
 }
 
 /// Why a read did not run on a replica.
@@ -59,25 +73,10 @@ impl Session {
         kind: StatementKind,
     ) -> Flow {
         let sql = &payload[1..];
-        // The planner reads text with the default quoting rules: under others, the session's
-        // reads stay on the primary (whose connection tells which mode is on).
         if let Err(e) = self.pin_backend(None).await {
             return self.reply_error(reply_seq, e).await;
         }
-        let unreadable = match self.backend.as_mut() {
-            Some(b) => match b.session_settings().await {
-                Ok(s) => s
-                    .sql_mode
-                    .split(',')
-                    .any(|m| {
-                        m.eq_ignore_ascii_case("ANSI_QUOTES")
-                            || m.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES")
-                    })
-                    .then_some("an sql_mode the planner does not read text under"),
-                Err(_) => Some("the session's settings could not be read"),
-            },
-            None => Some("no primary connection"),
-        };
+        let unreadable = self.unreadable_text().await;
         let facts = Facts {
             transaction: self.in_local_transaction(),
             global: self.xid.is_some() || self.branch.is_some(),
@@ -107,7 +106,7 @@ impl Session {
         }
         match decision.route.target {
             Target::Replica => {
-                match self.read_on_replica(payload, kind).await {
+                match self.read_on_replica(Read::Query(payload), kind).await {
                     Ok(flow) => return flow,
                     Err(NotThere::Broken) => return Flow::Close,
                     Err(NotThere::Primary(why)) => {
@@ -118,7 +117,7 @@ impl Session {
                 self.on_primary(reply_seq, payload, kind).await
             }
             Target::Previous if self.last_on_replica && self.replica.is_some() => {
-                match self.relay_on_replica(payload, kind).await {
+                match self.relay_on_replica(Read::Query(payload), kind).await {
                     Ok(flow) => flow,
                     Err(NotThere::Broken) => Flow::Close,
                     Err(NotThere::Primary(_)) => self.on_primary(reply_seq, payload, kind).await,
@@ -132,6 +131,100 @@ impl Session {
                 flow
             }
             Target::Primary | Target::Previous => self.on_primary(reply_seq, payload, kind).await,
+        }
+    }
+
+    /// Why the planner cannot read the session's statement text, if it cannot: it reads
+    /// text with the default quoting rules, so under others the session's reads stay on the
+    /// primary (whose connection tells which mode is on).
+    async fn unreadable_text(&mut self) -> Option<&'static str> {
+        match self.backend.as_mut() {
+            Some(b) => match b.session_settings().await {
+                Ok(s) => s
+                    .sql_mode
+                    .split(',')
+                    .any(|m| {
+                        m.eq_ignore_ascii_case("ANSI_QUOTES")
+                            || m.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES")
+                    })
+                    .then_some("an sql_mode the planner does not read text under"),
+                Err(_) => Some("the session's settings could not be read"),
+            },
+            None => Some("no primary connection"),
+        }
+    }
+
+    /// Whether executions of `sql` (of `kind`), about to be prepared, may run on a replica
+    /// when the session holds nothing that keeps them on the primary. Decided once, with the
+    /// text read as the server reads it now, when it prepares it.
+    pub(super) async fn replica_may_execute(&mut self, kind: StatementKind, sql: &[u8]) -> bool {
+        if !matches!(kind, StatementKind::Select | StatementKind::Show) {
+            return false;
+        }
+        if self.pin_backend(None).await.is_err() || self.unreadable_text().await.is_some() {
+            return false;
+        }
+        let decision = rw_split::route(kind, sql, &Facts::default());
+        decision.route.target == Target::Replica && decision.pins.is_none()
+    }
+
+    /// COM_STMT_EXECUTE of the client's prepared statement: runs it on a replica when it is
+    /// a read one may answer now. `None`: the primary runs it, as any other command.
+    pub(super) async fn route_execute(&mut self, payload: &[u8]) -> Option<Flow> {
+        let id = statement_id(payload)?;
+        let held = self.in_local_transaction()
+            || self.xid.is_some()
+            || self.branch.is_some()
+            || self.pinned.is_some()
+            || !self.temporary.is_empty();
+        let p = self.prepared.get_mut(&id)?;
+        match execute::bound_types(payload, usize::from(p.params)) {
+            Ok(Some(types)) => p.types = types,
+            Ok(None) => {}
+            // The primary answers a malformed execution.
+            Err(_) => return None,
+        }
+        let kind = p.kind;
+        let readable = p.replica_read
+            && !p.long_data
+            && !execute::opens_cursor(payload)
+            && p.types.len() == usize::from(p.params);
+        if !readable || held {
+            if readable {
+                self.ctx.metrics.read_on("primary");
+            }
+            return None;
+        }
+        match self
+            .read_on_replica(Read::Execute { id, payload }, kind)
+            .await
+        {
+            Ok(flow) => Some(flow),
+            Err(NotThere::Broken) => Some(Flow::Close),
+            Err(NotThere::Primary(why)) => {
+                tracing::debug!(id = self.connection_id(), why, "execution on the primary");
+                self.ctx.metrics.primary_fallback(why);
+                self.ctx.metrics.read_on("primary");
+                None
+            }
+        }
+    }
+
+    /// COM_STMT_CLOSE of the client's statement `id`: the replica connection closes its
+    /// copy too.
+    pub(super) async fn close_on_replica(&mut self, id: u32) {
+        let Some(r) = self.replica.as_mut() else {
+            return;
+        };
+        let Some(theirs) = r.statements.remove(&id) else {
+            return;
+        };
+        let mut close = vec![0x19];
+        close.extend_from_slice(&theirs.to_le_bytes());
+        let io = r.conn.io();
+        io.write_packet(0, &close);
+        if io.flush().await.is_err() {
+            self.drop_replica();
         }
     }
 
@@ -220,7 +313,7 @@ impl Session {
     /// Runs a read on a replica: the session's one, or a newly chosen one.
     async fn read_on_replica(
         &mut self,
-        payload: &[u8],
+        read: Read<'_>,
         kind: StatementKind,
     ) -> Result<Flow, NotThere> {
         let Some(replicas) = self.ctx.replicas.clone() else {
@@ -247,6 +340,7 @@ impl Session {
                 conn,
                 applied: Applied::default(),
                 synced: 0,
+                statements: HashMap::new(),
             });
         }
         // Cheap when nothing changed: the primary's current database is known already.
@@ -273,7 +367,7 @@ impl Session {
                 }
             }
         }
-        self.relay_on_replica(payload, kind).await
+        self.relay_on_replica(read, kind).await
     }
 
     /// Waits until the replica has applied everything the primary had written by now (its
@@ -331,6 +425,55 @@ impl Session {
         Ok(())
     }
 
+    /// The execution of the client's statement `id` as the replica connection runs it: under
+    /// the replica's id for the statement (prepared there first, the first time), binding the
+    /// statement's parameter types.
+    async fn execution_on_replica(&mut self, id: u32, payload: &[u8]) -> Result<Vec<u8>, NotThere> {
+        let Some(p) = self.prepared.get(&id) else {
+            return Err(NotThere::Primary("a statement the session did not prepare"));
+        };
+        let Some(r) = self.replica.as_mut() else {
+            return Err(NotThere::Primary("no replica connection"));
+        };
+        let theirs = match r.statements.get(&id) {
+            Some(theirs) => *theirs,
+            None => {
+                let sql = p.sql.as_deref().unwrap_or_default();
+                match r
+                    .conn
+                    .command(0x16, sql.as_bytes(), ResponseKind::Prepare)
+                    .await
+                {
+                    Ok(summary) => match summary.prepared {
+                        Some((theirs, params, _)) if params == p.params => {
+                            r.statements.insert(id, theirs);
+                            theirs
+                        }
+                        _ => {
+                            self.drop_replica();
+                            return Err(NotThere::Primary(
+                                "the replica prepared the statement differently",
+                            ));
+                        }
+                    },
+                    Err(e) if !e.is_fatal() => {
+                        return Err(NotThere::Primary(
+                            "the replica could not prepare the statement",
+                        ))
+                    }
+                    Err(_) => {
+                        self.drop_replica();
+                        return Err(NotThere::Primary(
+                            "the replica failed preparing the statement",
+                        ));
+                    }
+                }
+            }
+        };
+        execute::rebind(payload, theirs, usize::from(p.params), &p.types)
+            .map_err(|_| NotThere::Primary("an execution the replica could not be given"))
+    }
+
     /// Gives the replica connection up (broken, or of no use any more).
     fn drop_replica(&mut self) {
         if let Some(mut r) = self.replica.take() {
@@ -342,16 +485,23 @@ impl Session {
     /// the client sends the read to the primary.
     async fn relay_on_replica(
         &mut self,
-        payload: &[u8],
+        read: Read<'_>,
         kind: StatementKind,
     ) -> Result<Flow, NotThere> {
         let started = Instant::now();
         let id = self.connection_id();
+        let (payload, response) = match read {
+            Read::Query(payload) => (std::borrow::Cow::Borrowed(payload), ResponseKind::Query),
+            Read::Execute { id, payload } => (
+                std::borrow::Cow::Owned(self.execution_on_replica(id, payload).await?),
+                ResponseKind::Execute,
+            ),
+        };
         let Some(r) = self.replica.as_mut() else {
             return Err(NotThere::Primary("no replica connection"));
         };
         let io = r.conn.io();
-        io.write_packet(0, payload);
+        io.write_packet(0, &payload);
         if io.flush().await.is_err() {
             r.conn.mark_broken();
             self.replica = None;
@@ -361,7 +511,7 @@ impl Session {
         match relay(
             &mut r.conn,
             &mut self.client,
-            ResponseKind::Query,
+            response,
             self.ctx.max_allowed_packet,
         )
         .await

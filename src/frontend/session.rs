@@ -77,6 +77,10 @@ pub(super) struct PreparedStmt {
     /// What in the text may change data although it is a read or a `SET` (see
     /// [`dml::may_write`]), read once, at prepare.
     pub may_write: Option<String>,
+    /// `rw_split`: a replica may run its executions (a read that reads nothing only the
+    /// primary's connection has), when the session holds nothing that keeps reads on the
+    /// primary. Decided at prepare.
+    pub replica_read: bool,
 }
 
 /// What the handshake established about a client.
@@ -140,6 +144,9 @@ pub struct Session {
     /// `rw_split`: how many statements that may have written the session ran on the
     /// primary (a replica connection that has applied fewer waits before a read).
     pub(super) writes: u64,
+    /// `rw_split`: whether the statement being prepared may run on a replica (see
+    /// [`PreparedStmt::replica_read`]), until the primary answers the prepare.
+    preparing_replica_read: bool,
 }
 
 impl Session {
@@ -174,6 +181,7 @@ impl Session {
             pinned: None,
             last_on_replica: false,
             writes: 0,
+            preparing_replica_read: false,
         }
     }
 
@@ -316,9 +324,20 @@ impl Session {
         };
         if !matches!(
             cmd,
-            COM_QUERY | COM_PING | COM_QUIT | COM_STMT_CLOSE | COM_STATISTICS | COM_FIELD_LIST
+            COM_QUERY
+                | COM_PING
+                | COM_QUIT
+                | COM_INIT_DB
+                | COM_STMT_PREPARE
+                | COM_STMT_EXECUTE
+                | COM_STMT_FETCH
+                | COM_STMT_CLOSE
+                | COM_STMT_RESET
+                | COM_STMT_SEND_LONG_DATA
+                | COM_STATISTICS
+                | COM_FIELD_LIST
         ) {
-            // rw_split: a prepared execution, a reset, … may write (or make Tandem write).
+            // rw_split: a reset, a refresh, … may write (or make Tandem write).
             self.possible_write();
         }
         let (kind, response) = match cmd {
@@ -409,6 +428,8 @@ impl Session {
                         return self.reply_error(reply_seq, e).await;
                     }
                 }
+                self.preparing_replica_read =
+                    self.ctx.replicas.is_some() && self.replica_may_execute(kind, sql).await;
                 (kind, ResponseKind::Prepare)
             }
             COM_STMT_EXECUTE => {
@@ -417,8 +438,23 @@ impl Session {
                     let call = call.clone();
                     return self.execute_tandem_function(reply_seq, call, payload).await;
                 }
+                let harmless = statement_id(payload)
+                    .and_then(|id| self.prepared.get(&id))
+                    .is_some_and(|p| {
+                        matches!(p.kind, StatementKind::Select | StatementKind::Show)
+                            && p.may_write.is_none()
+                    });
+                if !harmless {
+                    // rw_split: the execution may write (or make Tandem write).
+                    self.possible_write();
+                }
                 if let Some(flow) = self.global_execute(reply_seq, payload).await {
                     return flow;
+                }
+                if self.ctx.replicas.is_some() {
+                    if let Some(flow) = self.route_execute(payload).await {
+                        return flow;
+                    }
                 }
                 (self.statement_kind(payload), ResponseKind::Execute)
             }
@@ -435,6 +471,7 @@ impl Session {
                 if let Some(id) = statement_id(payload) {
                     if cmd == COM_STMT_CLOSE {
                         self.prepared.remove(&id);
+                        self.close_on_replica(id).await;
                     } else if let Some(p) = self.prepared.get_mut(&id) {
                         p.long_data = true;
                     }
@@ -755,6 +792,7 @@ impl Session {
                     long_data: false,
                     has_hint: hints::xid_hint(&payload[1..]).is_some(),
                     may_write: dml::may_write(&payload[1..]),
+                    replica_read: std::mem::take(&mut self.preparing_replica_read),
                 };
                 self.prepared.insert(id, stmt);
             }

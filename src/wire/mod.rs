@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod errors;
+pub mod execute;
 pub mod handshake;
 pub mod packet;
 pub mod response;
