@@ -160,11 +160,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 })?),
                 None => None,
             };
-        let address = config::parse_address(&l.address).map_err(|message| StartError::Invalid {
-            field: format!("listeners[{i}].address"),
-            message,
-        })?;
-        let listener = TcpListener::bind(address)
+        let address =
+            config::parse_listen_address(&l.address).map_err(|message| StartError::Invalid {
+                field: format!("listeners[{i}].address"),
+                message,
+            })?;
+        let listener = frontend::listener::Listener::bind(&address)
             .await
             .map_err(|source| StartError::Bind {
                 field: format!("listeners[{i}].address"),

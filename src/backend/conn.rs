@@ -7,8 +7,8 @@ use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakePacket;
 use mysql_common::proto::MyDeserialize;
-use tokio::net::TcpStream;
 
+use super::BackendStream;
 use crate::config::Dsn;
 use crate::wire::auth::{AuthMethod, FAST_AUTH_OK, PERFORM_FULL_AUTH};
 use crate::wire::packet::MAX_CHUNK;
@@ -105,7 +105,7 @@ pub struct SessionSettings {
 }
 
 pub struct BackendConn {
-    io: PacketIo<TcpStream>,
+    io: PacketIo<BackendStream>,
     pub key: ConnKey,
     /// Capabilities in force on this connection.
     pub caps: CapabilityFlags,
@@ -136,7 +136,10 @@ impl std::fmt::Debug for BackendConn {
 impl BackendConn {
     /// Opens and authenticates a connection for clients with `key`.
     pub async fn connect(dsn: &Dsn, key: ConnKey, timeout: Duration) -> Result<Self, BackendError> {
-        let addr = format!("{}:{}", dsn.host, dsn.port);
+        let addr = match &dsn.socket {
+            Some(path) => format!("unix:{path}"),
+            None => format!("{}:{}", dsn.host, dsn.port),
+        };
         match tokio::time::timeout(timeout, Self::connect_inner(dsn, key, &addr)).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::ConnectTimeout(addr)),
@@ -144,14 +147,15 @@ impl BackendConn {
     }
 
     async fn connect_inner(dsn: &Dsn, key: ConnKey, addr: &str) -> Result<Self, BackendError> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| BackendError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        tcp.set_nodelay(true)?;
-        let mut io = PacketIo::new(tcp);
+        let stream = match &dsn.socket {
+            Some(path) => BackendStream::connect_unix(std::path::Path::new(path)).await,
+            None => BackendStream::connect_tcp(addr).await,
+        }
+        .map_err(|source| BackendError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let mut io = PacketIo::new(stream);
         let greeting = io
             .read_packet(BACKEND_MAX_PACKET)
             .await?
@@ -284,13 +288,13 @@ impl BackendConn {
 
     /// The packet stream, for relaying. A caller that leaves it mid-response must call
     /// [`Self::mark_broken`].
-    pub fn io(&mut self) -> &mut PacketIo<TcpStream> {
+    pub fn io(&mut self) -> &mut PacketIo<BackendStream> {
         &mut self.io
     }
 
     /// The connection's socket, to learn (while no command is under way) that the server
     /// closed it.
-    pub fn stream(&self) -> &TcpStream {
+    pub fn stream(&self) -> &BackendStream {
         self.io.get_ref()
     }
 

@@ -8,6 +8,8 @@
 pub mod conn;
 pub mod health;
 pub mod pool;
+pub mod stream;
 
 pub use conn::{BackendConn, BackendError, ConnKey, Row, SessionSettings};
 pub use pool::{Pool, PooledConn};
+pub use stream::BackendStream;

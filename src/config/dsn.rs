@@ -1,4 +1,6 @@
-//! Data source names: `mysql://user:password@host:port/database`.
+//! Data source names: `mysql://user:password@host:port/database`, and
+//! `mysql://user:password@host:port/database?socket=/path/to/mysqld.sock` for a database on
+//! the same host reached over its Unix socket.
 
 use std::fmt;
 
@@ -10,6 +12,9 @@ pub struct Dsn {
     pub host: String,
     pub port: u16,
     pub database: Option<String>,
+    /// The server's Unix socket, when Tandem reaches it that way. `host:port` still names the
+    /// server (its [`identity`](Dsn::identity)): give the one other sidecars reach it by.
+    pub socket: Option<String>,
 }
 
 impl Dsn {
@@ -25,13 +30,28 @@ impl Dsn {
             Some(c) => (&auth[..c], &auth[c + 1..]),
             None => (auth, ""),
         };
+        let (rest, options) = match rest.find('?') {
+            Some(q) => (&rest[..q], &rest[q + 1..]),
+            None => (rest, ""),
+        };
+        let mut socket = None;
+        for option in options.split('&').filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("socket", path)) if !path.is_empty() => {
+                    socket = Some(percent_decode(path)?);
+                }
+                Some(("socket", _)) => return Err("the DSN's socket is empty".into()),
+                _ => {
+                    return Err(format!(
+                        "unknown DSN option '{option}' (the one option is socket=/path)"
+                    ))
+                }
+            }
+        }
         let (hostport, db) = match rest.find('/') {
             Some(sl) => (&rest[..sl], &rest[sl + 1..]),
             None => (rest, ""),
         };
-        if db.contains('?') {
-            return Err("DSN options after '?' are not supported".into());
-        }
         let (host, port) = match hostport.rfind(':') {
             Some(c) if !hostport.ends_with(']') => {
                 let port = hostport[c + 1..]
@@ -54,6 +74,7 @@ impl Dsn {
             host: host.to_string(),
             port,
             database: (!db.is_empty()).then(|| percent_decode(db)).transpose()?,
+            socket,
         })
     }
 
@@ -140,6 +161,22 @@ mod tests {
         assert!(Dsn::parse("mysql://@h/x").is_err());
         assert!(Dsn::parse("mysql://u@:1/x").is_err());
         assert!(Dsn::parse("mysql://u:%zz@h/x").is_err());
+        assert!(Dsn::parse("mysql://u@h/x?ssl=1").is_err());
+        assert!(Dsn::parse("mysql://u@h/x?socket=").is_err());
+    }
+
+    #[test]
+    fn a_socket_reaches_the_server_its_host_and_port_name() {
+        let d =
+            Dsn::parse("mysql://u:p?w@localhost:3307/orders?socket=/run/my%20sql.sock").unwrap();
+        assert_eq!(d.password, "p?w");
+        assert_eq!(d.socket.as_deref(), Some("/run/my sql.sock"));
+        assert_eq!(d.identity(), "127.0.0.1:3307/orders");
+        let d = Dsn::parse("mysql://u@localhost?socket=/tmp/m.sock").unwrap();
+        assert_eq!(
+            (d.database, d.socket.as_deref()),
+            (None, Some("/tmp/m.sock"))
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod model;
 mod units;
 mod validate;
 
-pub use validate::parse_address;
+pub use validate::{parse_address, parse_listen_address, ListenAddress};
 
 pub use dsn::Dsn;
 pub use model::*;

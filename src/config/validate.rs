@@ -6,6 +6,34 @@ use std::net::SocketAddr;
 
 use super::{Config, ConfigError, Dsn, Mode, PathMatch, StoreKind};
 
+/// Where a listener accepts clients: a TCP address, or a Unix socket's path
+/// (`unix:/path/to/sock`) for applications on the same host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Tcp(a) => write!(f, "{a}"),
+            ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Parses a listener's address: `ip:port`, `localhost:port` or `unix:/absolute/path`.
+pub fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
+    match s.strip_prefix("unix:") {
+        Some(path) if path.starts_with('/') => Ok(ListenAddress::Unix(path.into())),
+        Some(_) => Err(format!("'{s}': a Unix socket's path must be absolute")),
+        None => parse_address(s)
+            .map(ListenAddress::Tcp)
+            .map_err(|m| format!("{m} (or unix:/path)")),
+    }
+}
+
 /// Parses `host:port`, accepting `localhost` as a host name.
 pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
@@ -58,8 +86,9 @@ impl Config {
         let mut addresses = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |f: &str| format!("listeners[{i}].{f}");
-            let addr = parse_address(&l.address).map_err(|m| ConfigError::new(at("address"), m))?;
-            if !addresses.insert(addr) {
+            let addr =
+                parse_listen_address(&l.address).map_err(|m| ConfigError::new(at("address"), m))?;
+            if !addresses.insert(addr.clone()) {
                 return Err(ConfigError::new(
                     at("address"),
                     format!("{addr} is used twice"),
@@ -243,7 +272,7 @@ impl Config {
         if let Some(admin) = &self.admin {
             let addr =
                 parse_address(&admin.address).map_err(|m| ConfigError::new("admin.address", m))?;
-            if addresses.contains(&addr) {
+            if addresses.contains(&ListenAddress::Tcp(addr)) {
                 return Err(ConfigError::new(
                     "admin.address",
                     format!("{addr} is also a listener address"),
@@ -257,7 +286,7 @@ impl Config {
         for (i, h) in self.http_sidecars.iter().enumerate() {
             let at = |f: &str| format!("http_sidecars[{i}].{f}");
             let addr = parse_address(&h.address).map_err(|m| ConfigError::new(at("address"), m))?;
-            if !addresses.insert(addr) {
+            if !addresses.insert(ListenAddress::Tcp(addr)) {
                 return Err(ConfigError::new(
                     at("address"),
                     format!("{addr} is used twice"),

@@ -1,14 +1,10 @@
 //! The connection phase with a client: greeting, optional TLS upgrade, authentication, and
 //! the initial database.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mysql_common::constants::{CapabilityFlags, StatusFlags};
-use tokio::net::TcpStream;
-
-use super::listener::ListenerContext;
+use super::listener::{ListenerContext, Peer};
 use super::session::{Authenticated, Session};
 use crate::backend::ConnKey;
 use crate::wire::auth::{self, AuthMethod};
@@ -16,6 +12,7 @@ use crate::wire::handshake::{auth_switch_request, ssl_request, Greeting, Handsha
 use crate::wire::response::ok_packet;
 use crate::wire::stream::{ClientStream, Rewind};
 use crate::wire::{MysqlError, PacketIo, WireError};
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
 
 /// A client that has not finished its handshake by then is disconnected.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,10 +73,10 @@ pub enum HandshakeFailure {
 /// (or left) and the connection is done.
 pub async fn accept(
     ctx: &Arc<ListenerContext>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    stream: ClientStream,
+    peer: Peer,
 ) -> Result<Option<Session>, HandshakeFailure> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_inner(ctx, tcp, peer)).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_inner(ctx, stream, peer)).await {
         Ok(r) => r,
         Err(_) => Err(HandshakeFailure::Timeout),
     }
@@ -87,15 +84,16 @@ pub async fn accept(
 
 async fn accept_inner(
     ctx: &Arc<ListenerContext>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    stream: ClientStream,
+    peer: Peer,
 ) -> Result<Option<Session>, HandshakeFailure> {
     let server = ctx.pool.server_info();
     let backend_caps = server.as_ref().map_or(CapabilityFlags::all(), |s| {
         s.capabilities | TANDEM_ONLY_CAPS
     });
     let mut offered = OFFERED_CAPS & backend_caps;
-    if ctx.tls.is_some() {
+    // A Unix socket is secure transport already.
+    if ctx.tls.is_some() && !stream.is_secure() {
         offered |= CapabilityFlags::CLIENT_SSL;
     }
     let version = ctx
@@ -114,7 +112,7 @@ async fn accept_inner(
         method: ctx.auth_method,
     };
 
-    let mut io = PacketIo::new(ClientStream::Plain(tcp));
+    let mut io = PacketIo::new(stream);
     io.write_packet(0, &greeting.encode());
     io.flush().await?;
 
@@ -146,12 +144,12 @@ async fn accept_inner(
             return Ok(None);
         }
     };
-    if ctx.tls_required && !io.get_ref().is_tls() {
+    if ctx.tls_required && !io.get_ref().is_secure() {
         refuse(&mut io, seq, MysqlError::insecure_transport(), ctx).await?;
         return Ok(None);
     }
     let caps = response.capabilities & offered;
-    let host = peer.ip().to_string();
+    let host = peer.host();
 
     let auth = Credentials {
         user: &response.user,

@@ -6,16 +6,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::at::branch::AtSource;
 use crate::backend::Pool;
+use crate::config::ListenAddress;
 use crate::coordinator::Coordinator;
 use crate::exec::rw_split::Replicas;
 use crate::metrics::ListenerMetrics;
 use crate::wire::auth::AuthMethod;
+use crate::wire::stream::ClientStream;
 
 use super::handshake;
 
@@ -52,6 +56,84 @@ impl ListenerContext {
     }
 }
 
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A Unix socket: a process on Tandem's host.
+    Unix,
+}
+
+impl Peer {
+    /// The client's host as accounts and error messages name it (`localhost` over a
+    /// socket, as the database says).
+    pub fn host(&self) -> String {
+        match self {
+            Peer::Tcp(a) => a.ip().to_string(),
+            Peer::Unix => "localhost".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Unix => f.write_str("unix socket"),
+        }
+    }
+}
+
+/// A bound listener: TCP, or a Unix socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    /// Binds `address`. A Unix socket's file left behind by a process that is gone is
+    /// replaced; one that a live process still accepts on is an address in use.
+    pub async fn bind(address: &ListenAddress) -> std::io::Result<Listener> {
+        match address {
+            ListenAddress::Tcp(a) => TcpListener::bind(a).await.map(Listener::Tcp),
+            ListenAddress::Unix(path) => {
+                if tokio::fs::symlink_metadata(path).await.is_ok() {
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            "another process accepts connections on this socket",
+                        ));
+                    }
+                    tokio::fs::remove_file(path).await?;
+                }
+                UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(ClientStream, Peer)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((ClientStream::Plain(tcp), Peer::Tcp(peer)))
+            }
+            Listener::Unix(l, _) => {
+                let (unix, _) = l.accept().await?;
+                Ok((ClientStream::Unix(unix), Peer::Unix))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// The sessions to close when draining. Each session waits on a oneshot receiver, which costs
 /// one atomic check per command; dropping the sender wakes it.
 #[derive(Default)]
@@ -63,7 +145,7 @@ struct Closers {
 /// Accepts clients until `shutdown` turns true. Each session holds a clone of `sessions`, so
 /// the caller knows all sessions ended when the channel closes.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     ctx: Arc<ListenerContext>,
     mut shutdown: watch::Receiver<bool>,
     sessions: mpsc::Sender<()>,
@@ -74,7 +156,7 @@ pub async fn serve(
             _ = shutdown.wait_for(|s| *s) => break,
             r = listener.accept() => r,
         };
-        let (tcp, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -83,7 +165,6 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         let closers = closers.clone();
         let guard = sessions.clone();
@@ -91,7 +172,7 @@ pub async fn serve(
             let _guard = guard;
             ctx.metrics.connections.inc();
             ctx.metrics.connections_total.inc();
-            match handshake::accept(&ctx, tcp, peer).await {
+            match handshake::accept(&ctx, stream, peer).await {
                 Ok(Some(session)) => {
                     let id = session.connection_id();
                     let (tx, rx) = oneshot::channel();

@@ -6,7 +6,6 @@
 //! exactly what it would mean on a direct connection.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use super::functions;
 use super::global::{Global, GlobalStatement};
 use super::handshake::{authenticate, Credentials};
 use super::kill;
-use super::listener::ListenerContext;
+use super::listener::{ListenerContext, Peer};
 use super::relay::{relay, RelayError};
 use super::route::ReplicaConn;
 use crate::at::branch::BranchWork;
@@ -88,7 +87,7 @@ pub(super) struct Authenticated {
     pub caps: CapabilityFlags,
     pub key: ConnKey,
     pub user: String,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub connection_id: u32,
     pub nonce: [u8; 20],
 }
@@ -99,7 +98,7 @@ pub struct Session {
     caps: CapabilityFlags,
     pub(super) key: ConnKey,
     user: String,
-    peer: SocketAddr,
+    peer: Peer,
     connection_id: u32,
     /// The greeting's nonce; COM_CHANGE_USER answers it again.
     nonce: [u8; 20],
@@ -641,7 +640,7 @@ impl Session {
                 return Flow::Close;
             }
         };
-        let host = self.peer.ip().to_string();
+        let host = self.peer.host();
         let creds = Credentials {
             user: &req.user,
             plugin: req.auth_plugin.as_deref(),
@@ -929,10 +928,7 @@ impl Session {
 /// Resolves when the server sends something on `backend` (or closes it); never without one.
 async fn server_spoke(backend: Option<&crate::backend::BackendConn>) {
     match backend {
-        Some(b) => {
-            let mut byte = [0u8; 1];
-            let _ = b.stream().peek(&mut byte).await;
-        }
+        Some(b) => b.stream().spoke().await,
         None => std::future::pending().await,
     }
 }

@@ -1,17 +1,19 @@
-//! A client connection's byte stream: plain TCP, or TLS after the client's SSL request.
+//! A client connection's byte stream: plain TCP, TLS after the client's SSL request, or a
+//! Unix socket (an application on the same host).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
 /// An enum rather than a boxed trait object, so the common plain case costs no indirection.
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<Rewind>>),
+    Unix(UnixStream),
 }
 
 /// A TCP stream with bytes that were read ahead put back in front. A client may send its TLS
@@ -65,6 +67,12 @@ impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
     }
+
+    /// Whether the transport is secure: TLS, or a Unix socket (which never leaves the host,
+    /// as the database itself counts it under `require_secure_transport`).
+    pub fn is_secure(&self) -> bool {
+        matches!(self, ClientStream::Tls(_) | ClientStream::Unix(_))
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -76,6 +84,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -89,6 +98,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -96,6 +106,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -103,6 +114,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -114,6 +126,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -121,6 +134,7 @@ impl AsyncWrite for ClientStream {
         match self {
             ClientStream::Plain(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::Unix(s) => s.is_write_vectored(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub async fn connect(
         host: "127.0.0.1".into(),
         port,
         database: db.map(Into::into),
+        socket: None,
     };
     BackendConn::connect(
         &dsn,
