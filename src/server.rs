@@ -188,6 +188,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 AuthPlugin::CachingSha2Password => AuthMethod::CachingSha2,
             },
             server_version: l.server_version.clone(),
+            socket: own_socket(&config, i),
             metrics: metrics.listener(&l.name),
             connection_ids: connection_ids.clone(),
             sessions: sessions.clone(),
@@ -393,4 +394,21 @@ fn replica_names(config: &Config) -> std::collections::HashSet<&str> {
         .iter()
         .flat_map(|e| e.replicas.iter().map(|r| r.data_source.as_str()))
         .collect()
+}
+
+/// The Unix socket `@@socket` answers on listener `i`: its own, or else that of another
+/// listener in front of the same executor.
+fn own_socket(config: &Config, i: usize) -> Option<String> {
+    let this = &config.listeners[i];
+    let socket = |l: &config::Listener| match config::parse_listen_address(&l.address) {
+        Ok(config::ListenAddress::Unix(path)) => Some(path.display().to_string()),
+        _ => None,
+    };
+    socket(this).or_else(|| {
+        config
+            .listeners
+            .iter()
+            .filter(|l| l.executor == this.executor)
+            .find_map(socket)
+    })
 }

@@ -188,3 +188,56 @@ coordinator:
         "{text}"
     );
 }
+
+/// Whether `c` talks to Tandem: only Tandem knows its own SQL functions (the database says
+/// 1305, no such function).
+async fn on_tandem(c: &mut mysql_async::Conn) -> bool {
+    match c.query_drop("SELECT tandem_status('no-such-xid')").await {
+        Err(e) => common::error_code(&e) != Some(1305),
+        Ok(()) => true,
+    }
+}
+
+/// mysql_async, connected over loopback TCP, reads `@@socket` and reconnects to it: the
+/// database's answer would take it around Tandem, straight to the database (with the same
+/// user there). `@@socket` is Tandem's own socket in front of the same executor, or NULL
+/// when it has none, so such a driver stays on Tandem.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_that_follows_socket_stays_on_tandem() {
+    let db = mariadb().fresh_db("follow");
+    let dsn = mariadb().url(&db);
+    // The client's user is the database's too: a reconnect to the database's socket would
+    // succeed.
+    let as_root = |yaml: String| yaml.replace(r#"other: """#, r#"root: """#);
+    let unix_listener = r#"  - name: local
+    address: unix:{DIR}/tandem.sock
+    users: { root: "" }
+    executor: main"#;
+    let with_socket = Tandem::start_yaml(&as_root(common::single_config(
+        &dsn,
+        unix_listener,
+        "{ max: 8 }",
+    )));
+    let without = Tandem::start_yaml(&as_root(common::single_config(&dsn, "", "{ max: 8 }")));
+    let url = |t: &Tandem| format!("mysql://root@127.0.0.1:{}/{db}", t.port);
+
+    let mut c = common::connect(&url(&with_socket)).await;
+    assert!(on_tandem(&mut c).await, "the driver left Tandem");
+    let socket: Option<String> = c.query_first("SELECT @@socket").await.unwrap();
+    let own = with_socket.dir.join("tandem.sock").display().to_string();
+    assert_eq!(socket.as_deref(), Some(own.as_str()));
+    let (socket, timeout): (Option<String>, Option<u64>) = c
+        .query_first("SELECT @@global.socket, @@wait_timeout")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (socket.as_deref(), timeout.is_some()),
+        (Some(own.as_str()), true)
+    );
+
+    let mut c = common::connect(&url(&without)).await;
+    assert!(on_tandem(&mut c).await, "the driver left Tandem");
+    let socket: Option<Option<String>> = c.query_first("SELECT @@socket").await.unwrap();
+    assert_eq!(socket, Some(None), "no socket of Tandem's: NULL");
+}

@@ -43,6 +43,9 @@ pub struct ListenerContext {
     pub auth_method: AuthMethod,
     /// Overrides the version string learned from the data source.
     pub server_version: Option<String>,
+    /// The Unix socket of a listener of Tandem in front of the same executor (this one's,
+    /// when it is on a socket): what `@@socket` answers.
+    pub socket: Option<String>,
     pub metrics: ListenerMetrics,
     /// Connection ids shown to clients, unique across the whole Tandem process.
     pub connection_ids: Arc<AtomicU32>,
@@ -97,14 +100,14 @@ impl Listener {
         match address {
             ListenAddress::Tcp(a) => TcpListener::bind(a).await.map(Listener::Tcp),
             ListenAddress::Unix(path) => {
-                if tokio::fs::symlink_metadata(path).await.is_ok() {
+                if std::fs::symlink_metadata(path).is_ok() {
                     if tokio::net::UnixStream::connect(path).await.is_ok() {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::AddrInUse,
                             "another process accepts connections on this socket",
                         ));
                     }
-                    tokio::fs::remove_file(path).await?;
+                    std::fs::remove_file(path)?;
                 }
                 UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone()))
             }

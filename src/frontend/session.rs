@@ -26,7 +26,7 @@ use crate::exec::session_state::SessionState;
 use crate::sql::dml::{self, SessionEffect};
 use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
 use crate::sql::params;
-use crate::sql::{classify, hints, StatementKind};
+use crate::sql::{classify, hints, sysvars, StatementKind};
 use crate::wire::handshake::ChangeUser;
 use crate::wire::response::{ok_packet, write_prepare_ok, write_result, RowFormat};
 use crate::wire::scanner::{ResponseKind, Summary};
@@ -351,6 +351,9 @@ impl Session {
                             self.possible_write();
                             return self.tandem_function(reply_seq, call).await;
                         }
+                        if let Some(columns) = sysvars::socket_query(sql) {
+                            return self.answer_socket(reply_seq, sql, &columns).await;
+                        }
                     }
                     StatementKind::Other => match kill::parse(sql) {
                         Some(Ok(k)) => return self.kill(reply_seq, k).await,
@@ -565,6 +568,57 @@ impl Session {
             RowFormat::Text
         };
         let written = write_result(io, caps, status, format, &columns, &[row]).await;
+        self.ctx
+            .metrics
+            .statement(StatementKind::Select, started.elapsed().as_secs_f64());
+        match written {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// A query of system variables among which `@@socket` (see [`sysvars`]): the session's
+    /// connection answers, and `@@socket` is Tandem's own socket in front of the same
+    /// executor, or NULL when it has none, never the database's.
+    async fn answer_socket(
+        &mut self,
+        reply_seq: u8,
+        sql: &[u8],
+        columns: &[(bool, String)],
+    ) -> Flow {
+        let started = Instant::now();
+        if let Err(e) = self.pin_backend(None).await {
+            return self.reply_error(reply_seq, e).await;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Close;
+        };
+        // The lexer read the text, which is ASCII outside its names.
+        let text = String::from_utf8_lossy(sql);
+        let row = match backend.query_rows(&text).await {
+            Ok(rows) => rows.into_iter().next().unwrap_or_default(),
+            Err(BackendError::Server(e)) => return self.reply_error(reply_seq, e).await,
+            Err(_) => return self.backend_lost(reply_seq, false).await,
+        };
+        let status = backend.status;
+        let row: Vec<Option<String>> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (socket, _))| match socket {
+                true => self.ctx.socket.clone(),
+                false => row.get(i).cloned().flatten(),
+            })
+            .collect();
+        let names: Vec<&str> = columns.iter().map(|(_, name)| name.as_str()).collect();
+        let written = write_result(
+            &mut self.client,
+            self.caps,
+            status,
+            RowFormat::Text,
+            &names,
+            &[row],
+        )
+        .await;
         self.ctx
             .metrics
             .statement(StatementKind::Select, started.elapsed().as_secs_f64());

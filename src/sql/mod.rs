@@ -8,5 +8,6 @@ pub mod hints;
 pub mod lex;
 pub mod params;
 pub mod quote;
+pub mod sysvars;
 
 pub use classify::{classify, StatementKind};
