@@ -527,3 +527,87 @@ async fn an_execution_reusing_its_types_runs_on_the_replica() {
         assert!(common::raw::has_row_ending(&resp, b"replica"), "{resp:?}");
     }
 }
+
+/// The replica's server process, by its pid file.
+fn replica_pid(pair: &ReplicatedPair) -> String {
+    std::fs::read_to_string(pair.replica_dir.join("pid"))
+        .expect("the replica's pid file")
+        .trim()
+        .to_string()
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Reads through fresh sessions until one is answered by `want`.
+async fn until_answered_by(tandem: &common::Tandem, want: &str, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut fresh = common::connect(&tandem.url("shop")).await;
+        if who(&mut fresh, "SELECT server FROM whoami").await == want {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replica paused (SIGSTOP: its connections stay open and never answer) holds no read:
+/// a read already sent to it goes to the primary once its monitor finds it down, and reads
+/// stay there until it answers again. A replica killed (SIGKILL) the same, and both are
+/// taken back when they recover.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_or_killed_replica_holds_no_read() {
+    let pair = ReplicatedPair::start("paused");
+    mark_servers(&pair, "shop");
+    let tandem = pair.tandem("shop");
+    let mut c = common::connect(&tandem.url("shop")).await;
+    let ask = "SELECT server FROM whoami";
+    assert_eq!(who(&mut c, ask).await, "replica");
+    let pid = replica_pid(&pair);
+    signal(&pid, "-STOP");
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(15), who(&mut c, ask)).await;
+    signal(&pid, "-CONT");
+    assert_eq!(
+        answered.as_deref().ok(),
+        Some("primary"),
+        "a read sent to the paused replica was answered by the primary"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited for the replica's monitor first"
+    );
+    until_answered_by(
+        &tandem,
+        "replica",
+        "the resumed replica was never taken back",
+    )
+    .await;
+    // The session goes on, and its reads go back to the replica too.
+    let start = std::time::Instant::now();
+    while who(&mut c, ask).await != "replica" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the session stayed on the primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    signal(&replica_pid(&pair), "-KILL");
+    assert_eq!(who(&mut c, ask).await, "primary", "the read after the kill");
+    until_answered_by(&tandem, "primary", "reads never left the killed replica").await;
+    pair.restart_replica();
+    until_answered_by(
+        &tandem,
+        "replica",
+        "the restarted replica was never taken back",
+    )
+    .await;
+}

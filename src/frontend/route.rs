@@ -497,6 +497,16 @@ impl Session {
                 ResponseKind::Execute,
             ),
         };
+        let Some(mut health) = self
+            .ctx
+            .replicas
+            .as_ref()
+            .zip(self.replica.as_ref())
+            .and_then(|(replicas, r)| replicas.replicas.get(r.index))
+            .map(|replica| replica.health.clone())
+        else {
+            return Err(NotThere::Primary("no replica connection"));
+        };
         let Some(r) = self.replica.as_mut() else {
             return Err(NotThere::Primary("no replica connection"));
         };
@@ -506,6 +516,21 @@ impl Session {
             r.conn.mark_broken();
             self.replica = None;
             return Err(NotThere::Primary("the replica connection failed"));
+        }
+        // Until the replica's first bytes arrive nothing has reached the client: a replica
+        // that stops answering meanwhile (paused, cut off: its monitor finds it down) hands
+        // the read to the primary instead of holding the client. The relay goes on from
+        // the bytes read here.
+        let first = tokio::select! {
+            biased;
+            read = r.conn.io().fill() => read.ok().filter(|n| *n > 0),
+            _ = health.wait_for(|h| !h.usable()) => None,
+        };
+        if first.is_none() {
+            tracing::warn!(id, data_source = %r.conn.data_source(), "replica stopped answering before a read's reply");
+            r.conn.mark_broken();
+            self.replica = None;
+            return Err(NotThere::Primary("the replica stopped answering"));
         }
         let name = r.conn.data_source().to_string();
         match relay(
