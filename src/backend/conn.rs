@@ -436,6 +436,25 @@ impl BackendConn {
         Ok(self.session.clone().unwrap_or_default())
     }
 
+    /// Whether [`Self::session_settings`] would answer without asking the server.
+    pub fn session_settings_known(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// A relayed `SET` made these changes (read from its text; see
+    /// [`crate::sql::settings`]).
+    pub fn apply_settings(&mut self, changes: &[crate::sql::settings::Change]) {
+        use crate::sql::settings::Change;
+        if let Some(s) = self.session.as_mut() {
+            for c in changes {
+                match c {
+                    Change::SqlMode(m) => s.sql_mode = m.clone(),
+                    Change::Charset(c) => s.charset = c.clone(),
+                }
+            }
+        }
+    }
+
     /// Called before relaying a command that may change session variables.
     pub fn forget_session_settings(&mut self) {
         self.session = None;

@@ -18,10 +18,10 @@ use super::session::{statement_id, Flow, Session};
 use crate::backend::PooledConn;
 use crate::exec::session_state::Applied;
 use crate::planner::rw_split::{self, Facts};
-use crate::planner::Target;
-use crate::sql::{dml, StatementKind};
+use crate::planner::{Previous, Target};
+use crate::sql::{dml, lex, StatementKind};
 use crate::wire::execute;
-use crate::wire::scanner::ResponseKind;
+use crate::wire::scanner::{ResponseKind, Summary};
 
 /// How long a read waits for a replica to apply the session's last write before it goes to
 /// the primary instead.
@@ -54,6 +54,63 @@ enum Read<'a> {
     Execute { id: u32, payload: &'a [u8] },
 }
 
+/// Which connection holds what earlier statements left for later ones to ask about
+/// (`ROW_COUNT()`, `FOUND_ROWS()`, `SHOW WARNINGS`): for each, whether it is the replica's.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct LeftOn {
+    statement: bool,
+    select: bool,
+    diagnostics: bool,
+}
+
+impl LeftOn {
+    pub fn on_replica(&self, about: Previous) -> bool {
+        match about {
+            Previous::Statement => self.statement,
+            Previous::Select => self.select,
+            Previous::Diagnostics => self.diagnostics,
+        }
+    }
+
+    /// A statement of `kind` (text `sql`, when it has one) ran on the replica connection or
+    /// the primary's, and answered `summary`.
+    pub fn ran(
+        &mut self,
+        replica: bool,
+        kind: StatementKind,
+        sql: Option<&[u8]>,
+        summary: &Summary,
+    ) {
+        self.statement = replica;
+        // A `SHOW` counts its rows for `FOUND_ROWS()` as a `SELECT` does, and so does a
+        // subquery (`SET @n = (SELECT …)`); a statement that fails leaves the count as it
+        // was.
+        let selects = match kind {
+            StatementKind::Select => true,
+            // `SHOW WARNINGS` and `SHOW ERRORS` leave it.
+            StatementKind::Show => sql.is_some_and(|sql| {
+                !(lex::contains_word(sql, b"warnings") || lex::contains_word(sql, b"errors"))
+            }),
+            _ => sql.is_some_and(|sql| lex::contains_word(sql, b"select")),
+        };
+        if selects && summary.error.is_none() {
+            self.select = replica;
+        }
+        let replaces = summary.error.is_some()
+            || summary.warnings > 0
+            || sql.is_some_and(|sql| rw_split::replaces_diagnostics(kind, sql));
+        if replaces {
+            self.diagnostics = replica;
+        }
+    }
+
+    /// Something ran on the primary that Tandem does not follow statement by statement
+    /// (a global transaction's): everything is the primary's.
+    pub fn all_on_primary(&mut self) {
+        *self = LeftOn::default();
+    }
+}
+
 /// Why a read did not run on a replica.
 enum NotThere {
     /// No replica is usable, or the wait for the session's writes ran out: the primary
@@ -76,16 +133,31 @@ impl Session {
         if let Err(e) = self.pin_backend(None).await {
             return self.reply_error(reply_seq, e).await;
         }
-        let unreadable = self.unreadable_text().await;
-        let facts = Facts {
+        let mut facts = Facts {
             transaction: self.in_local_transaction(),
             global: self.xid.is_some() || self.branch.is_some(),
             pinned: self
                 .pinned
-                .or(unreadable)
                 .or_else(|| (!self.temporary.is_empty()).then_some("a temporary table exists")),
         };
-        let decision = rw_split::route(kind, sql, &facts);
+        let mut decision = rw_split::route(kind, sql, &facts);
+        // The planner reads text with the default quoting rules: under others, the session's
+        // reads stay on the primary. Learning the session's rules runs a query on the
+        // primary's connection, which would change what a `ROW_COUNT()` or `FOUND_ROWS()`
+        // there answers: Tandem asks only when the answer can send a read elsewhere than
+        // it goes already (a pinned session's reads stay on the primary anyway), and
+        // routes a read about an earlier statement without it.
+        let settings_known = self
+            .backend
+            .as_ref()
+            .is_some_and(|b| b.session_settings_known());
+        let may_move = facts.pinned.is_none() || decision.pins.is_some();
+        if settings_known || (may_move && !matches!(decision.route.target, Target::Previous(_))) {
+            if let Some(why) = self.unreadable_text().await {
+                facts.pinned = facts.pinned.or(Some(why));
+                decision = rw_split::route(kind, sql, &facts);
+            }
+        }
         if let Some(why) = decision.pins {
             self.pin_primary(why);
         }
@@ -116,7 +188,7 @@ impl Session {
                 }
                 self.on_primary(reply_seq, payload, kind).await
             }
-            Target::Previous if self.last_on_replica && self.replica.is_some() => {
+            Target::Previous(about) if self.left_on.on_replica(about) && self.replica.is_some() => {
                 match self.relay_on_replica(Read::Query(payload), kind).await {
                     Ok(flow) => flow,
                     Err(NotThere::Broken) => Flow::Close,
@@ -130,7 +202,9 @@ impl Session {
                 }
                 flow
             }
-            Target::Primary | Target::Previous => self.on_primary(reply_seq, payload, kind).await,
+            Target::Primary | Target::Previous(_) => {
+                self.on_primary(reply_seq, payload, kind).await
+            }
         }
     }
 
@@ -377,12 +451,14 @@ impl Session {
     async fn wait_for_writes(&mut self) -> Result<(), NotThere> {
         let started = Instant::now();
         let writes = self.writes;
-        let Some(primary) = self.backend.as_mut() else {
-            return Err(NotThere::Primary(
-                "no primary connection to ask for its position",
-            ));
-        };
-        let position = primary
+        // The position is the server's, not the session's: it is read on a connection of
+        // Tandem's own, as a query on the session's would change what its next
+        // `FOUND_ROWS()` answers.
+        let mut control =
+            self.ctx.pool.acquire_control().await.map_err(|_| {
+                NotThere::Primary("no connection to ask the primary for its position")
+            })?;
+        let position = control
             .query_rows("SELECT @@gtid_binlog_pos")
             .await
             .ok()
@@ -392,27 +468,47 @@ impl Session {
                 "the primary's position could not be read",
             ))?
             .unwrap_or_default();
+        control.keep_clean();
+        drop(control);
         if !position.is_empty() {
             let wait = format!(
                 "SELECT MASTER_GTID_WAIT('{}', {})",
                 position.replace(['\'', '\\'], ""),
                 GTID_WAIT.as_secs_f64()
             );
-            let Some(r) = self.replica.as_mut() else {
+            // The wait, too, runs on a connection of Tandem's own: what the replica applied
+            // is the server's, and the session's connection keeps its `FOUND_ROWS()`.
+            let Some(pool) = self
+                .ctx
+                .replicas
+                .as_ref()
+                .zip(self.replica.as_ref())
+                .and_then(|(replicas, r)| replicas.replicas.get(r.index))
+                .map(|replica| replica.pool.clone())
+            else {
                 return Err(NotThere::Primary("no replica connection"));
             };
-            let answer = r.conn.query_rows(&wait).await;
+            let Ok(mut control) = pool.acquire_control().await else {
+                self.drop_replica();
+                return Err(NotThere::Primary(
+                    "the replica gave no connection to wait on",
+                ));
+            };
+            let answer = control.query_rows(&wait).await;
             self.ctx.metrics.gtid_wait(started.elapsed().as_secs_f64());
             let caught_up = match answer {
-                Ok(rows) => rows
-                    .into_iter()
-                    .next()
-                    .and_then(|row| row.into_iter().next().flatten()),
+                Ok(rows) => {
+                    control.keep_clean();
+                    rows.into_iter()
+                        .next()
+                        .and_then(|row| row.into_iter().next().flatten())
+                }
                 Err(_) => {
                     self.drop_replica();
                     return Err(NotThere::Primary("the replica failed while waiting"));
                 }
             };
+            drop(control);
             if caught_up.as_deref() != Some("0") {
                 return Err(NotThere::Primary(
                     "the replica did not apply the session's writes in time",
@@ -549,7 +645,15 @@ impl Session {
                     self.ctx.metrics.error(code);
                 }
                 self.ctx.metrics.read_on(&name);
-                self.last_on_replica = true;
+                let sql = match read {
+                    Read::Query(payload) => payload.get(1..),
+                    Read::Execute { id, .. } => self
+                        .prepared
+                        .get(&id)
+                        .and_then(|p| p.sql.as_deref())
+                        .map(str::as_bytes),
+                };
+                self.left_on.ran(true, kind, sql, &summary);
                 Ok(Flow::Continue)
             }
             Err(RelayError::Backend { reason, forwarded }) => {

@@ -18,7 +18,7 @@ use super::handshake::{authenticate, Credentials};
 use super::kill;
 use super::listener::{ListenerContext, Peer};
 use super::relay::{relay, RelayError};
-use super::route::ReplicaConn;
+use super::route::{LeftOn, ReplicaConn};
 use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
@@ -26,7 +26,7 @@ use crate::exec::session_state::SessionState;
 use crate::sql::dml::{self, SessionEffect};
 use crate::sql::functions::{self as sql_functions, Arg, Call, CallError};
 use crate::sql::params;
-use crate::sql::{classify, hints, sysvars, StatementKind};
+use crate::sql::{classify, hints, lex, settings, sysvars, StatementKind};
 use crate::wire::handshake::ChangeUser;
 use crate::wire::response::{ok_packet, write_prepare_ok, write_result, RowFormat};
 use crate::wire::scanner::{ResponseKind, Summary};
@@ -138,8 +138,9 @@ pub struct Session {
     pub(super) state: SessionState,
     /// `rw_split`: why the session's reads stay on the primary, when they do.
     pub(super) pinned: Option<&'static str>,
-    /// `rw_split`: the previous statement ran on the replica connection.
-    pub(super) last_on_replica: bool,
+    /// `rw_split`: which connection holds what earlier statements left (`ROW_COUNT()`,
+    /// `FOUND_ROWS()`, warnings).
+    pub(super) left_on: LeftOn,
     /// `rw_split`: how many statements that may have written the session ran on the
     /// primary (a replica connection that has applied fewer waits before a read).
     pub(super) writes: u64,
@@ -178,7 +179,7 @@ impl Session {
             replica: None,
             state: SessionState::default(),
             pinned: None,
-            last_on_replica: false,
+            left_on: LeftOn::default(),
             writes: 0,
             preparing_replica_read: false,
         }
@@ -209,6 +210,11 @@ impl Session {
                 BackendError::Server(e) => e,
                 other => MysqlError::backend_unavailable(pool.name(), &other.to_string()),
             })?;
+        }
+        if self.ctx.replicas.is_some() {
+            // rw_split's planner needs them for every statement: learnt now, before the
+            // client's first statement, asking does not come between two of them.
+            let _ = conn.session_settings().await;
         }
         self.backend = Some(conn);
         Ok(())
@@ -374,6 +380,7 @@ impl Session {
                         return self.route_query(reply_seq, payload, kind).await;
                     }
                     self.possible_write();
+                    self.left_on.all_on_primary();
                 }
                 if global {
                     let settings = match self.enter_global().await {
@@ -745,7 +752,6 @@ impl Session {
         response: ResponseKind,
     ) -> Flow {
         let started = Instant::now();
-        self.last_on_replica = false;
         if let Err(e) = self.pin_backend(None).await {
             return self.reply_error(reply_seq, e).await;
         }
@@ -755,11 +761,8 @@ impl Session {
         if may_change_database(payload, kind) {
             backend.forget_database();
         }
-        if matches!(
-            kind,
-            StatementKind::Set | StatementKind::Other | StatementKind::Call
-        ) || may_change_database(payload, kind)
-        {
+        let settings = settings_after(payload, kind);
+        if matches!(settings, SettingsAfter::Unknown) || may_change_database(payload, kind) {
             backend.forget_session_settings();
         }
         let io = backend.io();
@@ -779,6 +782,15 @@ impl Session {
                 self.ctx
                     .metrics
                     .statement(kind, started.elapsed().as_secs_f64());
+                if let SettingsAfter::Changes(changes) = &settings {
+                    match summary.error {
+                        None => backend.apply_settings(changes),
+                        Some(_) => backend.forget_session_settings(),
+                    }
+                }
+                if self.ctx.replicas.is_some() {
+                    self.left_by(payload, kind, &summary);
+                }
                 let committed = self.after_response(payload, kind, &summary);
                 if let Some(code) = summary.error {
                     self.after_error(code, false).await;
@@ -979,6 +991,21 @@ impl Session {
     }
 }
 
+impl Session {
+    /// `rw_split`: a query or an execution ran on the primary (see [`LeftOn`]).
+    fn left_by(&mut self, payload: &[u8], kind: StatementKind, summary: &Summary) {
+        let sql = match payload.first() {
+            Some(&COM_QUERY) => payload.get(1..),
+            Some(&COM_STMT_EXECUTE) => statement_id(payload)
+                .and_then(|id| self.prepared.get(&id))
+                .and_then(|p| p.sql.as_deref())
+                .map(str::as_bytes),
+            _ => return,
+        };
+        self.left_on.ran(false, kind, sql, summary);
+    }
+}
+
 /// Resolves when the server sends something on `backend` (or closes it); never without one.
 async fn server_spoke(backend: Option<&crate::backend::BackendConn>) {
     match backend {
@@ -999,6 +1026,48 @@ fn writes(kind: StatementKind) -> bool {
 pub(super) fn statement_id(payload: &[u8]) -> Option<u32> {
     let b = payload.get(1..5)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// What relaying a command does to how the server reads statement text (its sql_mode and
+/// client character set; see [`crate::backend::SessionSettings`]).
+enum SettingsAfter {
+    Same,
+    /// What the changes are is told by the statement's text.
+    Changes(Vec<settings::Change>),
+    /// Tandem has to ask again. Asking runs a statement on the session's connection, which
+    /// a later `ROW_COUNT()` or `FOUND_ROWS()` would see: the common forms of `SET` are read.
+    Unknown,
+}
+
+fn settings_after(payload: &[u8], kind: StatementKind) -> SettingsAfter {
+    const WORDS: &[&[u8]] = &[
+        b"sql_mode",
+        b"names",
+        b"character",
+        b"charset",
+        b"character_set_client",
+        // `EXECUTE` runs a statement prepared from any text.
+        b"execute",
+    ];
+    match kind {
+        StatementKind::Call => SettingsAfter::Unknown,
+        StatementKind::Set | StatementKind::Other => match payload.first() {
+            Some(&COM_QUERY) => {
+                let sql = &payload[1..];
+                if memchr::memchr(b';', sql).is_some() {
+                    SettingsAfter::Unknown
+                } else if !WORDS.iter().any(|w| lex::contains_word(sql, w)) {
+                    SettingsAfter::Same
+                } else if kind == StatementKind::Set {
+                    settings::changes(sql).map_or(SettingsAfter::Unknown, SettingsAfter::Changes)
+                } else {
+                    SettingsAfter::Unknown
+                }
+            }
+            _ => SettingsAfter::Unknown,
+        },
+        _ => SettingsAfter::Same,
+    }
 }
 
 /// Whether relaying `payload` may change the backend connection's current database, which
@@ -1034,5 +1103,29 @@ mod tests {
             StatementKind::Other
         ));
         assert!(!may_change_database(&[COM_PING], StatementKind::Other));
+    }
+
+    #[test]
+    fn statements_that_may_change_how_text_is_read() {
+        let query = |sql: &str| [&[COM_QUERY][..], sql.as_bytes()].concat();
+        let changes = |sql: &str| {
+            !matches!(
+                settings_after(&query(sql), classify(sql.as_bytes())),
+                SettingsAfter::Same
+            )
+        };
+        assert!(changes("SET sql_mode = 'ANSI_QUOTES'"));
+        assert!(changes("SET @@SESSION.SQL_MODE = DEFAULT"));
+        assert!(changes("SET NAMES latin1"));
+        assert!(changes("SET CHARACTER SET utf8mb4"));
+        assert!(changes("SET character_set_client = latin1"));
+        assert!(changes("SET @a = 1; SET sql_mode = ''"));
+        assert!(changes("CALL p()"));
+        assert!(!changes("SET @a = 1"));
+        assert!(!changes("SET autocommit = 0"));
+        assert!(!changes("SET SESSION group_concat_max_len = 10"));
+        assert!(changes("EXECUTE stmt"));
+        assert!(!changes("DO 1"));
+        assert!(!changes("SELECT 1"));
     }
 }

@@ -20,9 +20,21 @@ pub enum Target {
     /// Session state (`SET` of session variables, `USE`): run on the primary, which answers,
     /// and on every other connection of the session, now and when it opens one later.
     Everywhere,
-    /// Whichever backend ran the session's previous statement: what that statement left
-    /// on its connection (`SHOW WARNINGS`, `@@warning_count`).
-    Previous,
+    /// Whichever backend holds what an earlier statement left on its connection (see
+    /// [`Previous`]).
+    Previous(Previous),
+}
+
+/// What an earlier statement left on the connection it ran on, and which statement that is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Previous {
+    /// `ROW_COUNT()`: the previous statement's.
+    Statement,
+    /// `FOUND_ROWS()`: the last `SELECT`'s (or `SHOW`'s).
+    Select,
+    /// `SHOW WARNINGS`, `SHOW ERRORS`, `@@warning_count`, `@@error_count`: the last
+    /// statement that used a table or raised a condition (the others leave the list alone).
+    Diagnostics,
 }
 
 /// A routing decision and why it was taken (for metrics and logs).

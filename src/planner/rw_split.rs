@@ -11,7 +11,7 @@
 //! The rules read the statement's tokens ([`crate::sql::lex`]); they err towards the primary:
 //! anything they cannot read goes there.
 
-use super::{Route, Target};
+use super::{Previous, Route, Target};
 use crate::sql::lex::{self, Token, TokenKind};
 use crate::sql::{hints, StatementKind};
 
@@ -149,12 +149,20 @@ pub const TABLES_LOCKED: &str = "tables are locked (LOCK TABLES)";
 pub fn route(kind: StatementKind, sql: &[u8], facts: &Facts) -> Decision {
     use StatementKind::*;
     // A read in a transaction runs on the primary whatever it says, unless it takes a lock
-    // or hides another statement (which pin the session): without `;` or the word `lock`
-    // in it, that is known without reading it further.
-    if matches!(kind, Select | Show)
+    // or hides another statement (which pin the session), or asks about an earlier
+    // statement (which may have run on a replica before the transaction): a `SELECT`
+    // without `;`, `lock`, `_count` or `found_rows` in it is known to be neither without
+    // reading it further.
+    let has = |word: &[u8]| {
+        sql.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    if kind == Select
         && (facts.global || facts.transaction)
         && memchr::memchr(b';', sql).is_none()
-        && !sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"lock"))
+        && !has(b"lock")
+        && !has(b"_count")
+        && !has(b"found_rows")
     {
         let why = if facts.global {
             "a global transaction"
@@ -205,9 +213,9 @@ pub fn route(kind: StatementKind, sql: &[u8], facts: &Facts) -> Decision {
     }
     let on_primary = |why| Decision::to(Target::Primary, why);
     // What the previous statement left is on its own connection, transaction or not.
-    if previous_statement(sql, &tokens) {
+    if let Some(about) = previous_statement(sql, &tokens) {
         return match needs_primary(sql, &tokens, true) {
-            None => Decision::to(Target::Previous, "about the previous statement"),
+            None => Decision::to(Target::Previous(about), "about an earlier statement"),
             Some(why) => on_primary(why),
         };
     }
@@ -400,21 +408,51 @@ fn repeatable(sql: &[u8], tokens: &[Token]) -> bool {
 
 /// `SHOW WARNINGS`, `SHOW ERRORS`, `SHOW COUNT(*) WARNINGS`, `@@warning_count`,
 /// `@@error_count`: about the previous statement.
-fn previous_statement(sql: &[u8], tokens: &[Token]) -> bool {
+fn previous_statement(sql: &[u8], tokens: &[Token]) -> Option<Previous> {
     let show = tokens.first().is_some_and(|t| t.is_word(sql, "show"));
     if show
         && tokens
             .iter()
             .any(|t| t.is_word(sql, "warnings") || t.is_word(sql, "errors"))
     {
-        return true;
+        return Some(Previous::Diagnostics);
     }
-    called(sql, tokens, PREVIOUS_FUNCTIONS).is_some()
-        || tokens.windows(2).enumerate().any(|(i, w)| {
-            w[0].is_punct(b'@')
-                && w[1].is_punct(b'@')
-                && system_variable(sql, &tokens[i + 2..], PREVIOUS_STATEMENT_VARIABLES)
-        })
+    // A read that asks about several earlier statements at once is answered where the
+    // diagnostics are, then the previous statement.
+    let diagnostics = tokens.windows(2).enumerate().any(|(i, w)| {
+        w[0].is_punct(b'@')
+            && w[1].is_punct(b'@')
+            && system_variable(sql, &tokens[i + 2..], PREVIOUS_STATEMENT_VARIABLES)
+    });
+    if diagnostics {
+        return Some(Previous::Diagnostics);
+    }
+    match called(sql, tokens, PREVIOUS_FUNCTIONS).as_deref() {
+        Some("FOUND_ROWS") if called(sql, tokens, &["ROW_COUNT"]).is_none() => {
+            Some(Previous::Select)
+        }
+        Some(_) => Some(Previous::Statement),
+        None => None,
+    }
+}
+
+/// Whether a statement of `kind` with text `sql` that ran without raising a condition
+/// replaced the session's diagnostics (the list `SHOW WARNINGS` shows): MariaDB clears it
+/// for a statement that uses a table, and keeps it across the others (`SET @a = 1`,
+/// `SELECT 1`, `BEGIN`). Errs towards "replaced": any `FROM` in the text counts.
+pub fn replaces_diagnostics(kind: StatementKind, sql: &[u8]) -> bool {
+    use StatementKind::*;
+    match kind {
+        Begin | Commit | Rollback | Savepoint | Use => false,
+        Show => !(lex::contains_word(sql, b"warnings") || lex::contains_word(sql, b"errors")),
+        Select | Set => lex::contains_word(sql, b"from"),
+        // `DO`, `XA`, `FLUSH`, … name no table; `ANALYZE TABLE`, `HANDLER t`, `LOAD DATA`
+        // do.
+        Other => [&b"from"[..], b"table", b"tables", b"into", b"handler"]
+            .iter()
+            .any(|w| lex::contains_word(sql, w)),
+        _ => true,
+    }
 }
 
 /// Whether the tokens after `@@` name one of `names` (`@@x`, `@@session.x`).
@@ -543,6 +581,14 @@ mod tests {
             let d = route(classify::classify(sql.as_bytes()), sql.as_bytes(), &tx);
             assert!(d.pins.is_some(), "{sql}");
         }
+        // What an earlier statement left may be a replica's, transaction or not.
+        for sql in [
+            "SHOW WARNINGS",
+            "SELECT @@warning_count",
+            "SELECT found_rows()",
+        ] {
+            assert!(matches!(target(sql, tx), Target::Previous(_)), "{sql}");
+        }
     }
 
     #[test]
@@ -563,14 +609,45 @@ mod tests {
 
     #[test]
     fn about_the_previous_statement_goes_where_it_ran() {
-        for sql in [
-            "SHOW WARNINGS",
-            "SHOW COUNT(*) ERRORS",
-            "SELECT @@warning_count",
-            "SELECT FOUND_ROWS()",
-            "SELECT ROW_COUNT()",
+        for (sql, about) in [
+            ("SHOW WARNINGS", Previous::Diagnostics),
+            ("SHOW COUNT(*) ERRORS", Previous::Diagnostics),
+            ("SELECT @@warning_count", Previous::Diagnostics),
+            (
+                "SELECT FOUND_ROWS(), @@warning_count",
+                Previous::Diagnostics,
+            ),
+            ("SELECT FOUND_ROWS()", Previous::Select),
+            ("SELECT ROW_COUNT()", Previous::Statement),
+            ("SELECT ROW_COUNT(), FOUND_ROWS()", Previous::Statement),
         ] {
-            assert_eq!(alone(sql), Target::Previous, "{sql}");
+            assert_eq!(alone(sql), Target::Previous(about), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_that_use_a_table_replace_the_diagnostics() {
+        use StatementKind::*;
+        for (kind, sql, replaces) in [
+            (Select, "SELECT v FROM t", true),
+            (Select, "select v\nfrom t", true),
+            (Select, "SELECT @a + 1", false),
+            (Select, "SELECT fromage()", false),
+            (Set, "SET @a = 1", false),
+            (Set, "SET @b = (SELECT COUNT(*) FROM t)", true),
+            (Show, "SHOW WARNINGS", false),
+            (Show, "SHOW TABLES", true),
+            (Begin, "BEGIN", false),
+            (Insert, "INSERT INTO t VALUES (1)", true),
+            (Ddl, "CREATE TABLE t (x INT)", true),
+            (Other, "DO 1", false),
+            (Other, "ANALYZE TABLE t", true),
+        ] {
+            assert_eq!(
+                replaces_diagnostics(kind, sql.as_bytes()),
+                replaces,
+                "{sql}"
+            );
         }
     }
 

@@ -64,6 +64,18 @@ fn word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
+/// Whether `word` appears in `sql` as a whole word (ASCII, case-insensitive): a byte scan,
+/// no lexing.
+pub fn contains_word(sql: &[u8], word: &[u8]) -> bool {
+    let n = word.len();
+    let edge = |b: Option<&u8>| b.is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+    (0..sql.len().saturating_sub(n - 1)).any(|i| {
+        sql[i..i + n].eq_ignore_ascii_case(word)
+            && edge(i.checked_sub(1).and_then(|j| sql.get(j)))
+            && edge(sql.get(i + n))
+    })
+}
+
 /// Reads the tokens of `sql`, skipping whitespace and comments.
 pub fn tokenize(sql: &[u8]) -> Result<Vec<Token>, LexError> {
     let mut out = Vec::with_capacity(sql.len() / 4);

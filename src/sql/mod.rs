@@ -8,6 +8,7 @@ pub mod hints;
 pub mod lex;
 pub mod params;
 pub mod quote;
+pub mod settings;
 pub mod sysvars;
 
 pub use classify::{classify, StatementKind};

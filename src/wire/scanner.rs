@@ -55,6 +55,8 @@ pub struct Summary {
     pub error: Option<u16>,
     pub affected_rows: u64,
     pub last_insert_id: u64,
+    /// Warnings counted by the last OK or EOF packet seen.
+    pub warnings: u16,
     pub result_sets: u32,
     pub rows: u64,
     /// For COM_STMT_PREPARE: statement id, parameter count, column count.
@@ -360,6 +362,9 @@ impl ResponseScanner {
                 s[0], s[1],
             ])));
         }
+        if let Some(w) = p.get(at + 2..at + 4) {
+            self.summary.warnings = u16::from_le_bytes([w[0], w[1]]);
+        }
         if counts {
             self.summary.affected_rows = affected;
             self.summary.last_insert_id = insert_id;
@@ -370,6 +375,7 @@ impl ResponseScanner {
     fn read_eof(&mut self) {
         let p = &self.prefix[..self.prefix_len];
         if p.len() >= 5 {
+            self.summary.warnings = u16::from_le_bytes([p[1], p[2]]);
             self.summary.status = Some(StatusFlags::from_bits_truncate(u16::from_le_bytes([
                 p[3], p[4],
             ])));
