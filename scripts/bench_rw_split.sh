@@ -9,7 +9,7 @@
 # a replica adds no capacity: the figure is what routing costs. Prints each rate and the
 # ratios rw_split/single and Tandem/HAProxy.
 #
-# Then Unix sockets: Tandem `single` with the client's side, the database's side or both on
+# Then what read-your-writes costs (scripts/ryw_latency.py), and Unix sockets: Tandem `single` with the client's side, the database's side or both on
 # a Unix socket instead of loopback TCP, against TCP on both, and HAProxy the same way.
 #
 #   scripts/bench_rw_split.sh                 # 10 s per run
@@ -26,7 +26,7 @@ work="target/bench-rw-split"
 rm -rf "$work" && mkdir -p "$work"
 primary=$(free_port) replica=$(free_port) haproxy_port=$(free_port)
 single_port=$(free_port) split_port=$(free_port) admin_port=$(free_port)
-sock_port=$(free_port)
+sock_port=$(free_port) nowait_port=$(free_port)
 abs="$PWD/$work"
 pids=()
 cleanup() {
@@ -64,12 +64,18 @@ cat >"$work/tandem.yaml" <<YAML
 listeners:
   - { name: single, address: "127.0.0.1:$single_port", users: { sbtest: sbtest }, executor: single }
   - { name: split, address: "127.0.0.1:$split_port", users: { sbtest: sbtest }, executor: split }
+  - { name: split_nowait, address: "127.0.0.1:$nowait_port", users: { sbtest: sbtest }, executor: split_nowait }
   - { name: unix_tcp, address: "unix:$abs/single.sock", users: { sbtest: sbtest }, executor: single }
   - { name: tcp_unix, address: "127.0.0.1:$sock_port", users: { sbtest: sbtest }, executor: over_socket }
   - { name: unix_unix, address: "unix:$abs/over_socket.sock", users: { sbtest: sbtest }, executor: over_socket }
 executors:
   - { name: single, mode: single, data_source: primary }
   - { name: over_socket, mode: single, data_source: primary_socket }
+  - name: split_nowait
+    mode: rw_split
+    primary: primary
+    replicas: [{ data_source: replica }]
+    read_your_writes: false
   - name: split
     mode: rw_split
     primary: primary
@@ -89,6 +95,7 @@ wait_port "$single_port"
 wait_port "$split_port"
 wait_port "$haproxy_port"
 wait_port "$sock_port"
+wait_port "$nowait_port"
 
 common=(--tables=4 --table-size=10000 --mysql-db=sbtest)
 tcp="--mysql-host=127.0.0.1"
@@ -164,6 +171,10 @@ for case in "oltp_point_select 1" "oltp_point_select 16" "oltp_read_only 16"; do
     "${mean[haproxy]}" "$(echo "${mean[haproxy_unix_unix]} / ${mean[haproxy]}" | bc -l)"
 done
 echo "(ratio: unix/tcp, tcp/unix and unix/unix against tcp/tcp; hap_unix: HAProxy on sockets against HAProxy on TCP)"
+echo
+echo "Read-your-writes: a write, the read right after it, and the next read (µs), one client:"
+target/py/bin/python scripts/ryw_latency.py "$split_port" "$nowait_port" 2000
+
 echo
 echo "reads per backend (rw_split listener):"
 curl -s "http://127.0.0.1:$admin_port/metrics" | grep '^tandem_reads_total' || true
