@@ -235,6 +235,7 @@ impl Session {
         self.replica = None;
         self.state.reset(None);
         self.pinned = None;
+        self.left_on = LeftOn::default();
         self.xid = None;
         self.branch = None;
         self.aborted = None;
