@@ -478,14 +478,7 @@ impl Session {
             );
             // The wait, too, runs on a connection of Tandem's own: what the replica applied
             // is the server's, and the session's connection keeps its `FOUND_ROWS()`.
-            let Some(pool) = self
-                .ctx
-                .replicas
-                .as_ref()
-                .zip(self.replica.as_ref())
-                .and_then(|(replicas, r)| replicas.replicas.get(r.index))
-                .map(|replica| replica.pool.clone())
-            else {
+            let Some(pool) = self.current_replica().map(|r| r.pool.clone()) else {
                 return Err(NotThere::Primary("no replica connection"));
             };
             let Ok(mut control) = pool.acquire_control().await else {
@@ -570,6 +563,12 @@ impl Session {
             .map_err(|_| NotThere::Primary("an execution the replica could not be given"))
     }
 
+    /// The replica the session's replica connection is to.
+    fn current_replica(&self) -> Option<&crate::exec::rw_split::Replica> {
+        let r = self.replica.as_ref()?;
+        self.ctx.replicas.as_ref()?.replicas.get(r.index)
+    }
+
     /// Gives the replica connection up (broken, or of no use any more).
     fn drop_replica(&mut self) {
         if let Some(mut r) = self.replica.take() {
@@ -593,14 +592,7 @@ impl Session {
                 ResponseKind::Execute,
             ),
         };
-        let Some(mut health) = self
-            .ctx
-            .replicas
-            .as_ref()
-            .zip(self.replica.as_ref())
-            .and_then(|(replicas, r)| replicas.replicas.get(r.index))
-            .map(|replica| replica.health.clone())
-        else {
+        let Some(mut health) = self.current_replica().map(|r| r.health.clone()) else {
             return Err(NotThere::Primary("no replica connection"));
         };
         let Some(r) = self.replica.as_mut() else {
