@@ -14,6 +14,8 @@
 #
 #   scripts/bench_rw_split.sh                 # 10 s per run
 #   BENCH_SECONDS=3 scripts/bench_rw_split.sh # quicker, noisier
+#   BENCH_CASES="oltp_point_select 1" scripts/bench_rw_split.sh  # only these main-table cases
+#                                             # (comma-separated), nothing else
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -143,8 +145,9 @@ measure() {
 }
 
 printf '\n%-22s %3s %9s %9s %9s %9s %14s %14s\n' workload thr direct haproxy single rw_split rw_split/single tandem/haproxy
-for case in "oltp_point_select 1" "oltp_point_select 16" "oltp_point_select 16 ps" \
-  "oltp_read_only 1" "oltp_read_only 16" "oltp_read_write 16"; do
+cases="oltp_point_select 1,oltp_point_select 16,oltp_point_select 16 ps,oltp_read_only 1,oltp_read_only 16,oltp_read_write 16"
+IFS=, read -r -a main_cases <<<"${BENCH_CASES:-$cases}"
+for case in "${main_cases[@]}"; do
   read -r workload threads ps <<<"$case"
   ps=${ps:+auto}
   run "$workload" "$threads" direct "${ps:-disable}" >/dev/null
@@ -155,6 +158,7 @@ for case in "oltp_point_select 1" "oltp_point_select 16" "oltp_point_select 16 p
     "$(echo "${mean[rw_split]} / ${mean[haproxy]}" | bc -l)"
 done
 
+[[ -n ${BENCH_CASES:-} ]] && exit 0
 echo
 echo "Unix sockets (client side / database side), Tandem single and HAProxy, against TCP on both:"
 printf '%-18s %3s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n' workload thr tcp/tcp unix/tcp tcp/unix unix/unix \
