@@ -907,7 +907,7 @@ async fn etcd_over_tls_with_authentication() {
             "extendedKeyUsage=serverAuth,clientAuth",
         ],
     );
-    let (client, peer) = (common::free_port(), common::free_port());
+    let [client, peer] = common::free_ports::<2>();
     let url = format!("https://127.0.0.1:{client}");
     /// The member, stopped however the test ends.
     struct Member(std::process::Child);

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{free_port, scratch};
+use super::{free_port_list, scratch};
 
 pub struct EtcdCluster {
     members: Vec<Member>,
@@ -59,12 +59,13 @@ impl EtcdCluster {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("etcd-{}", N.fetch_add(1, Ordering::Relaxed));
         let base = scratch(&name);
+        let ports = free_port_list(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 dir: base.join(format!("m{i}")),
-                client: free_port(),
-                peer: free_port(),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
                 child: None,
             })
             .collect();

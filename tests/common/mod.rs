@@ -33,10 +33,25 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: every listener is held until all are chosen, so the kernel cannot
+/// hand the same port out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let ports = free_port_list(N);
+    std::array::from_fn(|i| ports[i])
+}
+
+/// `n` distinct free ports, chosen as [`free_ports`] does.
+pub fn free_port_list(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("free port").port())
+        .collect()
 }
 
 pub struct MariaDb {
@@ -431,7 +446,7 @@ impl Tandem {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = scratch(&format!("tandem-{}", N.fetch_add(1, Ordering::Relaxed)));
         for attempt in 0.. {
-            let (port, port_b, admin_port) = (free_port(), free_port(), free_port());
+            let [port, port_b, admin_port] = free_ports::<3>();
             let text = yaml
                 .replace("{PORT}", &port.to_string())
                 .replace("{PORT_B}", &port_b.to_string())
