@@ -178,6 +178,23 @@ pub struct Executor {
     /// briefly, for the replica to apply them, or goes to the primary). Default true.
     #[serde(default)]
     pub read_your_writes: Option<bool>,
+    /// For `mode: sharding`: the one logical database clients see.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// For `mode: sharding`: the data sources holding the rows; a shard's number is its
+    /// place in this list.
+    #[serde(default)]
+    pub shards: Vec<String>,
+    /// For `mode: sharding`: tables whose rows are spread over the shards.
+    #[serde(default)]
+    pub sharded_tables: Vec<ShardedTable>,
+    /// For `mode: sharding`: tables with a full copy on every shard.
+    #[serde(default)]
+    pub broadcast_tables: Vec<String>,
+    /// For `mode: sharding`: most rows a merge may hold at once (GROUP BY without a usable
+    /// order, DISTINCT). Default 100000.
+    #[serde(default)]
+    pub max_merge_rows: Option<u64>,
 }
 
 impl Executor {
@@ -188,6 +205,73 @@ impl Executor {
     pub fn read_your_writes(&self) -> bool {
         self.read_your_writes.unwrap_or(true)
     }
+
+    pub fn max_merge_rows(&self) -> u64 {
+        self.max_merge_rows.unwrap_or(100_000)
+    }
+}
+
+/// A table of a `sharding` executor whose rows are spread over the shards by one column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTable {
+    pub table: String,
+    /// The sharding column: its value in a row decides the row's shard.
+    pub column: String,
+    pub algorithm: ShardAlgorithm,
+    /// `range`: shard i holds values below `boundaries[i]` (and at or above the one before);
+    /// the last shard the rest. One fewer than the shards, ascending.
+    #[serde(default)]
+    pub boundaries: Vec<i64>,
+    /// `interval`: the width of each shard's span of time.
+    #[serde(default)]
+    pub unit: Option<IntervalUnit>,
+    /// `interval`: where shard 0's span starts (`YYYY-MM-DD`); earlier values are shard 0's
+    /// too, and values past the last span the last shard's.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Another sharded table whose placement this one shares: rows with the same sharding
+    /// value live on the same shard, so joins on it stay on one shard.
+    #[serde(default)]
+    pub binding: Option<String>,
+    /// Ids Tandem assigns to rows inserted without one.
+    #[serde(default)]
+    pub key_generator: Option<KeyGenerator>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardAlgorithm {
+    /// An integer value mod the number of shards.
+    Mod,
+    /// A stable hash of the value mod the number of shards.
+    HashMod,
+    /// Integer ranges between `boundaries`.
+    Range,
+    /// Spans of time of one `unit` each from `start`.
+    Interval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntervalUnit {
+    Day,
+    Month,
+    Year,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyGenerator {
+    pub column: String,
+    #[serde(rename = "type")]
+    pub kind: KeyGeneratorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyGeneratorKind {
+    Snowflake,
 }
 
 /// A replica of an `rw_split` executor.

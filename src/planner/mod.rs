@@ -8,6 +8,7 @@
 //! never parsed.
 
 pub mod rw_split;
+pub mod sharding;
 
 /// Which of an executor's backends runs a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

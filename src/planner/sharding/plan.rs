@@ -1,0 +1,1561 @@
+//! From one statement to a [`Plan`]: the shards it runs on and how their answers merge.
+//!
+//! The statement is parsed once (sqlparser) to understand it and lexed once
+//! ([`crate::sql::lex`]) to edit it. A statement that stays on one shard runs there as the
+//! client wrote it. A read over several shards runs as the client wrote it too, but for two
+//! kinds of edits cut at token boundaries of the client's own text: columns Tandem needs
+//! for its merge are added at the end of the select list, and a LIMIT is widened to
+//! `offset + count`. Nothing is ever printed back from the syntax tree.
+//!
+//! What cannot be answered exactly is a [`Plan::Refuse`] naming why.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_expressions, visit_relations, BinaryOperator, Distinct, Expr, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GroupByExpr, Join, JoinConstraint, JoinOperator,
+    LimitClause, ObjectName, ObjectNamePart, ObjectType, OrderByKind, Query, Select, SelectItem,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Value,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+use super::condition::{self, KeyColumn, Params};
+use super::{Placement, ShardSet, TableRule, Topology};
+use crate::sql::lex::{self, Token, TokenKind};
+
+use std::sync::Arc;
+
+/// What to do with a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The statement names no table Tandem places (`SELECT 1`, `SELECT LAST_INSERT_ID()`, a
+    /// read of broadcast tables alone): any one shard answers, the session's last.
+    Any,
+    /// The client's text, unchanged, on one shard, whose answer is the client's.
+    One(usize),
+    /// DDL, the client's text unchanged on each of these shards; the answer is the last
+    /// shard's, or the first error.
+    Ddl(Ddl),
+    /// A read over several shards, merged.
+    Scatter(Box<Scatter>),
+    /// A write that would change rows on several shards.
+    MultiShardWrite(String),
+    /// Not answerable exactly: the reason, for the client.
+    Refuse(String),
+}
+
+/// DDL and what it changes in where tables live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ddl {
+    pub shards: ShardSet,
+    /// A single table it creates (on its one shard).
+    pub creates: Option<String>,
+    /// Single tables it drops.
+    pub drops: Vec<String>,
+}
+
+/// A column of a shard's result: one the client sees, or one Tandem added after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Col {
+    Visible(usize),
+    Hidden(usize),
+}
+
+/// One key of an ORDER BY merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    /// The key's value (its type and collation come from this column's definition).
+    pub value: Col,
+    /// `WEIGHT_STRING` of the value: how the collation orders a string.
+    pub weight: Col,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub offset: u64,
+    pub count: u64,
+}
+
+/// How one column of an aggregate without GROUP BY combines over the shards' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// COUNT: the sum of the counts.
+    Count,
+    /// SUM: the sum of the sums, NULL when every shard's is.
+    Sum,
+    Min {
+        weight: Col,
+    },
+    Max {
+        weight: Col,
+    },
+}
+
+/// A read over several shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scatter {
+    pub shards: ShardSet,
+    /// What each shard runs.
+    pub sql: String,
+    /// How many columns Tandem added at the end of the select list (never shown).
+    pub hidden: usize,
+    /// Merge the shards' ordered rows by these keys (empty: one shard after the other).
+    pub order: Vec<SortKey>,
+    /// Applied after the merge.
+    pub limit: Option<Limit>,
+    /// The query aggregates without GROUP BY: one row, combined column by column.
+    pub aggregates: Option<Vec<Aggregate>>,
+}
+
+fn refuse(what: impl Into<String>) -> Plan {
+    Plan::Refuse(what.into())
+}
+
+/// Plans `sql` (a COM_QUERY's text). `params` gives the values of `?` markers, when the
+/// statement is an execution of a prepared one.
+pub fn plan(sql: &str, topo: &Topology, params: Params) -> Plan {
+    let tokens = match lex::tokenize(sql.as_bytes()) {
+        Ok(t) => t,
+        Err(e) => return refuse(format!("{e} in a sharded database")),
+    };
+    if lex::statements(&tokens).len() > 1 {
+        return refuse("several statements in one query on a sharded database");
+    }
+    let statement = match Parser::parse_sql(&MySqlDialect {}, sql) {
+        Ok(mut s) if s.len() == 1 => s.remove(0),
+        Ok(_) => return refuse("several statements in one query on a sharded database"),
+        Err(_) => return unparsed(sql, &tokens, topo),
+    };
+    let tables = match Tables::of(&statement, topo) {
+        Ok(t) => t,
+        Err(p) => return p,
+    };
+    match &statement {
+        Statement::Query(q) => plan_query(q, sql, &tokens, topo, &tables, params),
+        Statement::Insert(insert) => plan_insert(insert, topo, &tables, params),
+        Statement::Update(u) => {
+            if u.from.is_some() || !u.table.joins.is_empty() {
+                return tables.colocated("a multi-table UPDATE");
+            }
+            for a in &u.assignments {
+                let target = a.target.to_string().to_lowercase();
+                let column = target
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&target)
+                    .trim_matches('`');
+                if tables.sharded.iter().any(|r| r.rule.column == column) {
+                    return refuse(format!(
+                        "changing the sharding column {column} (it may move the row to another shard)"
+                    ));
+                }
+            }
+            plan_write(&tables, u.selection.as_ref(), params, "UPDATE")
+        }
+        Statement::Delete(d) => {
+            if d.using.is_some() || !d.tables.is_empty() || tables.refs.len() > 1 {
+                return tables.colocated("a multi-table DELETE");
+            }
+            plan_write(&tables, d.selection.as_ref(), params, "DELETE")
+        }
+        Statement::CreateTable(c) => {
+            if c.query.is_some() && tables.refs.len() > 1 {
+                return refuse("CREATE TABLE … SELECT on a sharded database");
+            }
+            plan_ddl(topo, &tables, true)
+        }
+        Statement::AlterTable(_) | Statement::Truncate(_) | Statement::CreateIndex(_) => {
+            plan_ddl(topo, &tables, false)
+        }
+        Statement::Drop {
+            object_type: ObjectType::Table | ObjectType::Index,
+            ..
+        } => plan_ddl(topo, &tables, false),
+        _ => tables.colocated("this statement"),
+    }
+}
+
+/// A statement sqlparser cannot read: it may run only where no sharded or broadcast table
+/// is named, on the shard of the single tables its words name.
+fn unparsed(sql: &str, tokens: &[Token], topo: &Topology) -> Plan {
+    let mut shard = None;
+    for t in tokens {
+        let word = match t.kind {
+            TokenKind::Word => &sql[t.span.clone()],
+            TokenKind::QuotedIdent => sql[t.span.clone()].trim_matches('`'),
+            _ => continue,
+        };
+        match topo.placement(word) {
+            Placement::Sharded(_) | Placement::Broadcast => {
+                return refuse(format!(
+                    "a statement Tandem cannot read that names the table {word}"
+                ))
+            }
+            Placement::Single(s) => match shard {
+                Some(other) if other != s => {
+                    return refuse("a statement over single tables on different shards")
+                }
+                _ => shard = Some(s),
+            },
+            Placement::Unknown => {}
+        }
+    }
+    shard.map_or(Plan::Any, Plan::One)
+}
+
+/// A table the statement names, where it lives.
+#[derive(Debug, Clone)]
+struct TableRef {
+    name: String,
+    placement: Placement,
+}
+
+#[derive(Debug, Clone)]
+struct ShardedRef {
+    qualifiers: Vec<String>,
+    rule: Arc<TableRule>,
+}
+
+/// Every table a statement names, subqueries included.
+#[derive(Debug, Default)]
+struct Tables {
+    refs: Vec<TableRef>,
+    sharded: Vec<ShardedRef>,
+    /// The statement holds a subquery, a derived table, a CTE or a set operation.
+    nested: bool,
+}
+
+impl Tables {
+    fn of(statement: &Statement, topo: &Topology) -> Result<Tables, Plan> {
+        let mut names: Vec<ObjectName> = Vec::new();
+        let _ = visit_relations(statement, |n| {
+            names.push(n.clone());
+            ControlFlow::<()>::Continue(())
+        });
+        // DDL names its tables outside the relations a visitor sees.
+        match statement {
+            Statement::Drop {
+                names: n, table, ..
+            } => {
+                names.extend(n.iter().cloned());
+                names.extend(table.iter().cloned());
+            }
+            Statement::Truncate(t) => names.extend(t.table_names.iter().map(|t| t.name.clone())),
+            Statement::CreateTable(c) => names.push(c.name.clone()),
+            Statement::AlterTable(a) => names.push(a.name.clone()),
+            Statement::CreateIndex(c) => names.push(c.table_name.clone()),
+            _ => {}
+        }
+        if !matches!(
+            statement,
+            Statement::Query(_)
+                | Statement::Insert(_)
+                | Statement::Update(_)
+                | Statement::Delete(_)
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.to_string().to_lowercase()));
+        }
+        let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
+        collect_aliases(statement, &mut aliases);
+        let mut tables = Tables {
+            nested: is_nested(statement),
+            ..Tables::default()
+        };
+        for n in names {
+            let parts: Vec<String> =
+                n.0.iter()
+                    .map(|p| match p {
+                        ObjectNamePart::Identifier(i) => i.value.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+            let name = match parts.as_slice() {
+                [t] => t.clone(),
+                [db, t] if db.eq_ignore_ascii_case(&topo.database) => {
+                    return Err(refuse(format!(
+                        "a table named with its database ({db}.{t}): name it without the database"
+                    )))
+                }
+                [db, _] => {
+                    // Another database of the server (information_schema, …): the first
+                    // shard's.
+                    tables.refs.push(TableRef {
+                        name: format!("{db}.{}", parts[1]),
+                        placement: Placement::Single(0),
+                    });
+                    continue;
+                }
+                _ => return Err(refuse(format!("the table name {n}"))),
+            };
+            let key = name.to_lowercase();
+            let qualifiers = aliases
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| vec![key.clone()]);
+            let placement = topo.placement(&name);
+            if let Placement::Sharded(rule) = &placement {
+                tables.sharded.push(ShardedRef {
+                    qualifiers: qualifiers.clone(),
+                    rule: rule.clone(),
+                });
+            }
+            tables.refs.push(TableRef { name, placement });
+        }
+        Ok(tables)
+    }
+
+    /// A statement Tandem does not split: it runs on the one shard that holds all its
+    /// tables, or is refused.
+    fn colocated(&self, what: &str) -> Plan {
+        if let Some(s) = self.sharded.first() {
+            return refuse(format!(
+                "{what} over the sharded table {} without a WHERE that picks one shard",
+                s.rule.name
+            ));
+        }
+        self.home(what)
+    }
+
+    /// The shard that holds every table named, none being sharded.
+    fn home(&self, what: &str) -> Plan {
+        let mut home: Option<(usize, &str)> = None;
+        for r in &self.refs {
+            if let Placement::Single(s) = r.placement {
+                match home {
+                    Some((other, name)) if other != s => {
+                        return refuse(format!(
+                            "{what} over {name} and {} (single tables on different shards)",
+                            r.name
+                        ))
+                    }
+                    _ => home = Some((s, &r.name)),
+                }
+            }
+        }
+        match home {
+            Some((s, _)) => Plan::One(s),
+            None => Plan::Any,
+        }
+    }
+
+    fn broadcast(&self) -> Option<&TableRef> {
+        self.refs
+            .iter()
+            .find(|r| matches!(r.placement, Placement::Broadcast))
+    }
+}
+
+/// Table name (lower case) → the names its columns are qualified with (the aliases given
+/// to it, or its own name).
+fn collect_aliases(statement: &Statement, out: &mut HashMap<String, Vec<String>>) {
+    fn factor(f: &TableFactor, out: &mut HashMap<String, Vec<String>>) {
+        if let TableFactor::Table { name, alias, .. } = f {
+            let key = name
+                .0
+                .last()
+                .map(|p| match p {
+                    ObjectNamePart::Identifier(i) => i.value.to_lowercase(),
+                    other => other.to_string().to_lowercase(),
+                })
+                .unwrap_or_default();
+            let q = match alias {
+                Some(a) => a.name.value.to_lowercase(),
+                None => key.clone(),
+            };
+            let list = out.entry(key).or_default();
+            if !list.contains(&q) {
+                list.push(q);
+            }
+        }
+    }
+    fn with_joins(t: &TableWithJoins, out: &mut HashMap<String, Vec<String>>) {
+        factor(&t.relation, out);
+        for j in &t.joins {
+            factor(&j.relation, out);
+        }
+    }
+    match statement {
+        Statement::Query(q) => {
+            if let SetExpr::Select(s) = q.body.as_ref() {
+                for t in &s.from {
+                    with_joins(t, out);
+                }
+            }
+        }
+        Statement::Update(u) => with_joins(&u.table, out),
+        Statement::Delete(d) => {
+            let from = match &d.from {
+                sqlparser::ast::FromTable::WithFromKeyword(f)
+                | sqlparser::ast::FromTable::WithoutKeyword(f) => f,
+            };
+            for t in from {
+                with_joins(t, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a statement nests queries: a subquery, a derived table, a CTE, a UNION.
+fn is_nested(statement: &Statement) -> bool {
+    let mut nested = false;
+    let _ = visit_expressions(statement, |e| {
+        if matches!(
+            e,
+            Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }
+        ) {
+            nested = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    if let Statement::Query(q) = statement {
+        if q.with.is_some() || !matches!(q.body.as_ref(), SetExpr::Select(_)) {
+            nested = true;
+        }
+        if let SetExpr::Select(s) = q.body.as_ref() {
+            let derived = |f: &TableFactor| !matches!(f, TableFactor::Table { .. });
+            if s.from
+                .iter()
+                .any(|t| derived(&t.relation) || t.joins.iter().any(|j| derived(&j.relation)))
+            {
+                nested = true;
+            }
+        }
+    }
+    nested
+}
+
+/// The shards a statement's sharded tables can touch, from its WHERE; `Err` when its
+/// sharded tables are not all bound to one another on their sharding columns.
+fn shards_of(
+    tables: &Tables,
+    select: Option<&Select>,
+    filter: Option<&Expr>,
+    topo: &Topology,
+    params: Params,
+) -> Result<ShardSet, String> {
+    let Some(first) = tables.sharded.first() else {
+        return Ok(topo.all());
+    };
+    // Sharded tables must be joined on their sharding columns, within one binding group.
+    if tables.sharded.len() > 1 {
+        let mut links: Vec<(usize, usize)> = Vec::new();
+        let mut equalities = Vec::new();
+        if let Some(f) = filter {
+            conjuncts(f, &mut equalities);
+        }
+        if let Some(s) = select {
+            for t in &s.from {
+                for j in &t.joins {
+                    if let Some(on) = join_on(j) {
+                        conjuncts(on, &mut equalities);
+                    }
+                }
+            }
+        }
+        for e in equalities {
+            if let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = e
+            {
+                let side = |x: &Expr| {
+                    tables.sharded.iter().position(|r| {
+                        KeyColumn {
+                            qualifiers: &r.qualifiers,
+                            column: &r.rule.column,
+                            bare: false,
+                        }
+                        .matches(x)
+                    })
+                };
+                if let (Some(a), Some(b)) = (side(left), side(right)) {
+                    links.push((a, b));
+                }
+            }
+        }
+        let mut linked = vec![false; tables.sharded.len()];
+        linked[0] = true;
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &(a, b) in &links {
+                if linked[a] != linked[b] {
+                    linked[a] = true;
+                    linked[b] = true;
+                    changed = true;
+                }
+            }
+        }
+        if let Some(i) = linked.iter().position(|l| !l) {
+            let (a, b) = (&first.rule, &tables.sharded[i].rule);
+            return Err(if a.group != b.group {
+                format!(
+                    "a join of the sharded tables {} and {}, which are not bound to each other",
+                    a.name, b.name
+                )
+            } else {
+                format!(
+                    "a join of {} and {} that is not on their sharding columns ({} = {})",
+                    a.name, b.name, a.column, b.column
+                )
+            });
+        }
+        if tables
+            .sharded
+            .iter()
+            .any(|r| r.rule.group != first.rule.group)
+        {
+            return Err("a join of sharded tables that are not bound to each other".into());
+        }
+    }
+    let mut set = topo.all();
+    if let Some(f) = filter {
+        let bare = tables.refs.len() == 1;
+        for r in &tables.sharded {
+            let col = KeyColumn {
+                qualifiers: &r.qualifiers,
+                column: &r.rule.column,
+                bare,
+            };
+            set = set.intersect(condition::shards(f, &col, &r.rule.sharder, params));
+        }
+    }
+    Ok(set)
+}
+
+fn join_on(j: &Join) -> Option<&Expr> {
+    let c = match &j.join_operator {
+        JoinOperator::Join(c)
+        | JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::LeftOuter(c)
+        | JoinOperator::Right(c)
+        | JoinOperator::RightOuter(c) => c,
+        _ => return None,
+    };
+    match c {
+        JoinConstraint::On(e) => Some(e),
+        _ => None,
+    }
+}
+
+fn conjuncts<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        Expr::Nested(inner) => conjuncts(inner, out),
+        other => out.push(other),
+    }
+}
+
+impl KeyColumn<'_> {
+    fn matches(&self, e: &Expr) -> bool {
+        match e {
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                self.qualifiers
+                    .iter()
+                    .any(|q| q.eq_ignore_ascii_case(&parts[0].value))
+                    && parts[1].value.eq_ignore_ascii_case(self.column)
+            }
+            Expr::Identifier(id) => self.bare && id.value.eq_ignore_ascii_case(self.column),
+            Expr::Nested(inner) => self.matches(inner),
+            _ => false,
+        }
+    }
+}
+
+/// Broadcast tables join locally only where each shard's join gives its own share of the
+/// answer: inner joins. An outer join that keeps a broadcast table's rows would give them
+/// once per shard.
+fn check_broadcast_joins(select: &Select) -> Result<(), String> {
+    for t in &select.from {
+        for j in &t.joins {
+            if !matches!(
+                j.join_operator,
+                JoinOperator::Join(_)
+                    | JoinOperator::Inner(_)
+                    | JoinOperator::CrossJoin(_)
+                    | JoinOperator::Left(_)
+                    | JoinOperator::LeftOuter(_)
+            ) {
+                return Err("a RIGHT, FULL or other outer join across shards".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plan_query(
+    q: &Query,
+    sql: &str,
+    tokens: &[Token],
+    topo: &Topology,
+    tables: &Tables,
+    params: Params,
+) -> Plan {
+    let select = match q.body.as_ref() {
+        SetExpr::Select(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    if tables.sharded.is_empty() {
+        return tables.home("this query");
+    }
+    if tables.nested {
+        return refuse(format!(
+            "a subquery, derived table, WITH or UNION over the sharded table {}",
+            tables.sharded[0].rule.name
+        ));
+    }
+    let Some(select) = select else {
+        return refuse("this query over a sharded table");
+    };
+    if let Some(single) = tables
+        .refs
+        .iter()
+        .find(|r| matches!(r.placement, Placement::Single(_)))
+    {
+        return refuse(format!(
+            "a join of the single table {} with the sharded table {}",
+            single.name, tables.sharded[0].rule.name
+        ));
+    }
+    let shards = match shards_of(
+        tables,
+        Some(select),
+        select.selection.as_ref(),
+        topo,
+        params,
+    ) {
+        Ok(s) => s,
+        Err(e) => return refuse(e),
+    };
+    if shards.len() <= 1 {
+        return Plan::One(shards.first().unwrap_or(0));
+    }
+    if tables.broadcast().is_some() {
+        if let Err(e) = check_broadcast_joins(select) {
+            return refuse(e);
+        }
+        // The first table of the FROM is the one whose rows an outer join keeps.
+        if let Some(first) = select.from.first() {
+            if let TableFactor::Table { name, .. } = &first.relation {
+                let name = name.to_string();
+                let name = name.trim_matches('`');
+                let keeps_broadcast = matches!(topo.placement(name), Placement::Broadcast)
+                    && first.joins.iter().any(|j| {
+                        matches!(
+                            j.join_operator,
+                            JoinOperator::Left(_) | JoinOperator::LeftOuter(_)
+                        )
+                    });
+                if keeps_broadcast {
+                    return refuse(format!(
+                        "an outer join that keeps the rows of the broadcast table {name} across shards"
+                    ));
+                }
+            }
+        }
+    }
+    match scatter(q, select, sql, tokens, tables, shards) {
+        Ok(s) => Plan::Scatter(Box::new(s)),
+        Err(e) => refuse(e),
+    }
+}
+
+/// Aggregate functions: a call of one combines rows.
+fn aggregate_name(name: &str) -> bool {
+    const AGGREGATES: &[&str] = &[
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group_concat",
+        "std",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "bit_and",
+        "bit_or",
+        "bit_xor",
+        "json_arrayagg",
+        "json_objectagg",
+        "percentile_cont",
+        "percentile_disc",
+        "median",
+    ];
+    AGGREGATES.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+fn has_aggregate(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(e, |x| {
+        if let Expr::Function(f) = x {
+            if f.over.is_none() && aggregate_name(&f.name.to_string()) {
+                found = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+fn has_window(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(e, |x| {
+        if let Expr::Function(f) = x {
+            if f.over.is_some() {
+                found = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+fn item_expr(item: &SelectItem) -> Option<&Expr> {
+    match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+        _ => None,
+    }
+}
+
+/// Whether `e` is the sharding column of one of the statement's sharded tables: rows that
+/// agree on it live on one shard.
+fn is_sharding_column(e: &Expr, tables: &Tables) -> bool {
+    let bare = tables.refs.len() == 1;
+    tables.sharded.iter().any(|r| {
+        KeyColumn {
+            qualifiers: &r.qualifiers,
+            column: &r.rule.column,
+            bare,
+        }
+        .matches(e)
+    })
+}
+
+/// The edits of a scatter read, and its merge.
+fn scatter(
+    q: &Query,
+    select: &Select,
+    sql: &str,
+    tokens: &[Token],
+    tables: &Tables,
+    shards: ShardSet,
+) -> Result<Scatter, String> {
+    let text = Text::new(sql, tokens);
+    if select.into.is_some() {
+        return Err("SELECT … INTO across shards".into());
+    }
+    if text.top_word("INTO").is_some() {
+        return Err("SELECT … INTO across shards".into());
+    }
+    if text.top_word("SQL_CALC_FOUND_ROWS").is_some() {
+        return Err("SQL_CALC_FOUND_ROWS across shards".into());
+    }
+    if q.fetch.is_some() || q.order_by.as_ref().is_some_and(|o| o.interpolate.is_some()) {
+        return Err("this query across shards".into());
+    }
+    let projection_exprs: Vec<&Expr> = select.projection.iter().filter_map(item_expr).collect();
+    if projection_exprs.iter().any(|e| has_window(e)) {
+        return Err("a window function across shards".into());
+    }
+    // Rows that differ in the sharding column live on different shards: a GROUP BY or a
+    // DISTINCT that keeps it sees each group whole on one shard.
+    let group_by = match &select.group_by {
+        GroupByExpr::Expressions(exprs, modifiers) => {
+            if !modifiers.is_empty() {
+                return Err("GROUP BY … WITH ROLLUP across shards".into());
+            }
+            exprs.as_slice()
+        }
+        GroupByExpr::All(_) => return Err("GROUP BY ALL across shards".into()),
+    };
+    if !group_by.is_empty() && !group_by.iter().any(|e| is_sharding_column(e, tables)) {
+        return Err("GROUP BY across shards without the sharding column among its columns".into());
+    }
+    match &select.distinct {
+        None | Some(Distinct::All) => {}
+        Some(_) => {
+            if !projection_exprs
+                .iter()
+                .any(|e| is_sharding_column(e, tables))
+            {
+                return Err(
+                    "SELECT DISTINCT across shards without the sharding column among its columns"
+                        .into(),
+                );
+            }
+        }
+    }
+    let aggregating = group_by.is_empty() && projection_exprs.iter().any(|e| has_aggregate(e));
+    if select.having.is_some() && group_by.is_empty() {
+        return Err("HAVING without GROUP BY across shards".into());
+    }
+
+    let items = text.projection(select.projection.len())?;
+    let mut hidden: Vec<String> = Vec::new();
+    let mut hide = |expr: String| {
+        hidden.push(expr);
+        Col::Hidden(hidden.len() - 1)
+    };
+
+    let aggregates = if aggregating {
+        let mut out = Vec::new();
+        for (item, piece) in select.projection.iter().zip(&items) {
+            let Some(e) = item_expr(item) else {
+                return Err("a * beside aggregates across shards".into());
+            };
+            out.push(aggregate_of(e, &piece.expr, tables, &mut hide)?);
+        }
+        Some(out)
+    } else {
+        None
+    };
+
+    let mut order = Vec::new();
+    if let Some(ob) = &q.order_by {
+        let OrderByKind::Expressions(exprs) = &ob.kind else {
+            return Err("ORDER BY ALL across shards".into());
+        };
+        if aggregates.is_none() {
+            let pieces = text.order_by(exprs.len())?;
+            for (o, piece) in exprs.iter().zip(&pieces) {
+                if o.with_fill.is_some() || o.options.nulls_first.is_some() {
+                    return Err("ORDER BY … NULLS FIRST/LAST".into());
+                }
+                let descending = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+                let (value, source) = match order_column(&o.expr, select, &items) {
+                    Some((i, source)) => (Col::Visible(i), source),
+                    None => {
+                        if has_window(&o.expr) {
+                            return Err("ORDER BY a window function across shards".into());
+                        }
+                        (hide(piece.clone()), piece.clone())
+                    }
+                };
+                let weight = hide(format!("WEIGHT_STRING({source})"));
+                order.push(SortKey {
+                    value,
+                    weight,
+                    descending,
+                });
+            }
+        }
+    }
+
+    let limit = match &q.limit_clause {
+        None => None,
+        Some(l) => Some(limit_of(l)?),
+    };
+    if matches!(&q.limit_clause, Some(LimitClause::LimitOffset { limit_by, .. }) if !limit_by.is_empty())
+    {
+        return Err("LIMIT … BY across shards".into());
+    }
+
+    // The edits, cut from the client's own text.
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    if !hidden.is_empty() {
+        let at = items.last().map(|p| p.end).ok_or("an empty select list")?;
+        edits.push((at..at, format!(", {}", hidden.join(", "))));
+    }
+    if let Some(l) = limit {
+        let span = text.limit_span().ok_or("a LIMIT Tandem cannot read")?;
+        let widened = if aggregates.is_some() {
+            // One row per shard: the LIMIT applies to the combined row only.
+            String::new()
+        } else {
+            let n = l
+                .offset
+                .checked_add(l.count)
+                .ok_or("a LIMIT that overflows")?;
+            format!("LIMIT {n}")
+        };
+        edits.push((span, widened));
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut at = 0;
+    for (r, replacement) in &edits {
+        out.push_str(&sql[at..r.start]);
+        out.push_str(replacement);
+        at = r.end;
+    }
+    out.push_str(&sql[at..]);
+    Ok(Scatter {
+        shards,
+        sql: out,
+        hidden: hidden.len(),
+        order,
+        limit,
+        aggregates,
+    })
+}
+
+/// An ORDER BY key that names a column of the select list: by position, by alias, or as
+/// the same expression. Only items before which no `*` stands have a known position.
+fn order_column(key: &Expr, select: &Select, items: &[Item]) -> Option<(usize, String)> {
+    let known = select
+        .projection
+        .iter()
+        .position(|i| item_expr(i).is_none())
+        .unwrap_or(select.projection.len());
+    if let Expr::Value(v) = key {
+        if let Value::Number(n, _) = &v.value {
+            let i: usize = n.parse().ok()?;
+            let i = i.checked_sub(1)?;
+            if i < known {
+                return Some((i, items[i].expr.clone()));
+            }
+            return None;
+        }
+    }
+    if let Expr::Identifier(id) = key {
+        for (i, item) in select.projection.iter().enumerate().take(known) {
+            if let SelectItem::ExprWithAlias { alias, .. } = item {
+                if alias.value.eq_ignore_ascii_case(&id.value) {
+                    return Some((i, items[i].expr.clone()));
+                }
+            }
+        }
+    }
+    for (i, item) in select.projection.iter().enumerate().take(known) {
+        if item_expr(item) == Some(key) {
+            return Some((i, items[i].expr.clone()));
+        }
+    }
+    None
+}
+
+/// How a select-list item of an aggregate query combines over shards.
+fn aggregate_of(
+    e: &Expr,
+    source: &str,
+    tables: &Tables,
+    hide: &mut dyn FnMut(String) -> Col,
+) -> Result<Aggregate, String> {
+    let Expr::Function(f) = e else {
+        return Err(format!(
+            "{source} beside aggregates across shards (only COUNT, SUM, MIN and MAX calls combine)"
+        ));
+    };
+    let name = f.name.to_string().to_lowercase();
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(format!("{source} across shards"));
+    };
+    if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
+        return Err(format!("{source} across shards"));
+    }
+    let distinct = matches!(
+        list.duplicate_treatment,
+        Some(sqlparser::ast::DuplicateTreatment::Distinct)
+    );
+    let arg_is_key = list.args.len() == 1
+        && matches!(&list.args[0], FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) if is_sharding_column(a, tables));
+    let args_plain = list.args.iter().all(|a| match a {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) => !has_aggregate(a),
+        FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => true,
+        _ => false,
+    });
+    if !args_plain || !list.clauses.is_empty() {
+        return Err(format!("{source} across shards"));
+    }
+    match name.as_str() {
+        "count" if !distinct || arg_is_key => Ok(Aggregate::Count),
+        "count" => Err(format!(
+            "{source} across shards (COUNT(DISTINCT …) combines only over the sharding column)"
+        )),
+        "sum" if !distinct || arg_is_key => Ok(Aggregate::Sum),
+        "min" => Ok(Aggregate::Min {
+            weight: hide(format!("WEIGHT_STRING({source})")),
+        }),
+        "max" => Ok(Aggregate::Max {
+            weight: hide(format!("WEIGHT_STRING({source})")),
+        }),
+        _ => Err(format!(
+            "{source} across shards (only COUNT, SUM, MIN and MAX combine)"
+        )),
+    }
+}
+
+fn limit_of(l: &LimitClause) -> Result<Limit, String> {
+    let number = |e: &Expr| -> Result<u64, String> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n.parse().map_err(|_| format!("LIMIT {n}")),
+                _ => Err("a LIMIT that is not a number across shards".into()),
+            },
+            _ => Err("a LIMIT that is not a number across shards".into()),
+        }
+    };
+    match l {
+        LimitClause::LimitOffset { limit, offset, .. } => Ok(Limit {
+            count: match limit {
+                Some(e) => number(e)?,
+                None => u64::MAX,
+            },
+            offset: match offset {
+                Some(o) => number(&o.value)?,
+                None => 0,
+            },
+        }),
+        LimitClause::OffsetCommaLimit { offset, limit } => Ok(Limit {
+            offset: number(offset)?,
+            count: number(limit)?,
+        }),
+    }
+}
+
+/// A select-list item's source text.
+#[derive(Debug, Clone)]
+struct Item {
+    /// The expression, without its alias.
+    expr: String,
+    /// Where the item ends in the statement.
+    end: usize,
+}
+
+/// The statement's tokens at parenthesis depth 0, to find its clauses.
+struct Text<'a> {
+    sql: &'a str,
+    tokens: &'a [Token],
+    depths: Vec<u32>,
+}
+
+/// Words that may stand between SELECT and its first item.
+const SELECT_MODIFIERS: &[&str] = &[
+    "ALL",
+    "DISTINCT",
+    "DISTINCTROW",
+    "HIGH_PRIORITY",
+    "STRAIGHT_JOIN",
+    "SQL_SMALL_RESULT",
+    "SQL_BIG_RESULT",
+    "SQL_BUFFER_RESULT",
+    "SQL_CACHE",
+    "SQL_NO_CACHE",
+];
+
+impl<'a> Text<'a> {
+    fn new(sql: &'a str, tokens: &'a [Token]) -> Text<'a> {
+        let tokens = lex::statements(tokens).into_iter().next().unwrap_or(&[]);
+        Text {
+            sql,
+            tokens,
+            depths: lex::depths(tokens),
+        }
+    }
+
+    fn word(&self, i: usize, w: &str) -> bool {
+        self.tokens[i].is_word(self.sql.as_bytes(), w)
+    }
+
+    fn top_word(&self, w: &str) -> Option<usize> {
+        (0..self.tokens.len()).find(|&i| self.depths[i] == 0 && self.word(i, w))
+    }
+
+    fn piece(&self, range: std::ops::Range<usize>) -> &'a str {
+        let (first, last) = (&self.tokens[range.start], &self.tokens[range.end - 1]);
+        &self.sql[first.span.start..last.span.end]
+    }
+
+    /// Token ranges between top-level commas.
+    fn split(&self, from: usize, to: usize) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut start = from;
+        for i in from..to {
+            if self.depths[i] == 0 && self.tokens[i].is_punct(b',') {
+                out.push(start..i);
+                start = i + 1;
+            }
+        }
+        out.push(start..to);
+        out
+    }
+
+    /// The select list's items; `n` is how many the parser found.
+    fn projection(&self, n: usize) -> Result<Vec<Item>, String> {
+        let unreadable = || "a select list Tandem cannot read".to_string();
+        if self.tokens.is_empty() || !self.word(0, "SELECT") {
+            return Err(unreadable());
+        }
+        let mut start = 1;
+        while start < self.tokens.len() && SELECT_MODIFIERS.iter().any(|m| self.word(start, m)) {
+            start += 1;
+        }
+        let end = (start..self.tokens.len())
+            .find(|&i| self.depths[i] == 0 && self.word(i, "FROM"))
+            .ok_or_else(unreadable)?;
+        let ranges = self.split(start, end);
+        if ranges.len() != n || ranges.iter().any(|r| r.is_empty()) {
+            return Err(unreadable());
+        }
+        Ok(ranges
+            .into_iter()
+            .map(|r| {
+                let end = self.tokens[r.end - 1].span.end;
+                let expr_end = self.without_alias(r.clone());
+                Item {
+                    expr: self.piece(r.start..expr_end).to_string(),
+                    end,
+                }
+            })
+            .collect())
+    }
+
+    /// The end of an item's expression: before `[AS] alias` when it has one.
+    fn without_alias(&self, r: std::ops::Range<usize>) -> usize {
+        let last = r.end - 1;
+        if r.len() >= 3 && self.word(last - 1, "AS") {
+            return last - 1;
+        }
+        if r.len() >= 2 {
+            let alias_like = match self.tokens[last].kind {
+                TokenKind::QuotedIdent | TokenKind::String => true,
+                TokenKind::Word => {
+                    let prev = &self.tokens[last - 1];
+                    // `a b` (alias), not `a.b`, `f(x)` or `- 1`.
+                    matches!(
+                        prev.kind,
+                        TokenKind::Word | TokenKind::QuotedIdent | TokenKind::String
+                    ) || prev.is_punct(b')')
+                }
+                TokenKind::Punct(_) => false,
+            };
+            if alias_like && !self.tokens[last - 1].is_punct(b'.') {
+                return last;
+            }
+        }
+        r.end
+    }
+
+    /// The ORDER BY keys' source texts, without ASC/DESC; `n` is how many the parser found.
+    fn order_by(&self, n: usize) -> Result<Vec<String>, String> {
+        let unreadable = || "an ORDER BY Tandem cannot read".to_string();
+        let start = (0..self.tokens.len().saturating_sub(1))
+            .rev()
+            .find(|&i| self.depths[i] == 0 && self.word(i, "ORDER") && self.word(i + 1, "BY"))
+            .ok_or_else(unreadable)?
+            + 2;
+        let end = (start..self.tokens.len())
+            .find(|&i| {
+                self.depths[i] == 0
+                    && ["LIMIT", "FOR", "LOCK", "INTO", "PROCEDURE"]
+                        .iter()
+                        .any(|w| self.word(i, w))
+            })
+            .unwrap_or(self.tokens.len());
+        let ranges = self.split(start, end);
+        if ranges.len() != n || ranges.iter().any(|r| r.is_empty()) {
+            return Err(unreadable());
+        }
+        Ok(ranges
+            .into_iter()
+            .map(|mut r| {
+                if r.len() > 1 && (self.word(r.end - 1, "ASC") || self.word(r.end - 1, "DESC")) {
+                    r.end -= 1;
+                }
+                self.piece(r).to_string()
+            })
+            .collect())
+    }
+
+    /// The byte range of the top-level LIMIT clause (`LIMIT n`, `LIMIT o, n`,
+    /// `LIMIT n OFFSET o`).
+    fn limit_span(&self) -> Option<std::ops::Range<usize>> {
+        let i = (0..self.tokens.len())
+            .rev()
+            .find(|&i| self.depths[i] == 0 && self.word(i, "LIMIT"))?;
+        let number = |j: usize| {
+            self.tokens.get(j).is_some_and(|t| {
+                t.kind == TokenKind::Word
+                    && self.sql.as_bytes()[t.span.clone()]
+                        .iter()
+                        .all(u8::is_ascii_digit)
+            })
+        };
+        if !number(i + 1) {
+            return None;
+        }
+        let mut last = i + 1;
+        if self.tokens.get(i + 2).is_some_and(|t| t.is_punct(b',')) && number(i + 3) {
+            last = i + 3;
+        } else if self.tokens.get(i + 2).is_some() && self.word(i + 2, "OFFSET") && number(i + 3) {
+            last = i + 3;
+        }
+        if self
+            .tokens
+            .get(last + 1)
+            .is_some_and(|_| self.word(last + 1, "ROWS"))
+        {
+            return None;
+        }
+        Some(self.tokens[i].span.start..self.tokens[last].span.end)
+    }
+}
+
+fn plan_insert(
+    insert: &sqlparser::ast::Insert,
+    topo: &Topology,
+    tables: &Tables,
+    params: Params,
+) -> Plan {
+    let TableObject::TableName(name) = &insert.table else {
+        return refuse("INSERT into a table function");
+    };
+    let name = name.to_string();
+    let name = name.trim_matches('`');
+    let rule = match topo.placement(name) {
+        Placement::Sharded(rule) => rule,
+        Placement::Broadcast => {
+            return Plan::MultiShardWrite(format!("a write to the broadcast table {name}"))
+        }
+        _ => return tables.colocated("INSERT"),
+    };
+    if tables.refs.len() > 1 || tables.nested {
+        return refuse(format!("INSERT … SELECT into the sharded table {name}"));
+    }
+    let Some(source) = &insert.source else {
+        return refuse(format!(
+            "INSERT … SET into the sharded table {name} (give the columns and VALUES)"
+        ));
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        return refuse(format!("INSERT … SELECT into the sharded table {name}"));
+    };
+    let Some(at) = insert.columns.iter().position(|c| {
+        c.to_string()
+            .trim_matches('`')
+            .eq_ignore_ascii_case(&rule.column)
+    }) else {
+        return refuse(format!(
+            "INSERT into the sharded table {name} without its sharding column {} in the column list",
+            rule.column
+        ));
+    };
+    let mut shards = ShardSet::EMPTY;
+    for row in &values.rows {
+        let Some(v) = row.get(at) else {
+            return refuse("a VALUES row shorter than its column list");
+        };
+        let key = condition::literal(v).or_else(|| params(v));
+        match key.and_then(|k| rule.sharder.shard_of(&k)) {
+            Some(s) => shards.insert(s),
+            None => {
+                return refuse(format!(
+                    "INSERT into {name} with a value of {} that is not a constant Tandem can place ({v})",
+                    rule.column
+                ))
+            }
+        }
+    }
+    match shards.single() {
+        Some(s) => Plan::One(s),
+        None => Plan::MultiShardWrite(format!(
+            "an INSERT into {name} whose rows go to {} shards",
+            shards.len()
+        )),
+    }
+}
+
+fn plan_write(tables: &Tables, filter: Option<&Expr>, params: Params, what: &str) -> Plan {
+    let Some(r) = tables.sharded.first() else {
+        if let Some(b) = tables.broadcast() {
+            return Plan::MultiShardWrite(format!("a write to the broadcast table {}", b.name));
+        }
+        return tables.home(what);
+    };
+    if tables.nested {
+        return refuse(format!(
+            "{what} with a subquery on the sharded table {}",
+            r.rule.name
+        ));
+    }
+    let n = r.rule.sharder.shards();
+    let set = match filter {
+        None => ShardSet::all(n),
+        Some(f) => {
+            let col = KeyColumn {
+                qualifiers: &r.qualifiers,
+                column: &r.rule.column,
+                bare: true,
+            };
+            condition::shards(f, &col, &r.rule.sharder, params)
+        }
+    };
+    match set.len() {
+        0 => Plan::One(0),
+        1 => Plan::One(set.first().unwrap_or(0)),
+        k => Plan::MultiShardWrite(format!(
+            "{what} of the sharded table {} on {k} shards",
+            r.rule.name
+        )),
+    }
+}
+
+fn plan_ddl(topo: &Topology, tables: &Tables, creates: bool) -> Plan {
+    let mut shards: Option<ShardSet> = None;
+    let mut single_names = Vec::new();
+    for r in &tables.refs {
+        let here = match &r.placement {
+            Placement::Sharded(_) | Placement::Broadcast => topo.all(),
+            Placement::Single(s) => {
+                single_names.push(r.name.clone());
+                ShardSet::one(*s)
+            }
+            Placement::Unknown => {
+                single_names.push(r.name.clone());
+                ShardSet::one(0)
+            }
+        };
+        match shards {
+            Some(s) if s != here => {
+                return refuse("DDL over tables placed differently (name one table at a time)")
+            }
+            _ => shards = Some(here),
+        }
+    }
+    let Some(shards) = shards else {
+        return Plan::Any;
+    };
+    let is_single = shards.len() == 1 && !single_names.is_empty();
+    Plan::Ddl(Ddl {
+        shards,
+        creates: (creates && is_single).then(|| single_names[0].clone()),
+        drops: if creates { Vec::new() } else { single_names },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Executor;
+
+    fn topology() -> Topology {
+        let e: Executor = serde_norway::from_str(
+            "
+name: shop
+mode: sharding
+database: shop
+shards: [s0, s1, s2, s3]
+sharded_tables:
+  - { table: t_order, column: user_id, algorithm: mod }
+  - { table: t_item, column: user_id, algorithm: mod, binding: t_order }
+  - { table: t_user, column: id, algorithm: mod }
+broadcast_tables: [t_country]
+",
+        )
+        .unwrap();
+        let t = Topology::new(&e).unwrap();
+        t.learn_tables(&[vec!["t_note".into()], vec!["t_log".into()]])
+            .unwrap();
+        t
+    }
+
+    fn p(sql: &str) -> Plan {
+        let no_params = |_: &Expr| None;
+        plan(sql, &topology(), &no_params)
+    }
+
+    fn scatter_of(sql: &str) -> Scatter {
+        match p(sql) {
+            Plan::Scatter(s) => *s,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    fn refused(sql: &str) -> String {
+        match p(sql) {
+            Plan::Refuse(why) => why,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn point_statements_go_to_one_shard_unchanged() {
+        assert_eq!(p("SELECT * FROM t_order WHERE user_id = 5"), Plan::One(1));
+        assert_eq!(
+            p("select * from T_ORDER o where o.user_id in (2, 6)"),
+            Plan::One(2)
+        );
+        assert_eq!(
+            p("SELECT o.id, i.sku FROM t_order o JOIN t_item i ON o.user_id = i.user_id WHERE o.user_id = 3"),
+            Plan::One(3)
+        );
+        assert_eq!(
+            p("SELECT user_id, count(*) FROM t_order WHERE user_id = 7 GROUP BY status ORDER BY 2 LIMIT 3"),
+            Plan::One(3)
+        );
+        assert_eq!(
+            p("UPDATE t_order SET status = 'x' WHERE user_id = 4"),
+            Plan::One(0)
+        );
+        assert_eq!(
+            p("DELETE FROM t_order WHERE user_id = 1 AND id = 3"),
+            Plan::One(1)
+        );
+        assert_eq!(
+            p("INSERT INTO t_order (id, user_id) VALUES (1, 5), (2, 9)"),
+            Plan::One(1)
+        );
+        assert_eq!(p("SELECT * FROM t_log"), Plan::One(1));
+        assert_eq!(p("SELECT 1"), Plan::Any);
+        assert_eq!(p("SELECT * FROM t_country"), Plan::Any);
+    }
+
+    #[test]
+    fn scatters_keep_the_clients_text_but_for_their_own_columns_and_limit() {
+        let s = scatter_of("SELECT id, user_id FROM t_order ORDER BY id DESC LIMIT 5, 10");
+        assert_eq!(
+            s.sql,
+            "SELECT id, user_id, WEIGHT_STRING(id) FROM t_order ORDER BY id DESC LIMIT 15"
+        );
+        assert_eq!(
+            s.limit,
+            Some(Limit {
+                offset: 5,
+                count: 10
+            })
+        );
+        assert_eq!(
+            s.order,
+            vec![SortKey {
+                value: Col::Visible(0),
+                weight: Col::Hidden(0),
+                descending: true
+            }]
+        );
+        let s =
+            scatter_of("SELECT o.id AS `k` FROM t_order o ORDER BY name, k, 1 LIMIT 3 OFFSET 1");
+        assert_eq!(
+            s.sql,
+            "SELECT o.id AS `k`, name, WEIGHT_STRING(name), WEIGHT_STRING(o.id), WEIGHT_STRING(o.id) FROM t_order o ORDER BY name, k, 1 LIMIT 4"
+        );
+        assert_eq!(s.hidden, 4);
+        let s = scatter_of("SELECT COUNT(*), max(name) m FROM t_order WHERE id > 3 LIMIT 1");
+        assert_eq!(
+            s.sql,
+            "SELECT COUNT(*), max(name) m, WEIGHT_STRING(max(name)) FROM t_order WHERE id > 3 "
+        );
+        assert_eq!(
+            s.aggregates,
+            Some(vec![
+                Aggregate::Count,
+                Aggregate::Max {
+                    weight: Col::Hidden(0)
+                }
+            ])
+        );
+        let s = scatter_of("SELECT * FROM t_order WHERE user_id IN (1, 2) FOR UPDATE");
+        assert_eq!(s.shards.iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            s.sql,
+            "SELECT * FROM t_order WHERE user_id IN (1, 2) FOR UPDATE"
+        );
+        let s = scatter_of("SELECT user_id, COUNT(*) FROM t_order GROUP BY user_id");
+        assert_eq!(s.aggregates, None);
+        let s = scatter_of("SELECT DISTINCT user_id, status FROM t_order");
+        assert_eq!(s.hidden, 0);
+    }
+
+    #[test]
+    fn what_cannot_be_exact_is_refused() {
+        assert!(
+            refused("SELECT status, COUNT(*) FROM t_order GROUP BY status").contains("GROUP BY")
+        );
+        assert!(refused("SELECT DISTINCT status FROM t_order").contains("DISTINCT"));
+        assert!(refused("SELECT AVG(id) FROM t_order").contains("AVG"));
+        assert!(refused("SELECT COUNT(DISTINCT status) FROM t_order").contains("COUNT(DISTINCT"));
+        assert!(
+            refused("SELECT * FROM t_order WHERE id IN (SELECT id FROM t_item)")
+                .contains("subquery")
+        );
+        assert!(
+            refused("SELECT * FROM t_order o JOIN t_user u ON o.user_id = u.id")
+                .contains("not bound")
+        );
+        assert!(
+            refused("SELECT * FROM t_order o JOIN t_item i ON o.id = i.id")
+                .contains("not on their sharding columns")
+        );
+        assert!(
+            refused("SELECT * FROM t_order o JOIN t_note n ON o.id = n.id")
+                .contains("single table")
+        );
+        assert!(refused("SELECT * FROM t_note, t_log").contains("different shards"));
+        assert!(refused("SELECT * FROM shop.t_order").contains("without the database"));
+        assert!(refused("SELECT 1; SELECT 2").contains("several statements"));
+        assert!(refused("SELECT /*! 1 */ 2 FROM t_order").contains("executable comment"));
+        assert!(
+            refused("UPDATE t_order SET user_id = 3 WHERE user_id = 2").contains("sharding column")
+        );
+        refused("SELECT * FROM t_order LIMIT 1 ROWS EXAMINED 5");
+        assert!(
+            refused("SELECT id, ROW_NUMBER() OVER (ORDER BY id) FROM t_order").contains("window")
+        );
+        assert!(
+            refused("SELECT * FROM t_country c LEFT JOIN t_order o ON o.country = c.id")
+                .contains("broadcast")
+        );
+        assert!(refused("INSERT INTO t_order (id) VALUES (1)").contains("sharding column"));
+        assert!(matches!(
+            p("INSERT INTO t_order (id, user_id) VALUES (1, 1), (2, 2)"),
+            Plan::MultiShardWrite(_)
+        ));
+        assert!(matches!(
+            p("DELETE FROM t_order WHERE id = 1"),
+            Plan::MultiShardWrite(_)
+        ));
+        assert!(matches!(
+            p("UPDATE t_country SET name = 'x'"),
+            Plan::MultiShardWrite(_)
+        ));
+    }
+
+    #[test]
+    fn ddl_reaches_every_physical_table() {
+        let all = topology().all();
+        assert_eq!(
+            p("ALTER TABLE t_order ADD COLUMN note TEXT"),
+            Plan::Ddl(Ddl {
+                shards: all,
+                creates: None,
+                drops: vec![]
+            })
+        );
+        assert_eq!(
+            p("CREATE TABLE t_new (id INT PRIMARY KEY)"),
+            Plan::Ddl(Ddl {
+                shards: ShardSet::one(0),
+                creates: Some("t_new".into()),
+                drops: vec![]
+            })
+        );
+        assert_eq!(
+            p("DROP TABLE t_log"),
+            Plan::Ddl(Ddl {
+                shards: ShardSet::one(1),
+                creates: None,
+                drops: vec!["t_log".into()]
+            })
+        );
+    }
+}
