@@ -21,11 +21,13 @@ use crate::coordinator::store::embedded::EmbeddedStore;
 use crate::coordinator::store::etcd::EtcdStore;
 use crate::coordinator::Coordinator;
 use crate::exec::rw_split::{Replica, Replicas};
+use crate::exec::sharding::Sharding;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
 use crate::http::sidecar::{self, Sidecar};
 use crate::http::tcc::TccResource;
 use crate::metrics::{CoordinatorMetrics, Metrics};
+use crate::planner::sharding::Topology;
 use crate::wire::auth::AuthMethod;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +152,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             field: format!("listeners[{i}].executor"),
             message: format!("no usable executor '{}'", l.executor),
         })?;
+        if let Some(sharding) = &backends.sharding {
+            let e = config
+                .executors
+                .iter()
+                .position(|e| e.name == l.executor)
+                .unwrap_or_default();
+            sharding
+                .learn_tables()
+                .await
+                .map_err(|err| StartError::Invalid {
+                    field: format!("executors[{e}]"),
+                    message: err.to_string(),
+                })?;
+        }
         let tls =
             match &l.tls {
                 Some(t) => Some(frontend::tls::acceptor(&t.cert, &t.key).map_err(|e| {
@@ -178,6 +194,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             pool: backends.pool,
             replicas: backends.replicas,
             read_your_writes: backends.read_your_writes,
+            sharding: backends.sharding,
             coordinator: coordinator.clone(),
             at: backends.at,
             tls_required: l.tls.as_ref().is_some_and(|t| t.required),
@@ -335,6 +352,7 @@ struct Backends {
     at: Arc<AtSource>,
     replicas: Option<Arc<Replicas>>,
     read_your_writes: bool,
+    sharding: Option<Arc<Sharding>>,
 }
 
 fn executor_backends(
@@ -355,6 +373,7 @@ fn executor_backends(
                 at: at.get(i)?.clone(),
                 replicas: None,
                 read_your_writes: false,
+                sharding: None,
             })
         }
         Mode::RwSplit => {
@@ -380,9 +399,24 @@ fn executor_backends(
                 at: at.get(i)?.clone(),
                 replicas: Some(Arc::new(Replicas { replicas })),
                 read_your_writes: e.read_your_writes(),
+                sharding: None,
             })
         }
-        Mode::Sharding => None,
+        Mode::Sharding => {
+            let mut shards = Vec::new();
+            for name in &e.shards {
+                shards.push(pools[pool_of(name)?].clone());
+            }
+            let first = pool_of(e.shards.first()?)?;
+            let topology = Topology::new(e).ok()?;
+            Some(Backends {
+                pool: pools[first].clone(),
+                at: at.get(first)?.clone(),
+                replicas: None,
+                read_your_writes: false,
+                sharding: Some(Arc::new(Sharding::new(topology, shards))),
+            })
+        }
     }
 }
 

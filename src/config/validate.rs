@@ -150,6 +150,17 @@ impl Config {
                     Ok(())
                 }
             };
+            if e.mode != Mode::Sharding {
+                only_for("database", e.database.is_some(), "sharding")?;
+                only_for("shards", !e.shards.is_empty(), "sharding")?;
+                only_for("sharded_tables", !e.sharded_tables.is_empty(), "sharding")?;
+                only_for(
+                    "broadcast_tables",
+                    !e.broadcast_tables.is_empty(),
+                    "sharding",
+                )?;
+                only_for("max_merge_rows", e.max_merge_rows.is_some(), "sharding")?;
+            }
             match e.mode {
                 Mode::Single => {
                     let ds = e.data_source.as_deref().ok_or_else(|| {
@@ -195,10 +206,16 @@ impl Config {
                     }
                 }
                 Mode::Sharding => {
-                    return Err(ConfigError::new(
-                        at("mode"),
-                        "mode: sharding is not available in this version of Tandem yet",
-                    ));
+                    only_for("data_source", e.data_source.is_some(), "single")?;
+                    only_for("primary", e.primary.is_some(), "rw_split")?;
+                    only_for("replicas", !e.replicas.is_empty(), "rw_split")?;
+                    only_for("max_replica_lag", e.max_replica_lag.is_some(), "rw_split")?;
+                    only_for("read_your_writes", e.read_your_writes.is_some(), "rw_split")?;
+                    for (j, s) in e.shards.iter().enumerate() {
+                        known(&format!("shards[{j}]"), s)?;
+                    }
+                    crate::planner::sharding::Topology::new(e)
+                        .map_err(|t| ConfigError::new(at(&t.field), t.message))?;
                 }
             }
         }
@@ -508,7 +525,14 @@ http_sidecars:
             ),
             (
                 GOOD.replace("mode: single", "mode: sharding"),
-                "executors[0].mode",
+                "executors[0].data_source",
+            ),
+            (
+                GOOD.replace(
+                    "data_source: orders_db",
+                    "data_source: orders_db\n    shards: [orders_db]",
+                ),
+                "executors[0].shards",
             ),
             (
                 GOOD.replace("data_source: orders_db", "data_source: nope"),

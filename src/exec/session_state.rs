@@ -62,6 +62,11 @@ impl SessionState {
         Ok(())
     }
 
+    /// Whether [`SessionState::record`] has room for one more statement.
+    pub fn has_room(&self) -> bool {
+        self.statements.len() < MAX_STATEMENTS
+    }
+
     /// COM_RESET_CONNECTION, COM_CHANGE_USER: the session starts afresh (in `database`).
     pub fn reset(&mut self, database: Option<&str>) {
         self.statements.clear();

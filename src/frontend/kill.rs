@@ -191,6 +191,9 @@ impl Session {
         if let Some(r) = &self.ctx.replicas {
             pools.extend(r.replicas.iter().map(|r| r.pool.clone()));
         }
+        if let Some(s) = &self.ctx.sharding {
+            pools = s.pools.clone();
+        }
         pools
     }
 }

@@ -34,6 +34,9 @@ pub struct ListenerContext {
     pub replicas: Option<Arc<Replicas>>,
     /// `rw_split`: a session's reads see its earlier writes.
     pub read_your_writes: bool,
+    /// `sharding`: the logical database and its shards. The session's statements are
+    /// planned by it; `pool` is its first shard's.
+    pub sharding: Option<Arc<crate::exec::sharding::Sharding>>,
     pub coordinator: Arc<Coordinator>,
     /// AT-mode state of the data source.
     pub at: Arc<AtSource>,

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod relay;
 mod route;
 pub mod session;
+mod shard;
 pub mod tls;
 
 pub use listener::{serve, ListenerContext};

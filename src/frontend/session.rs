@@ -19,6 +19,7 @@ use super::kill;
 use super::listener::{ListenerContext, Peer};
 use super::relay::{relay, RelayError};
 use super::route::{LeftOn, ReplicaConn};
+use super::shard::ShardSession;
 use crate::at::branch::BranchWork;
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, ConnKey, PooledConn};
@@ -147,6 +148,8 @@ pub struct Session {
     /// `rw_split`: whether the statement being prepared may run on a replica (see
     /// [`PreparedStmt::replica_read`]), until the primary answers the prepare.
     preparing_replica_read: bool,
+    /// `sharding`: the session's shard connections and transaction.
+    pub(super) shard: Option<ShardSession>,
 }
 
 impl Session {
@@ -156,7 +159,7 @@ impl Session {
         who: Authenticated,
     ) -> Self {
         Session {
-            ctx,
+            ctx: ctx.clone(),
             client,
             caps: who.caps,
             key: who.key,
@@ -182,7 +185,15 @@ impl Session {
             left_on: LeftOn::default(),
             writes: 0,
             preparing_replica_read: false,
+            shard: ctx
+                .sharding
+                .as_ref()
+                .map(|s| ShardSession::new(s.pools.len())),
         }
+    }
+
+    pub(super) fn caps(&self) -> CapabilityFlags {
+        self.caps
     }
 
     pub fn client(&mut self) -> &mut PacketIo<ClientStream> {
@@ -193,6 +204,17 @@ impl Session {
     pub async fn pin_backend(&mut self, database: Option<&str>) -> Result<(), MysqlError> {
         if self.backend.is_some() {
             return Ok(());
+        }
+        if let Some(sharding) = &self.ctx.sharding {
+            // The logical database is the only one; shard connections open per statement.
+            return match database {
+                Some(db) if db != sharding.topology.database => Err(MysqlError::new(
+                    1049,
+                    "42000",
+                    format!("Unknown database '{db}'"),
+                )),
+                _ => Ok(()),
+            };
         }
         let pool = &self.ctx.pool;
         let mut conn = pool
@@ -328,6 +350,9 @@ impl Session {
                 .reply_error(reply_seq, MysqlError::malformed_packet("empty command"))
                 .await;
         };
+        if self.ctx.sharding.is_some() {
+            return self.shard_dispatch(reply_seq, payload).await;
+        }
         if !matches!(
             cmd,
             COM_QUERY
@@ -541,7 +566,11 @@ impl Session {
     }
 
     /// Answers one of Tandem's own SQL functions.
-    async fn tandem_function(&mut self, reply_seq: u8, call: Result<Call, CallError>) -> Flow {
+    pub(super) async fn tandem_function(
+        &mut self,
+        reply_seq: u8,
+        call: Result<Call, CallError>,
+    ) -> Flow {
         let started = Instant::now();
         let call = match call {
             Ok(c) => c,

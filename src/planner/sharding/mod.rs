@@ -118,6 +118,9 @@ pub struct Topology {
     broadcast: HashSet<String>,
     /// Single tables found on the shards (lower case name → shard).
     singles: RwLock<HashMap<String, usize>>,
+    /// Where each sharded table's sharding column stands among its columns (0-based), for
+    /// an INSERT without a column list; read from the first shard.
+    key_positions: RwLock<HashMap<String, usize>>,
     /// Most rows a merge may hold at once.
     pub max_merge_rows: u64,
 }
@@ -270,6 +273,7 @@ impl Topology {
             sharded,
             broadcast,
             singles: RwLock::new(HashMap::new()),
+            key_positions: RwLock::new(HashMap::new()),
             max_merge_rows: e.max_merge_rows(),
         })
     }
@@ -329,6 +333,35 @@ impl Topology {
         }
         *self.singles.write().unwrap_or_else(|e| e.into_inner()) = singles;
         Ok(())
+    }
+
+    /// The columns of sharded table `table` in their order (as a shard has them).
+    pub fn learn_columns(&self, table: &str, columns: &[String]) {
+        let Some(rule) = self.sharded.get(&table.to_lowercase()) else {
+            return;
+        };
+        let mut positions = self
+            .key_positions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(&rule.column))
+        {
+            Some(i) => positions.insert(rule.name.to_lowercase(), i),
+            None => positions.remove(&rule.name.to_lowercase()),
+        };
+    }
+
+    /// Where the sharding column of `table` stands among its columns, when known.
+    pub fn key_position(&self, table: &str) -> Option<usize> {
+        let positions = self.key_positions.read().unwrap_or_else(|e| e.into_inner());
+        positions.get(&table.to_lowercase()).copied()
+    }
+
+    /// The sharded tables' names, as configured.
+    pub fn sharded_tables(&self) -> impl Iterator<Item = &str> {
+        self.sharded.values().map(|r| r.name.as_str())
     }
 
     /// A single table was created on `shard` (or dropped: `None`).

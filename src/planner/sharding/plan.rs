@@ -1241,11 +1241,16 @@ fn plan_insert(
     let SetExpr::Values(values) = source.body.as_ref() else {
         return refuse(format!("INSERT … SELECT into the sharded table {name}"));
     };
-    let Some(at) = insert.columns.iter().position(|c| {
-        c.to_string()
-            .trim_matches('`')
-            .eq_ignore_ascii_case(&rule.column)
-    }) else {
+    let at = if insert.columns.is_empty() {
+        topo.key_position(name)
+    } else {
+        insert.columns.iter().position(|c| {
+            c.to_string()
+                .trim_matches('`')
+                .eq_ignore_ascii_case(&rule.column)
+        })
+    };
+    let Some(at) = at else {
         return refuse(format!(
             "INSERT into the sharded table {name} without its sharding column {} in the column list",
             rule.column
@@ -1516,6 +1521,7 @@ broadcast_tables: [t_country]
                 .contains("broadcast")
         );
         assert!(refused("INSERT INTO t_order (id) VALUES (1)").contains("sharding column"));
+        assert!(refused("INSERT INTO t_order VALUES (1, 1)").contains("sharding column"));
         assert!(matches!(
             p("INSERT INTO t_order (id, user_id) VALUES (1, 1), (2, 2)"),
             Plan::MultiShardWrite(_)

@@ -1,0 +1,416 @@
+//! The executor of `mode: sharding`: carries a [`crate::planner::sharding`] plan out on a
+//! session's shard connections.
+//!
+//! A scatter read is a small tree of streaming operators: one [`route::Route`] per shard,
+//! a [`merge_sort::MergeSort`] over them (or one route after another when the query has no
+//! ORDER BY), then [`aggregate`] for an aggregate without GROUP BY, then [`limit::Limit`].
+//! Rows go to the client as they come out of the tree; memory holds one row per shard.
+
+pub mod aggregate;
+pub mod compare;
+pub mod limit;
+pub mod merge_sort;
+pub mod route;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::backend::{BackendError, Pool};
+use crate::planner::sharding::plan::{Aggregate, Col, Scatter};
+use crate::planner::sharding::{Topology, TopologyError};
+use crate::wire::response::{end_of_rows, eof_packet, put_lenenc_int};
+use crate::wire::{MysqlError, PacketIo};
+
+use aggregate::Combine;
+use compare::{Order, Pad};
+use limit::{Limit, Verdict};
+use merge_sort::{Key, MergeSort};
+use route::{ColumnInfo, Header, Route, RowError};
+
+/// A `sharding` executor: its logical database and the pools of its shards.
+pub struct Sharding {
+    pub topology: Topology,
+    /// One per shard, in shard order.
+    pub pools: Vec<Pool>,
+    /// Collation id → how its strings pad, learnt from a shard on first use.
+    pads: Mutex<HashMap<u16, Option<Vec<u8>>>>,
+}
+
+impl Sharding {
+    pub fn new(topology: Topology, pools: Vec<Pool>) -> Sharding {
+        Sharding {
+            topology,
+            pools,
+            pads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads which tables each shard holds, so single tables are found where they are.
+    pub async fn learn_tables(&self) -> Result<(), StartError> {
+        let mut per_shard = Vec::new();
+        for pool in &self.pools {
+            let mut conn = pool
+                .acquire_control()
+                .await
+                .map_err(|e| StartError::Shard(pool.name().to_string(), e.to_string()))?;
+            let rows = conn
+                .query_rows(
+                    "SELECT TABLE_NAME FROM information_schema.TABLES \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'",
+                )
+                .await
+                .map_err(|e| StartError::Shard(pool.name().to_string(), e.to_string()))?;
+            per_shard.push(
+                rows.into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect(),
+            );
+        }
+        self.topology
+            .learn_tables(&per_shard)
+            .map_err(StartError::Topology)?;
+        self.learn_columns()
+            .await
+            .map_err(|e| StartError::Shard(self.pools[0].name().to_string(), e.to_string()))
+    }
+
+    /// Reads the column order of the sharded tables from the first shard.
+    pub async fn learn_columns(&self) -> Result<(), BackendError> {
+        let mut conn = self.pools[0]
+            .acquire_control()
+            .await
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let rows = conn
+            .query_rows(
+                "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            )
+            .await?;
+        let mut columns: HashMap<String, Vec<String>> = HashMap::new();
+        for r in rows {
+            if let (Some(Some(t)), Some(Some(c))) = (r.first(), r.get(1)) {
+                columns.entry(t.to_lowercase()).or_default().push(c.clone());
+            }
+        }
+        let tables: Vec<String> = self.topology.sharded_tables().map(str::to_string).collect();
+        for t in tables {
+            let cols = columns.get(&t.to_lowercase()).cloned().unwrap_or_default();
+            self.topology.learn_columns(&t, &cols);
+        }
+        Ok(())
+    }
+
+    /// How strings of `collation` pad: a space's weight, or `None` for NO PAD.
+    async fn pad(&self, collation: u16) -> Result<Pad, BackendError> {
+        let known = self
+            .pads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&collation)
+            .cloned();
+        let pad = match known {
+            Some(p) => p,
+            None => {
+                let learnt = self.learn_pad(collation).await?;
+                self.pads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(collation, learnt.clone());
+                learnt
+            }
+        };
+        Ok(match pad {
+            Some(w) => Pad::Space(w),
+            None => Pad::NoPad,
+        })
+    }
+
+    async fn learn_pad(&self, collation: u16) -> Result<Option<Vec<u8>>, BackendError> {
+        let pool = &self.pools[0];
+        let mut conn = pool
+            .acquire_control()
+            .await
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let row = conn
+            .query_rows(&format!(
+                "SELECT COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLLATIONS WHERE ID = {collation}"
+            ))
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let (Some(Some(name)), Some(Some(charset))) = (row.first(), row.get(1)) else {
+            return Err(BackendError::Protocol(format!(
+                "unknown collation {collation}"
+            )));
+        };
+        if name.to_lowercase().contains("_nopad_") {
+            return Ok(None);
+        }
+        let ident = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident(name) || !ident(charset) {
+            return Err(BackendError::Protocol(format!("collation name {name}")));
+        }
+        let raw = conn
+            .query_raw(&format!(
+                "SELECT WEIGHT_STRING(CONVERT(' ' USING {charset}) COLLATE {name})"
+            ))
+            .await?;
+        Ok(raw
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+}
+
+/// Why a sharding executor cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("shard '{0}': {1}")]
+    Shard(String, String),
+    #[error("{0}")]
+    Topology(TopologyError),
+}
+
+/// How a scatter ended.
+#[derive(Debug)]
+pub enum ScatterError {
+    /// The client went away.
+    Client(std::io::Error),
+    /// Shard `shard`'s connection failed; `forwarded` tells whether part of the answer had
+    /// reached the client.
+    Backend {
+        shard: usize,
+        error: BackendError,
+        forwarded: bool,
+    },
+}
+
+/// What a finished scatter tells the session.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The error code, when it ended with one.
+    pub error: Option<u16>,
+    pub status: Option<StatusFlags>,
+}
+
+/// Runs a scatter read whose statement each route's shard has been sent, and writes the
+/// merged answer to `client` from sequence id `seq`.
+pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
+    sharding: &Sharding,
+    plan: &Scatter,
+    routes: &mut [Route<'_>],
+    client: &mut PacketIo<C>,
+    caps: CapabilityFlags,
+    seq: u8,
+) -> Result<Outcome, ScatterError> {
+    let backend = |shard: usize, forwarded: bool| {
+        move |error: BackendError| ScatterError::Backend {
+            shard,
+            error,
+            forwarded,
+        }
+    };
+    // Headers: every shard's, before anything reaches the client.
+    let mut columns: Option<Vec<Bytes>> = None;
+    let mut failed: Option<Bytes> = None;
+    for r in routes.iter_mut() {
+        let shard = r.shard;
+        match r.header().await.map_err(backend(shard, false))? {
+            Header::Rows(c) => {
+                if columns.is_none() {
+                    columns = Some(c);
+                }
+            }
+            Header::Err(e) => {
+                if failed.is_none() {
+                    failed = Some(e);
+                }
+            }
+            Header::Ok(_) => {
+                return Err(ScatterError::Backend {
+                    shard,
+                    error: BackendError::Protocol("a read answered without rows".into()),
+                    forwarded: false,
+                })
+            }
+        }
+    }
+    let fail = |e: MysqlError| Some(Bytes::from(e.encode()));
+    let columns = columns.unwrap_or_default();
+    let total = columns.len();
+    let visible = total.saturating_sub(plan.hidden);
+    let infos: Vec<Option<ColumnInfo>> = columns.iter().map(|c| ColumnInfo::parse(c)).collect();
+    let at = |c: Col| match c {
+        Col::Visible(i) => i,
+        Col::Hidden(j) => visible + j,
+    };
+    let mut keys = Vec::new();
+    let mut combine = Vec::new();
+    if failed.is_none() {
+        if total < plan.hidden || total == plan.hidden {
+            failed = fail(MysqlError::not_supported(
+                "a result without columns across shards",
+            ));
+        }
+        for k in &plan.order {
+            let (v, w) = (at(k.value), at(k.weight));
+            match order_of(sharding, infos.get(v).copied().flatten()).await {
+                Ok(order) => keys.push(Key {
+                    value: v,
+                    weight: w,
+                    descending: k.descending,
+                    order,
+                }),
+                Err(e) => {
+                    failed = fail(e);
+                    break;
+                }
+            }
+        }
+        if let Some(aggs) = &plan.aggregates {
+            for (i, a) in aggs.iter().enumerate() {
+                let Some(info) = infos.get(i).copied().flatten() else {
+                    failed = fail(MysqlError::not_supported("an aggregate Tandem cannot read"));
+                    break;
+                };
+                let (weight, order) = match a {
+                    Aggregate::Min { weight } | Aggregate::Max { weight } => {
+                        match order_of(sharding, Some(info)).await {
+                            Ok(o) => (at(*weight), Some(o)),
+                            Err(e) => {
+                                failed = fail(e);
+                                break;
+                            }
+                        }
+                    }
+                    _ => (0, None),
+                };
+                combine.push(Combine::of(*a, &info, weight, order));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        drain(routes).await?;
+        client.write_packet(seq, &e);
+        client.flush().await.map_err(ScatterError::Client)?;
+        return Ok(Outcome {
+            error: MysqlError::decode(&e).map(|e| e.code),
+            status: None,
+        });
+    }
+
+    // The column definitions the client sees: the first shard's.
+    let mut seq = seq;
+    let mut count = Vec::new();
+    put_lenenc_int(&mut count, visible as u64);
+    seq = client.write_packet(seq, &count);
+    for c in &columns[..visible] {
+        seq = client.write_packet(seq, c);
+    }
+    let deprecate_eof = caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+    let status = routes.first().map_or(StatusFlags::empty(), |r| r.status);
+    if !deprecate_eof {
+        seq = client.write_packet(seq, &eof_packet(status));
+    }
+
+    let mut limit = Limit::new(plan.limit);
+    let mut merge = MergeSort::new(routes, keys);
+    let mut ended_by: Option<Bytes> = None;
+    if plan.aggregates.is_some() {
+        let mut rows = Vec::new();
+        loop {
+            match merge.next().await {
+                Ok(Some(r)) => rows.push(r),
+                Ok(None) => break,
+                Err(e) => match e.error {
+                    RowError::Server(p) => {
+                        ended_by = Some(p);
+                        break;
+                    }
+                    RowError::Backend(b) => return Err(backend(e.shard, true)(b)),
+                },
+            }
+        }
+        if ended_by.is_none() {
+            match aggregate::combine(&rows, &combine) {
+                Ok(row) => {
+                    if limit.admit() == Verdict::Pass {
+                        seq = client.write_packet(seq, &row);
+                    }
+                }
+                Err(e) => ended_by = fail(MysqlError::not_supported(&e.0)),
+            }
+        }
+    } else {
+        while !limit.done() {
+            match merge.next().await {
+                Ok(Some(row)) => {
+                    if limit.admit() == Verdict::Pass {
+                        seq = client.write_packet(seq, row.visible(visible));
+                        if client.should_flush() {
+                            client.flush().await.map_err(ScatterError::Client)?;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => match e.error {
+                    RowError::Server(p) => {
+                        ended_by = Some(p);
+                        break;
+                    }
+                    RowError::Backend(b) => return Err(backend(e.shard, true)(b)),
+                },
+            }
+        }
+    }
+    drop(merge);
+    drain(routes).await?;
+    let status = routes.first().map_or(status, |r| r.status);
+    let error = match &ended_by {
+        Some(e) => {
+            client.write_packet(seq, e);
+            MysqlError::decode(e).map(|e| e.code)
+        }
+        None => {
+            client.write_packet(seq, &end_of_rows(caps, status));
+            None
+        }
+    };
+    client.flush().await.map_err(ScatterError::Client)?;
+    Ok(Outcome {
+        error,
+        status: Some(status),
+    })
+}
+
+async fn order_of(sharding: &Sharding, info: Option<ColumnInfo>) -> Result<Order, MysqlError> {
+    let info = info.ok_or_else(|| MysqlError::not_supported("a column Tandem cannot read"))?;
+    let pad = if info.charset != compare::BINARY {
+        Some(sharding.pad(info.charset).await.map_err(|e| {
+            MysqlError::backend_unavailable(sharding.pools[0].name(), &e.to_string())
+        })?)
+    } else {
+        None
+    };
+    let mut pad = pad;
+    Order::of(&info, |_| pad.take().unwrap_or(Pad::NoPad))
+        .map_err(|e| MysqlError::not_supported(&e.to_string()))
+}
+
+/// Reads every route to its end.
+async fn drain(routes: &mut [Route<'_>]) -> Result<(), ScatterError> {
+    for r in routes.iter_mut() {
+        let shard = r.shard;
+        r.drain().await.map_err(|error| ScatterError::Backend {
+            shard,
+            error,
+            forwarded: true,
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,721 @@
+//! A session of a `sharding` listener: one logical database over the shards.
+//!
+//! The session opens a connection to a shard the first time a statement goes there, and
+//! brings it to the session's state first: the session-variable statements it ran (see
+//! [`crate::exec::session_state`]) and, inside a transaction, the transaction's `BEGIN`.
+//! Each statement is planned ([`crate::planner::sharding::plan`]): one that stays on one
+//! shard is relayed unchanged, as in `single` mode; a read over several shards is merged
+//! by [`crate::exec::sharding::scatter`]; what cannot be answered exactly is refused.
+//!
+//! A local transaction may read on any number of shards but write on one: a write to a
+//! second shard would need a distributed commit, and is refused until Tandem makes one.
+
+use std::time::Instant;
+
+use mysql_common::constants::StatusFlags;
+
+use super::relay::{relay, RelayError};
+use super::session::{Flow, Session};
+use crate::backend::pool::AcquireError;
+use crate::backend::{BackendError, PooledConn};
+use crate::exec::session_state::Applied;
+use crate::exec::sharding::route::Route;
+use crate::exec::sharding::{self, ScatterError};
+use crate::planner::sharding::plan::{self, Plan};
+use crate::planner::sharding::ShardSet;
+use crate::sql::{classify, hints, lex, StatementKind};
+use crate::wire::response::ok_packet;
+use crate::wire::scanner::{ResponseKind, Summary};
+use crate::wire::MysqlError;
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_STATISTICS: u8 = 0x09;
+const COM_PROCESS_KILL: u8 = 0x0c;
+const COM_PING: u8 = 0x0e;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// One shard connection of a session.
+pub(super) struct ShardConn {
+    conn: PooledConn,
+    /// How far it has come along the session's state.
+    applied: Applied,
+}
+
+/// What a sharding session holds beyond a single one.
+pub(super) struct ShardSession {
+    conns: Vec<Option<ShardConn>>,
+    /// The shard of the last statement: a statement that names no table goes there, so
+    /// `LAST_INSERT_ID()`, `ROW_COUNT()` and warnings are those of the statement before.
+    last: usize,
+    /// The open explicit transaction's `BEGIN` (its text, for shards it reaches later).
+    begin: Option<String>,
+    /// Shards where the session's local transaction is open.
+    touched: ShardSet,
+    /// The shard the transaction wrote on.
+    wrote: Option<usize>,
+    autocommit: bool,
+}
+
+impl ShardSession {
+    pub fn new(shards: usize) -> ShardSession {
+        ShardSession {
+            conns: (0..shards).map(|_| None).collect(),
+            last: 0,
+            begin: None,
+            touched: ShardSet::EMPTY,
+            wrote: None,
+            autocommit: true,
+        }
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.begin.is_some() || !self.autocommit
+    }
+
+    fn status(&self) -> StatusFlags {
+        let mut s = StatusFlags::empty();
+        if self.autocommit {
+            s |= StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        }
+        if self.begin.is_some() {
+            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    fn end_transaction(&mut self) {
+        self.begin = None;
+        self.touched = ShardSet::EMPTY;
+        self.wrote = None;
+    }
+}
+
+/// Why a shard connection could not be made ready.
+enum Ready {
+    /// An error for the client; the session goes on.
+    Refused(MysqlError),
+    /// The connection broke: the session's state on it is gone.
+    Lost,
+}
+
+fn refusal(why: &str) -> MysqlError {
+    MysqlError::not_supported(&format!(
+        "{why}, which Tandem cannot answer exactly across shards"
+    ))
+}
+
+fn multi_shard_write(why: &str) -> MysqlError {
+    MysqlError::not_supported(&format!(
+        "{why}: a write to several shards needs a distributed commit, which this version of \
+         Tandem does not make; write to one shard per transaction"
+    ))
+}
+
+impl Session {
+    fn sharding(&self) -> &sharding::Sharding {
+        self.ctx
+            .sharding
+            .as_deref()
+            .expect("a sharding session has its executor")
+    }
+
+    fn shard_session(&mut self) -> &mut ShardSession {
+        self.shard.get_or_insert_with(|| ShardSession::new(0))
+    }
+
+    fn shard_ok(&mut self) -> Vec<u8> {
+        let status = self.shard_session().status();
+        let mut ok = ok_packet(0, 0, status, 0);
+        if self
+            .caps()
+            .contains(mysql_common::constants::CapabilityFlags::CLIENT_SESSION_TRACK)
+        {
+            ok.push(0);
+        }
+        ok
+    }
+
+    /// Every command of a sharding session.
+    pub(super) async fn shard_dispatch(&mut self, reply_seq: u8, payload: &[u8]) -> Flow {
+        let cmd = payload[0];
+        match cmd {
+            COM_QUIT => Flow::Close,
+            COM_PING => {
+                let ok = self.shard_ok();
+                self.reply(reply_seq, &ok).await
+            }
+            COM_INIT_DB => self.shard_use(reply_seq, &payload[1..]).await,
+            COM_QUERY => self.shard_query(reply_seq, payload).await,
+            COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => Flow::Continue,
+            COM_PROCESS_KILL => match super::session::statement_id(payload) {
+                Some(id) => {
+                    self.kill(reply_seq, super::kill::Kill { query: false, id })
+                        .await
+                }
+                None => {
+                    let e =
+                        MysqlError::malformed_packet("COM_PROCESS_KILL without a connection id");
+                    self.reply_error(reply_seq, e).await
+                }
+            },
+            COM_RESET_CONNECTION => {
+                let mut lost = false;
+                if let Some(sh) = self.shard.as_mut() {
+                    for c in sh.conns.iter_mut() {
+                        if let Some(sc) = c {
+                            if sc.conn.reset().await.is_err() {
+                                lost = true;
+                                *c = None;
+                            } else {
+                                sc.applied = Applied::default();
+                            }
+                        }
+                    }
+                    sh.end_transaction();
+                    sh.autocommit = true;
+                }
+                self.state.reset(None);
+                if lost {
+                    return self.backend_lost(reply_seq, false).await;
+                }
+                let ok = self.shard_ok();
+                self.reply(reply_seq, &ok).await
+            }
+            COM_STATISTICS => {
+                let last = self.shard_session().last;
+                self.shard_forward(
+                    reply_seq,
+                    payload,
+                    last,
+                    StatementKind::Other,
+                    ResponseKind::Single,
+                )
+                .await
+            }
+            0x16..=0x1c => {
+                let e = MysqlError::not_supported(
+                    "prepared statements (the binary protocol) on a sharded executor in this version of Tandem; use text queries",
+                );
+                self.reply_error(reply_seq, e).await
+            }
+            _ => {
+                let e = MysqlError::not_supported(&format!(
+                    "command 0x{cmd:02x} on a sharded executor"
+                ));
+                self.reply_error(reply_seq, e).await
+            }
+        }
+    }
+
+    /// `USE db` and COM_INIT_DB: only the logical database exists.
+    async fn shard_use(&mut self, reply_seq: u8, db: &[u8]) -> Flow {
+        let name = String::from_utf8_lossy(db);
+        let name = name.trim().trim_matches('`');
+        if name != self.sharding().topology.database {
+            let e = MysqlError::new(1049, "42000", format!("Unknown database '{name}'"));
+            return self.reply_error(reply_seq, e).await;
+        }
+        let ok = self.shard_ok();
+        self.reply(reply_seq, &ok).await
+    }
+
+    async fn shard_query(&mut self, reply_seq: u8, payload: &[u8]) -> Flow {
+        let sql = &payload[1..];
+        if let Some(call) = crate::sql::functions::parse(sql) {
+            return self.tandem_function(reply_seq, call).await;
+        }
+        match super::kill::parse(sql) {
+            Some(Ok(k)) => return self.kill(reply_seq, k).await,
+            Some(Err(e)) => return self.reply_error(reply_seq, e).await,
+            None => {}
+        }
+        if hints::set_xid(sql).is_some() || hints::xid_hint(sql).is_some() {
+            let e = MysqlError::not_supported(
+                "global transactions through a sharded executor in this version of Tandem",
+            );
+            return self.reply_error(reply_seq, e).await;
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
+            let e =
+                MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor");
+            return self.reply_error(reply_seq, e).await;
+        };
+        let kind = classify(sql);
+        match kind {
+            StatementKind::Set => return self.shard_set(reply_seq, payload, text).await,
+            StatementKind::Use => {
+                let name = text.trim().trim_end_matches(';');
+                let name = name.get(3..).unwrap_or("").trim();
+                return self.shard_use(reply_seq, name.as_bytes()).await;
+            }
+            StatementKind::Begin => {
+                if let Err(flow) = self.implicit_commit(reply_seq).await {
+                    return flow;
+                }
+                self.shard_session().begin = Some(text.to_string());
+                let ok = self.shard_ok();
+                return self.reply(reply_seq, &ok).await;
+            }
+            StatementKind::Commit | StatementKind::Rollback => {
+                return self.shard_end(reply_seq, payload, text).await
+            }
+            StatementKind::Savepoint => {
+                return self.reply_error(reply_seq, refusal("a savepoint")).await
+            }
+            _ => {}
+        }
+        let no_params = |_: &sqlparser::ast::Expr| None;
+        let planned = plan::plan(text, &self.sharding().topology, &no_params);
+        let writes = matches!(
+            kind,
+            StatementKind::Insert
+                | StatementKind::Update
+                | StatementKind::Delete
+                | StatementKind::Replace
+        );
+        match planned {
+            Plan::Any => {
+                let last = self.shard_session().last;
+                self.shard_forward(reply_seq, payload, last, kind, ResponseKind::Query)
+                    .await
+            }
+            Plan::One(s) => {
+                if writes {
+                    let sh = self.shard_session();
+                    if sh.in_transaction() {
+                        if let Some(other) = sh.wrote.filter(|&w| w != s) {
+                            let names = &self.sharding().topology.shards;
+                            let why = format!(
+                                "a write on shard {} in a transaction that wrote on shard {}",
+                                names[s], names[other]
+                            );
+                            return self.reply_error(reply_seq, multi_shard_write(&why)).await;
+                        }
+                        self.shard_session().wrote = Some(s);
+                    }
+                }
+                self.shard_forward(reply_seq, payload, s, kind, ResponseKind::Query)
+                    .await
+            }
+            Plan::Ddl(d) => self.shard_ddl(reply_seq, payload, text, d).await,
+            Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind).await,
+            Plan::MultiShardWrite(why) => {
+                self.reply_error(reply_seq, multi_shard_write(&why)).await
+            }
+            Plan::Refuse(why) => self.reply_error(reply_seq, refusal(&why)).await,
+        }
+    }
+
+    /// Opens (or reuses) the session's connection to `shard` and brings it to the
+    /// session's state and transaction.
+    async fn shard_ready(&mut self, shard: usize) -> Result<(), Ready> {
+        if self.shard_session().conns.get(shard).is_none() {
+            return Err(Ready::Refused(MysqlError::not_supported(
+                "a shard that does not exist",
+            )));
+        }
+        if self.shard_session().conns[shard].is_none() {
+            let pool = self.sharding().pools[shard].clone();
+            let conn = pool
+                .acquire_for(self.key, self.connection_id())
+                .await
+                .map_err(|e| {
+                    Ready::Refused(match e {
+                        AcquireError::Exhausted(_) => MysqlError::too_many_connections(pool.name()),
+                        AcquireError::Connect(BackendError::Server(e)) => e,
+                        AcquireError::Connect(e) => {
+                            MysqlError::backend_unavailable(pool.name(), &e.to_string())
+                        }
+                    })
+                })?;
+            self.shard_session().conns[shard] = Some(ShardConn {
+                conn,
+                applied: Applied::default(),
+            });
+        }
+        let catch_up: Vec<String> = {
+            let applied = match &self.shard.as_ref().and_then(|s| s.conns[shard].as_ref()) {
+                Some(c) => c.applied.clone(),
+                None => return Err(Ready::Lost),
+            };
+            self.state.catch_up(&applied).statements.to_vec()
+        };
+        let state_applied = self.state.applied();
+        let sh = self.shard.as_mut().ok_or(Ready::Lost)?;
+        let begin = sh.begin.clone().filter(|_| !sh.touched.contains(shard));
+        let implicit = sh.in_transaction();
+        let Some(sc) = sh.conns[shard].as_mut() else {
+            return Err(Ready::Lost);
+        };
+        for stmt in catch_up.iter().chain(begin.iter()) {
+            match sc.conn.execute(stmt).await {
+                Ok(_) => {}
+                Err(BackendError::Server(e)) => return Err(Ready::Refused(e)),
+                Err(_) => {
+                    sh.conns[shard] = None;
+                    return Err(Ready::Lost);
+                }
+            }
+        }
+        sc.applied = state_applied;
+        if implicit {
+            sh.touched.insert(shard);
+        }
+        Ok(())
+    }
+
+    async fn ready_or_reply(&mut self, reply_seq: u8, shard: usize) -> Option<Flow> {
+        match self.shard_ready(shard).await {
+            Ok(()) => None,
+            Err(Ready::Refused(e)) => Some(self.reply_error(reply_seq, e).await),
+            Err(Ready::Lost) => Some(self.backend_lost(reply_seq, false).await),
+        }
+    }
+
+    /// Relays a command to one shard, unchanged.
+    async fn shard_forward(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        shard: usize,
+        kind: StatementKind,
+        response: ResponseKind,
+    ) -> Flow {
+        let started = Instant::now();
+        if let Some(flow) = self.ready_or_reply(reply_seq, shard).await {
+            return flow;
+        }
+        let max = self.ctx.max_allowed_packet;
+        let Some(sh) = self.shard.as_mut() else {
+            return Flow::Close;
+        };
+        sh.last = shard;
+        let Some(sc) = sh.conns[shard].as_mut() else {
+            return Flow::Close;
+        };
+        let io = sc.conn.io();
+        io.write_packet(0, payload);
+        if io.flush().await.is_err() {
+            sh.conns[shard] = None;
+            return self.backend_lost(reply_seq, false).await;
+        }
+        match relay(&mut sc.conn, &mut self.client, response, max).await {
+            Ok(summary) => {
+                self.ctx
+                    .metrics
+                    .statement(kind, started.elapsed().as_secs_f64());
+                self.after_shard_reply(shard, &summary);
+                Flow::Continue
+            }
+            Err(RelayError::Backend { reason, forwarded }) => {
+                tracing::warn!(id = self.connection_id(), shard, %reason, "shard failed during a statement");
+                if let Some(sh) = self.shard.as_mut() {
+                    sh.conns[shard] = None;
+                }
+                self.backend_lost(reply_seq, forwarded).await
+            }
+            Err(RelayError::Client(_)) => {
+                sc.conn.mark_broken();
+                Flow::Close
+            }
+        }
+    }
+
+    fn after_shard_reply(&mut self, shard: usize, summary: &Summary) {
+        self.last_error = summary.error;
+        if let Some(code) = summary.error {
+            self.ctx.metrics.error(code);
+        }
+        let Some(sh) = self.shard.as_mut() else {
+            return;
+        };
+        if let Some(status) = summary.status {
+            if let Some(sc) = sh.conns[shard].as_mut() {
+                sc.conn.status = status;
+            }
+            sh.autocommit = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+            if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) && sh.begin.is_none() {
+                // The shard's transaction ended (a statement that commits implicitly).
+                sh.touched = ShardSet::EMPTY;
+                sh.wrote = None;
+            }
+        }
+    }
+
+    /// `SET`: runs on the shard that answers and on every other open connection; shards
+    /// opened later run it when they catch up.
+    async fn shard_set(&mut self, reply_seq: u8, payload: &[u8], text: &str) -> Flow {
+        let reads_tables = ["FROM", "SELECT"]
+            .iter()
+            .any(|w| lex::contains_word(text.as_bytes(), w.as_bytes()));
+        if reads_tables {
+            return self
+                .reply_error(reply_seq, refusal("a SET that reads tables"))
+                .await;
+        }
+        // Each shard would apply it to its own part of a scatter's answer.
+        if lex::contains_word(text.as_bytes(), b"sql_select_limit") {
+            return self
+                .reply_error(reply_seq, refusal("SET sql_select_limit"))
+                .await;
+        }
+        if !self.state.has_room() {
+            let e =
+                MysqlError::not_supported(&crate::exec::session_state::TooMuchState.to_string());
+            return self.reply_error(reply_seq, e).await;
+        }
+        let answering = self.shard_session().last;
+        if let Some(flow) = self.ready_or_reply(reply_seq, answering).await {
+            return flow;
+        }
+        let flow = self
+            .shard_forward(
+                reply_seq,
+                payload,
+                answering,
+                StatementKind::Set,
+                ResponseKind::Query,
+            )
+            .await;
+        if !matches!(flow, Flow::Continue) {
+            return flow;
+        }
+        // Only a SET that succeeded is carried to the other shards.
+        if self.last_error.is_some() {
+            return Flow::Continue;
+        }
+        let _ = self.state.record(text);
+        let applied = self.state.applied();
+        if let Some(sc) = self
+            .shard
+            .as_mut()
+            .and_then(|s| s.conns[answering].as_mut())
+        {
+            sc.applied = applied;
+        }
+        let open: Vec<usize> = self
+            .shard
+            .as_ref()
+            .map(|s| {
+                s.conns
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, c)| c.is_some() && *i != answering)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for shard in open {
+            if let Err(Ready::Lost) = self.shard_ready(shard).await {
+                tracing::debug!(
+                    id = self.connection_id(),
+                    shard,
+                    "shard connection lost while setting"
+                );
+            }
+        }
+        Flow::Continue
+    }
+
+    /// `BEGIN` inside a transaction, and DDL, commit the open one first, as the database
+    /// does.
+    async fn implicit_commit(&mut self, reply_seq: u8) -> Result<(), Flow> {
+        let touched = self.shard_session().touched;
+        if touched.is_empty() {
+            self.shard_session().end_transaction();
+            return Ok(());
+        }
+        for shard in touched.iter() {
+            let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
+                continue;
+            };
+            match sc.conn.execute("COMMIT").await {
+                Ok(_) => {}
+                Err(BackendError::Server(e)) => return Err(self.reply_error(reply_seq, e).await),
+                Err(_) => return Err(self.backend_lost(reply_seq, false).await),
+            }
+        }
+        self.shard_session().end_transaction();
+        Ok(())
+    }
+
+    /// COMMIT or ROLLBACK: on every shard the transaction reached, the one it wrote on
+    /// last, whose answer is the client's.
+    async fn shard_end(&mut self, reply_seq: u8, payload: &[u8], text: &str) -> Flow {
+        for w in ["CHAIN", "RELEASE", "TO"] {
+            if lex::contains_word(text.as_bytes(), w.as_bytes()) {
+                return self
+                    .reply_error(reply_seq, refusal(&format!("COMMIT or ROLLBACK … {w}")))
+                    .await;
+            }
+        }
+        let (touched, wrote) = {
+            let sh = self.shard_session();
+            (sh.touched, sh.wrote)
+        };
+        let answering = wrote.or(touched.first());
+        let Some(answering) = answering else {
+            self.shard_session().end_transaction();
+            let ok = self.shard_ok();
+            return self.reply(reply_seq, &ok).await;
+        };
+        for shard in touched.iter().filter(|&s| s != answering) {
+            let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
+                continue;
+            };
+            if let Err(e) = sc.conn.execute(text).await {
+                tracing::debug!(id = self.connection_id(), shard, error = %e, "ending a read-only shard transaction failed");
+                if e.is_fatal() {
+                    if let Some(sh) = self.shard.as_mut() {
+                        sh.conns[shard] = None;
+                    }
+                }
+            }
+        }
+        self.shard_session().end_transaction();
+        let kind = classify(text.as_bytes());
+        // The answering shard is in the transaction already: nothing to catch up on.
+        self.shard_forward(reply_seq, payload, answering, kind, ResponseKind::Query)
+            .await
+    }
+
+    /// DDL on every shard its table is on.
+    async fn shard_ddl(&mut self, reply_seq: u8, payload: &[u8], text: &str, d: plan::Ddl) -> Flow {
+        if let Err(flow) = self.implicit_commit(reply_seq).await {
+            return flow;
+        }
+        let shards: Vec<usize> = d.shards.iter().collect();
+        let Some((&last, rest)) = shards.split_last() else {
+            let ok = self.shard_ok();
+            return self.reply(reply_seq, &ok).await;
+        };
+        for &shard in rest {
+            if let Some(flow) = self.ready_or_reply(reply_seq, shard).await {
+                return flow;
+            }
+            let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
+                return Flow::Close;
+            };
+            match sc.conn.execute(text).await {
+                Ok(_) => {}
+                Err(BackendError::Server(mut e)) => {
+                    let name = &self.sharding().topology.shards[shard];
+                    e.message = format!("on shard {name}: {}", e.message);
+                    return self.reply_error(reply_seq, e).await;
+                }
+                Err(_) => {
+                    if let Some(sh) = self.shard.as_mut() {
+                        sh.conns[shard] = None;
+                    }
+                    return self.backend_lost(reply_seq, false).await;
+                }
+            }
+        }
+        let flow = self
+            .shard_forward(
+                reply_seq,
+                payload,
+                last,
+                StatementKind::Ddl,
+                ResponseKind::Query,
+            )
+            .await;
+        if matches!(flow, Flow::Continue) && self.last_error.is_none() {
+            let topology = &self.sharding().topology;
+            if let Some(t) = &d.creates {
+                topology.single_table(t, Some(last));
+            }
+            for t in &d.drops {
+                topology.single_table(t, None);
+            }
+            if d.shards.len() > 1 {
+                // A sharded table's columns may have changed.
+                if let Err(e) = self.sharding().learn_columns().await {
+                    tracing::warn!(error = %e, "reading the sharded tables' columns failed");
+                }
+            }
+        }
+        flow
+    }
+
+    /// A read over several shards.
+    async fn shard_scatter(
+        &mut self,
+        reply_seq: u8,
+        s: &plan::Scatter,
+        kind: StatementKind,
+    ) -> Flow {
+        let started = Instant::now();
+        let shards: Vec<usize> = s.shards.iter().collect();
+        for &shard in &shards {
+            if let Some(flow) = self.ready_or_reply(reply_seq, shard).await {
+                return flow;
+            }
+        }
+        let mut payload = Vec::with_capacity(1 + s.sql.len());
+        payload.push(COM_QUERY);
+        payload.extend_from_slice(s.sql.as_bytes());
+        let ctx = self.ctx.clone();
+        let caps = self.caps();
+        let id = self.connection_id();
+        let Some(sharding) = ctx.sharding.as_deref() else {
+            return Flow::Close;
+        };
+        let Some(sh) = self.shard.as_mut() else {
+            return Flow::Close;
+        };
+        let mut routes = Vec::with_capacity(shards.len());
+        for (i, c) in sh.conns.iter_mut().enumerate() {
+            if !s.shards.contains(i) {
+                continue;
+            }
+            let Some(sc) = c.as_mut() else {
+                return Flow::Close;
+            };
+            let io = sc.conn.io();
+            io.write_packet(0, &payload);
+            if io.flush().await.is_err() {
+                sc.conn.mark_broken();
+                return Flow::Close;
+            }
+            routes.push(Route::new(i, &mut sc.conn));
+        }
+        let result =
+            sharding::scatter(sharding, s, &mut routes, &mut self.client, caps, reply_seq).await;
+        drop(routes);
+        match result {
+            Ok(outcome) => {
+                self.ctx
+                    .metrics
+                    .statement(kind, started.elapsed().as_secs_f64());
+                self.last_error = outcome.error;
+                if let Some(code) = outcome.error {
+                    self.ctx.metrics.error(code);
+                }
+                Flow::Continue
+            }
+            Err(ScatterError::Client(_)) => {
+                for c in sh.conns.iter_mut().flatten() {
+                    c.conn.mark_broken();
+                }
+                Flow::Close
+            }
+            Err(ScatterError::Backend {
+                shard,
+                error,
+                forwarded,
+            }) => {
+                tracing::warn!(id, shard, %error, "shard failed during a scatter read");
+                for c in sh.conns.iter_mut().flatten() {
+                    c.conn.mark_broken();
+                }
+                sh.conns[shard] = None;
+                self.backend_lost(reply_seq, forwarded).await
+            }
+        }
+    }
+}
