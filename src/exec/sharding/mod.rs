@@ -252,7 +252,7 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     let mut keys = Vec::new();
     let mut combine = Vec::new();
     if failed.is_none() {
-        if total < plan.hidden || total == plan.hidden {
+        if total <= plan.hidden {
             failed = fail(MysqlError::not_supported(
                 "a result without columns across shards",
             ));

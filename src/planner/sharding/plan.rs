@@ -1196,9 +1196,9 @@ impl<'a> Text<'a> {
             return None;
         }
         let mut last = i + 1;
-        if self.tokens.get(i + 2).is_some_and(|t| t.is_punct(b',')) && number(i + 3) {
-            last = i + 3;
-        } else if self.tokens.get(i + 2).is_some() && self.word(i + 2, "OFFSET") && number(i + 3) {
+        let comma = self.tokens.get(i + 2).is_some_and(|t| t.is_punct(b','));
+        let offset = self.tokens.get(i + 2).is_some() && self.word(i + 2, "OFFSET");
+        if (comma || offset) && number(i + 3) {
             last = i + 3;
         }
         if self
