@@ -272,9 +272,15 @@ async fn handwritten_queries_answer_as_one_database() {
         "SELECT o.id, c.name FROM t_order o JOIN t_country c ON c.id = o.country ORDER BY o.id",
         "SELECT user_id, COUNT(*), SUM(amount) FROM t_order GROUP BY user_id ORDER BY user_id",
         "SELECT user_id, MAX(qty) m FROM t_order GROUP BY user_id HAVING COUNT(*) > 2 ORDER BY m DESC, user_id",
+        "SELECT qty, COUNT(*), SUM(amount), AVG(amount), MIN(created) FROM t_order GROUP BY qty",
+        "SELECT country, qty, COUNT(*) FROM t_order GROUP BY country, qty ORDER BY country DESC, qty LIMIT 3, 4",
+        "SELECT COUNT(*) FROM t_order GROUP BY created ORDER BY created DESC LIMIT 5",
+        "SELECT o.country, COUNT(*) FROM t_order o JOIN t_item i ON i.user_id = o.user_id AND i.order_id = o.id GROUP BY o.country",
         "SELECT COUNT(*), COUNT(qty), SUM(amount), MIN(amount), MAX(amount), MIN(created), MAX(qty) FROM t_order",
         "SELECT COUNT(*), SUM(qty) FROM t_order WHERE user_id > 100",
         "SELECT COUNT(DISTINCT user_id) FROM t_order",
+        "SELECT AVG(amount), AVG(qty), AVG(user_id) FROM t_order",
+        "SELECT AVG(qty) FROM t_order WHERE user_id > 100",
         "SELECT * FROM t_order WHERE user_id = 5 ORDER BY id",
         "SELECT * FROM t_order WHERE user_id IN (1, 2, -3) ORDER BY id",
         "SELECT * FROM t_order WHERE user_id BETWEEN 3 AND 4 OR user_id = 10 ORDER BY id",
@@ -300,21 +306,27 @@ async fn handwritten_queries_answer_as_one_database() {
             "refused: {sql}"
         );
     }
-    // MIN and MAX of strings: the database may return any of several equal spellings.
-    let sql = "SELECT MIN(name), MAX(name) FROM t_order";
-    let norm = |rows: Rows| -> Rows {
-        rows.into_iter()
-            .map(|r| {
-                r.into_iter()
-                    .map(|c| c.map(|s| s.trim_end().to_lowercase()))
-                    .collect()
-            })
-            .collect()
-    };
-    assert_eq!(
-        norm(rows(&mut t, sql).await.unwrap()),
-        norm(rows(&mut r, sql).await.unwrap())
-    );
+    // MIN and MAX of strings, and groups of strings: the database may return any of
+    // several equal spellings.
+    for sql in [
+        "SELECT MIN(name), MAX(name) FROM t_order",
+        "SELECT name, COUNT(*) FROM t_order GROUP BY name ORDER BY name",
+    ] {
+        let norm = |rows: Rows| -> Rows {
+            rows.into_iter()
+                .map(|r| {
+                    r.into_iter()
+                        .map(|c| c.map(|s| s.trim_end().to_lowercase()))
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(
+            norm(rows(&mut t, sql).await.unwrap()),
+            norm(rows(&mut r, sql).await.unwrap()),
+            "{sql}"
+        );
+    }
 }
 
 /// What Tandem cannot answer exactly is refused with 1235, naming why, and the session
@@ -325,11 +337,11 @@ async fn what_is_not_exact_is_refused() {
     let (mut t, _r) = load(&w, 3).await;
     for (sql, why) in [
         (
-            "SELECT name, COUNT(*) FROM t_order GROUP BY name",
-            "GROUP BY",
+            "SELECT qty, COUNT(*) c FROM t_order GROUP BY qty ORDER BY c",
+            "ORDER BY other than the GROUP BY",
         ),
         ("SELECT DISTINCT name FROM t_order", "DISTINCT"),
-        ("SELECT AVG(amount) FROM t_order", "AVG"),
+        ("SELECT AVG(DISTINCT amount) FROM t_order", "AVG"),
         ("SELECT COUNT(DISTINCT name) FROM t_order", "COUNT(DISTINCT"),
         (
             "SELECT * FROM t_order WHERE id IN (SELECT order_id FROM t_item)",
@@ -355,7 +367,7 @@ async fn what_is_not_exact_is_refused() {
         ("UPDATE t_country SET name = 'x'", "broadcast"),
         ("SELECT 1; SELECT 2", "several statements"),
     ] {
-        let e = t.query_drop(sql).await.unwrap_err();
+        let e = t.query_drop(sql).await.expect_err(sql);
         match &e {
             mysql_async::Error::Server(s) => {
                 assert_eq!(s.code, 1235, "{sql}: {e}");
@@ -597,46 +609,76 @@ fn random_select(rng: &mut StdRng) -> (String, bool) {
             }
             (format!("SELECT {}{from}{where_}", items.join(", ")), true)
         }
-        // GROUP BY the sharding column, with HAVING and an order.
+        // GROUP BY the sharding column (with HAVING), or other columns, whose groups
+        // span shards; with or without an order and a limit.
         2 | 3 => {
-            let agg = pick(
+            let aggs = [
+                pick(
+                    rng,
+                    &["COUNT(*)", "SUM(o.amount)", "MAX(o.qty)", "MIN(o.created)"],
+                ),
+                pick(
+                    rng,
+                    &[
+                        "AVG(o.amount)",
+                        "COUNT(o.qty)",
+                        "MIN(o.amount)",
+                        "SUM(o.qty)",
+                    ],
+                ),
+            ];
+            let agg = aggs[..rng.random_range(1..=2)].join(", ");
+            let group = pick(
                 rng,
-                &["COUNT(*)", "SUM(o.amount)", "MAX(o.qty)", "MIN(o.created)"],
+                &[
+                    "o.user_id",
+                    "o.user_id, o.country",
+                    "o.qty",
+                    "o.country",
+                    "o.created, o.qty",
+                    "o.country, o.qty",
+                ],
             );
-            let having = if rng.random_bool(0.4) {
+            let by_key = group.starts_with("o.user_id");
+            let having = if by_key && rng.random_bool(0.4) {
                 format!(" HAVING COUNT(*) > {}", rng.random_range(0..3))
             } else {
                 String::new()
             };
-            let (order, total) = match rng.random_range(0..3) {
-                0 => (" ORDER BY o.user_id".to_string(), true),
-                1 => (" ORDER BY 2 DESC, 1".to_string(), true),
-                _ => (String::new(), false),
+            let desc = |g: &str| {
+                g.split(", ")
+                    .map(|c| format!("{c} DESC"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
-            let limit = if total && rng.random_bool(0.5) {
-                format!(" LIMIT {}", rng.random_range(0..6))
+            let cols = if rng.random_bool(0.8) {
+                format!("{group}, ")
             } else {
                 String::new()
             };
-            let group = if rng.random_bool(0.5) {
-                "o.user_id"
-            } else {
-                "o.user_id, o.country"
+            let (order, total) = match rng.random_range(0..4) {
+                0 => (format!(" ORDER BY {group}"), true),
+                1 => (format!(" ORDER BY {}", desc(group)), true),
+                2 if by_key && !group.contains(',') && !cols.is_empty() => {
+                    (" ORDER BY 2 DESC, 1".to_string(), true)
+                }
+                _ => (String::new(), false),
             };
-            let cols = if group.contains("country") {
-                "o.user_id, o.country"
+            let limit = if total && rng.random_bool(0.5) {
+                match rng.random_range(0..2) {
+                    0 => format!(" LIMIT {}", rng.random_range(0..6)),
+                    _ => format!(
+                        " LIMIT {}, {}",
+                        rng.random_range(0..6),
+                        rng.random_range(0..6)
+                    ),
+                }
             } else {
-                "o.user_id"
+                String::new()
             };
-            let order = if group.contains("country") && !order.is_empty() {
-                format!("{order}, o.country")
-            } else {
-                order
-            };
+
             (
-                format!(
-                    "SELECT {cols}, {agg}{from}{where_} GROUP BY {group}{having}{order}{limit}"
-                ),
+                format!("SELECT {cols}{agg}{from}{where_} GROUP BY {group}{having}{order}{limit}"),
                 total,
             )
         }

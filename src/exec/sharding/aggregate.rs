@@ -14,6 +14,8 @@ use crate::wire::response::put_lenenc_bytes;
 /// One column's combination, resolved against the result's columns.
 #[derive(Debug, Clone)]
 pub enum Combine {
+    /// A GROUP BY column: the first row's value.
+    First,
     Count,
     /// `float`: a FLOAT or DOUBLE sum (added as a double, as the database adds them).
     Sum {
@@ -28,11 +30,20 @@ pub enum Combine {
         weight: usize,
         order: Order,
     },
+    /// `sum` and `count` are the hidden SUM and COUNT columns; `sum_scale` the SUM's scale
+    /// and `scale` the AVG's.
+    Avg {
+        sum: usize,
+        count: usize,
+        sum_scale: u8,
+        scale: u8,
+    },
 }
 
 impl Combine {
     pub fn of(a: Aggregate, info: &ColumnInfo, weight: usize, order: Option<Order>) -> Combine {
         match a {
+            Aggregate::Group => Combine::First,
             Aggregate::Count => Combine::Count,
             Aggregate::Sum => Combine::Sum {
                 float: matches!(
@@ -48,6 +59,13 @@ impl Combine {
             Aggregate::Max { .. } => Combine::Max {
                 weight,
                 order: order.unwrap_or(Order::Bytes),
+            },
+            // Resolved by the executor, which knows the hidden columns' scales.
+            Aggregate::Avg { .. } => Combine::Avg {
+                sum: weight,
+                count: 0,
+                sum_scale: 0,
+                scale: info.decimals,
             },
         }
     }
@@ -98,6 +116,8 @@ pub fn combine(rows: &[Row], columns: &[Combine]) -> Result<Vec<u8>, CombineErro
                 }
                 sum.map(|s| unscaled(s, *scale).into_bytes())
             }
+            Combine::Avg { .. } => None,
+            Combine::First => rows.first().and_then(|r| r.cell(i)).map(<[u8]>::to_vec),
             Combine::Min { weight, order } | Combine::Max { weight, order } => {
                 let want = if matches!(c, Combine::Min { .. }) {
                     Ordering::Less
@@ -122,12 +142,59 @@ pub fn combine(rows: &[Row], columns: &[Combine]) -> Result<Vec<u8>, CombineErro
                 best.and_then(|r| r.cell(i)).map(<[u8]>::to_vec)
             }
         };
+        let value = match c {
+            Combine::Avg {
+                sum,
+                count,
+                sum_scale,
+                scale,
+            } => average(rows, *sum, *count, *sum_scale, *scale)?,
+            _ => value,
+        };
         match value {
             Some(v) => put_lenenc_bytes(&mut out, &v),
             None => out.push(0xfb),
         }
     }
     Ok(out)
+}
+
+/// The average of the shards' SUMs and COUNTs, rounded half away from zero to `scale`
+/// places, as MariaDB rounds a decimal AVG.
+fn average(
+    rows: &[Row],
+    sum: usize,
+    count: usize,
+    sum_scale: u8,
+    scale: u8,
+) -> Result<Option<Vec<u8>>, CombineError> {
+    let too_large = || CombineError("an AVG too large to compute exactly".into());
+    let (mut total, mut n) = (0i128, 0i128);
+    for r in rows {
+        if let Some(v) = r.cell(sum) {
+            let v = scaled(v, sum_scale).ok_or_else(too_large)?;
+            total = total.checked_add(v).ok_or_else(too_large)?;
+        }
+        if let Some(c) = r.cell(count) {
+            n += std::str::from_utf8(c)
+                .ok()
+                .and_then(|s| s.parse::<i128>().ok())
+                .ok_or_else(|| CombineError("a COUNT Tandem cannot read".into()))?;
+        }
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let shift = scale.checked_sub(sum_scale).ok_or_else(too_large)?;
+    let twice = 10i128
+        .checked_pow(u32::from(shift))
+        .and_then(|p| total.checked_mul(p))
+        .and_then(|x| x.checked_mul(2))
+        .ok_or_else(too_large)?;
+    // x / n rounded half away from zero is sign(x) · floor((2|x| + n) / 2n).
+    let q = (twice.abs() + n) / (2 * n);
+    let q = if twice < 0 { -q } else { q };
+    Ok(Some(unscaled(q, scale).into_bytes()))
 }
 
 /// A decimal's text as an integer count of `10^-scale`.
@@ -214,6 +281,27 @@ mod tests {
         assert_eq!(out.cell(1), Some(&b"9.95"[..]));
         assert_eq!(out.cell(2), Some(&b"a"[..]));
         assert_eq!(out.cell(3), None);
+    }
+
+    #[test]
+    fn averages_round_half_away_from_zero() {
+        let rows = [row(&[Some("1"), Some("16")]), row(&[Some("0"), Some("16")])];
+        assert_eq!(
+            average(&rows, 0, 1, 0, 4).unwrap(),
+            Some(b"0.0313".to_vec())
+        );
+        let rows = [row(&[Some("-1"), Some("32")])];
+        assert_eq!(
+            average(&rows, 0, 1, 0, 4).unwrap(),
+            Some(b"-0.0313".to_vec())
+        );
+        let rows = [row(&[Some("0.01"), Some("2")])];
+        assert_eq!(
+            average(&rows, 0, 1, 2, 6).unwrap(),
+            Some(b"0.005000".to_vec())
+        );
+        let rows = [row(&[None, Some("0")])];
+        assert_eq!(average(&rows, 0, 1, 0, 4).unwrap(), None);
     }
 
     #[test]

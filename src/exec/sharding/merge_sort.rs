@@ -62,6 +62,10 @@ impl<'r, 'c> MergeSort<'r, 'c> {
         }
     }
 
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
     async fn pull(&mut self, i: usize) -> Result<Option<Row>, MergeError> {
         let shard = self.routes[i].shard;
         self.routes[i]

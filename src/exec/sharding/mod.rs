@@ -257,7 +257,12 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
                 "a result without columns across shards",
             ));
         }
-        for k in &plan.order {
+        let merge_by = if plan.group.is_empty() {
+            &plan.order
+        } else {
+            &plan.group
+        };
+        for k in merge_by {
             let (v, w) = (at(k.value), at(k.weight));
             match order_of(sharding, infos.get(v).copied().flatten()).await {
                 Ok(order) => keys.push(Key {
@@ -284,6 +289,31 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
                             Ok(o) => (at(*weight), Some(o)),
                             Err(e) => {
                                 failed = fail(e);
+                                break;
+                            }
+                        }
+                    }
+                    Aggregate::Avg { sum, count } => {
+                        use mysql_common::constants::ColumnType;
+                        let (sum, count) = (at(*sum), at(*count));
+                        let exact = matches!(
+                            ColumnType::try_from(info.column_type),
+                            Ok(ColumnType::MYSQL_TYPE_NEWDECIMAL | ColumnType::MYSQL_TYPE_DECIMAL)
+                        );
+                        match infos.get(sum).copied().flatten() {
+                            Some(si) if exact => {
+                                combine.push(Combine::Avg {
+                                    sum,
+                                    count,
+                                    sum_scale: si.decimals,
+                                    scale: info.decimals,
+                                });
+                                continue;
+                            }
+                            _ => {
+                                failed = fail(MysqlError::not_supported(
+                                    "AVG of a floating-point value across shards",
+                                ));
                                 break;
                             }
                         }
@@ -321,7 +351,52 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     let mut limit = Limit::new(plan.limit);
     let mut merge = MergeSort::new(routes, keys);
     let mut ended_by: Option<Bytes> = None;
-    if plan.aggregates.is_some() {
+    if !plan.group.is_empty() {
+        // The merge brings each group's rows together; a group ends where the keys change.
+        let keys = merge.keys().to_vec();
+        let mut group: Vec<route::Row> = Vec::new();
+        loop {
+            let next = match merge.next().await {
+                Ok(r) => r,
+                Err(e) => match e.error {
+                    RowError::Server(p) => {
+                        ended_by = Some(p);
+                        break;
+                    }
+                    RowError::Backend(b) => return Err(backend(e.shard, true)(b)),
+                },
+            };
+            let same = match (&next, group.last()) {
+                (Some(r), Some(last)) => merge_sort::compare(r, last, &keys).is_eq(),
+                _ => false,
+            };
+            if same {
+                group.extend(next);
+                continue;
+            }
+            if !group.is_empty() {
+                match aggregate::combine(&group, &combine) {
+                    Ok(row) => {
+                        if limit.admit() == Verdict::Pass {
+                            seq = client.write_packet(seq, &row);
+                            if client.should_flush() {
+                                client.flush().await.map_err(ScatterError::Client)?;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        ended_by = fail(MysqlError::not_supported(&e.0));
+                        break;
+                    }
+                }
+                group.clear();
+            }
+            match next {
+                Some(r) if !limit.done() => group.push(r),
+                _ => break,
+            }
+        }
+    } else if plan.aggregates.is_some() {
         let mut rows = Vec::new();
         loop {
             match merge.next().await {

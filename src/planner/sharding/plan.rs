@@ -92,6 +92,14 @@ pub enum Aggregate {
     Max {
         weight: Col,
     },
+    /// AVG: the sum of the shards' SUMs over the sum of their COUNTs, rounded as the
+    /// database rounds it to the AVG column's scale.
+    Avg {
+        sum: Col,
+        count: Col,
+    },
+    /// A GROUP BY column: every row of the group has its value.
+    Group,
 }
 
 /// A read over several shards.
@@ -106,8 +114,12 @@ pub struct Scatter {
     pub order: Vec<SortKey>,
     /// Applied after the merge.
     pub limit: Option<Limit>,
-    /// The query aggregates without GROUP BY: one row, combined column by column.
+    /// The query aggregates: its rows combine column by column, into one row without
+    /// GROUP BY, one per group with it.
     pub aggregates: Option<Vec<Aggregate>>,
+    /// GROUP BY columns without the sharding column: a group's rows come from several
+    /// shards, each shard's rows ordered by these keys, and combine where they agree.
+    pub group: Vec<SortKey>,
 }
 
 fn refuse(what: impl Into<String>) -> Plan {
@@ -789,8 +801,15 @@ fn scatter(
         }
         GroupByExpr::All(_) => return Err("GROUP BY ALL across shards".into()),
     };
-    if !group_by.is_empty() && !group_by.iter().any(|e| is_sharding_column(e, tables)) {
-        return Err("GROUP BY across shards without the sharding column among its columns".into());
+    let grouped = !group_by.is_empty() && !group_by.iter().any(|e| is_sharding_column(e, tables));
+    if grouped && select.having.is_some() {
+        return Err(
+            "HAVING with a GROUP BY across shards without the sharding column among its columns"
+                .into(),
+        );
+    }
+    if grouped && !q.locks.is_empty() {
+        return Err("a locking read with GROUP BY across shards".into());
     }
     match &select.distinct {
         None | Some(Distinct::All) => {}
@@ -806,7 +825,8 @@ fn scatter(
             }
         }
     }
-    let aggregating = group_by.is_empty() && projection_exprs.iter().any(|e| has_aggregate(e));
+    let aggregating =
+        grouped || (group_by.is_empty() && projection_exprs.iter().any(|e| has_aggregate(e)));
     if select.having.is_some() && group_by.is_empty() {
         return Err("HAVING without GROUP BY across shards".into());
     }
@@ -820,23 +840,68 @@ fn scatter(
 
     let aggregates = if aggregating {
         let mut out = Vec::new();
-        for (item, piece) in select.projection.iter().zip(&items) {
+        for (i, (item, piece)) in select.projection.iter().zip(&items).enumerate() {
             let Some(e) = item_expr(item) else {
                 return Err("a * beside aggregates across shards".into());
             };
-            out.push(aggregate_of(e, &piece.expr, tables, &mut hide)?);
+            let is_key = group_by.iter().any(|g| {
+                g == e || matches!(g, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n.parse::<usize>().ok() == Some(i + 1)))
+            });
+            if grouped && is_key {
+                out.push(Aggregate::Group);
+            } else {
+                out.push(aggregate_of(e, &piece.expr, tables, &mut hide)?);
+            }
         }
         Some(out)
     } else {
         None
     };
 
+    let mut group = Vec::new();
+    if grouped {
+        let pieces = text.clause(&["GROUP", "BY"], group_by.len())?;
+        for (g, piece) in group_by.iter().zip(&pieces) {
+            let (value, source) = match order_column(g, select, &items) {
+                Some((i, source)) => (Col::Visible(i), source),
+                None => (hide(piece.clone()), piece.clone()),
+            };
+            let weight = hide(format!("WEIGHT_STRING({source})"));
+            group.push(SortKey {
+                value,
+                weight,
+                descending: false,
+            });
+        }
+    }
+
     let mut order = Vec::new();
     if let Some(ob) = &q.order_by {
         let OrderByKind::Expressions(exprs) = &ob.kind else {
             return Err("ORDER BY ALL across shards".into());
         };
-        if aggregates.is_none() {
+        if grouped {
+            // Each shard sorts its groups by the GROUP BY columns; the merge keeps that
+            // order, in the directions the ORDER BY gives them.
+            let same = exprs.len() == group.len()
+                && exprs.iter().zip(group.iter_mut()).all(|(o, g)| {
+                    let at = order_column(&o.expr, select, &items).map(|(i, _)| Col::Visible(i));
+                    let matches = at == Some(g.value)
+                        || group_by
+                            .iter()
+                            .position(|e| e == &o.expr)
+                            .is_some_and(|_| matches!(g.value, Col::Hidden(_)) && at.is_none());
+                    g.descending =
+                        matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+                    matches && o.options.nulls_first.is_none()
+                });
+            if !same {
+                return Err(
+                    "an ORDER BY other than the GROUP BY columns with a GROUP BY across shards"
+                        .into(),
+                );
+            }
+        } else if aggregates.is_none() {
             let pieces = text.order_by(exprs.len())?;
             for (o, piece) in exprs.iter().zip(&pieces) {
                 if o.with_fill.is_some() || o.options.nulls_first.is_some() {
@@ -880,7 +945,7 @@ fn scatter(
     if let Some(l) = limit {
         let span = text.limit_span().ok_or("a LIMIT Tandem cannot read")?;
         let widened = if aggregates.is_some() {
-            // One row per shard: the LIMIT applies to the combined row only.
+            // Rows combine across shards: the LIMIT applies to the combined rows only.
             String::new()
         } else {
             let n = l
@@ -891,7 +956,21 @@ fn scatter(
         };
         edits.push((span, widened));
     }
-    edits.sort_by_key(|(r, _)| r.start);
+    if grouped && q.order_by.is_none() {
+        // The groups' order, which MariaDB gives a GROUP BY without ORDER BY too.
+        let sources: Vec<String> = group_by
+            .iter()
+            .zip(text.clause(&["GROUP", "BY"], group_by.len())?)
+            .map(|(_, piece)| piece)
+            .collect();
+        let at = match text.limit_span() {
+            Some(span) => span.start,
+            None => text.end(),
+        };
+        edits.push((at..at, format!(" ORDER BY {} ", sources.join(", "))));
+    }
+    // An insertion before a replacement at the same place.
+    edits.sort_by_key(|(r, _)| (r.start, r.end));
     let mut out = String::with_capacity(sql.len() + 64);
     let mut at = 0;
     for (r, replacement) in &edits {
@@ -907,6 +986,7 @@ fn scatter(
         order,
         limit,
         aggregates,
+        group,
     })
 }
 
@@ -954,7 +1034,7 @@ fn aggregate_of(
 ) -> Result<Aggregate, String> {
     let Expr::Function(f) = e else {
         return Err(format!(
-            "{source} beside aggregates across shards (only COUNT, SUM, MIN and MAX calls combine)"
+            "{source} beside aggregates across shards (only COUNT, SUM, MIN, MAX and AVG calls combine)"
         ));
     };
     let name = f.name.to_string().to_lowercase();
@@ -990,8 +1070,20 @@ fn aggregate_of(
         "max" => Ok(Aggregate::Max {
             weight: hide(format!("WEIGHT_STRING({source})")),
         }),
+        "avg" if !distinct => {
+            let inner = source
+                .find('(')
+                .zip(source.rfind(')'))
+                .and_then(|(open, close)| source.get(open + 1..close))
+                .filter(|a| !a.trim().is_empty())
+                .ok_or_else(|| format!("{source} across shards"))?;
+            Ok(Aggregate::Avg {
+                sum: hide(format!("SUM({inner})")),
+                count: hide(format!("COUNT({inner})")),
+            })
+        }
         _ => Err(format!(
-            "{source} across shards (only COUNT, SUM, MIN and MAX combine)"
+            "{source} across shards (only COUNT, SUM, MIN, MAX and AVG combine)"
         )),
     }
 }
@@ -1149,18 +1241,40 @@ impl<'a> Text<'a> {
 
     /// The ORDER BY keys' source texts, without ASC/DESC; `n` is how many the parser found.
     fn order_by(&self, n: usize) -> Result<Vec<String>, String> {
-        let unreadable = || "an ORDER BY Tandem cannot read".to_string();
+        self.clause(&["ORDER", "BY"], n)
+    }
+
+    /// Where the statement's last token ends.
+    fn end(&self) -> usize {
+        self.tokens.last().map_or(self.sql.len(), |t| t.span.end)
+    }
+
+    /// The items of the top-level clause opened by `opener` (`ORDER BY`, `GROUP BY`), as
+    /// source texts without ASC/DESC; `n` is how many the parser found.
+    fn clause(&self, opener: &[&str; 2], n: usize) -> Result<Vec<String>, String> {
+        let unreadable = || format!("a {} {} Tandem cannot read", opener[0], opener[1]);
         let start = (0..self.tokens.len().saturating_sub(1))
             .rev()
-            .find(|&i| self.depths[i] == 0 && self.word(i, "ORDER") && self.word(i + 1, "BY"))
+            .find(|&i| {
+                self.depths[i] == 0 && self.word(i, opener[0]) && self.word(i + 1, opener[1])
+            })
             .ok_or_else(unreadable)?
             + 2;
         let end = (start..self.tokens.len())
             .find(|&i| {
                 self.depths[i] == 0
-                    && ["LIMIT", "FOR", "LOCK", "INTO", "PROCEDURE"]
-                        .iter()
-                        .any(|w| self.word(i, w))
+                    && [
+                        "HAVING",
+                        "ORDER",
+                        "WINDOW",
+                        "LIMIT",
+                        "FOR",
+                        "LOCK",
+                        "INTO",
+                        "PROCEDURE",
+                    ]
+                    .iter()
+                    .any(|w| self.word(i, w))
             })
             .unwrap_or(self.tokens.len());
         let ranges = self.split(start, end);
@@ -1483,11 +1597,34 @@ broadcast_tables: [t_country]
 
     #[test]
     fn what_cannot_be_exact_is_refused() {
+        assert!(refused(
+            "SELECT status, COUNT(*) FROM t_order GROUP BY status HAVING COUNT(*) > 1"
+        )
+        .contains("HAVING"));
         assert!(
-            refused("SELECT status, COUNT(*) FROM t_order GROUP BY status").contains("GROUP BY")
+            refused("SELECT status, COUNT(*) c FROM t_order GROUP BY status ORDER BY c")
+                .contains("ORDER BY other than the GROUP BY")
+        );
+        let s = scatter_of("SELECT status, COUNT(*) FROM t_order GROUP BY status LIMIT 2");
+        assert_eq!(
+            s.sql,
+            "SELECT status, COUNT(*), WEIGHT_STRING(status) FROM t_order GROUP BY status  ORDER BY status "
+        );
+        assert_eq!(s.aggregates, Some(vec![Aggregate::Group, Aggregate::Count]));
+        assert_eq!(
+            s.limit,
+            Some(Limit {
+                offset: 0,
+                count: 2
+            })
         );
         assert!(refused("SELECT DISTINCT status FROM t_order").contains("DISTINCT"));
-        assert!(refused("SELECT AVG(id) FROM t_order").contains("AVG"));
+        assert!(refused("SELECT AVG(DISTINCT id) FROM t_order").contains("AVG"));
+        let s = scatter_of("SELECT AVG(o.amount) FROM t_order o");
+        assert_eq!(
+            s.sql,
+            "SELECT AVG(o.amount), SUM(o.amount), COUNT(o.amount) FROM t_order o"
+        );
         assert!(refused("SELECT COUNT(DISTINCT status) FROM t_order").contains("COUNT(DISTINCT"));
         assert!(
             refused("SELECT * FROM t_order WHERE id IN (SELECT id FROM t_item)")
