@@ -35,25 +35,25 @@ use crate::wire::stream::ClientStream;
 use crate::wire::{MysqlError, PacketIo, WireError};
 
 // Command bytes (COM_*).
-const COM_QUIT: u8 = 0x01;
-const COM_INIT_DB: u8 = 0x02;
-const COM_QUERY: u8 = 0x03;
+pub(super) const COM_QUIT: u8 = 0x01;
+pub(super) const COM_INIT_DB: u8 = 0x02;
+pub(super) const COM_QUERY: u8 = 0x03;
 const COM_FIELD_LIST: u8 = 0x04;
 const COM_REFRESH: u8 = 0x07;
-const COM_STATISTICS: u8 = 0x09;
+pub(super) const COM_STATISTICS: u8 = 0x09;
 const COM_PROCESS_INFO: u8 = 0x0a;
-const COM_PROCESS_KILL: u8 = 0x0c;
+pub(super) const COM_PROCESS_KILL: u8 = 0x0c;
 const COM_DEBUG: u8 = 0x0d;
-const COM_PING: u8 = 0x0e;
+pub(super) const COM_PING: u8 = 0x0e;
 const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
-const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
-const COM_STMT_CLOSE: u8 = 0x19;
+pub(super) const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+pub(super) const COM_STMT_CLOSE: u8 = 0x19;
 const COM_STMT_RESET: u8 = 0x1a;
 const COM_SET_OPTION: u8 = 0x1b;
 const COM_STMT_FETCH: u8 = 0x1c;
-const COM_RESET_CONNECTION: u8 = 0x1f;
+pub(super) const COM_RESET_CONNECTION: u8 = 0x1f;
 
 /// Whether the session goes on after a command.
 pub(super) enum Flow {

@@ -15,7 +15,10 @@ use std::time::Instant;
 use mysql_common::constants::StatusFlags;
 
 use super::relay::{relay, RelayError};
-use super::session::{Flow, Session};
+use super::session::{
+    Flow, Session, COM_INIT_DB, COM_PING, COM_PROCESS_KILL, COM_QUERY, COM_QUIT,
+    COM_RESET_CONNECTION, COM_STATISTICS, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA,
+};
 use crate::backend::pool::AcquireError;
 use crate::backend::{BackendError, PooledConn};
 use crate::exec::session_state::Applied;
@@ -27,16 +30,6 @@ use crate::sql::{classify, hints, lex, StatementKind};
 use crate::wire::response::ok_packet;
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::MysqlError;
-
-const COM_QUIT: u8 = 0x01;
-const COM_INIT_DB: u8 = 0x02;
-const COM_QUERY: u8 = 0x03;
-const COM_STATISTICS: u8 = 0x09;
-const COM_PROCESS_KILL: u8 = 0x0c;
-const COM_PING: u8 = 0x0e;
-const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
-const COM_STMT_CLOSE: u8 = 0x19;
-const COM_RESET_CONNECTION: u8 = 0x1f;
 
 /// One shard connection of a session.
 pub(super) struct ShardConn {

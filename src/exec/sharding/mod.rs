@@ -351,20 +351,18 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     let mut limit = Limit::new(plan.limit);
     let mut merge = MergeSort::new(routes, keys);
     let mut ended_by: Option<Bytes> = None;
-    if !plan.group.is_empty() {
+    if plan.aggregates.is_some() {
         // The merge brings each group's rows together; a group ends where the keys change.
+        // Without GROUP BY there are no keys: every shard's one row is one group.
         let keys = merge.keys().to_vec();
         let mut group: Vec<route::Row> = Vec::new();
         loop {
             let next = match merge.next().await {
                 Ok(r) => r,
-                Err(e) => match e.error {
-                    RowError::Server(p) => {
-                        ended_by = Some(p);
-                        break;
-                    }
-                    RowError::Backend(b) => return Err(backend(e.shard, true)(b)),
-                },
+                Err(e) => {
+                    ended_by = Some(row_error(e)?);
+                    break;
+                }
             };
             let same = match (&next, group.last()) {
                 (Some(r), Some(last)) => merge_sort::compare(r, last, &keys).is_eq(),
@@ -396,31 +394,6 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
                 _ => break,
             }
         }
-    } else if plan.aggregates.is_some() {
-        let mut rows = Vec::new();
-        loop {
-            match merge.next().await {
-                Ok(Some(r)) => rows.push(r),
-                Ok(None) => break,
-                Err(e) => match e.error {
-                    RowError::Server(p) => {
-                        ended_by = Some(p);
-                        break;
-                    }
-                    RowError::Backend(b) => return Err(backend(e.shard, true)(b)),
-                },
-            }
-        }
-        if ended_by.is_none() {
-            match aggregate::combine(&rows, &combine) {
-                Ok(row) => {
-                    if limit.admit() == Verdict::Pass {
-                        seq = client.write_packet(seq, &row);
-                    }
-                }
-                Err(e) => ended_by = fail(MysqlError::not_supported(&e.0)),
-            }
-        }
     } else {
         while !limit.done() {
             match merge.next().await {
@@ -433,13 +406,10 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => match e.error {
-                    RowError::Server(p) => {
-                        ended_by = Some(p);
-                        break;
-                    }
-                    RowError::Backend(b) => return Err(backend(e.shard, true)(b)),
-                },
+                Err(e) => {
+                    ended_by = Some(row_error(e)?);
+                    break;
+                }
             }
         }
     }
@@ -461,6 +431,19 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
         error,
         status: Some(status),
     })
+}
+
+/// A row that could not be read mid-answer: the shard's error packet, which ends the
+/// client's answer too, or a failed connection.
+fn row_error(e: merge_sort::MergeError) -> Result<Bytes, ScatterError> {
+    match e.error {
+        RowError::Server(p) => Ok(p),
+        RowError::Backend(error) => Err(ScatterError::Backend {
+            shard: e.shard,
+            error,
+            forwarded: true,
+        }),
+    }
 }
 
 async fn order_of(sharding: &Sharding, info: Option<ColumnInfo>) -> Result<Order, MysqlError> {
