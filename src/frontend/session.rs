@@ -46,13 +46,13 @@ pub(super) const COM_PROCESS_KILL: u8 = 0x0c;
 const COM_DEBUG: u8 = 0x0d;
 pub(super) const COM_PING: u8 = 0x0e;
 const COM_CHANGE_USER: u8 = 0x11;
-const COM_STMT_PREPARE: u8 = 0x16;
-const COM_STMT_EXECUTE: u8 = 0x17;
+pub(super) const COM_STMT_PREPARE: u8 = 0x16;
+pub(super) const COM_STMT_EXECUTE: u8 = 0x17;
 pub(super) const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 pub(super) const COM_STMT_CLOSE: u8 = 0x19;
-const COM_STMT_RESET: u8 = 0x1a;
+pub(super) const COM_STMT_RESET: u8 = 0x1a;
 const COM_SET_OPTION: u8 = 0x1b;
-const COM_STMT_FETCH: u8 = 0x1c;
+pub(super) const COM_STMT_FETCH: u8 = 0x1c;
 pub(super) const COM_RESET_CONNECTION: u8 = 0x1f;
 
 /// Whether the session goes on after a command.
@@ -108,7 +108,7 @@ pub struct Session {
     pub(super) prepared: HashMap<u32, PreparedStmt>,
     /// Prepared calls of Tandem's own SQL functions, answered without the backend, under ids
     /// from the top half of the range (the database counts its own from 1).
-    tandem_stmts: HashMap<u32, Call>,
+    pub(super) tandem_stmts: HashMap<u32, Call>,
     next_tandem_stmt: u32,
     /// The global transaction this session joins (`SET tandem_xid`).
     pub(super) xid: Option<String>,
@@ -667,7 +667,7 @@ impl Session {
 
     /// COM_STMT_PREPARE of one of Tandem's SQL functions: answered here, with `?` arguments
     /// as parameters.
-    async fn prepare_tandem_function(
+    pub(super) async fn prepare_tandem_function(
         &mut self,
         reply_seq: u8,
         call: Result<Call, CallError>,
@@ -690,7 +690,7 @@ impl Session {
 
     /// COM_STMT_EXECUTE of a prepared Tandem function: binds the parameters and answers with
     /// a binary-protocol row.
-    async fn execute_tandem_function(
+    pub(super) async fn execute_tandem_function(
         &mut self,
         reply_seq: u8,
         mut call: Call,

@@ -9,6 +9,7 @@
 //! Nothing here imports the rest of Tandem.
 
 pub mod auth;
+pub mod binary_row;
 pub mod errors;
 pub mod execute;
 pub mod handshake;

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::backend::{BackendError, Pool};
 use crate::planner::sharding::plan::{Aggregate, Col, Scatter};
 use crate::planner::sharding::{Topology, TopologyError};
+use crate::wire::binary_row::{self, BinaryColumn};
 use crate::wire::response::{end_of_rows, eof_packet, put_lenenc_int};
 use crate::wire::{MysqlError, PacketIo};
 
@@ -198,8 +199,17 @@ pub struct Outcome {
     pub status: Option<StatusFlags>,
 }
 
-/// Runs a scatter read whose statement each route's shard has been sent, and writes the
-/// merged answer to `client` from sequence id `seq`.
+/// How the client reads the merged rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// As the shards sent them (COM_QUERY).
+    Text,
+    /// Re-encoded for a prepared statement's execution (COM_STMT_EXECUTE).
+    Binary,
+}
+
+/// Runs a scatter read whose statement each route's shard has been sent (as text), and
+/// writes the merged answer to `client` from sequence id `seq`, in `protocol`.
 pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     sharding: &Sharding,
     plan: &Scatter,
@@ -207,6 +217,7 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut PacketIo<C>,
     caps: CapabilityFlags,
     seq: u8,
+    protocol: Protocol,
 ) -> Result<Outcome, ScatterError> {
     let backend = |shard: usize, forwarded: bool| {
         move |error: BackendError| ScatterError::Backend {
@@ -251,6 +262,33 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut keys = Vec::new();
     let mut combine = Vec::new();
+    let mut binary = Vec::new();
+    if failed.is_none() && protocol == Protocol::Binary {
+        for info in &infos[..visible.min(infos.len())] {
+            let Some(info) = info else {
+                failed = fail(MysqlError::not_supported("a column Tandem cannot read"));
+                break;
+            };
+            let c = BinaryColumn {
+                column_type: info.column_type,
+                flags: info.flags,
+            };
+            if let Err(e) = c.check() {
+                failed = fail(MysqlError::not_supported(&e.to_string()));
+                break;
+            }
+            binary.push(c);
+        }
+    }
+    // A merged row as the client reads it.
+    let encode = |row: &route::Row| -> Result<Option<Vec<u8>>, MysqlError> {
+        match protocol {
+            Protocol::Text => Ok(None),
+            Protocol::Binary => binary_row::encode((0..visible).map(|i| row.cell(i)), &binary)
+                .map(Some)
+                .map_err(|e| MysqlError::not_supported(&e.to_string())),
+        }
+    };
     if failed.is_none() {
         if total <= plan.hidden {
             failed = fail(MysqlError::not_supported(
@@ -373,7 +411,18 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             if !group.is_empty() {
-                match aggregate::combine(&group, &combine) {
+                let combined = aggregate::combine(&group, &combine)
+                    .map_err(|e| MysqlError::not_supported(&e.0))
+                    .and_then(|row| match protocol {
+                        Protocol::Text => Ok(row),
+                        Protocol::Binary => {
+                            let parsed = route::Row::parse(Bytes::from(row)).map_err(|_| {
+                                MysqlError::not_supported("an aggregate Tandem cannot re-encode")
+                            })?;
+                            Ok(encode(&parsed)?.unwrap_or_default())
+                        }
+                    });
+                match combined {
                     Ok(row) => {
                         if limit.admit() == Verdict::Pass {
                             seq = client.write_packet(seq, &row);
@@ -383,7 +432,7 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                     Err(e) => {
-                        ended_by = fail(MysqlError::not_supported(&e.0));
+                        ended_by = fail(e);
                         break;
                     }
                 }
@@ -399,7 +448,14 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
             match merge.next().await {
                 Ok(Some(row)) => {
                     if limit.admit() == Verdict::Pass {
-                        seq = client.write_packet(seq, row.visible(visible));
+                        match encode(&row) {
+                            Ok(None) => seq = client.write_packet(seq, row.visible(visible)),
+                            Ok(Some(b)) => seq = client.write_packet(seq, &b),
+                            Err(e) => {
+                                ended_by = fail(e);
+                                break;
+                            }
+                        }
                         if client.should_flush() {
                             client.flush().await.map_err(ScatterError::Client)?;
                         }

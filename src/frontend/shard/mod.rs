@@ -9,7 +9,14 @@
 //!
 //! A local transaction may read on any number of shards but write on one: a write to a
 //! second shard would need a distributed commit, and is refused until Tandem makes one.
+//!
+//! The planner reads statement text as MariaDB does by default; a session whose settings
+//! make the server read it otherwise (see [`unreadable`]) has its statements refused until
+//! it sets them back. Prepared statements are in [`prepared`].
 
+mod prepared;
+
+use std::collections::HashMap;
 use std::time::Instant;
 
 use mysql_common::constants::StatusFlags;
@@ -17,13 +24,14 @@ use mysql_common::constants::StatusFlags;
 use super::relay::{relay, RelayError};
 use super::session::{
     Flow, Session, COM_INIT_DB, COM_PING, COM_PROCESS_KILL, COM_QUERY, COM_QUIT,
-    COM_RESET_CONNECTION, COM_STATISTICS, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA,
+    COM_RESET_CONNECTION, COM_STATISTICS, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_FETCH,
+    COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA,
 };
 use crate::backend::pool::AcquireError;
-use crate::backend::{BackendError, PooledConn};
+use crate::backend::{BackendError, PooledConn, SessionSettings};
 use crate::exec::session_state::Applied;
 use crate::exec::sharding::route::Route;
-use crate::exec::sharding::{self, ScatterError};
+use crate::exec::sharding::{self, Protocol, ScatterError};
 use crate::planner::sharding::plan::{self, Plan};
 use crate::planner::sharding::ShardSet;
 use crate::sql::{classify, hints, lex, StatementKind};
@@ -36,6 +44,9 @@ pub(super) struct ShardConn {
     conn: PooledConn,
     /// How far it has come along the session's state.
     applied: Applied,
+    /// The session's prepared statements this connection prepared too: the client's id →
+    /// the shard's.
+    statements: HashMap<u32, u32>,
 }
 
 /// What a sharding session holds beyond a single one.
@@ -51,6 +62,8 @@ pub(super) struct ShardSession {
     /// The shard the transaction wrote on.
     wrote: Option<usize>,
     autocommit: bool,
+    /// The id the next prepared statement gets.
+    next_statement: u32,
 }
 
 impl ShardSession {
@@ -62,6 +75,7 @@ impl ShardSession {
             touched: ShardSet::EMPTY,
             wrote: None,
             autocommit: true,
+            next_statement: 1,
         }
     }
 
@@ -93,6 +107,33 @@ enum Ready {
     Refused(MysqlError),
     /// The connection broke: the session's state on it is gone.
     Lost,
+}
+
+/// Why the server would read statement text otherwise than Tandem's planner does, if it
+/// would: backslash escapes off, `"…"` as names, or a character set in which a byte below
+/// 0x80 may be part of another character.
+pub(super) fn unreadable(settings: &SessionSettings) -> Option<String> {
+    for m in ["NO_BACKSLASH_ESCAPES", "ANSI_QUOTES"] {
+        if settings
+            .sql_mode
+            .split(',')
+            .any(|x| x.eq_ignore_ascii_case(m))
+        {
+            return Some(format!(
+                "sql_mode has {m} (Tandem reads statements with the default quoting rules)"
+            ));
+        }
+    }
+    let charset = settings.charset.to_ascii_lowercase();
+    if !matches!(
+        charset.as_str(),
+        "utf8mb4" | "utf8mb3" | "utf8" | "latin1" | "ascii" | "binary"
+    ) {
+        return Some(format!(
+            "character_set_client is {charset} (Tandem reads statements in utf8mb4, utf8mb3, latin1, ascii or binary)"
+        ));
+    }
+    None
 }
 
 fn refusal(why: &str) -> MysqlError {
@@ -143,7 +184,23 @@ impl Session {
             }
             COM_INIT_DB => self.shard_use(reply_seq, &payload[1..]).await,
             COM_QUERY => self.shard_query(reply_seq, payload).await,
-            COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => Flow::Continue,
+            COM_STMT_PREPARE => self.shard_prepare(reply_seq, payload).await,
+            COM_STMT_EXECUTE => self.shard_execute(reply_seq, payload).await,
+            COM_STMT_CLOSE => {
+                self.shard_close(payload).await;
+                Flow::Continue
+            }
+            COM_STMT_SEND_LONG_DATA | COM_STMT_RESET => {
+                let id = super::session::statement_id(payload);
+                if let Some(p) = id.and_then(|id| self.prepared.get_mut(&id)) {
+                    p.long_data = cmd == COM_STMT_SEND_LONG_DATA;
+                }
+                if cmd == COM_STMT_SEND_LONG_DATA {
+                    return Flow::Continue;
+                }
+                let ok = self.shard_ok();
+                self.reply(reply_seq, &ok).await
+            }
             COM_PROCESS_KILL => match super::session::statement_id(payload) {
                 Some(id) => {
                     self.kill(reply_seq, super::kill::Kill { query: false, id })
@@ -165,6 +222,7 @@ impl Session {
                                 *c = None;
                             } else {
                                 sc.applied = Applied::default();
+                                sc.statements.clear();
                             }
                         }
                     }
@@ -172,6 +230,7 @@ impl Session {
                     sh.autocommit = true;
                 }
                 self.state.reset(None);
+                self.prepared.clear();
                 if lost {
                     return self.backend_lost(reply_seq, false).await;
                 }
@@ -189,10 +248,8 @@ impl Session {
                 )
                 .await
             }
-            0x16..=0x1c => {
-                let e = MysqlError::not_supported(
-                    "prepared statements (the binary protocol) on a sharded executor in this version of Tandem; use text queries",
-                );
+            COM_STMT_FETCH => {
+                let e = MysqlError::not_supported("cursors (COM_STMT_FETCH) on a sharded executor");
                 self.reply_error(reply_seq, e).await
             }
             _ => {
@@ -261,8 +318,26 @@ impl Session {
             }
             _ => {}
         }
+        if let Some(flow) = self.shard_check_text(reply_seq).await {
+            return flow;
+        }
         let no_params = |_: &sqlparser::ast::Expr| None;
         let planned = plan::plan(text, &self.sharding().topology, &no_params);
+        self.shard_run(reply_seq, payload, text, kind, planned, Protocol::Text)
+            .await
+    }
+
+    /// Carries out the plan of a statement from the client (`payload`, whose text, its
+    /// parameters filled in, is `text`).
+    async fn shard_run(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        text: &str,
+        kind: StatementKind,
+        planned: Plan,
+        protocol: Protocol,
+    ) -> Flow {
         let writes = matches!(
             kind,
             StatementKind::Insert
@@ -270,10 +345,14 @@ impl Session {
                 | StatementKind::Delete
                 | StatementKind::Replace
         );
+        let response = match protocol {
+            Protocol::Text => ResponseKind::Query,
+            Protocol::Binary => ResponseKind::Execute,
+        };
         match planned {
             Plan::Any => {
                 let last = self.shard_session().last;
-                self.shard_forward(reply_seq, payload, last, kind, ResponseKind::Query)
+                self.shard_forward(reply_seq, payload, last, kind, response)
                     .await
             }
             Plan::One(s) => {
@@ -291,11 +370,15 @@ impl Session {
                         self.shard_session().wrote = Some(s);
                     }
                 }
-                self.shard_forward(reply_seq, payload, s, kind, ResponseKind::Query)
+                self.shard_forward(reply_seq, payload, s, kind, response)
                     .await
             }
-            Plan::Ddl(d) => self.shard_ddl(reply_seq, payload, text, d).await,
-            Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind).await,
+            Plan::Ddl(d) => {
+                let mut query = vec![COM_QUERY];
+                query.extend_from_slice(text.as_bytes());
+                self.shard_ddl(reply_seq, &query, text, d).await
+            }
+            Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind, protocol).await,
             Plan::MultiShardWrite(why) => {
                 self.reply_error(reply_seq, multi_shard_write(&why)).await
             }
@@ -328,6 +411,7 @@ impl Session {
             self.shard_session().conns[shard] = Some(ShardConn {
                 conn,
                 applied: Applied::default(),
+                statements: HashMap::new(),
             });
         }
         let catch_up: Vec<String> = {
@@ -354,11 +438,48 @@ impl Session {
                 }
             }
         }
+        if !catch_up.is_empty() {
+            sc.conn.forget_session_settings();
+        }
         sc.applied = state_applied;
         if implicit {
             sh.touched.insert(shard);
         }
         Ok(())
+    }
+
+    /// Refuses the statement when the session's settings make the server read its text
+    /// otherwise than the planner does (see [`unreadable`]). Every open shard connection has
+    /// the session's settings; they are asked for once and again after a `SET`.
+    async fn shard_check_text(&mut self, reply_seq: u8) -> Option<Flow> {
+        let (open, last) = {
+            let sh = self.shard_session();
+            (sh.conns.iter().position(|c| c.is_some()), sh.last)
+        };
+        let shard = match open {
+            Some(s) => s,
+            None => {
+                if let Some(flow) = self.ready_or_reply(reply_seq, last).await {
+                    return Some(flow);
+                }
+                last
+            }
+        };
+        let sc = self.shard.as_mut()?.conns[shard].as_mut()?;
+        let why = match sc.conn.session_settings().await {
+            Ok(s) => unreadable(&s)?,
+            Err(BackendError::Server(e)) => return Some(self.reply_error(reply_seq, e).await),
+            Err(_) => {
+                if let Some(sh) = self.shard.as_mut() {
+                    sh.conns[shard] = None;
+                }
+                return Some(self.backend_lost(reply_seq, false).await);
+            }
+        };
+        let e = MysqlError::not_supported(&format!(
+            "statements on a sharded executor in a session whose {why}; restore the setting"
+        ));
+        Some(self.reply_error(reply_seq, e).await)
     }
 
     async fn ready_or_reply(&mut self, reply_seq: u8, shard: usize) -> Option<Flow> {
@@ -489,6 +610,10 @@ impl Session {
             .and_then(|s| s.conns[answering].as_mut())
         {
             sc.applied = applied;
+            match crate::sql::settings::changes(text.as_bytes()) {
+                Some(changes) => sc.conn.apply_settings(&changes),
+                None => sc.conn.forget_session_settings(),
+            }
         }
         let open: Vec<usize> = self
             .shard
@@ -641,6 +766,7 @@ impl Session {
         reply_seq: u8,
         s: &plan::Scatter,
         kind: StatementKind,
+        protocol: Protocol,
     ) -> Flow {
         let started = Instant::now();
         let shards: Vec<usize> = s.shards.iter().collect();
@@ -677,8 +803,16 @@ impl Session {
             }
             routes.push(Route::new(i, &mut sc.conn));
         }
-        let result =
-            sharding::scatter(sharding, s, &mut routes, &mut self.client, caps, reply_seq).await;
+        let result = sharding::scatter(
+            sharding,
+            s,
+            &mut routes,
+            &mut self.client,
+            caps,
+            reply_seq,
+            protocol,
+        )
+        .await;
         drop(routes);
         match result {
             Ok(outcome) => {
