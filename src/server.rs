@@ -21,6 +21,7 @@ use crate::coordinator::store::embedded::EmbeddedStore;
 use crate::coordinator::store::etcd::EtcdStore;
 use crate::coordinator::Coordinator;
 use crate::exec::rw_split::{Replica, Replicas};
+use crate::exec::sharding::xa::{self, XaResource};
 use crate::exec::sharding::Sharding;
 use crate::frontend::{self, ListenerContext};
 use crate::http::admin::{self, AdminState};
@@ -85,6 +86,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })
         })
         .collect();
+    // Each data source's part in distributed commits of sharded transactions (its XA
+    // branches), registered when some sharding executor has it as a shard.
+    let shard_names: std::collections::HashSet<&str> = config
+        .executors
+        .iter()
+        .filter(|e| e.mode == Mode::Sharding)
+        .flat_map(|e| e.shards.iter().map(String::as_str))
+        .collect();
+    let xa_resources: Vec<Arc<XaResource>> = pools
+        .iter()
+        .map(|pool| {
+            let r = Arc::new(XaResource::new(pool.clone()));
+            if shard_names.contains(pool.name()) {
+                coordinator.register_resource(r.identity(), r.clone());
+            }
+            r
+        })
+        .collect();
     // The TCC resources of the HTTP sidecars, one list per sidecar.
     let tcc_resources: Vec<Vec<Arc<TccResource>>> = config
         .http_sidecars
@@ -118,6 +137,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                             .flatten()
                             .map(|t| t.identity().to_string()),
                     )
+                    .chain(
+                        xa_resources
+                            .iter()
+                            .filter(|r| shard_names.contains(r.pool().name()))
+                            .map(|r| r.identity().to_string()),
+                    )
                     .collect(),
             };
             tracing::info!(node = %info.node, "joining the mesh of sidecars sharing etcd");
@@ -144,6 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             &config,
             &pools,
             &at_sources,
+            &xa_resources,
             &l.executor,
             &metrics,
             &shutdown_rx,
@@ -165,6 +191,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     field: format!("executors[{e}]"),
                     message: err.to_string(),
                 })?;
+            // XA transactions a crash left prepared on the shards.
+            for shard in &sharding.xa {
+                match xa::recover(shard, &coordinator, mesh.is_none()).await {
+                    Ok(r) if r == xa::Recovered::default() => {}
+                    Ok(r) => {
+                        tracing::info!(shard = shard.pool().name(), ?r, "recovered XA transactions")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recovering XA transactions failed; phase 2 retries them")
+                    }
+                }
+            }
         }
         let tls =
             match &l.tls {
@@ -359,6 +397,7 @@ fn executor_backends(
     config: &Config,
     pools: &[Pool],
     at: &[Arc<AtSource>],
+    xa_resources: &[Arc<XaResource>],
     executor: &str,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
@@ -404,8 +443,11 @@ fn executor_backends(
         }
         Mode::Sharding => {
             let mut shards = Vec::new();
+            let mut xa = Vec::new();
             for name in &e.shards {
-                shards.push(pools[pool_of(name)?].clone());
+                let i = pool_of(name)?;
+                shards.push(pools[i].clone());
+                xa.push(xa_resources[i].clone());
             }
             let first = pool_of(e.shards.first()?)?;
             let topology = Topology::new(e).ok()?;
@@ -414,7 +456,7 @@ fn executor_backends(
                 at: at.get(first)?.clone(),
                 replicas: None,
                 read_your_writes: false,
-                sharding: Some(Arc::new(Sharding::new(topology, shards))),
+                sharding: Some(Arc::new(Sharding::new(topology, shards, xa))),
             })
         }
     }

@@ -103,6 +103,9 @@ pub enum BranchKind {
     At,
     /// An HTTP resource with prepare/commit/cancel (TCC).
     Tcc,
+    /// A shard's part of a sharded transaction that wrote on several shards: a MariaDB XA
+    /// transaction, prepared before the decision and committed or rolled back by its XID.
+    Xa,
 }
 
 /// Status of one branch.

@@ -229,6 +229,39 @@ impl Coordinator {
         Ok(tx)
     }
 
+    /// Begins a global transaction under an XID the caller chose (with [`new_xid`]): one
+    /// whose participants already carry it (a sharded transaction's XA transactions).
+    pub async fn begin_as(
+        &self,
+        xid: &str,
+        timeout: Option<Duration>,
+    ) -> Result<GlobalTx, CoordinatorError> {
+        check_xid(xid)?;
+        let timeout = timeout.unwrap_or(self.default_timeout);
+        let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+        let tx = GlobalTx::begun(xid.to_string(), now_ms(), timeout_ms);
+        self.store.create(&tx).await?;
+        Ok(tx)
+    }
+
+    /// Records the commit decision of `xid` and returns the status it has then, without
+    /// running phase 2: for a caller that ends the branches itself first and then hands
+    /// the rest to [`Self::drive_decided`]. A transaction past its timeout, or decided
+    /// otherwise already, keeps its status.
+    pub async fn decide_commit(&self, xid: &str) -> Result<GlobalStatus, CoordinatorError> {
+        check_xid(xid)?;
+        match self.store.decide(xid, GlobalStatus::Committing).await? {
+            (Transition::Moved, to) => Ok(to),
+            (Transition::Found(s), _) => Ok(s),
+            (Transition::NotFound, _) => Err(CoordinatorError::UnknownXid(xid.to_string())),
+        }
+    }
+
+    /// Runs phase 2 of a transaction decided `status` in the background.
+    pub fn drive_decided(self: &Arc<Self>, xid: &str, status: GlobalStatus) {
+        self.drive(xid, Decided::plain(status), None);
+    }
+
     pub async fn get(&self, xid: &str) -> Result<GlobalTx, CoordinatorError> {
         check_xid(xid)?;
         self.store
@@ -782,7 +815,7 @@ fn check_xid(xid: &str) -> Result<(), CoordinatorError> {
 }
 
 /// A new XID: time-ordered, with 64 random bits so XIDs from many sidecars never collide.
-fn new_xid() -> String {
+pub fn new_xid() -> String {
     let r: u64 = rand::random();
     format!("{:013x}-{r:016x}", now_ms())
 }

@@ -362,6 +362,9 @@ pub struct Tandem {
     pub port_b: u16,
     pub admin_port: u16,
     pub dir: PathBuf,
+    /// Environment variables the process starts with (test hooks such as
+    /// `TANDEM_TEST_CRASH`), for the next start too.
+    pub env: Vec<(String, String)>,
 }
 
 pub const USER: &str = "app";
@@ -463,6 +466,7 @@ impl Tandem {
                 port_b,
                 admin_port,
                 dir: dir.clone(),
+                env: Vec::new(),
             };
             match t.try_spawn() {
                 Ok(()) => return t,
@@ -497,6 +501,7 @@ impl Tandem {
             None => Command::new(bin),
         };
         let child = command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(self.dir.join("tandem.yaml"))
             .arg("--log-level")

@@ -11,9 +11,10 @@ pub mod compare;
 pub mod limit;
 pub mod merge_sort;
 pub mod route;
+pub mod xa;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
@@ -37,15 +38,18 @@ pub struct Sharding {
     pub topology: Topology,
     /// One per shard, in shard order.
     pub pools: Vec<Pool>,
+    /// Each shard's part in distributed commits, in shard order.
+    pub xa: Vec<Arc<xa::XaResource>>,
     /// Collation id → how its strings pad, learnt from a shard on first use.
     pads: Mutex<HashMap<u16, Option<Vec<u8>>>>,
 }
 
 impl Sharding {
-    pub fn new(topology: Topology, pools: Vec<Pool>) -> Sharding {
+    pub fn new(topology: Topology, pools: Vec<Pool>, xa: Vec<Arc<xa::XaResource>>) -> Sharding {
         Sharding {
             topology,
             pools,
+            xa,
             pads: Mutex::new(HashMap::new()),
         }
     }

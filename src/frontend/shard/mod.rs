@@ -7,14 +7,15 @@
 //! shard is relayed unchanged, as in `single` mode; a read over several shards is merged
 //! by [`crate::exec::sharding::scatter`]; what cannot be answered exactly is refused.
 //!
-//! A local transaction may read on any number of shards but write on one: a write to a
-//! second shard would need a distributed commit, and is refused until Tandem makes one.
+//! A transaction runs on each shard it reaches as an XA transaction, and ends atomically
+//! on all of them (see [`txn`] and [`crate::exec::sharding::xa`]).
 //!
 //! The planner reads statement text as MariaDB does by default; a session whose settings
 //! make the server read it otherwise (see [`unreadable`]) has its statements refused until
 //! it sets them back. Prepared statements are in [`prepared`].
 
 mod prepared;
+mod txn;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -57,10 +58,20 @@ pub(super) struct ShardSession {
     last: usize,
     /// The open explicit transaction's `BEGIN` (its text, for shards it reaches later).
     begin: Option<String>,
-    /// Shards where the session's local transaction is open.
+    /// The XID of the open transaction, which runs as an XA transaction on each shard it
+    /// reaches; `None` for one begun with characteristics (`START TRANSACTION READ ONLY`,
+    /// `WITH CONSISTENT SNAPSHOT`), which XA cannot take: it may write on one shard only.
+    xa: Option<String>,
+    /// One statement that writes on several shards outside a transaction runs as one.
+    statement_txn: bool,
+    /// Shards where the session's transaction is open.
     touched: ShardSet,
-    /// The shard the transaction wrote on.
-    wrote: Option<usize>,
+    /// The shards the transaction wrote on.
+    wrote: ShardSet,
+    /// Why the transaction can only roll back (a write on several shards failed part-way).
+    aborted: Option<String>,
+    /// The statement under way (a `SET`) opens no transaction on the shards it reaches.
+    outside: bool,
     autocommit: bool,
     /// The id the next prepared statement gets.
     next_statement: u32,
@@ -72,15 +83,19 @@ impl ShardSession {
             conns: (0..shards).map(|_| None).collect(),
             last: 0,
             begin: None,
+            xa: None,
+            statement_txn: false,
             touched: ShardSet::EMPTY,
-            wrote: None,
+            wrote: ShardSet::EMPTY,
+            aborted: None,
+            outside: false,
             autocommit: true,
             next_statement: 1,
         }
     }
 
     fn in_transaction(&self) -> bool {
-        self.begin.is_some() || !self.autocommit
+        self.begin.is_some() || !self.autocommit || self.statement_txn
     }
 
     fn status(&self) -> StatusFlags {
@@ -96,8 +111,11 @@ impl ShardSession {
 
     fn end_transaction(&mut self) {
         self.begin = None;
+        self.xa = None;
+        self.statement_txn = false;
         self.touched = ShardSet::EMPTY;
-        self.wrote = None;
+        self.wrote = ShardSet::EMPTY;
+        self.aborted = None;
     }
 }
 
@@ -142,10 +160,10 @@ fn refusal(why: &str) -> MysqlError {
     ))
 }
 
-fn multi_shard_write(why: &str) -> MysqlError {
+fn one_shard_only(why: &str) -> MysqlError {
     MysqlError::not_supported(&format!(
-        "{why}: a write to several shards needs a distributed commit, which this version of \
-         Tandem does not make; write to one shard per transaction"
+        "{why}: a transaction begun with characteristics (READ ONLY, WITH CONSISTENT SNAPSHOT) \
+         runs without a distributed commit and writes on one shard; begin it with BEGIN"
     ))
 }
 
@@ -303,15 +321,10 @@ impl Session {
                 return self.shard_use(reply_seq, name.as_bytes()).await;
             }
             StatementKind::Begin => {
-                if let Err(flow) = self.implicit_commit(reply_seq).await {
-                    return flow;
-                }
-                self.shard_session().begin = Some(text.to_string());
-                let ok = self.shard_ok();
-                return self.reply(reply_seq, &ok).await;
+                return self.shard_begin(reply_seq, text).await;
             }
             StatementKind::Commit | StatementKind::Rollback => {
-                return self.shard_end(reply_seq, payload, text).await
+                return self.shard_end(reply_seq, text).await
             }
             StatementKind::Savepoint => {
                 return self.reply_error(reply_seq, refusal("a savepoint")).await
@@ -356,18 +369,22 @@ impl Session {
                     .await
             }
             Plan::One(s) => {
+                if let Some(why) = self.shard_session().aborted.clone() {
+                    return self.reply_error(reply_seq, txn::aborted(&why)).await;
+                }
                 if writes {
                     let sh = self.shard_session();
                     if sh.in_transaction() {
-                        if let Some(other) = sh.wrote.filter(|&w| w != s) {
+                        if let Some(other) = sh.wrote.first().filter(|&w| w != s && sh.xa.is_none())
+                        {
                             let names = &self.sharding().topology.shards;
                             let why = format!(
                                 "a write on shard {} in a transaction that wrote on shard {}",
                                 names[s], names[other]
                             );
-                            return self.reply_error(reply_seq, multi_shard_write(&why)).await;
+                            return self.reply_error(reply_seq, one_shard_only(&why)).await;
                         }
-                        self.shard_session().wrote = Some(s);
+                        self.shard_session().wrote.insert(s);
                     }
                 }
                 self.shard_forward(reply_seq, payload, s, kind, response)
@@ -379,9 +396,7 @@ impl Session {
                 self.shard_ddl(reply_seq, &query, text, d).await
             }
             Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind, protocol).await,
-            Plan::MultiShardWrite(why) => {
-                self.reply_error(reply_seq, multi_shard_write(&why)).await
-            }
+            Plan::Write(w) => self.shard_write(reply_seq, &w, kind).await,
             Plan::Refuse(why) => self.reply_error(reply_seq, refusal(&why)).await,
         }
     }
@@ -422,9 +437,22 @@ impl Session {
             self.state.catch_up(&applied).statements.to_vec()
         };
         let state_applied = self.state.applied();
+        let xid = self
+            .ctx
+            .sharding
+            .as_deref()
+            .and_then(|s| s.xa.get(shard).cloned());
         let sh = self.shard.as_mut().ok_or(Ready::Lost)?;
-        let begin = sh.begin.clone().filter(|_| !sh.touched.contains(shard));
-        let implicit = sh.in_transaction();
+        let implicit = sh.in_transaction() && !sh.outside;
+        if implicit && sh.xa.is_none() && sh.begin.is_none() {
+            // A transaction that autocommit off opens, or one statement's.
+            sh.xa = Some(crate::coordinator::service::new_xid());
+        }
+        let begin = match (&sh.xa, xid) {
+            _ if !implicit || sh.touched.contains(shard) => None,
+            (Some(gtrid), Some(xa)) => Some(format!("XA START {}", xa.xid(gtrid))),
+            _ => sh.begin.clone(),
+        };
         let Some(sc) = sh.conns[shard].as_mut() else {
             return Err(Ready::Lost);
         };
@@ -552,10 +580,13 @@ impl Session {
                 sc.conn.status = status;
             }
             sh.autocommit = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
-            if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) && sh.begin.is_none() {
+            if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+                && sh.begin.is_none()
+                && sh.xa.is_none()
+            {
                 // The shard's transaction ended (a statement that commits implicitly).
                 sh.touched = ShardSet::EMPTY;
-                sh.wrote = None;
+                sh.wrote = ShardSet::EMPTY;
             }
         }
     }
@@ -563,6 +594,15 @@ impl Session {
     /// `SET`: runs on the shard that answers and on every other open connection; shards
     /// opened later run it when they catch up.
     async fn shard_set(&mut self, reply_seq: u8, payload: &[u8], text: &str) -> Flow {
+        self.shard_session().outside = true;
+        let flow = self.shard_set_outside(reply_seq, payload, text).await;
+        if let Some(sh) = self.shard.as_mut() {
+            sh.outside = false;
+        }
+        flow
+    }
+
+    async fn shard_set_outside(&mut self, reply_seq: u8, payload: &[u8], text: &str) -> Flow {
         let reads_tables = ["FROM", "SELECT"]
             .iter()
             .any(|w| lex::contains_word(text.as_bytes(), w.as_bytes()));
@@ -576,6 +616,15 @@ impl Session {
             return self
                 .reply_error(reply_seq, refusal("SET sql_select_limit"))
                 .await;
+        }
+        // `SET autocommit` commits an open transaction, as in the database (and an XA
+        // transaction takes no change of it).
+        if self.shard_session().in_transaction()
+            && lex::contains_word(text.as_bytes(), b"autocommit")
+        {
+            if let Err(flow) = self.implicit_commit(reply_seq).await {
+                return flow;
+            }
         }
         if !self.state.has_room() {
             let e =
@@ -637,68 +686,6 @@ impl Session {
             }
         }
         Flow::Continue
-    }
-
-    /// `BEGIN` inside a transaction, and DDL, commit the open one first, as the database
-    /// does.
-    async fn implicit_commit(&mut self, reply_seq: u8) -> Result<(), Flow> {
-        let touched = self.shard_session().touched;
-        if touched.is_empty() {
-            self.shard_session().end_transaction();
-            return Ok(());
-        }
-        for shard in touched.iter() {
-            let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
-                continue;
-            };
-            match sc.conn.execute("COMMIT").await {
-                Ok(_) => {}
-                Err(BackendError::Server(e)) => return Err(self.reply_error(reply_seq, e).await),
-                Err(_) => return Err(self.backend_lost(reply_seq, false).await),
-            }
-        }
-        self.shard_session().end_transaction();
-        Ok(())
-    }
-
-    /// COMMIT or ROLLBACK: on every shard the transaction reached, the one it wrote on
-    /// last, whose answer is the client's.
-    async fn shard_end(&mut self, reply_seq: u8, payload: &[u8], text: &str) -> Flow {
-        for w in ["CHAIN", "RELEASE", "TO"] {
-            if lex::contains_word(text.as_bytes(), w.as_bytes()) {
-                return self
-                    .reply_error(reply_seq, refusal(&format!("COMMIT or ROLLBACK … {w}")))
-                    .await;
-            }
-        }
-        let (touched, wrote) = {
-            let sh = self.shard_session();
-            (sh.touched, sh.wrote)
-        };
-        let answering = wrote.or(touched.first());
-        let Some(answering) = answering else {
-            self.shard_session().end_transaction();
-            let ok = self.shard_ok();
-            return self.reply(reply_seq, &ok).await;
-        };
-        for shard in touched.iter().filter(|&s| s != answering) {
-            let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
-                continue;
-            };
-            if let Err(e) = sc.conn.execute(text).await {
-                tracing::debug!(id = self.connection_id(), shard, error = %e, "ending a read-only shard transaction failed");
-                if e.is_fatal() {
-                    if let Some(sh) = self.shard.as_mut() {
-                        sh.conns[shard] = None;
-                    }
-                }
-            }
-        }
-        self.shard_session().end_transaction();
-        let kind = classify(text.as_bytes());
-        // The answering shard is in the transaction already: nothing to catch up on.
-        self.shard_forward(reply_seq, payload, answering, kind, ResponseKind::Query)
-            .await
     }
 
     /// DDL on every shard its table is on.

@@ -77,7 +77,8 @@ impl Session {
             Plan::One(s) => s,
             Plan::Scatter(s) => s.shards.first().unwrap_or(0),
             Plan::Ddl(d) => d.shards.first().unwrap_or(0),
-            Plan::Any | Plan::MultiShardWrite(_) | Plan::Refuse(_) => self.shard_session().last,
+            Plan::Write(w) => w.statements.first().map_or(0, |s| s.0),
+            Plan::Any | Plan::Refuse(_) => self.shard_session().last,
         };
         if let Some(flow) = self.ready_or_reply(reply_seq, home).await {
             return flow;

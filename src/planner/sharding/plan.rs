@@ -27,6 +27,24 @@ use crate::sql::lex::{self, Token, TokenKind};
 
 use std::sync::Arc;
 
+/// A write over several shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// Each shard's statement, in shard order: the client's text, or for a multi-row INSERT
+    /// the client's text with only that shard's rows.
+    pub statements: Vec<(usize, String)>,
+    pub affected: Affected,
+}
+
+/// How the client's affected-row count comes from the shards'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affected {
+    /// Each row is on one shard: the shards' counts add up.
+    Sum,
+    /// A broadcast table: every shard changes its own copy alike; the first shard's count.
+    First,
+}
+
 /// What to do with a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -40,8 +58,9 @@ pub enum Plan {
     Ddl(Ddl),
     /// A read over several shards, merged.
     Scatter(Box<Scatter>),
-    /// A write that would change rows on several shards.
-    MultiShardWrite(String),
+    /// A write that changes rows on several shards, each its own statement; the session
+    /// makes them one atomic change (a distributed commit).
+    Write(Box<Write>),
     /// Not answerable exactly: the reason, for the client.
     Refuse(String),
 }
@@ -147,9 +166,18 @@ pub fn plan(sql: &str, topo: &Topology, params: Params) -> Plan {
     };
     match &statement {
         Statement::Query(q) => plan_query(q, sql, &tokens, topo, &tables, params),
-        Statement::Insert(insert) => plan_insert(insert, topo, &tables, params),
+        Statement::Insert(insert) => {
+            let text = Text::new(sql, &tokens);
+            plan_insert(insert, &text, topo, &tables, params)
+        }
         Statement::Update(u) => {
             if u.from.is_some() || !u.table.joins.is_empty() {
+                if let Some(b) = tables.broadcast() {
+                    return refuse(format!(
+                        "a multi-table UPDATE over the broadcast table {}",
+                        b.name
+                    ));
+                }
                 return tables.colocated("a multi-table UPDATE");
             }
             for a in &u.assignments {
@@ -165,13 +193,21 @@ pub fn plan(sql: &str, topo: &Topology, params: Params) -> Plan {
                     ));
                 }
             }
-            plan_write(&tables, u.selection.as_ref(), params, "UPDATE")
+            let text = Text::new(sql, &tokens);
+            plan_write(&text, topo, &tables, u.selection.as_ref(), params, "UPDATE")
         }
         Statement::Delete(d) => {
             if d.using.is_some() || !d.tables.is_empty() || tables.refs.len() > 1 {
+                if let Some(b) = tables.broadcast() {
+                    return refuse(format!(
+                        "a multi-table DELETE over the broadcast table {}",
+                        b.name
+                    ));
+                }
                 return tables.colocated("a multi-table DELETE");
             }
-            plan_write(&tables, d.selection.as_ref(), params, "DELETE")
+            let text = Text::new(sql, &tokens);
+            plan_write(&text, topo, &tables, d.selection.as_ref(), params, "DELETE")
         }
         Statement::CreateTable(c) => {
             if c.query.is_some() && tables.refs.len() > 1 {
@@ -1156,6 +1192,33 @@ impl<'a> Text<'a> {
         }
     }
 
+    /// The first token at depth 0 that is the word `w`.
+    fn top_level_word(&self, w: &str) -> Option<usize> {
+        (0..self.tokens.len()).find(|&i| self.depths[i] == 0 && self.word(i, w))
+    }
+
+    /// The byte ranges of an INSERT's rows, `(…)` each, after its top-level `VALUES`.
+    fn values_rows(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        let start = self
+            .top_level_word("VALUES")
+            .or_else(|| self.top_level_word("VALUE"))?;
+        let mut rows = Vec::new();
+        let mut i = start + 1;
+        loop {
+            let open = self.tokens.get(i)?;
+            if !open.is_punct(b'(') || self.depths[i] != 0 {
+                return None;
+            }
+            let close = (i + 1..self.tokens.len())
+                .find(|&j| self.depths[j] == 0 && self.tokens[j].is_punct(b')'))?;
+            rows.push(open.span.start..self.tokens[close].span.end);
+            match self.tokens.get(close + 1) {
+                Some(t) if t.is_punct(b',') => i = close + 2,
+                _ => return Some(rows),
+            }
+        }
+    }
+
     fn word(&self, i: usize, w: &str) -> bool {
         self.tokens[i].is_word(self.sql.as_bytes(), w)
     }
@@ -1326,8 +1389,27 @@ impl<'a> Text<'a> {
     }
 }
 
+/// The same statement on every shard, for a broadcast table (when it reads nothing but
+/// the table: another table's rows differ from shard to shard).
+fn broadcast_write(text: &Text, topo: &Topology, tables: &Tables, name: &str) -> Plan {
+    if tables.refs.len() > 1 || tables.nested {
+        return refuse(format!(
+            "a write to the broadcast table {name} that reads other tables"
+        ));
+    }
+    Plan::Write(Box::new(Write {
+        statements: topo
+            .all()
+            .iter()
+            .map(|s| (s, text.sql.to_string()))
+            .collect(),
+        affected: Affected::First,
+    }))
+}
+
 fn plan_insert(
     insert: &sqlparser::ast::Insert,
+    text: &Text,
     topo: &Topology,
     tables: &Tables,
     params: Params,
@@ -1339,11 +1421,24 @@ fn plan_insert(
     let name = name.trim_matches('`');
     let rule = match topo.placement(name) {
         Placement::Sharded(rule) => rule,
-        Placement::Broadcast => {
-            return Plan::MultiShardWrite(format!("a write to the broadcast table {name}"))
-        }
+        Placement::Broadcast => return broadcast_write(text, topo, tables, name),
         _ => return tables.colocated("INSERT"),
     };
+    if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(assignments)) = &insert.on {
+        for a in assignments {
+            let target = a.target.to_string().to_lowercase();
+            let column = target
+                .rsplit('.')
+                .next()
+                .unwrap_or(&target)
+                .trim_matches('`');
+            if column == rule.column {
+                return refuse(format!(
+                    "changing the sharding column {column} (it may move the row to another shard)"
+                ));
+            }
+        }
+    }
     if tables.refs.len() > 1 || tables.nested {
         return refuse(format!("INSERT … SELECT into the sharded table {name}"));
     }
@@ -1371,13 +1466,17 @@ fn plan_insert(
         ));
     };
     let mut shards = ShardSet::EMPTY;
+    let mut row_shards = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         let Some(v) = row.get(at) else {
             return refuse("a VALUES row shorter than its column list");
         };
         let key = condition::literal(v).or_else(|| params(v));
         match key.and_then(|k| rule.sharder.shard_of(&k)) {
-            Some(s) => shards.insert(s),
+            Some(s) => {
+                shards.insert(s);
+                row_shards.push(s);
+            }
             None => {
                 return refuse(format!(
                     "INSERT into {name} with a value of {} that is not a constant Tandem can place ({v})",
@@ -1386,19 +1485,49 @@ fn plan_insert(
             }
         }
     }
-    match shards.single() {
-        Some(s) => Plan::One(s),
-        None => Plan::MultiShardWrite(format!(
-            "an INSERT into {name} whose rows go to {} shards",
-            shards.len()
-        )),
+    if let Some(s) = shards.single() {
+        return Plan::One(s);
     }
+    // Each shard gets the statement with its own rows: the client's text with the other
+    // rows cut out.
+    let Some(rows) = text.values_rows().filter(|r| r.len() == row_shards.len()) else {
+        return refuse(format!(
+            "an INSERT into {name} whose rows go to several shards, written in a form Tandem cannot split"
+        ));
+    };
+    let (head, tail) = match (rows.first(), rows.last()) {
+        (Some(f), Some(l)) => (&text.sql[..f.start], &text.sql[l.end..]),
+        _ => return refuse("an INSERT without rows"),
+    };
+    let statements = shards
+        .iter()
+        .map(|s| {
+            let mine: Vec<&str> = rows
+                .iter()
+                .zip(&row_shards)
+                .filter(|(_, &rs)| rs == s)
+                .map(|(r, _)| &text.sql[r.clone()])
+                .collect();
+            (s, format!("{head}{}{tail}", mine.join(", ")))
+        })
+        .collect();
+    Plan::Write(Box::new(Write {
+        statements,
+        affected: Affected::Sum,
+    }))
 }
 
-fn plan_write(tables: &Tables, filter: Option<&Expr>, params: Params, what: &str) -> Plan {
+fn plan_write(
+    text: &Text,
+    topo: &Topology,
+    tables: &Tables,
+    filter: Option<&Expr>,
+    params: Params,
+    what: &str,
+) -> Plan {
     let Some(r) = tables.sharded.first() else {
         if let Some(b) = tables.broadcast() {
-            return Plan::MultiShardWrite(format!("a write to the broadcast table {}", b.name));
+            return broadcast_write(text, topo, tables, &b.name);
         }
         return tables.home(what);
     };
@@ -1423,10 +1552,19 @@ fn plan_write(tables: &Tables, filter: Option<&Expr>, params: Params, what: &str
     match set.len() {
         0 => Plan::One(0),
         1 => Plan::One(set.first().unwrap_or(0)),
-        k => Plan::MultiShardWrite(format!(
-            "{what} of the sharded table {} on {k} shards",
-            r.rule.name
-        )),
+        k => {
+            // Which rows an ORDER BY … LIMIT picks depends on all shards' rows together.
+            if text.top_level_word("LIMIT").is_some() {
+                return refuse(format!(
+                    "{what} … LIMIT of the sharded table {} on {k} shards",
+                    r.rule.name
+                ));
+            }
+            Plan::Write(Box::new(Write {
+                statements: set.iter().map(|s| (s, text.sql.to_string())).collect(),
+                affected: Affected::Sum,
+            }))
+        }
     }
 }
 
@@ -1659,18 +1797,32 @@ broadcast_tables: [t_country]
         );
         assert!(refused("INSERT INTO t_order (id) VALUES (1)").contains("sharding column"));
         assert!(refused("INSERT INTO t_order VALUES (1, 1)").contains("sharding column"));
-        assert!(matches!(
-            p("INSERT INTO t_order (id, user_id) VALUES (1, 1), (2, 2)"),
-            Plan::MultiShardWrite(_)
-        ));
-        assert!(matches!(
-            p("DELETE FROM t_order WHERE id = 1"),
-            Plan::MultiShardWrite(_)
-        ));
-        assert!(matches!(
-            p("UPDATE t_country SET name = 'x'"),
-            Plan::MultiShardWrite(_)
-        ));
+        let write = |sql: &str| match p(sql) {
+            Plan::Write(w) => (w.statements, w.affected),
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            write("INSERT INTO t_order (id, user_id) VALUES (1, 1), (2, 2), (3, 5) ON DUPLICATE KEY UPDATE id = id"),
+            (
+                vec![
+                    (1, "INSERT INTO t_order (id, user_id) VALUES (1, 1), (3, 5) ON DUPLICATE KEY UPDATE id = id".to_string()),
+                    (2, "INSERT INTO t_order (id, user_id) VALUES (2, 2) ON DUPLICATE KEY UPDATE id = id".to_string()),
+                ],
+                Affected::Sum
+            )
+        );
+        let (statements, affected) = write("DELETE FROM t_order WHERE id = 1");
+        assert_eq!(statements.len(), 4);
+        assert_eq!(affected, Affected::Sum);
+        let (statements, affected) = write("UPDATE t_country SET name = 'x'");
+        assert_eq!(statements.len(), 4);
+        assert_eq!(affected, Affected::First);
+        assert!(refused("DELETE FROM t_order ORDER BY id LIMIT 3").contains("LIMIT"));
+        assert!(refused(
+            "INSERT INTO t_order (id, user_id) VALUES (1, 1) ON DUPLICATE KEY UPDATE user_id = 2"
+        )
+        .contains("sharding column"));
+        assert!(refused("UPDATE t_country c JOIN t_order o ON o.country = c.id SET c.name = 'x' WHERE o.user_id = 1").contains("broadcast"));
     }
 
     #[test]

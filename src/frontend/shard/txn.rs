@@ -1,0 +1,514 @@
+//! Transactions of a sharding session, and writes over several shards.
+//!
+//! A transaction reaches a shard lazily, with its first statement there, as an XA
+//! transaction under the transaction's XID (`XA START`). Its end depends on what it wrote:
+//! on one shard or none, every shard commits in one phase; on several, the distributed
+//! commit of [`crate::exec::sharding::xa`]: a global transaction in the coordinator store
+//! with a branch per written shard, `XA PREPARE` everywhere, the decision recorded, then
+//! `XA COMMIT` everywhere. A write over several shards outside a transaction is one such
+//! transaction of its own.
+//!
+//! A write over several shards that fails part-way inside a transaction leaves the other
+//! shards' part done: the transaction can then only roll back, and says so until it does.
+
+use std::sync::Arc;
+
+use super::super::session::{Flow, Session};
+use super::Ready;
+use crate::backend::BackendError;
+use crate::coordinator::{Branch, BranchKind, BranchStatus, GlobalStatus};
+use crate::exec::sharding::xa::XaResource;
+use crate::planner::sharding::plan::{Affected, Write};
+use crate::planner::sharding::ShardSet;
+use crate::sql::{lex, StatementKind};
+use crate::wire::response::ok_packet;
+use crate::wire::MysqlError;
+
+/// The error of a statement in a transaction that can only roll back.
+pub(super) fn aborted(why: &str) -> MysqlError {
+    MysqlError::new(
+        1180,
+        "HY000",
+        format!("{why}; the transaction can only roll back: send ROLLBACK"),
+    )
+}
+
+/// A transaction could not end as asked.
+enum EndError {
+    /// The client's error; the session goes on.
+    Failed(MysqlError),
+    /// A shard connection broke.
+    Lost,
+}
+
+/// Test hooks of the distributed commit, for crash tests: `TANDEM_TEST_CRASH=<point>`
+/// makes the process abort there, `TANDEM_TEST_PAUSE=<point>` makes the session wait 3 s.
+/// Points: `xa-prepared` (every shard prepared, no decision yet) and `xa-decided` (the
+/// decision recorded, no shard committed yet).
+async fn test_hook(point: &str) {
+    static HOOKS: std::sync::OnceLock<(Option<String>, Option<String>)> =
+        std::sync::OnceLock::new();
+    let (crash, pause) = HOOKS.get_or_init(|| {
+        (
+            std::env::var("TANDEM_TEST_CRASH").ok(),
+            std::env::var("TANDEM_TEST_PAUSE").ok(),
+        )
+    });
+    if crash.as_deref() == Some(point) {
+        tracing::error!(point, "aborting at a crash point (TANDEM_TEST_CRASH)");
+        std::process::abort();
+    }
+    if pause.as_deref() == Some(point) {
+        tracing::warn!(point, "pausing at a test point (TANDEM_TEST_PAUSE)");
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+}
+
+/// Whether `BEGIN`/`START TRANSACTION` text asks for characteristics an XA transaction
+/// cannot have (`READ ONLY`, `WITH CONSISTENT SNAPSHOT`).
+fn has_characteristics(text: &str) -> bool {
+    ["ONLY", "SNAPSHOT"]
+        .iter()
+        .any(|w| lex::contains_word(text.as_bytes(), w.as_bytes()))
+}
+
+impl Session {
+    fn xa_of(&self, shard: usize) -> Option<Arc<XaResource>> {
+        self.ctx.sharding.as_deref()?.xa.get(shard).cloned()
+    }
+
+    fn shard_name(&self, shard: usize) -> String {
+        self.sharding()
+            .topology
+            .shards
+            .get(shard)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Runs `sql` on the session's open connection to `shard`.
+    async fn on_shard(
+        &mut self,
+        shard: usize,
+        sql: &str,
+    ) -> Result<crate::wire::scanner::Summary, BackendError> {
+        let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
+            return Err(BackendError::Protocol("no connection to the shard".into()));
+        };
+        let r = sc.conn.execute(sql).await;
+        if let Err(e) = &r {
+            if e.is_fatal() {
+                if let Some(sh) = self.shard.as_mut() {
+                    sh.conns[shard] = None;
+                }
+            }
+        }
+        r
+    }
+
+    /// `BEGIN` / `START TRANSACTION`: ends the open transaction (as the database does) and
+    /// opens one that reaches shards as statements go there.
+    pub(super) async fn shard_begin(&mut self, reply_seq: u8, text: &str) -> Flow {
+        if let Err(flow) = self.implicit_commit(reply_seq).await {
+            return flow;
+        }
+        let sh = self.shard_session();
+        sh.begin = Some(text.to_string());
+        sh.xa = (!has_characteristics(text)).then(crate::coordinator::service::new_xid);
+        let ok = self.shard_ok();
+        self.reply(reply_seq, &ok).await
+    }
+
+    /// `COMMIT` / `ROLLBACK` of the client.
+    pub(super) async fn shard_end(&mut self, reply_seq: u8, text: &str) -> Flow {
+        for w in ["CHAIN", "RELEASE", "TO"] {
+            if lex::contains_word(text.as_bytes(), w.as_bytes()) {
+                let e = super::refusal(&format!("COMMIT or ROLLBACK … {w}"));
+                return self.reply_error(reply_seq, e).await;
+            }
+        }
+        let commit = crate::sql::classify(text.as_bytes()) == StatementKind::Commit;
+        let started = std::time::Instant::now();
+        let kind = if commit {
+            StatementKind::Commit
+        } else {
+            StatementKind::Rollback
+        };
+        match self.finish(commit).await {
+            Ok(()) => {
+                self.ctx
+                    .metrics
+                    .statement(kind, started.elapsed().as_secs_f64());
+                self.last_error = None;
+                let ok = self.shard_ok();
+                self.reply(reply_seq, &ok).await
+            }
+            Err(EndError::Failed(e)) => {
+                self.last_error = Some(e.code);
+                self.reply_error(reply_seq, e).await
+            }
+            Err(EndError::Lost) => self.backend_lost(reply_seq, false).await,
+        }
+    }
+
+    /// A statement that commits the open transaction first (`BEGIN` in a transaction, DDL,
+    /// `SET autocommit`), as the database does.
+    pub(super) async fn implicit_commit(&mut self, reply_seq: u8) -> Result<(), Flow> {
+        match self.finish(true).await {
+            Ok(()) => Ok(()),
+            Err(EndError::Failed(e)) => Err(self.reply_error(reply_seq, e).await),
+            Err(EndError::Lost) => Err(self.backend_lost(reply_seq, false).await),
+        }
+    }
+
+    /// Ends the open transaction on every shard it reached.
+    async fn finish(&mut self, commit: bool) -> Result<(), EndError> {
+        let sh = self.shard_session();
+        let (touched, wrote, xa, aborted) =
+            (sh.touched, sh.wrote, sh.xa.clone(), sh.aborted.clone());
+        sh.end_transaction();
+        let Some(gtrid) = xa else {
+            return self.finish_plain(touched, wrote, commit).await;
+        };
+        if !commit || aborted.is_some() {
+            for shard in touched.iter() {
+                self.xa_rollback(shard, &gtrid).await;
+            }
+            return match aborted {
+                Some(why) if commit => Err(EndError::Failed(MysqlError::new(
+                    1180,
+                    "HY000",
+                    format!("{why}; the transaction was rolled back"),
+                ))),
+                _ => Ok(()),
+            };
+        }
+        let writers: Vec<usize> = touched.iter().filter(|&s| wrote.contains(s)).collect();
+        // Shards it only read end first, in one phase (a read may hold locks till then).
+        for shard in touched.iter().filter(|s| !wrote.contains(*s)) {
+            if let Err(e) = self.one_phase(shard, &gtrid).await {
+                tracing::debug!(id = self.connection_id(), shard, error = %e.message, "ending a read-only shard transaction failed");
+            }
+        }
+        match writers.as_slice() {
+            [] => Ok(()),
+            [only] => self
+                .one_phase(*only, &gtrid)
+                .await
+                .map_err(EndError::Failed),
+            _ => self.two_phase(&gtrid, &writers).await,
+        }
+    }
+
+    /// A transaction begun with characteristics: a plain `COMMIT`/`ROLLBACK` on each shard,
+    /// the one it wrote on last, whose error is the client's.
+    async fn finish_plain(
+        &mut self,
+        touched: ShardSet,
+        wrote: ShardSet,
+        commit: bool,
+    ) -> Result<(), EndError> {
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        let last = wrote.first();
+        for shard in touched.iter().filter(|&s| Some(s) != last).chain(last) {
+            match self.on_shard(shard, verb).await {
+                Ok(_) => {}
+                Err(BackendError::Server(e)) if Some(shard) == last => {
+                    return Err(EndError::Failed(e))
+                }
+                Err(e) if Some(shard) == last && e.is_fatal() => return Err(EndError::Lost),
+                Err(e) => {
+                    tracing::debug!(id = self.connection_id(), shard, error = %e, "ending a read-only shard transaction failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `XA END` and `XA COMMIT … ONE PHASE` on `shard`; on failure the shard's part is
+    /// rolled back and the error, naming the shard, returned.
+    async fn one_phase(&mut self, shard: usize, gtrid: &str) -> Result<(), MysqlError> {
+        let Some(xa) = self.xa_of(shard) else {
+            return Err(MysqlError::not_supported("a shard that does not exist"));
+        };
+        let xid = xa.xid(gtrid);
+        let mut result = self.on_shard(shard, &format!("XA END {xid}")).await;
+        if result.is_ok() {
+            result = self
+                .on_shard(shard, &format!("XA COMMIT {xid} ONE PHASE"))
+                .await;
+        }
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.xa_rollback(shard, gtrid).await;
+                Err(self.shard_error(shard, e))
+            }
+        }
+    }
+
+    /// Rolls back the shard's part of `gtrid`, whatever state it is in; errors only logged
+    /// (a part that is gone was rolled back by the database).
+    async fn xa_rollback(&mut self, shard: usize, gtrid: &str) {
+        let Some(xa) = self.xa_of(shard) else {
+            return;
+        };
+        let xid = xa.xid(gtrid);
+        // Ending an ended or rolled-back part fails harmlessly.
+        let _ = self.on_shard(shard, &format!("XA END {xid}")).await;
+        if let Err(e) = self.on_shard(shard, &format!("XA ROLLBACK {xid}")).await {
+            tracing::debug!(id = self.connection_id(), shard, error = %e, "XA ROLLBACK failed");
+        }
+    }
+
+    /// A shard's failure as the client's error, naming the shard.
+    fn shard_error(&self, shard: usize, e: BackendError) -> MysqlError {
+        let name = self.shard_name(shard);
+        match e {
+            BackendError::Server(mut e) => {
+                e.message = format!("on shard {name}: {}", e.message);
+                e
+            }
+            other => MysqlError::backend_unavailable(&name, &other.to_string()),
+        }
+    }
+
+    /// The distributed commit of a transaction that wrote on `writers` (two or more).
+    async fn two_phase(&mut self, gtrid: &str, writers: &[usize]) -> Result<(), EndError> {
+        let coordinator = self.ctx.coordinator.clone();
+        let unavailable = |e: &dyn std::fmt::Display| {
+            MysqlError::coordinator_unavailable(&format!(
+                "{e}; the transaction was rolled back on every shard"
+            ))
+        };
+        // 1. The global transaction and its branches, before any shard prepares: after a
+        //    crash, every prepared part is then found from the store.
+        let mut recorded = coordinator
+            .begin_as(gtrid, None)
+            .await
+            .map_err(|e| unavailable(&e));
+        if recorded.is_ok() {
+            for &shard in writers {
+                let Some(xa) = self.xa_of(shard) else {
+                    continue;
+                };
+                let branch = Branch {
+                    xid: gtrid.to_string(),
+                    branch_id: coordinator.new_branch_id(),
+                    kind: BranchKind::Xa,
+                    resource: xa.identity().to_string(),
+                    status: BranchStatus::Registered,
+                    lock_keys: Vec::new(),
+                    application_data: None,
+                    seq: 0,
+                    attention: None,
+                };
+                if let Err(e) = coordinator.register_branch(&branch).await {
+                    recorded = Err(unavailable(&e));
+                    break;
+                }
+            }
+        }
+        if let Err(e) = recorded {
+            self.abort_distributed(gtrid, writers).await;
+            return Err(EndError::Failed(e));
+        }
+        // 2. Every shard prepares.
+        for &shard in writers {
+            let Some(xa) = self.xa_of(shard) else {
+                continue;
+            };
+            let xid = xa.xid(gtrid);
+            let mut r = self.on_shard(shard, &format!("XA END {xid}")).await;
+            if r.is_ok() {
+                r = self.on_shard(shard, &format!("XA PREPARE {xid}")).await;
+            }
+            if let Err(e) = r {
+                let e = self.shard_error(shard, e);
+                tracing::warn!(id = self.connection_id(), %gtrid, shard, error = %e.message, "a shard could not prepare; rolling back");
+                self.abort_distributed(gtrid, writers).await;
+                return Err(EndError::Failed(e));
+            }
+        }
+        test_hook("xa-prepared").await;
+        // 3. The decision.
+        match coordinator.decide_commit(gtrid).await {
+            Ok(GlobalStatus::Committing | GlobalStatus::Committed) => {}
+            Ok(status) => {
+                // Past its timeout: the coordinator rolled it back.
+                self.abort_distributed(gtrid, writers).await;
+                coordinator.drive_decided(gtrid, status);
+                return Err(EndError::Failed(MysqlError::new(
+                    1180,
+                    "HY000",
+                    format!("the distributed commit of {gtrid} took longer than its timeout and was rolled back on every shard"),
+                )));
+            }
+            Err(e) => {
+                // Whether the decision was recorded is unknown: the prepared parts stay for
+                // the coordinator to end as the store says. The connections holding them
+                // close, which hands them over.
+                self.release_prepared(writers);
+                return Err(EndError::Failed(MysqlError::coordinator_unavailable(&format!(
+                    "{e}; the outcome of {gtrid} is decided by the coordinator store, and the shards follow it"
+                ))));
+            }
+        }
+        test_hook("xa-decided").await;
+        // 4. Every shard commits. One that fails now commits later, by phase 2: the
+        //    transaction is committed.
+        for &shard in writers {
+            let Some(xa) = self.xa_of(shard) else {
+                continue;
+            };
+            match self
+                .on_shard(shard, &format!("XA COMMIT {}", xa.xid(gtrid)))
+                .await
+            {
+                Ok(_) => xa.settled(gtrid),
+                Err(e) => {
+                    tracing::warn!(id = self.connection_id(), %gtrid, shard, error = %e, "a shard did not commit its prepared part; phase 2 will");
+                    self.release_prepared(&[shard]);
+                }
+            }
+        }
+        coordinator.drive_decided(gtrid, GlobalStatus::Committing);
+        Ok(())
+    }
+
+    /// Rolls back every writer's part of a distributed commit that will not commit, then
+    /// records the decision (when the store has the transaction; otherwise its timeout
+    /// does).
+    async fn abort_distributed(&mut self, gtrid: &str, writers: &[usize]) {
+        for &shard in writers {
+            self.xa_rollback(shard, gtrid).await;
+            if let Some(xa) = self.xa_of(shard) {
+                xa.settled(gtrid);
+            }
+        }
+        if let Err(e) = self.ctx.coordinator.rollback(gtrid).await {
+            tracing::debug!(%gtrid, error = %e, "recording the rollback failed; the coordinator times it out");
+        }
+    }
+
+    /// Closes the connections that hold prepared parts whose outcome phase 2 will carry
+    /// out: the database keeps a prepared part when its connection ends.
+    fn release_prepared(&mut self, shards: &[usize]) {
+        if let Some(sh) = self.shard.as_mut() {
+            for &shard in shards {
+                if let Some(mut sc) = sh.conns[shard].take() {
+                    sc.conn.mark_broken();
+                }
+            }
+        }
+    }
+
+    /// A write over several shards: each shard's statement in the transaction (one of its
+    /// own outside a transaction), one OK for the client.
+    pub(super) async fn shard_write(
+        &mut self,
+        reply_seq: u8,
+        w: &Write,
+        kind: StatementKind,
+    ) -> Flow {
+        let started = std::time::Instant::now();
+        if let Some(why) = self.shard_session().aborted.clone() {
+            return self.reply_error(reply_seq, aborted(&why)).await;
+        }
+        let sh = self.shard_session();
+        let own = !sh.in_transaction();
+        if !own && sh.xa.is_none() {
+            let e = super::one_shard_only(&format!("a write on {} shards", w.statements.len()));
+            return self.reply_error(reply_seq, e).await;
+        }
+        if own {
+            sh.statement_txn = true;
+            sh.xa = Some(crate::coordinator::service::new_xid());
+        }
+        let (mut affected, mut warnings) = (0u64, 0u16);
+        let mut failed: Option<MysqlError> = None;
+        for (i, (shard, sql)) in w.statements.iter().enumerate() {
+            let shard = *shard;
+            match self.shard_ready(shard).await {
+                Ok(()) => {}
+                Err(Ready::Refused(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+                Err(Ready::Lost) => {
+                    failed = Some(MysqlError::backend_lost(&self.shard_name(shard)));
+                    break;
+                }
+            }
+            self.shard_session().wrote.insert(shard);
+            match self.on_shard(shard, sql).await {
+                Ok(summary) => {
+                    warnings = warnings.saturating_add(summary.warnings);
+                    match w.affected {
+                        Affected::Sum => affected += summary.affected_rows,
+                        Affected::First if i == 0 => affected = summary.affected_rows,
+                        Affected::First => {}
+                    }
+                }
+                Err(e) => {
+                    failed = Some(self.shard_error(shard, e));
+                    break;
+                }
+            }
+        }
+        let result = match failed {
+            Some(e) if own => {
+                let _ = self.finish(false).await;
+                Err(e)
+            }
+            Some(e) => {
+                let why = format!("a write on several shards failed part-way ({})", e.message);
+                self.shard_session().aborted = Some(why);
+                Err(e)
+            }
+            None if own => match self.finish(true).await {
+                Ok(()) => Ok(()),
+                Err(EndError::Failed(e)) => Err(e),
+                Err(EndError::Lost) => return self.backend_lost(reply_seq, false).await,
+            },
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.ctx
+                    .metrics
+                    .statement(kind, started.elapsed().as_secs_f64());
+                self.last_error = None;
+                let status = self.shard_session().status();
+                let mut ok = ok_packet(affected, 0, status, warnings);
+                if self
+                    .caps()
+                    .contains(mysql_common::constants::CapabilityFlags::CLIENT_SESSION_TRACK)
+                {
+                    ok.push(0);
+                }
+                self.reply(reply_seq, &ok).await
+            }
+            Err(e) => {
+                self.last_error = Some(e.code);
+                self.ctx.metrics.error(e.code);
+                self.reply_error(reply_seq, e).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_characteristics;
+
+    #[test]
+    fn characteristics_keep_a_transaction_off_xa() {
+        assert!(!has_characteristics("BEGIN"));
+        assert!(!has_characteristics("START TRANSACTION READ WRITE"));
+        assert!(has_characteristics("START TRANSACTION READ ONLY"));
+        assert!(has_characteristics(
+            "start transaction with consistent snapshot"
+        ));
+    }
+}
