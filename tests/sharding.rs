@@ -934,3 +934,75 @@ fn random_select(rng: &mut StdRng) -> (String, bool) {
         }
     }
 }
+
+/// The logical database looks like one database: its name, its tables (of every shard,
+/// each once), per-table SHOWs answered by a shard that has the table, and EXPLAIN.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_logical_database_looks_real() {
+    let w = world("logical");
+    let (mut t, _r) = load(&w, 7).await;
+    let db: Option<String> = t.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(db.as_deref(), Some("shop"));
+    let dbs: Vec<String> = t.query("SHOW DATABASES").await.unwrap();
+    assert_eq!(dbs, ["information_schema", "shop"]);
+    let tables: Vec<String> = t.query("SHOW TABLES").await.unwrap();
+    assert_eq!(tables, ["t_country", "t_item", "t_note", "t_order"]);
+    let full: Vec<(String, String)> = t.query("SHOW FULL TABLES LIKE 't\\_o%'").await.unwrap();
+    assert_eq!(full, [("t_order".to_string(), "BASE TABLE".to_string())]);
+    let e = t
+        .query_drop("SHOW TABLES FROM elsewhere")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(1235), "{e}");
+    // The single table lives on shard 2 only: its SHOWs go there.
+    for sql in [
+        "SHOW COLUMNS FROM t_note",
+        "DESCRIBE t_note",
+        "SHOW CREATE TABLE t_note",
+        "SHOW INDEX FROM t_note",
+        "SHOW COLUMNS FROM t_order",
+        "DESC t_order",
+    ] {
+        let rows: Vec<mysql_async::Row> =
+            t.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(!rows.is_empty(), "{sql}");
+    }
+    let columns: Vec<String> = t
+        .query("SHOW COLUMNS FROM t_order")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r: mysql_async::Row| r.get::<String, _>(0).unwrap())
+        .collect();
+    assert_eq!(columns[..3], ["id", "user_id", "name"]);
+    // EXPLAIN: one row per shard statement.
+    let plan: Vec<(String, String, String)> = t
+        .query("EXPLAIN SELECT id FROM t_order WHERE user_id = 5")
+        .await
+        .unwrap();
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].0, "s1");
+    let plan: Vec<(String, String, String)> = t
+        .query("EXPLAIN SELECT id FROM t_order ORDER BY id LIMIT 3")
+        .await
+        .unwrap();
+    assert_eq!(plan.len(), SHARDS);
+    assert!(
+        plan[0].2.contains("merge-sort") && plan[0].2.contains("limit 3"),
+        "{plan:?}"
+    );
+    let plan: Vec<(String, String, String)> = t
+        .query("EXPLAIN INSERT INTO t_order (id, user_id) VALUES (1, 1), (2, 2)")
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["s1", "s2"]
+    );
+    assert!(plan[0].1.ends_with("VALUES (1, 1)"), "{plan:?}");
+    let e = t
+        .query_drop("EXPLAIN SELECT DISTINCT name FROM t_order")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(1235), "{e}");
+}

@@ -54,6 +54,32 @@ impl Sharding {
         }
     }
 
+    /// Every table (and view) of the logical database, each once, sorted, with its
+    /// `TABLE_TYPE`: those of every shard.
+    pub async fn table_list(&self) -> Result<Vec<(String, String)>, MysqlError> {
+        let mut all = std::collections::BTreeMap::new();
+        for pool in &self.pools {
+            let unavailable = |e: &dyn std::fmt::Display| {
+                MysqlError::backend_unavailable(pool.name(), &e.to_string())
+            };
+            let mut conn = pool.acquire_control().await.map_err(|e| unavailable(&e))?;
+            let rows = conn
+                .query_rows(
+                    "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES \
+                     WHERE TABLE_SCHEMA = DATABASE()",
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            for r in rows {
+                let mut r = r.into_iter();
+                if let (Some(Some(name)), Some(kind)) = (r.next(), r.next()) {
+                    all.insert(name, kind.unwrap_or_default());
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
     /// Reads which tables each shard holds, so single tables are found where they are.
     pub async fn learn_tables(&self) -> Result<(), StartError> {
         let mut per_shard = Vec::new();

@@ -34,9 +34,10 @@ use crate::exec::session_state::Applied;
 use crate::exec::sharding::route::Route;
 use crate::exec::sharding::{self, Protocol, ScatterError};
 use crate::planner::sharding::plan::{self, Plan};
+use crate::planner::sharding::show::{self, Answer};
 use crate::planner::sharding::ShardSet;
 use crate::sql::{classify, hints, lex, StatementKind};
-use crate::wire::response::ok_packet;
+use crate::wire::response::{ok_packet, write_result, RowFormat};
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::MysqlError;
 
@@ -397,6 +398,7 @@ impl Session {
             }
             Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind, protocol).await,
             Plan::Write(w) => self.shard_write(reply_seq, &w, kind).await,
+            Plan::Answer(a) => self.shard_answer(reply_seq, a, protocol).await,
             Plan::Refuse(why) => self.reply_error(reply_seq, refusal(&why)).await,
         }
     }
@@ -474,6 +476,68 @@ impl Session {
             sh.touched.insert(shard);
         }
         Ok(())
+    }
+
+    /// Answers a statement about the logical database (see
+    /// [`crate::planner::sharding::show`]).
+    async fn shard_answer(&mut self, reply_seq: u8, answer: Answer, protocol: Protocol) -> Flow {
+        let db = self.sharding().topology.database.clone();
+        let (columns, rows): (Vec<String>, Vec<Vec<Option<String>>>) = match answer {
+            Answer::Databases { like } => (
+                vec!["Database".into()],
+                ["information_schema", db.as_str()]
+                    .iter()
+                    .filter(|d| like.as_deref().is_none_or(|p| show::like(p, d)))
+                    .map(|d| vec![Some(d.to_string())])
+                    .collect(),
+            ),
+            Answer::Database => (vec!["DATABASE()".into()], vec![vec![Some(db)]]),
+            Answer::Tables { full, like } => {
+                let tables = match self.sharding().table_list().await {
+                    Ok(t) => t,
+                    Err(e) => return self.reply_error(reply_seq, e).await,
+                };
+                let mut columns = vec![format!("Tables_in_{db}")];
+                if full {
+                    columns.push("Table_type".into());
+                }
+                let rows = tables
+                    .into_iter()
+                    .filter(|(t, _)| like.as_deref().is_none_or(|p| show::like(p, t)))
+                    .map(|(t, kind)| {
+                        let mut row = vec![Some(t)];
+                        if full {
+                            row.push(Some(kind));
+                        }
+                        row
+                    })
+                    .collect();
+                (columns, rows)
+            }
+            Answer::Explain(rows) => (
+                vec!["shard".into(), "statement".into(), "merge".into()],
+                rows.into_iter()
+                    .map(|r| r.into_iter().map(Some).collect())
+                    .collect(),
+            ),
+        };
+        let format = match protocol {
+            Protocol::Text => RowFormat::Text,
+            Protocol::Binary => RowFormat::Binary,
+        };
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let status = self.shard_session().status();
+        let caps = self.caps();
+        // A command's answer starts at sequence id 1, where `write_result` starts (as
+        // Tandem's own functions answer).
+        let _ = reply_seq;
+        match write_result(&mut self.client, caps, status, format, &names, &rows).await {
+            Ok(()) => {
+                self.last_error = None;
+                Flow::Continue
+            }
+            Err(_) => Flow::Close,
+        }
     }
 
     /// Refuses the statement when the session's settings make the server read its text

@@ -12,6 +12,7 @@
 pub mod algorithm;
 pub mod condition;
 pub mod plan;
+pub mod show;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};

@@ -61,6 +61,8 @@ pub enum Plan {
     /// A write that changes rows on several shards, each its own statement; the session
     /// makes them one atomic change (a distributed commit).
     Write(Box<Write>),
+    /// Tandem answers itself (statements about the logical database).
+    Answer(super::show::Answer),
     /// Not answerable exactly: the reason, for the client.
     Refuse(String),
 }
@@ -141,6 +143,35 @@ pub struct Scatter {
     pub group: Vec<SortKey>,
 }
 
+impl Scatter {
+    /// How the shards' answers merge, for `EXPLAIN`.
+    pub fn describe(&self) -> String {
+        let mut ops = Vec::new();
+        let keys = if self.group.is_empty() {
+            &self.order
+        } else {
+            &self.group
+        };
+        ops.push(if keys.is_empty() {
+            "concatenate".to_string()
+        } else {
+            format!("merge-sort by {} key(s)", keys.len())
+        });
+        match (&self.aggregates, self.group.is_empty()) {
+            (Some(a), true) => ops.push(format!("aggregate {} column(s)", a.len())),
+            (Some(a), false) => ops.push(format!("group, aggregate {} column(s)", a.len())),
+            (None, _) => {}
+        }
+        if let Some(l) = self.limit {
+            ops.push(format!("limit {} offset {}", l.count, l.offset));
+        }
+        if self.hidden > 0 {
+            ops.push(format!("hide {} added column(s)", self.hidden));
+        }
+        ops.join(", then ")
+    }
+}
+
 fn refuse(what: impl Into<String>) -> Plan {
     Plan::Refuse(what.into())
 }
@@ -154,6 +185,9 @@ pub fn plan(sql: &str, topo: &Topology, params: Params) -> Plan {
     };
     if lex::statements(&tokens).len() > 1 {
         return refuse("several statements in one query on a sharded database");
+    }
+    if let Some(p) = super::show::plan_show(sql, &tokens, topo) {
+        return p;
     }
     let statement = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(mut s) if s.len() == 1 => s.remove(0),
