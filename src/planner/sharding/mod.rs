@@ -12,6 +12,7 @@
 pub mod algorithm;
 pub mod condition;
 pub mod plan;
+pub mod point;
 pub mod show;
 
 use std::collections::{HashMap, HashSet};

@@ -186,7 +186,24 @@ pub fn plan(sql: &str, topo: &Topology, params: Params) -> Plan {
     if lex::statements(&tokens).len() > 1 {
         return refuse("several statements in one query on a sharded database");
     }
-    if let Some(p) = super::show::plan_show(sql, &tokens, topo) {
+    if let Some(s) = super::point::route(sql, &tokens, topo) {
+        return Plan::One(s);
+    }
+    plan_tokens(sql, &tokens, topo, params)
+}
+
+/// [`plan`] without its hot path ([`super::point`]): every statement parsed. The hot path's
+/// test compares the two.
+#[cfg(test)]
+pub fn plan_parsed(sql: &str, topo: &Topology, params: Params) -> Plan {
+    match lex::tokenize(sql.as_bytes()) {
+        Ok(tokens) => plan_tokens(sql, &tokens, topo, params),
+        Err(e) => refuse(format!("{e} in a sharded database")),
+    }
+}
+
+fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> Plan {
+    if let Some(p) = super::show::plan_show(sql, tokens, topo) {
         return p;
     }
     let statement = match Parser::parse_sql(&MySqlDialect {}, sql) {
