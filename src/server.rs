@@ -164,6 +164,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let connection_ids = Arc::new(AtomicU32::new(1));
     let sessions = Arc::new(frontend::kill::Registry::default());
 
+    // XA transactions a crash left prepared on the shards, once per shard, before any
+    // session can start one.
+    for shard in xa_resources
+        .iter()
+        .filter(|r| shard_names.contains(r.pool().name()))
+    {
+        match xa::recover(shard, &coordinator, mesh.is_none()).await {
+            Ok(r) if r == xa::Recovered::default() => {}
+            Ok(r) => tracing::info!(shard = shard.pool().name(), ?r, "recovered XA transactions"),
+            Err(e) => {
+                tracing::warn!(error = %e, "recovering XA transactions failed; phase 2 retries them")
+            }
+        }
+    }
     for (i, l) in config.listeners.iter().enumerate() {
         let backends = executor_backends(
             &config,
@@ -191,18 +205,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     field: format!("executors[{e}]"),
                     message: err.to_string(),
                 })?;
-            // XA transactions a crash left prepared on the shards.
-            for shard in &sharding.xa {
-                match xa::recover(shard, &coordinator, mesh.is_none()).await {
-                    Ok(r) if r == xa::Recovered::default() => {}
-                    Ok(r) => {
-                        tracing::info!(shard = shard.pool().name(), ?r, "recovered XA transactions")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "recovering XA transactions failed; phase 2 retries them")
-                    }
-                }
-            }
         }
         let tls =
             match &l.tls {

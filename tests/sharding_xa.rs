@@ -243,9 +243,17 @@ async fn a_transaction_commits_on_every_shard_or_on_none() {
         .await
         .unwrap();
     t.query_drop("ROLLBACK").await.unwrap();
+    // A write over several shards may open the transaction; DDL commits and runs outside.
+    t.query_drop("INSERT INTO t_order VALUES (35, 5, 0), (36, 6, 0)")
+        .await
+        .unwrap();
+    t.query_drop("CREATE TABLE t_extra (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    t.query_drop("DROP TABLE t_extra").await.unwrap();
     t.query_drop("SET autocommit = 1").await.unwrap();
-    assert_eq!(ids(&w.shards[0]).await, [2, 32]);
-    assert_eq!(ids(&w.shards[1]).await, [1, 31]);
+    assert_eq!(ids(&w.shards[0]).await, [2, 32, 36]);
+    assert_eq!(ids(&w.shards[1]).await, [1, 31, 35]);
 
     // A transaction with characteristics XA cannot take writes on one shard.
     t.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -260,7 +268,7 @@ async fn a_transaction_commits_on_every_shard_or_on_none() {
         .unwrap_err();
     assert_eq!(code(&e), Some(1235), "{e}");
     t.query_drop("COMMIT").await.unwrap();
-    assert_eq!(ids(&w.shards[1]).await, [1, 31, 41]);
+    assert_eq!(ids(&w.shards[1]).await, [1, 31, 35, 41]);
     for s in &w.shards {
         assert!(prepared(s).await.is_empty());
     }
@@ -369,4 +377,73 @@ async fn a_shard_killed_before_it_commits_commits_when_it_is_back() {
     .await;
     drop(tandem);
     common::stop_mariadb(&dir);
+}
+
+/// What the database does on its own after a deadlock (rolls the whole transaction back),
+/// XA statements of the client's, and writes of other kinds take part in the commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn deadlocks_and_xa_statements_are_handled_as_one_database_would() {
+    let w = world("xadl");
+    let url = w.tandem.url("shop");
+    let mut a = common::connect(&url).await;
+    let mut b = common::connect(&url).await;
+    a.query_drop("INSERT INTO t_order VALUES (1, 1, 0), (2, 2, 0), (3, 3, 0)")
+        .await
+        .unwrap();
+    // a: writes row 2 (shard 0) and locks row 1 (shard 1); b: locks row 3 (shard 1), then
+    // waits for 1; a then waits for 3: one of them deadlocks. (Rows are found by their
+    // primary key, so each statement locks its one row.)
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop("UPDATE t_order SET qty = 1 WHERE id = 2 AND user_id = 2")
+        .await
+        .unwrap();
+    a.query_drop("UPDATE t_order SET qty = 1 WHERE id = 1 AND user_id = 1")
+        .await
+        .unwrap();
+    b.query_drop("BEGIN").await.unwrap();
+    b.query_drop("UPDATE t_order SET qty = 2 WHERE id = 3 AND user_id = 3")
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let r = b
+            .query_drop("UPDATE t_order SET qty = 2 WHERE id = 1 AND user_id = 1")
+            .await;
+        (b, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ra = a
+        .query_drop("UPDATE t_order SET qty = 1 WHERE id = 3 AND user_id = 3")
+        .await;
+    let (mut b, rb) = waiting.await.unwrap();
+    let (loser, winner) = match (&ra, &rb) {
+        (Err(e), Ok(())) => {
+            assert_eq!(code(e), Some(1213), "{e}");
+            (&mut a, &mut b)
+        }
+        (Ok(()), Err(e)) => {
+            assert_eq!(code(e), Some(1213), "{e}");
+            (&mut b, &mut a)
+        }
+        other => panic!("one deadlock expected: {other:?}"),
+    };
+    // The loser's whole transaction is gone, on every shard: a new one begins cleanly.
+    loser.query_drop("COMMIT").await.unwrap();
+    winner.query_drop("COMMIT").await.unwrap();
+    let qty: Vec<(i64, i64)> = winner
+        .query("SELECT id, qty FROM t_order ORDER BY id")
+        .await
+        .unwrap();
+    let mine = if ra.is_ok() { 1 } else { 2 };
+    let expected: Vec<(i64, i64)> = if mine == 1 {
+        vec![(1, 1), (2, 1), (3, 1)]
+    } else {
+        vec![(1, 2), (2, 0), (3, 2)]
+    };
+    assert_eq!(qty, expected, "only the winner's writes, all of them");
+    // The client's own XA statements would meddle with Tandem's.
+    let e = a.query_drop("XA RECOVER").await.unwrap_err();
+    assert_eq!(code(&e), Some(1235), "{e}");
+    for s in &w.shards {
+        assert!(prepared(s).await.is_empty());
+    }
 }

@@ -88,6 +88,24 @@ impl Sharding {
                 .acquire_control()
                 .await
                 .map_err(|e| StartError::Shard(pool.name().to_string(), e.to_string()))?;
+            let version = conn
+                .query_rows("SELECT VERSION()")
+                .await
+                .map_err(|e| StartError::Shard(pool.name().to_string(), e.to_string()))?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten())
+                .unwrap_or_default();
+            if !keeps_prepared_xa(&version) {
+                return Err(StartError::Shard(
+                    pool.name().to_string(),
+                    format!(
+                        "MariaDB {version} ends a prepared XA transaction with its connection, \
+                         so a distributed commit could not survive a crash; shards need \
+                         MariaDB 10.5 or later"
+                    ),
+                ));
+            }
             let rows = conn
                 .query_rows(
                     "SELECT TABLE_NAME FROM information_schema.TABLES \
@@ -519,6 +537,21 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
+/// Whether a server of `version` keeps a prepared XA transaction when the connection
+/// that prepared it ends (MariaDB from 10.5; MySQL from 5.7).
+fn keeps_prepared_xa(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version.contains("MariaDB") {
+        (major, minor) >= (10, 5)
+    } else {
+        (major, minor) >= (5, 7)
+    }
+}
+
 /// A row that could not be read mid-answer: the shard's error packet, which ends the
 /// client's answer too, or a failed connection.
 fn row_error(e: merge_sort::MergeError) -> Result<Bytes, ScatterError> {
@@ -557,4 +590,18 @@ async fn drain(routes: &mut [Route<'_>]) -> Result<(), ScatterError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keeps_prepared_xa;
+
+    #[test]
+    fn servers_that_keep_prepared_xa_transactions() {
+        assert!(keeps_prepared_xa("10.11.19-MariaDB-0+deb12u1"));
+        assert!(keeps_prepared_xa("10.5.2-MariaDB"));
+        assert!(!keeps_prepared_xa("10.4.30-MariaDB"));
+        assert!(keeps_prepared_xa("8.0.36"));
+        assert!(!keeps_prepared_xa("5.6.51"));
+    }
 }

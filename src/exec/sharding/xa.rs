@@ -16,9 +16,9 @@
 //! [`recover`] ends those whose global transaction the store no longer knows (presumed
 //! abort: a committed transaction is forgotten only once all its branches committed).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{BackendError, Pool, PooledConn};
 use crate::coordinator::service::{BoxFuture, Phase2Error};
@@ -33,14 +33,19 @@ const XAER_NOTA: u16 = 1397;
 /// connection (it is committing it itself) before it tries again later.
 const HELD_WAIT: Duration = Duration::from_secs(2);
 
+/// How many settled entries make [`XaResource::settled`] drop the old ones, and how old.
+const SETTLED_PRUNE_AT: usize = 4096;
+const SETTLED_KEPT: Duration = Duration::from_secs(600);
+
 /// One shard's part in distributed commits: the phase 2 of its XA branches.
 pub struct XaResource {
     pool: Pool,
     identity: String,
     bqual: String,
-    /// XA transactions a session ended itself after the decision: phase 2 has nothing to
-    /// do for them but record it.
-    settled: Mutex<HashSet<String>>,
+    /// XA transactions a session ended itself after the decision (and when): phase 2 has
+    /// nothing to do for them but record it. Entries phase 2 never asks about (it finished
+    /// first, in a mesh) are dropped once old.
+    settled: Mutex<HashMap<String, Instant>>,
 }
 
 impl XaResource {
@@ -55,7 +60,7 @@ impl XaResource {
             identity: format!("xa:{}", pool.dsn().identity()),
             pool,
             bqual,
-            settled: Mutex::new(HashSet::new()),
+            settled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,13 +80,17 @@ impl XaResource {
 
     /// A session ended this shard's XA transaction of `gtrid` itself.
     pub fn settled(&self, gtrid: &str) {
-        lock(&self.settled).insert(gtrid.to_string());
+        let mut settled = lock(&self.settled);
+        if settled.len() >= SETTLED_PRUNE_AT {
+            settled.retain(|_, at| at.elapsed() < SETTLED_KEPT);
+        }
+        settled.insert(gtrid.to_string(), Instant::now());
     }
 
     /// Tells this shard's XA transaction of `gtrid` its outcome (`COMMIT` or `ROLLBACK`),
     /// from a connection of Tandem's own. Done when the database no longer has it prepared.
     async fn end(&self, gtrid: &str, verb: &str) -> Result<(), Phase2Error> {
-        if lock(&self.settled).remove(gtrid) {
+        if lock(&self.settled).remove(gtrid).is_some() {
             return Ok(());
         }
         let err = |e: BackendError| Phase2Error(format!("{}: {e}", self.pool.name()));

@@ -74,8 +74,9 @@ pub(super) struct ShardSession {
     /// The statement under way (a `SET`) opens no transaction on the shards it reaches.
     outside: bool,
     autocommit: bool,
-    /// The id the next prepared statement gets.
+    /// The id the next prepared statement gets, and the last one given.
     next_statement: u32,
+    last_statement: u32,
 }
 
 impl ShardSession {
@@ -92,6 +93,7 @@ impl ShardSession {
             outside: false,
             autocommit: true,
             next_statement: 1,
+            last_statement: 0,
         }
     }
 
@@ -153,6 +155,20 @@ pub(super) fn unreadable(settings: &SessionSettings) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether the statement is an `XA …` one: Tandem runs the shards' XA transactions itself.
+pub(super) fn starts_with_xa(text: &str) -> bool {
+    lex::tokenize(text.as_bytes())
+        .ok()
+        .and_then(|t| t.first().map(|t| t.is_word(text.as_bytes(), "XA")))
+        .unwrap_or(false)
+}
+
+pub(super) fn xa_refusal() -> MysqlError {
+    MysqlError::not_supported(
+        "XA statements on a sharded executor (Tandem runs the shards' XA transactions itself; use BEGIN and COMMIT)",
+    )
 }
 
 fn refusal(why: &str) -> MysqlError {
@@ -313,6 +329,9 @@ impl Session {
                 MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor");
             return self.reply_error(reply_seq, e).await;
         };
+        if starts_with_xa(text) {
+            return self.reply_error(reply_seq, xa_refusal()).await;
+        }
         let kind = classify(sql);
         match kind {
             StatementKind::Set => return self.shard_set(reply_seq, payload, text).await,
@@ -352,27 +371,24 @@ impl Session {
         planned: Plan,
         protocol: Protocol,
     ) -> Flow {
-        let writes = matches!(
-            kind,
-            StatementKind::Insert
-                | StatementKind::Update
-                | StatementKind::Delete
-                | StatementKind::Replace
-        );
+        // Anything but a read may change data (a CALL, a DO of a function): the shard it
+        // runs on takes part in the commit as a writer.
+        let writes = !matches!(kind, StatementKind::Select | StatementKind::Show);
+        if let Some(why) = self.shard_session().aborted.clone() {
+            if self.shard_session().in_transaction() {
+                return self.reply_error(reply_seq, txn::aborted(&why)).await;
+            }
+        }
         let response = match protocol {
             Protocol::Text => ResponseKind::Query,
             Protocol::Binary => ResponseKind::Execute,
         };
         match planned {
-            Plan::Any => {
-                let last = self.shard_session().last;
-                self.shard_forward(reply_seq, payload, last, kind, response)
-                    .await
-            }
-            Plan::One(s) => {
-                if let Some(why) = self.shard_session().aborted.clone() {
-                    return self.reply_error(reply_seq, txn::aborted(&why)).await;
-                }
+            Plan::Any | Plan::One(_) => {
+                let s = match planned {
+                    Plan::One(s) => s,
+                    _ => self.shard_session().last,
+                };
                 if writes {
                     let sh = self.shard_session();
                     if sh.in_transaction() {
@@ -412,6 +428,18 @@ impl Session {
             )));
         }
         if self.shard_session().conns[shard].is_none() {
+            let sh = self.shard_session();
+            if sh.touched.contains(shard) && sh.in_transaction() {
+                // The transaction's part there went with the connection.
+                let why = format!(
+                    "the connection to shard {} was lost, with the transaction's part there",
+                    self.sharding().topology.shards[shard]
+                );
+                let sh = self.shard_session();
+                sh.touched.remove(shard);
+                sh.aborted = Some(why.clone());
+                return Err(Ready::Refused(txn::aborted(&why)));
+            }
             let pool = self.sharding().pools[shard].clone();
             let conn = pool
                 .acquire_for(self.key, self.connection_id())
@@ -615,6 +643,7 @@ impl Session {
                     .metrics
                     .statement(kind, started.elapsed().as_secs_f64());
                 self.after_shard_reply(shard, &summary);
+                self.after_shard_error(summary.error).await;
                 Flow::Continue
             }
             Err(RelayError::Backend { reason, forwarded }) => {
@@ -628,6 +657,14 @@ impl Session {
                 sc.conn.mark_broken();
                 Flow::Close
             }
+        }
+    }
+
+    /// A deadlock made the database roll back the shard's part of the transaction; the
+    /// database would have rolled back all of it, and so does Tandem, on every shard.
+    async fn after_shard_error(&mut self, code: Option<u16>) {
+        if code == Some(txn::DEADLOCK) && self.shard_session().xa.is_some() {
+            self.rollback_everywhere().await;
         }
     }
 
@@ -757,6 +794,23 @@ impl Session {
         if let Err(flow) = self.implicit_commit(reply_seq).await {
             return flow;
         }
+        // DDL commits implicitly: it opens no transaction on the shards (which it could not
+        // run inside an XA one), autocommit off or not.
+        self.shard_session().outside = true;
+        let flow = self.shard_ddl_outside(reply_seq, payload, text, d).await;
+        if let Some(sh) = self.shard.as_mut() {
+            sh.outside = false;
+        }
+        flow
+    }
+
+    async fn shard_ddl_outside(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        text: &str,
+        d: plan::Ddl,
+    ) -> Flow {
         let shards: Vec<usize> = d.shards.iter().collect();
         let Some((&last, rest)) = shards.split_last() else {
             let ok = self.shard_ok();
@@ -874,6 +928,7 @@ impl Session {
                 if let Some(code) = outcome.error {
                     self.ctx.metrics.error(code);
                 }
+                self.after_shard_error(outcome.error).await;
                 Flow::Continue
             }
             Err(ScatterError::Client(_)) => {

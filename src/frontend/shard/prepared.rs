@@ -67,6 +67,9 @@ impl Session {
                 MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor");
             return self.reply_error(reply_seq, e).await;
         };
+        if super::starts_with_xa(text) {
+            return self.reply_error(reply_seq, super::xa_refusal()).await;
+        }
         if let Some(flow) = self.shard_check_text(reply_seq).await {
             return flow;
         }
@@ -84,9 +87,15 @@ impl Session {
             return flow;
         }
         let ours = {
+            // Ids count from 1 and wrap below Tandem's own functions' range, skipping those
+            // still in use.
+            let mut id = self.shard_session().next_statement;
+            while self.prepared.contains_key(&id) {
+                id = if id >= 0x7fff_ffff { 1 } else { id + 1 };
+            }
             let sh = self.shard_session();
-            let id = sh.next_statement;
-            sh.next_statement = sh.next_statement.wrapping_add(1).clamp(1, 0x7fff_ffff);
+            sh.next_statement = if id >= 0x7fff_ffff { 1 } else { id + 1 };
+            sh.last_statement = id;
             id
         };
         let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[home].as_mut()) else {
@@ -125,10 +134,15 @@ impl Session {
         reply_seq: u8,
         payload: &[u8],
     ) -> Flow {
-        let Some(id) = statement_id(payload) else {
+        let Some(mut id) = statement_id(payload) else {
             let e = MysqlError::malformed_packet("COM_STMT_EXECUTE without a statement id");
             return self.reply_error(reply_seq, e).await;
         };
+        if id == u32::MAX {
+            // MariaDB's "the statement prepared last" (a prepare and its execution sent
+            // together).
+            id = self.shard_session().last_statement;
+        }
         if let Some(call) = self.tandem_stmts.get(&id) {
             let call = call.clone();
             return self.execute_tandem_function(reply_seq, call, payload).await;
@@ -146,6 +160,8 @@ impl Session {
             }
         }
         if p.long_data {
+            // The long data goes with this execution.
+            p.long_data = false;
             let e = refusal("a parameter sent as long data (COM_STMT_SEND_LONG_DATA)");
             return self.reply_error(reply_seq, e).await;
         }
@@ -160,8 +176,11 @@ impl Session {
             return flow;
         }
         let charset = match self.shard_charset().await {
-            Ok(c) => c,
-            Err(flow) => return flow,
+            Some(c) => c,
+            None => {
+                let e = MysqlError::backend_lost(&self.shard_name_of_last());
+                return self.reply_error(reply_seq, e).await;
+            }
         };
         let text = params::decode(payload, count, &mut types, &charset)
             .and_then(|literals| params::substitute(&sql, &literals));
@@ -207,16 +226,21 @@ impl Session {
 
     /// The client character set of the session (its shard connections share it), for
     /// string parameters.
-    async fn shard_charset(&mut self) -> Result<String, Flow> {
+    async fn shard_charset(&mut self) -> Option<String> {
         let sh = self.shard_session();
         let open = sh.conns.iter().position(|c| c.is_some()).unwrap_or(sh.last);
-        let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[open].as_mut()) else {
-            return Err(Flow::Close);
-        };
-        match sc.conn.session_settings().await {
-            Ok(s) => Ok(s.charset),
-            Err(_) => Err(Flow::Close),
-        }
+        let sc = self.shard.as_mut().and_then(|s| s.conns[open].as_mut())?;
+        sc.conn.session_settings().await.ok().map(|s| s.charset)
+    }
+
+    fn shard_name_of_last(&mut self) -> String {
+        let last = self.shard_session().last;
+        self.sharding()
+            .topology
+            .shards
+            .get(last)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Shard `shard`'s id for the client's statement `id`, prepared there first when it was

@@ -24,6 +24,12 @@ use crate::sql::{lex, StatementKind};
 use crate::wire::response::ok_packet;
 use crate::wire::MysqlError;
 
+/// `XAER_NOTA`: the connection has no XA transaction of that XID.
+const XAER_NOTA: u16 = 1397;
+
+/// `ER_LOCK_DEADLOCK`: the database rolled the whole transaction back.
+pub(super) const DEADLOCK: u16 = 1213;
+
 /// The error of a statement in a transaction that can only roll back.
 pub(super) fn aborted(why: &str) -> MysqlError {
     MysqlError::new(
@@ -151,6 +157,11 @@ impl Session {
         }
     }
 
+    /// Rolls the open transaction back on every shard it reached (after a deadlock).
+    pub(super) async fn rollback_everywhere(&mut self) {
+        let _ = self.finish(false).await;
+    }
+
     /// A statement that commits the open transaction first (`BEGIN` in a transaction, DDL,
     /// `SET autocommit`), as the database does.
     pub(super) async fn implicit_commit(&mut self, reply_seq: u8) -> Result<(), Flow> {
@@ -172,7 +183,7 @@ impl Session {
         };
         if !commit || aborted.is_some() {
             for shard in touched.iter() {
-                self.xa_rollback(shard, &gtrid).await;
+                let _ = self.xa_rollback(shard, &gtrid).await;
             }
             return match aborted {
                 Some(why) if commit => Err(EndError::Failed(MysqlError::new(
@@ -241,23 +252,35 @@ impl Session {
         match result {
             Ok(_) => Ok(()),
             Err(e) => {
-                self.xa_rollback(shard, gtrid).await;
+                let _ = self.xa_rollback(shard, gtrid).await;
                 Err(self.shard_error(shard, e))
             }
         }
     }
 
-    /// Rolls back the shard's part of `gtrid`, whatever state it is in; errors only logged
-    /// (a part that is gone was rolled back by the database).
-    async fn xa_rollback(&mut self, shard: usize, gtrid: &str) {
+    /// Rolls back the shard's part of `gtrid`, whatever state it is in. True when it is
+    /// gone from the database for sure: rolled back here, or unknown to the session's own
+    /// connection (the database ended it). Otherwise the connection is closed, which
+    /// leaves a prepared part to the coordinator's phase 2 (and an unprepared one rolled
+    /// back by the database).
+    async fn xa_rollback(&mut self, shard: usize, gtrid: &str) -> bool {
         let Some(xa) = self.xa_of(shard) else {
-            return;
+            return true;
         };
+        if self.shard.as_ref().is_none_or(|s| s.conns[shard].is_none()) {
+            return false;
+        }
         let xid = xa.xid(gtrid);
         // Ending an ended or rolled-back part fails harmlessly.
         let _ = self.on_shard(shard, &format!("XA END {xid}")).await;
-        if let Err(e) = self.on_shard(shard, &format!("XA ROLLBACK {xid}")).await {
-            tracing::debug!(id = self.connection_id(), shard, error = %e, "XA ROLLBACK failed");
+        match self.on_shard(shard, &format!("XA ROLLBACK {xid}")).await {
+            Ok(_) => true,
+            Err(BackendError::Server(e)) if e.code == XAER_NOTA => true,
+            Err(e) => {
+                tracing::debug!(id = self.connection_id(), shard, error = %e, "XA ROLLBACK failed; closing the connection");
+                self.release_prepared(&[shard]);
+                false
+            }
         }
     }
 
@@ -381,9 +404,10 @@ impl Session {
     /// does).
     async fn abort_distributed(&mut self, gtrid: &str, writers: &[usize]) {
         for &shard in writers {
-            self.xa_rollback(shard, gtrid).await;
-            if let Some(xa) = self.xa_of(shard) {
-                xa.settled(gtrid);
+            if self.xa_rollback(shard, gtrid).await {
+                if let Some(xa) = self.xa_of(shard) {
+                    xa.settled(gtrid);
+                }
             }
         }
         if let Err(e) = self.ctx.coordinator.rollback(gtrid).await {
@@ -417,6 +441,10 @@ impl Session {
         }
         let sh = self.shard_session();
         let own = !sh.in_transaction();
+        if !own && sh.xa.is_none() && sh.begin.is_none() {
+            // A transaction that autocommit off opens.
+            sh.xa = Some(crate::coordinator::service::new_xid());
+        }
         if !own && sh.xa.is_none() {
             let e = super::one_shard_only(&format!("a write on {} shards", w.statements.len()));
             return self.reply_error(reply_seq, e).await;
@@ -427,20 +455,25 @@ impl Session {
         }
         let (mut affected, mut warnings) = (0u64, 0u16);
         let mut failed: Option<MysqlError> = None;
+        let mut first_failed = false;
         for (i, (shard, sql)) in w.statements.iter().enumerate() {
             let shard = *shard;
             match self.shard_ready(shard).await {
                 Ok(()) => {}
                 Err(Ready::Refused(e)) => {
                     failed = Some(e);
+                    first_failed = i == 0;
                     break;
                 }
                 Err(Ready::Lost) => {
                     failed = Some(MysqlError::backend_lost(&self.shard_name(shard)));
+                    first_failed = i == 0;
                     break;
                 }
             }
-            self.shard_session().wrote.insert(shard);
+            let sh = self.shard_session();
+            sh.wrote.insert(shard);
+            sh.last = shard;
             match self.on_shard(shard, sql).await {
                 Ok(summary) => {
                     warnings = warnings.saturating_add(summary.warnings);
@@ -452,15 +485,20 @@ impl Session {
                 }
                 Err(e) => {
                     failed = Some(self.shard_error(shard, e));
+                    // At the first shard, nothing changed anywhere yet.
+                    first_failed = i == 0;
                     break;
                 }
             }
         }
         let result = match failed {
-            Some(e) if own => {
+            Some(e) if own || e.code == DEADLOCK => {
+                // A deadlock rolled back the shard's part, as the database rolls back the
+                // whole transaction: so does Tandem, on every shard.
                 let _ = self.finish(false).await;
                 Err(e)
             }
+            Some(e) if first_failed => Err(e),
             Some(e) => {
                 let why = format!("a write on several shards failed part-way ({})", e.message);
                 self.shard_session().aborted = Some(why);

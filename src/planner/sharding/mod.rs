@@ -49,6 +49,10 @@ impl ShardSet {
         self.0 |= 1u128 << i;
     }
 
+    pub fn remove(&mut self, i: usize) {
+        self.0 &= !(1u128 << i);
+    }
+
     pub fn contains(self, i: usize) -> bool {
         self.0 & (1u128 << i) != 0
     }

@@ -209,16 +209,16 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
     let statement = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(mut s) if s.len() == 1 => s.remove(0),
         Ok(_) => return refuse("several statements in one query on a sharded database"),
-        Err(_) => return unparsed(sql, &tokens, topo),
+        Err(_) => return unparsed(sql, tokens, topo),
     };
     let tables = match Tables::of(&statement, topo) {
         Ok(t) => t,
         Err(p) => return p,
     };
     match &statement {
-        Statement::Query(q) => plan_query(q, sql, &tokens, topo, &tables, params),
+        Statement::Query(q) => plan_query(q, sql, tokens, topo, &tables, params),
         Statement::Insert(insert) => {
-            let text = Text::new(sql, &tokens);
+            let text = Text::new(sql, tokens);
             plan_insert(insert, &text, topo, &tables, params)
         }
         Statement::Update(u) => {
@@ -244,7 +244,7 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
                     ));
                 }
             }
-            let text = Text::new(sql, &tokens);
+            let text = Text::new(sql, tokens);
             plan_write(&text, topo, &tables, u.selection.as_ref(), params, "UPDATE")
         }
         Statement::Delete(d) => {
@@ -257,7 +257,7 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
                 }
                 return tables.colocated("a multi-table DELETE");
             }
-            let text = Text::new(sql, &tokens);
+            let text = Text::new(sql, tokens);
             plan_write(&text, topo, &tables, d.selection.as_ref(), params, "DELETE")
         }
         Statement::CreateTable(c) => {
@@ -1443,6 +1443,9 @@ impl<'a> Text<'a> {
 /// The same statement on every shard, for a broadcast table (when it reads nothing but
 /// the table: another table's rows differ from shard to shard).
 fn broadcast_write(text: &Text, topo: &Topology, tables: &Tables, name: &str) -> Plan {
+    if let Some(p) = returning(text) {
+        return p;
+    }
     if tables.refs.len() > 1 || tables.nested {
         return refuse(format!(
             "a write to the broadcast table {name} that reads other tables"
@@ -1456,6 +1459,12 @@ fn broadcast_write(text: &Text, topo: &Topology, tables: &Tables, name: &str) ->
             .collect(),
         affected: Affected::First,
     }))
+}
+
+/// A write over several shards answers with one OK: its `RETURNING` rows are refused.
+fn returning(text: &Text) -> Option<Plan> {
+    text.top_level_word("RETURNING")
+        .map(|_| refuse("a write with RETURNING over several shards"))
 }
 
 fn plan_insert(
@@ -1539,6 +1548,9 @@ fn plan_insert(
     if let Some(s) = shards.single() {
         return Plan::One(s);
     }
+    if let Some(p) = returning(text) {
+        return p;
+    }
     // Each shard gets the statement with its own rows: the client's text with the other
     // rows cut out.
     let Some(rows) = text.values_rows().filter(|r| r.len() == row_shards.len()) else {
@@ -1604,6 +1616,9 @@ fn plan_write(
         0 => Plan::One(0),
         1 => Plan::One(set.first().unwrap_or(0)),
         k => {
+            if let Some(p) = returning(text) {
+                return p;
+            }
             // Which rows an ORDER BY … LIMIT picks depends on all shards' rows together.
             if text.top_level_word("LIMIT").is_some() {
                 return refuse(format!(
@@ -1869,6 +1884,7 @@ broadcast_tables: [t_country]
         assert_eq!(statements.len(), 4);
         assert_eq!(affected, Affected::First);
         assert!(refused("DELETE FROM t_order ORDER BY id LIMIT 3").contains("LIMIT"));
+        assert!(refused("DELETE FROM t_order WHERE id > 3 RETURNING id").contains("RETURNING"));
         assert!(refused(
             "INSERT INTO t_order (id, user_id) VALUES (1, 1) ON DUPLICATE KEY UPDATE user_id = 2"
         )
