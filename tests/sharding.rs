@@ -268,13 +268,25 @@ async fn same_prepared(
     ordered: bool,
 ) -> Result<bool, String> {
     let (ps, params) = parameterize(sql);
-    let expected = exec_rows(r, &ps, &params)
-        .await
-        .map_err(|e| format!("reference: {ps} {params:?}: {e}"))?;
-    let got = match exec_rows(t, &ps, &params).await {
+    let label = format!("{ps} {params:?}");
+    let expected = exec_rows(r, &ps, &params).await;
+    let got = exec_rows(t, &ps, &params).await;
+    compare(&label, got, expected, ordered)
+}
+
+/// Tandem's answer `got` against the reference's. `Ok(true)`: the same; `Ok(false)`:
+/// Tandem refused (1235).
+fn compare(
+    label: &str,
+    got: Result<Rows, mysql_async::Error>,
+    expected: Result<Rows, mysql_async::Error>,
+    ordered: bool,
+) -> Result<bool, String> {
+    let expected = expected.map_err(|e| format!("reference: {label}: {e}"))?;
+    let got = match got {
         Ok(g) => g,
         Err(e) if code(&e) == Some(1235) => return Ok(false),
-        Err(e) => return Err(format!("{ps} {params:?}: Tandem failed: {e}")),
+        Err(e) => return Err(format!("{label}: Tandem failed: {e}")),
     };
     let (got, expected) = if ordered {
         (got, expected)
@@ -283,7 +295,7 @@ async fn same_prepared(
     };
     if got != expected {
         return Err(format!(
-            "{ps} {params:?}\n  Tandem:    {got:?}\n  reference: {expected:?}"
+            "{label}\n  Tandem:    {got:?}\n  reference: {expected:?}"
         ));
     }
     Ok(true)
@@ -315,25 +327,9 @@ fn sorted(mut rows: Rows) -> Rows {
 
 /// Runs `sql` on both sides. `Ok(true)`: same answer; `Ok(false)`: Tandem refused (1235).
 async fn same(t: &mut Conn, r: &mut Conn, sql: &str, ordered: bool) -> Result<bool, String> {
-    let expected = rows(r, sql)
-        .await
-        .map_err(|e| format!("reference: {sql}: {e}"))?;
-    let got = match rows(t, sql).await {
-        Ok(g) => g,
-        Err(e) if code(&e) == Some(1235) => return Ok(false),
-        Err(e) => return Err(format!("{sql}: Tandem failed: {e}")),
-    };
-    let (got, expected) = if ordered {
-        (got, expected)
-    } else {
-        (sorted(got), sorted(expected))
-    };
-    if got != expected {
-        return Err(format!(
-            "{sql}\n  Tandem:    {got:?}\n  reference: {expected:?}"
-        ));
-    }
-    Ok(true)
+    let expected = rows(r, sql).await;
+    let got = rows(t, sql).await;
+    compare(sql, got, expected, ordered)
 }
 
 #[tokio::test(flavor = "multi_thread")]

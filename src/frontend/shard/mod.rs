@@ -157,18 +157,28 @@ pub(super) fn unreadable(settings: &SessionSettings) -> Option<String> {
     None
 }
 
-/// Whether the statement is an `XA …` one: Tandem runs the shards' XA transactions itself.
-pub(super) fn starts_with_xa(text: &str) -> bool {
-    lex::tokenize(text.as_bytes())
+/// A statement's text, as the planner may read it: UTF-8, joining no global transaction
+/// (not through a sharded executor yet), and no `XA …` statement (Tandem runs the shards'
+/// XA transactions itself).
+pub(super) fn statement_text(sql: &[u8]) -> Result<&str, MysqlError> {
+    if hints::set_xid(sql).is_some() || hints::xid_hint(sql).is_some() {
+        return Err(MysqlError::not_supported(
+            "global transactions through a sharded executor in this version of Tandem",
+        ));
+    }
+    let text = std::str::from_utf8(sql).map_err(|_| {
+        MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor")
+    })?;
+    let xa = lex::tokenize(sql)
         .ok()
-        .and_then(|t| t.first().map(|t| t.is_word(text.as_bytes(), "XA")))
-        .unwrap_or(false)
-}
-
-pub(super) fn xa_refusal() -> MysqlError {
-    MysqlError::not_supported(
-        "XA statements on a sharded executor (Tandem runs the shards' XA transactions itself; use BEGIN and COMMIT)",
-    )
+        .and_then(|t| t.first().map(|t| t.is_word(sql, "XA")))
+        .unwrap_or(false);
+    if xa {
+        return Err(MysqlError::not_supported(
+            "XA statements on a sharded executor (Tandem runs the shards' XA transactions itself; use BEGIN and COMMIT)",
+        ));
+    }
+    Ok(text)
 }
 
 fn refusal(why: &str) -> MysqlError {
@@ -318,20 +328,10 @@ impl Session {
             Some(Err(e)) => return self.reply_error(reply_seq, e).await,
             None => {}
         }
-        if hints::set_xid(sql).is_some() || hints::xid_hint(sql).is_some() {
-            let e = MysqlError::not_supported(
-                "global transactions through a sharded executor in this version of Tandem",
-            );
-            return self.reply_error(reply_seq, e).await;
-        }
-        let Ok(text) = std::str::from_utf8(sql) else {
-            let e =
-                MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor");
-            return self.reply_error(reply_seq, e).await;
+        let text = match statement_text(sql) {
+            Ok(t) => t,
+            Err(e) => return self.reply_error(reply_seq, e).await,
         };
-        if starts_with_xa(text) {
-            return self.reply_error(reply_seq, xa_refusal()).await;
-        }
         let kind = classify(sql);
         match kind {
             StatementKind::Set => return self.shard_set(reply_seq, payload, text).await,

@@ -17,7 +17,7 @@ use super::{refusal, ShardConn};
 use crate::backend::BackendError;
 use crate::exec::sharding::Protocol;
 use crate::planner::sharding::plan::{self, Plan};
-use crate::sql::{classify, functions as sql_functions, hints, params, StatementKind};
+use crate::sql::{classify, functions as sql_functions, params, StatementKind};
 use crate::wire::execute;
 use crate::wire::scanner::ResponseKind;
 use crate::wire::MysqlError;
@@ -56,20 +56,10 @@ impl Session {
             ));
             return self.reply_error(reply_seq, e).await;
         }
-        if hints::xid_hint(sql).is_some() {
-            let e = MysqlError::not_supported(
-                "global transactions through a sharded executor in this version of Tandem",
-            );
-            return self.reply_error(reply_seq, e).await;
-        }
-        let Ok(text) = std::str::from_utf8(sql) else {
-            let e =
-                MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor");
-            return self.reply_error(reply_seq, e).await;
+        let text = match super::statement_text(sql) {
+            Ok(t) => t,
+            Err(e) => return self.reply_error(reply_seq, e).await,
         };
-        if super::starts_with_xa(text) {
-            return self.reply_error(reply_seq, super::xa_refusal()).await;
-        }
         if let Some(flow) = self.shard_check_text(reply_seq).await {
             return flow;
         }

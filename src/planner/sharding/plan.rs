@@ -1668,11 +1668,11 @@ fn plan_ddl(topo: &Topology, tables: &Tables, creates: bool) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::Executor;
 
-    fn topology() -> Topology {
+    pub(in crate::planner::sharding) fn topology() -> Topology {
         let e: Executor = serde_norway::from_str(
             "
 name: shop

@@ -268,27 +268,10 @@ impl Point<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan::tests::topology;
     use super::super::plan::{plan_parsed, Plan};
     use super::*;
-    use crate::config::Executor;
     use crate::sql::lex;
-
-    fn topology() -> Topology {
-        let e: Executor = serde_norway::from_str(
-            "
-name: shop
-mode: sharding
-database: shop
-shards: [s0, s1, s2, s3]
-sharded_tables:
-  - { table: t_order, column: user_id, algorithm: mod }
-  - { table: t_user, column: id, algorithm: hash_mod }
-broadcast_tables: [t_country]
-",
-        )
-        .unwrap();
-        Topology::new(&e).unwrap()
-    }
 
     fn fast(sql: &str, topo: &Topology) -> Option<usize> {
         route(sql, &lex::tokenize(sql.as_bytes()).unwrap(), topo)
