@@ -411,6 +411,8 @@ async fn handwritten_queries_answer_as_one_database() {
     }
     for sql in [
         "SELECT DISTINCT user_id, name FROM t_order",
+        "SELECT DISTINCT qty FROM t_order",
+        "SELECT DISTINCT country, created FROM t_order WHERE qty > 2",
         "SELECT * FROM t_order",
         "SELECT id FROM t_order LIMIT 1000",
     ] {
@@ -424,6 +426,8 @@ async fn handwritten_queries_answer_as_one_database() {
     for sql in [
         "SELECT MIN(name), MAX(name) FROM t_order",
         "SELECT name, COUNT(*) FROM t_order GROUP BY name ORDER BY name",
+        "SELECT DISTINCT name FROM t_order ORDER BY name",
+        "SELECT DISTINCT name FROM t_order ORDER BY name DESC LIMIT 2, 3",
     ] {
         let norm = |rows: Rows| -> Rows {
             rows.into_iter()
@@ -453,7 +457,7 @@ async fn what_is_not_exact_is_refused() {
             "SELECT qty, COUNT(*) c FROM t_order GROUP BY qty ORDER BY c",
             "ORDER BY other than the GROUP BY",
         ),
-        ("SELECT DISTINCT name FROM t_order", "DISTINCT"),
+        ("SELECT DISTINCT * FROM t_order", "DISTINCT"),
         ("SELECT AVG(DISTINCT amount) FROM t_order", "AVG"),
         ("SELECT COUNT(DISTINCT name) FROM t_order", "COUNT(DISTINCT"),
         (
@@ -855,7 +859,8 @@ fn random_select(rng: &mut StdRng) -> (String, bool) {
                     &[
                         "o.user_id, o.name",
                         "o.user_id",
-                        "o.name",
+                        "o.qty",
+                        "o.country, o.created",
                         "o.user_id, o.qty"
                     ]
                 )
@@ -997,7 +1002,7 @@ async fn the_logical_database_looks_real() {
     );
     assert!(plan[0].1.ends_with("VALUES (1, 1)"), "{plan:?}");
     let e = t
-        .query_drop("EXPLAIN SELECT DISTINCT name FROM t_order")
+        .query_drop("EXPLAIN SELECT DISTINCT * FROM t_order")
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(1235), "{e}");

@@ -898,6 +898,9 @@ fn scatter(
     if grouped && !q.locks.is_empty() {
         return Err("a locking read with GROUP BY across shards".into());
     }
+    // A DISTINCT without the sharding column merges as a GROUP BY of all its columns: each
+    // shard sorts its distinct rows, and rows equal across shards combine into one.
+    let mut distinct = false;
     match &select.distinct {
         None | Some(Distinct::All) => {}
         Some(_) => {
@@ -905,15 +908,25 @@ fn scatter(
                 .iter()
                 .any(|e| is_sharding_column(e, tables))
             {
-                return Err(
-                    "SELECT DISTINCT across shards without the sharding column among its columns"
-                        .into(),
-                );
+                let plain = group_by.is_empty()
+                    && projection_exprs.len() == select.projection.len()
+                    && !projection_exprs.iter().any(|e| has_aggregate(e));
+                if !plain {
+                    return Err(
+                        "SELECT DISTINCT with *, aggregates or GROUP BY across shards without the sharding column among its columns"
+                            .into(),
+                    );
+                }
+                if !q.locks.is_empty() {
+                    return Err("a locking read with DISTINCT across shards".into());
+                }
+                distinct = true;
             }
         }
     }
-    let aggregating =
-        grouped || (group_by.is_empty() && projection_exprs.iter().any(|e| has_aggregate(e)));
+    let aggregating = grouped
+        || distinct
+        || (group_by.is_empty() && projection_exprs.iter().any(|e| has_aggregate(e)));
     if select.having.is_some() && group_by.is_empty() {
         return Err("HAVING without GROUP BY across shards".into());
     }
@@ -934,7 +947,7 @@ fn scatter(
             let is_key = group_by.iter().any(|g| {
                 g == e || matches!(g, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n.parse::<usize>().ok() == Some(i + 1)))
             });
-            if grouped && is_key {
+            if (grouped && is_key) || distinct {
                 out.push(Aggregate::Group);
             } else {
                 out.push(aggregate_of(e, &piece.expr, tables, &mut hide)?);
@@ -946,6 +959,16 @@ fn scatter(
     };
 
     let mut group = Vec::new();
+    if distinct {
+        for (i, piece) in items.iter().enumerate() {
+            let weight = hide(format!("WEIGHT_STRING({})", piece.expr));
+            group.push(SortKey {
+                value: Col::Visible(i),
+                weight,
+                descending: false,
+            });
+        }
+    }
     if grouped {
         let pieces = text.clause(&["GROUP", "BY"], group_by.len())?;
         for (g, piece) in group_by.iter().zip(&pieces) {
@@ -967,7 +990,7 @@ fn scatter(
         let OrderByKind::Expressions(exprs) = &ob.kind else {
             return Err("ORDER BY ALL across shards".into());
         };
-        if grouped {
+        if grouped || distinct {
             // Each shard sorts its groups by the GROUP BY columns; the merge keeps that
             // order, in the directions the ORDER BY gives them.
             let same = exprs.len() == group.len()
@@ -983,10 +1006,12 @@ fn scatter(
                     matches && o.options.nulls_first.is_none()
                 });
             if !same {
-                return Err(
+                return Err(if distinct {
+                    "an ORDER BY other than the selected columns, in their order, with a DISTINCT across shards"
+                } else {
                     "an ORDER BY other than the GROUP BY columns with a GROUP BY across shards"
-                        .into(),
-                );
+                }
+                .into());
             }
         } else if aggregates.is_none() {
             let pieces = text.order_by(exprs.len())?;
@@ -1043,13 +1068,17 @@ fn scatter(
         };
         edits.push((span, widened));
     }
-    if grouped && q.order_by.is_none() {
+    if (grouped || distinct) && q.order_by.is_none() {
         // The groups' order, which MariaDB gives a GROUP BY without ORDER BY too.
-        let sources: Vec<String> = group_by
-            .iter()
-            .zip(text.clause(&["GROUP", "BY"], group_by.len())?)
-            .map(|(_, piece)| piece)
-            .collect();
+        let sources: Vec<String> = if distinct {
+            items.iter().map(|p| p.expr.clone()).collect()
+        } else {
+            group_by
+                .iter()
+                .zip(text.clause(&["GROUP", "BY"], group_by.len())?)
+                .map(|(_, piece)| piece)
+                .collect()
+        };
         let at = match text.limit_span() {
             Some(span) => span.start,
             None => text.end(),
@@ -1822,7 +1851,14 @@ broadcast_tables: [t_country]
                 count: 2
             })
         );
-        assert!(refused("SELECT DISTINCT status FROM t_order").contains("DISTINCT"));
+        let s = scatter_of("SELECT DISTINCT status FROM t_order");
+        assert_eq!(s.aggregates, Some(vec![Aggregate::Group]));
+        assert_eq!(
+            s.sql,
+            "SELECT DISTINCT status, WEIGHT_STRING(status) FROM t_order ORDER BY status "
+        );
+        assert!(refused("SELECT DISTINCT * FROM t_order").contains("DISTINCT"));
+        assert!(refused("SELECT DISTINCT status FROM t_order ORDER BY id").contains("DISTINCT"));
         assert!(refused("SELECT AVG(DISTINCT id) FROM t_order").contains("AVG"));
         let s = scatter_of("SELECT AVG(o.amount) FROM t_order o");
         assert_eq!(
