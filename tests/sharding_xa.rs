@@ -11,7 +11,8 @@ use common::{mariadb, Tandem};
 use mysql_async::prelude::*;
 
 const SCHEMA: &str = "CREATE TABLE t_order (id INT PRIMARY KEY, user_id INT NOT NULL, qty INT);
-CREATE TABLE t_country (id INT PRIMARY KEY, name VARCHAR(20));";
+CREATE TABLE t_country (id INT PRIMARY KEY, name VARCHAR(20));
+CREATE TABLE t_event (id BIGINT PRIMARY KEY, user_id INT NOT NULL, note VARCHAR(20));";
 
 /// Two shards (`user_id` mod 2), each a database `url` names.
 struct World {
@@ -39,7 +40,9 @@ executors:
     shards: [s0, s1]
     sharded_tables:
       - {{ table: t_order, column: user_id, algorithm: mod }}
+      - {{ table: t_event, column: user_id, algorithm: mod, key_generator: {{ column: id, type: snowflake }} }}
     broadcast_tables: [t_country]
+    worker_id: 7
 data_sources:
 {sources}admin:
   address: 127.0.0.1:{{ADMIN}}
@@ -446,4 +449,64 @@ async fn deadlocks_and_xa_statements_are_handled_as_one_database_would() {
     for s in &w.shards {
         assert!(prepared(s).await.is_empty());
     }
+}
+
+/// A generated column left out of an INSERT gets a snowflake id per row, increasing in row
+/// order; the first is the statement's insert id and the session's LAST_INSERT_ID().
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_keys_are_snowflake_ids_and_the_last_insert_id() {
+    let w = world("xag");
+    let mut t = common::connect(&w.tandem.url("shop")).await;
+    t.query_drop("INSERT INTO t_event (user_id, note) VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let first = t.last_insert_id().expect("an insert id");
+    let last: u64 = t
+        .query_first("SELECT LAST_INSERT_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, first);
+    let stored: Vec<(u64, i64)> = common::connect(&w.shards[1])
+        .await
+        .query("SELECT id, user_id FROM t_event")
+        .await
+        .unwrap();
+    assert_eq!(stored, [(first, 1)]);
+    assert_eq!((first >> 12) & 1023, 7, "the worker id is in the id");
+
+    t.query_drop("INSERT INTO t_event (user_id, note) VALUES (2, 'b'), (3, 'c'), (4, 'd')")
+        .await
+        .unwrap();
+    assert_eq!(t.affected_rows(), 3);
+    let batch = t.last_insert_id().expect("an insert id");
+    let rows: Vec<(u64, i64)> = t
+        .query("SELECT id, user_id FROM t_event ORDER BY id")
+        .await
+        .unwrap();
+    let users: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(users, [1, 2, 3, 4], "ids increase in row order");
+    assert_eq!(rows[1].0, batch, "the first row's id is the insert id");
+    let last: u64 = t
+        .query_first("SELECT LAST_INSERT_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, batch);
+    // Prepared, and with the column given: the client's value stands.
+    t.exec_drop(
+        "INSERT INTO t_event (user_id, note) VALUES (?, ?)",
+        (5, "e"),
+    )
+    .await
+    .unwrap();
+    t.query_drop("INSERT INTO t_event (id, user_id, note) VALUES (42, 6, 'f')")
+        .await
+        .unwrap();
+    let ids: Vec<u64> = t
+        .query("SELECT id FROM t_event WHERE user_id IN (5, 6) ORDER BY user_id")
+        .await
+        .unwrap();
+    assert!(ids[0] > batch, "{ids:?}");
+    assert_eq!(ids[1], 42);
 }

@@ -195,6 +195,9 @@ pub struct Executor {
     /// order, DISTINCT). Default 100000.
     #[serde(default)]
     pub max_merge_rows: Option<u64>,
+    /// `sharding`: this sidecar's worker id in the snowflake ids it generates (0 to 1023;
+    /// every sidecar that inserts into the same tables needs its own).
+    pub worker_id: Option<u16>,
 }
 
 impl Executor {

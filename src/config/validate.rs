@@ -160,6 +160,7 @@ impl Config {
                     "sharding",
                 )?;
                 only_for("max_merge_rows", e.max_merge_rows.is_some(), "sharding")?;
+                only_for("worker_id", e.worker_id.is_some(), "sharding")?;
             }
             match e.mode {
                 Mode::Single => {

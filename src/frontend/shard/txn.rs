@@ -449,10 +449,13 @@ impl Session {
             let e = super::one_shard_only(&format!("a write on {} shards", w.statements.len()));
             return self.reply_error(reply_seq, e).await;
         }
+        // One statement on one shard outside a transaction is atomic by itself.
+        let own = own && w.statements.len() > 1;
         if own {
             sh.statement_txn = true;
             sh.xa = Some(crate::coordinator::service::new_xid());
         }
+        let mut insert_id = 0u64;
         let (mut affected, mut warnings) = (0u64, 0u16);
         let mut failed: Option<MysqlError> = None;
         let mut first_failed = false;
@@ -471,12 +474,17 @@ impl Session {
                     break;
                 }
             }
-            let sh = self.shard_session();
-            sh.wrote.insert(shard);
-            sh.last = shard;
+            self.shard_session().wrote.insert(shard);
             match self.on_shard(shard, sql).await {
                 Ok(summary) => {
                     warnings = warnings.saturating_add(summary.warnings);
+                    // The session's next statement without tables (`SELECT
+                    // LAST_INSERT_ID()`) goes to the shard that set an insert id, or the
+                    // last one written.
+                    if insert_id == 0 {
+                        insert_id = summary.last_insert_id;
+                        self.shard_session().last = shard;
+                    }
                     match w.affected {
                         Affected::Sum => affected += summary.affected_rows,
                         Affected::First if i == 0 => affected = summary.affected_rows,
@@ -518,7 +526,7 @@ impl Session {
                     .statement(kind, started.elapsed().as_secs_f64());
                 self.last_error = None;
                 let status = self.shard_session().status();
-                let mut ok = ok_packet(affected, 0, status, warnings);
+                let mut ok = ok_packet(affected, insert_id, status, warnings);
                 if self
                     .caps()
                     .contains(mysql_common::constants::CapabilityFlags::CLIENT_SESSION_TRACK)

@@ -11,6 +11,7 @@
 
 pub mod algorithm;
 pub mod condition;
+pub mod keygen;
 pub mod plan;
 pub mod point;
 pub mod show;
@@ -98,6 +99,8 @@ pub struct TableRule {
     /// The table whose placement it shares (itself when it names no `binding`), lower case:
     /// tables of one group hold the rows of one sharding value on the same shard.
     pub group: String,
+    /// The column Tandem fills with a snowflake id when an INSERT leaves it out, lower case.
+    pub generated: Option<String>,
 }
 
 /// Where a table's rows live.
@@ -129,6 +132,8 @@ pub struct Topology {
     key_positions: RwLock<HashMap<String, usize>>,
     /// Most rows a merge may hold at once.
     pub max_merge_rows: u64,
+    /// Ids for generated columns.
+    pub snowflake: keygen::Snowflake,
 }
 
 /// A sharding executor's configuration that cannot work.
@@ -206,6 +211,7 @@ impl Topology {
                     column: t.column.to_lowercase(),
                     sharder,
                     group: key,
+                    generated: t.key_generator.as_ref().map(|g| g.column.to_lowercase()),
                 }),
             );
         }
@@ -273,6 +279,13 @@ impl Topology {
         if e.max_merge_rows == Some(0) {
             return Err(topology_error("max_merge_rows", "must be at least 1"));
         }
+        let worker = e.worker_id.unwrap_or(0);
+        if worker > keygen::MAX_WORKER {
+            return Err(topology_error(
+                "worker_id",
+                format!("must be at most {}", keygen::MAX_WORKER),
+            ));
+        }
         Ok(Topology {
             database,
             shards: e.shards.clone(),
@@ -281,6 +294,7 @@ impl Topology {
             singles: RwLock::new(HashMap::new()),
             key_positions: RwLock::new(HashMap::new()),
             max_merge_rows: e.max_merge_rows(),
+            snowflake: keygen::Snowflake::new(worker),
         })
     }
 

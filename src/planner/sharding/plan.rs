@@ -1490,6 +1490,64 @@ fn broadcast_write(text: &Text, topo: &Topology, tables: &Tables, name: &str) ->
     }))
 }
 
+/// An INSERT that leaves out its table's generated column, planned with the column and a
+/// snowflake id per row added to its text; the first row's id is set as the connection's
+/// `LAST_INSERT_ID()` (and the OK packet's insert id), as an AUTO_INCREMENT's first id is.
+fn with_generated_keys(
+    text: &Text,
+    column: &str,
+    rows: usize,
+    topo: &Topology,
+    params: Params,
+) -> Plan {
+    let cannot = || {
+        refuse(format!(
+            "an INSERT whose {column} Tandem cannot add (write the column list and VALUES plainly)"
+        ))
+    };
+    let Some(values_at) = text
+        .top_level_word("VALUES")
+        .or_else(|| text.top_level_word("VALUE"))
+    else {
+        return cannot();
+    };
+    let Some(close) = values_at
+        .checked_sub(1)
+        .filter(|&i| text.tokens[i].is_punct(b')'))
+    else {
+        return cannot();
+    };
+    let Some(spans) = text.values_rows().filter(|r| r.len() == rows) else {
+        return cannot();
+    };
+    let mut edits = vec![(text.tokens[close].span.start, format!(", `{column}`"))];
+    for (i, r) in spans.iter().enumerate() {
+        let id = topo.snowflake.next();
+        let value = if i == 0 {
+            format!(", LAST_INSERT_ID({id})")
+        } else {
+            format!(", {id}")
+        };
+        edits.push((r.end - 1, value));
+    }
+    let mut sql = String::with_capacity(text.sql.len() + 24 * (rows + 1));
+    let mut at = 0;
+    for (pos, add) in &edits {
+        sql.push_str(&text.sql[at..*pos]);
+        sql.push_str(add);
+        at = *pos;
+    }
+    sql.push_str(&text.sql[at..]);
+    match plan(&sql, topo, params) {
+        // The edited text, not the client's, is what the shard runs.
+        Plan::One(s) => Plan::Write(Box::new(Write {
+            statements: vec![(s, sql)],
+            affected: Affected::Sum,
+        })),
+        other => other,
+    }
+}
+
 /// A write over several shards answers with one OK: its `RETURNING` rows are refused.
 fn returning(text: &Text) -> Option<Plan> {
     text.top_level_word("RETURNING")
@@ -1539,6 +1597,16 @@ fn plan_insert(
     let SetExpr::Values(values) = source.body.as_ref() else {
         return refuse(format!("INSERT … SELECT into the sharded table {name}"));
     };
+    if let Some(generated) = &rule.generated {
+        let given = insert.columns.iter().any(|c| {
+            c.to_string()
+                .trim_matches('`')
+                .eq_ignore_ascii_case(generated)
+        });
+        if !insert.columns.is_empty() && !given {
+            return with_generated_keys(text, generated, values.rows.len(), topo, params);
+        }
+    }
     let at = if insert.columns.is_empty() {
         topo.key_position(name)
     } else {

@@ -220,6 +220,14 @@ impl Point<'_> {
             return None;
         }
         let key_at = columns.iter().position(|c| *c == rule.column)?;
+        // A generated column left out is added by the planner.
+        if rule
+            .generated
+            .as_ref()
+            .is_some_and(|g| !columns.contains(g))
+        {
+            return None;
+        }
         // One row of literals: numbers, strings, NULL, signs.
         let mut at = i + 2;
         let mut key = None;
