@@ -336,22 +336,18 @@ impl Session {
             self.abort_distributed(gtrid, writers).await;
             return Err(EndError::Failed(e));
         }
-        // 2. Every shard prepares.
-        for &shard in writers {
-            let Some(xa) = self.xa_of(shard) else {
-                continue;
-            };
-            let xid = xa.xid(gtrid);
-            let mut r = self.on_shard(shard, &format!("XA END {xid}")).await;
-            if r.is_ok() {
-                r = self.on_shard(shard, &format!("XA PREPARE {xid}")).await;
-            }
-            if let Err(e) = r {
-                let e = self.shard_error(shard, e);
-                tracing::warn!(id = self.connection_id(), %gtrid, shard, error = %e.message, "a shard could not prepare; rolling back");
-                self.abort_distributed(gtrid, writers).await;
-                return Err(EndError::Failed(e));
-            }
+        // 2. Every shard prepares, all at once.
+        let prepares = self.per_shard(writers, gtrid, &["XA END", "XA PREPARE"]);
+        let failed = self
+            .on_shards(prepares)
+            .await
+            .into_iter()
+            .find_map(|(shard, r)| r.err().map(|e| (shard, e)));
+        if let Some((shard, e)) = failed {
+            let e = self.shard_error(shard, e);
+            tracing::warn!(id = self.connection_id(), %gtrid, shard, error = %e.message, "a shard could not prepare; rolling back");
+            self.abort_distributed(gtrid, writers).await;
+            return Err(EndError::Failed(e));
         }
         test_hook("xa-prepared").await;
         // 3. The decision.
@@ -378,17 +374,16 @@ impl Session {
             }
         }
         test_hook("xa-decided").await;
-        // 4. Every shard commits. One that fails now commits later, by phase 2: the
-        //    transaction is committed.
-        for &shard in writers {
-            let Some(xa) = self.xa_of(shard) else {
-                continue;
-            };
-            match self
-                .on_shard(shard, &format!("XA COMMIT {}", xa.xid(gtrid)))
-                .await
-            {
-                Ok(_) => xa.settled(gtrid),
+        // 4. Every shard commits, all at once. One that fails now commits later, by phase
+        //    2: the transaction is committed.
+        let commits = self.per_shard(writers, gtrid, &["XA COMMIT"]);
+        for (shard, r) in self.on_shards(commits).await {
+            match r {
+                Ok(()) => {
+                    if let Some(xa) = self.xa_of(shard) {
+                        xa.settled(gtrid);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(id = self.connection_id(), %gtrid, shard, error = %e, "a shard did not commit its prepared part; phase 2 will");
                     self.release_prepared(&[shard]);
@@ -397,6 +392,65 @@ impl Session {
         }
         coordinator.drive_decided(gtrid, GlobalStatus::Committing);
         Ok(())
+    }
+
+    /// For each of `shards`, the statements `verbs` of its part of `gtrid` (`XA END
+    /// '…','…'`, …).
+    fn per_shard(
+        &self,
+        shards: &[usize],
+        gtrid: &str,
+        verbs: &[&str],
+    ) -> Vec<(usize, Vec<String>)> {
+        shards
+            .iter()
+            .filter_map(|&s| {
+                let xid = self.xa_of(s)?.xid(gtrid);
+                Some((s, verbs.iter().map(|v| format!("{v} {xid}")).collect()))
+            })
+            .collect()
+    }
+
+    /// Runs each shard's statements, in order on each shard and on all shards at once; the
+    /// first error of each. A shard whose connection failed loses it.
+    async fn on_shards(
+        &mut self,
+        work: Vec<(usize, Vec<String>)>,
+    ) -> Vec<(usize, Result<(), BackendError>)> {
+        let no_connection = || BackendError::Protocol("no connection to the shard".into());
+        let Some(sh) = self.shard.as_mut() else {
+            return work
+                .into_iter()
+                .map(|(s, _)| (s, Err(no_connection())))
+                .collect();
+        };
+        let mut missing = Vec::new();
+        let mut runs = Vec::new();
+        for (i, c) in sh.conns.iter_mut().enumerate() {
+            let Some((_, statements)) = work.iter().find(|(s, _)| *s == i) else {
+                continue;
+            };
+            let Some(sc) = c.as_mut() else {
+                missing.push(i);
+                continue;
+            };
+            runs.push(async move {
+                for s in statements {
+                    if let Err(e) = sc.conn.execute(s).await {
+                        return (i, Err(e));
+                    }
+                }
+                (i, Ok(()))
+            });
+        }
+        let mut out = futures_util::future::join_all(runs).await;
+        for (i, r) in &out {
+            if r.as_ref().is_err_and(|e| e.is_fatal()) {
+                sh.conns[*i] = None;
+            }
+        }
+        out.extend(missing.into_iter().map(|i| (i, Err(no_connection()))));
+        out
     }
 
     /// Rolls back every writer's part of a distributed commit that will not commit, then
