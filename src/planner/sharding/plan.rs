@@ -231,18 +231,13 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
                 }
                 return tables.colocated("a multi-table UPDATE");
             }
-            for a in &u.assignments {
-                let target = a.target.to_string().to_lowercase();
-                let column = target
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(&target)
-                    .trim_matches('`');
-                if tables.sharded.iter().any(|r| r.rule.column == column) {
-                    return refuse(format!(
-                        "changing the sharding column {column} (it may move the row to another shard)"
-                    ));
-                }
+            let columns: Vec<&str> = tables
+                .sharded
+                .iter()
+                .map(|r| r.rule.column.as_str())
+                .collect();
+            if let Some(p) = changes_sharding_column(&u.assignments, &columns) {
+                return p;
             }
             let text = Text::new(sql, tokens);
             plan_write(&text, topo, &tables, u.selection.as_ref(), params, "UPDATE")
@@ -1548,6 +1543,27 @@ fn with_generated_keys(
     }
 }
 
+/// The refusal of assignments that change a sharding column (one of `columns`, lower case):
+/// the row may belong on another shard then.
+fn changes_sharding_column(
+    assignments: &[sqlparser::ast::Assignment],
+    columns: &[&str],
+) -> Option<Plan> {
+    assignments.iter().find_map(|a| {
+        let target = a.target.to_string().to_lowercase();
+        let column = target
+            .rsplit('.')
+            .next()
+            .unwrap_or(&target)
+            .trim_matches('`');
+        columns.contains(&column).then(|| {
+            refuse(format!(
+                "changing the sharding column {column} (it may move the row to another shard)"
+            ))
+        })
+    })
+}
+
 /// A write over several shards answers with one OK: its `RETURNING` rows are refused.
 fn returning(text: &Text) -> Option<Plan> {
     text.top_level_word("RETURNING")
@@ -1572,18 +1588,8 @@ fn plan_insert(
         _ => return tables.colocated("INSERT"),
     };
     if let Some(sqlparser::ast::OnInsert::DuplicateKeyUpdate(assignments)) = &insert.on {
-        for a in assignments {
-            let target = a.target.to_string().to_lowercase();
-            let column = target
-                .rsplit('.')
-                .next()
-                .unwrap_or(&target)
-                .trim_matches('`');
-            if column == rule.column {
-                return refuse(format!(
-                    "changing the sharding column {column} (it may move the row to another shard)"
-                ));
-            }
+        if let Some(p) = changes_sharding_column(assignments, &[rule.column.as_str()]) {
+            return p;
         }
     }
     if tables.refs.len() > 1 || tables.nested {
