@@ -444,8 +444,10 @@ async fn deadlocks_and_xa_statements_are_handled_as_one_database_would() {
     };
     assert_eq!(qty, expected, "only the winner's writes, all of them");
     // The client's own XA statements would meddle with Tandem's.
-    let e = a.query_drop("XA RECOVER").await.unwrap_err();
-    assert_eq!(code(&e), Some(1235), "{e}");
+    for sql in ["XA RECOVER", "/* c */ xa recover"] {
+        let e = a.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), Some(1235), "{sql}: {e}");
+    }
     for s in &w.shards {
         assert!(prepared(s).await.is_empty());
     }

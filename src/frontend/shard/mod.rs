@@ -169,10 +169,13 @@ pub(super) fn statement_text(sql: &[u8]) -> Result<&str, MysqlError> {
     let text = std::str::from_utf8(sql).map_err(|_| {
         MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor")
     })?;
-    let xa = lex::tokenize(sql)
-        .ok()
-        .and_then(|t| t.first().map(|t| t.is_word(sql, "XA")))
-        .unwrap_or(false);
+    // The first word, past comments, without lexing the whole statement (the planner does).
+    let start = crate::sql::classify::skip_noise(sql);
+    let xa = start.len() >= 2
+        && start[..2].eq_ignore_ascii_case(b"XA")
+        && start
+            .get(2)
+            .is_none_or(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | 0x80..)));
     if xa {
         return Err(MysqlError::not_supported(
             "XA statements on a sharded executor (Tandem runs the shards' XA transactions itself; use BEGIN and COMMIT)",
