@@ -43,6 +43,11 @@ struct World {
 }
 
 fn world(name: &str) -> World {
+    world_with(name, "")
+}
+
+/// A world whose executor has these extra settings (YAML lines, indented as its fields).
+fn world_with(name: &str, settings: &str) -> World {
     let db = mariadb();
     let shards: Vec<String> = (0..SHARDS)
         .map(|i| db.fresh_db(&format!("{name}{i}")))
@@ -80,7 +85,7 @@ executors:
       - {{ table: t_order, column: user_id, algorithm: mod }}
       - {{ table: t_item, column: user_id, algorithm: mod, binding: t_order }}
     broadcast_tables: [t_country]
-data_sources:
+{settings}data_sources:
 {sources}admin:
   address: 127.0.0.1:{{ADMIN}}
 coordinator:
@@ -227,6 +232,16 @@ fn parameterize(sql: &str) -> (String, Vec<Value>) {
                 let mut end = i + 1;
                 while end < b.len() && b[end].is_ascii_digit() {
                     end += 1;
+                }
+                if b.get(end) == Some(&b'.') {
+                    // A decimal stays a literal.
+                    end += 1;
+                    while end < b.len() && b[end].is_ascii_digit() {
+                        end += 1;
+                    }
+                    out.push_str(&sql[i..end]);
+                    i = end;
+                    continue;
                 }
                 params.push(Value::Int(sql[i..end].parse().unwrap()));
                 out.push('?');
@@ -381,6 +396,10 @@ async fn handwritten_queries_answer_as_one_database() {
         "SELECT user_id, COUNT(*), SUM(amount) FROM t_order GROUP BY user_id ORDER BY user_id",
         "SELECT user_id, MAX(qty) m FROM t_order GROUP BY user_id HAVING COUNT(*) > 2 ORDER BY m DESC, user_id",
         "SELECT qty, COUNT(*), SUM(amount), AVG(amount), MIN(created) FROM t_order GROUP BY qty",
+        "SELECT qty, COUNT(*) c FROM t_order GROUP BY qty ORDER BY c DESC, qty",
+        "SELECT country, SUM(amount) s FROM t_order GROUP BY country HAVING COUNT(*) > 3 AND (s IS NULL OR s < 500) ORDER BY MAX(qty), country LIMIT 1, 3",
+        "SELECT country, qty FROM t_order GROUP BY country, qty HAVING MIN(amount) BETWEEN -10 AND 10.5 OR AVG(amount) NOT IN (1, 2) ORDER BY qty DESC, country",
+        "SELECT DISTINCT country, qty FROM t_order ORDER BY qty, country DESC",
         "SELECT country, qty, COUNT(*) FROM t_order GROUP BY country, qty ORDER BY country DESC, qty LIMIT 3, 4",
         "SELECT COUNT(*) FROM t_order GROUP BY created ORDER BY created DESC LIMIT 5",
         "SELECT o.country, COUNT(*) FROM t_order o JOIN t_item i ON i.user_id = o.user_id AND i.order_id = o.id GROUP BY o.country",
@@ -446,6 +465,32 @@ async fn handwritten_queries_answer_as_one_database() {
     }
 }
 
+/// An ORDER BY over groups that span shards holds their combined rows: at most
+/// `max_merge_rows` of them, or the best `offset + count` under a LIMIT.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_sorts_hold_at_most_their_cap() {
+    let w = world_with("held", "    max_merge_rows: 6\n");
+    let (mut t, mut r) = load(&w, 5).await;
+    let sql = "SELECT created, qty, COUNT(*) c FROM t_order GROUP BY created, qty ORDER BY c DESC, created, qty";
+    let groups = rows(&mut r, sql).await.unwrap().len();
+    assert!(groups > 6, "{groups} groups");
+    let e = t.query_drop(sql).await.unwrap_err();
+    assert_eq!(code(&e), Some(1038), "{e}");
+    assert!(e.to_string().contains("max_merge_rows"), "{e}");
+    // Under a LIMIT only the first rows are held.
+    let limited = format!("{sql} LIMIT 2, 3");
+    assert!(
+        same(&mut t, &mut r, &limited, true).await.unwrap(),
+        "{limited}"
+    );
+    assert!(
+        same_prepared(&mut t, &mut r, &limited, true).await.unwrap(),
+        "{limited}"
+    );
+    let one: i64 = t.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+}
+
 /// What Tandem cannot answer exactly is refused with 1235, naming why, and the session
 /// goes on.
 #[tokio::test(flavor = "multi_thread")]
@@ -454,8 +499,16 @@ async fn what_is_not_exact_is_refused() {
     let (mut t, _r) = load(&w, 3).await;
     for (sql, why) in [
         (
-            "SELECT qty, COUNT(*) c FROM t_order GROUP BY qty ORDER BY c",
-            "ORDER BY other than the GROUP BY",
+            "SELECT qty, COUNT(*) c FROM t_order GROUP BY qty ORDER BY MAX(name)",
+            "MIN or MAX of a string",
+        ),
+        (
+            "SELECT country, COUNT(*) FROM t_order GROUP BY country HAVING MAX(name) > 'a'",
+            "HAVING compares 'a'",
+        ),
+        (
+            "SELECT country, COUNT(*) FROM t_order GROUP BY country HAVING MAX(name) > 1",
+            "HAVING compares a value of a type other than a number",
         ),
         ("SELECT DISTINCT * FROM t_order", "DISTINCT"),
         ("SELECT AVG(DISTINCT amount) FROM t_order", "AVG"),
@@ -739,6 +792,28 @@ fn filter(rng: &mut StdRng, q: &str) -> String {
 }
 
 /// A random SELECT, and whether its rows come in a total order.
+/// A HAVING condition over a group's aggregates.
+fn having(rng: &mut StdRng) -> String {
+    let one = |rng: &mut StdRng| match rng.random_range(0..7) {
+        0 => format!("COUNT(*) > {}", rng.random_range(0..4)),
+        1 => format!("SUM(o.amount) < {}", rng.random_range(-50..400)),
+        2 => format!("MAX(o.qty) >= {}", rng.random_range(0..8)),
+        3 => format!(
+            "COUNT(*) BETWEEN {} AND {}",
+            rng.random_range(0..3),
+            rng.random_range(1..6)
+        ),
+        4 => format!("AVG(o.amount) > {}", rng.random_range(-5..60)),
+        5 => "MIN(o.amount) IS NULL".to_string(),
+        _ => format!("NOT (COUNT(o.qty) = {})", rng.random_range(0..3)),
+    };
+    match rng.random_range(0..4) {
+        0 => format!("{} AND {}", one(rng), one(rng)),
+        1 => format!("{} OR {}", one(rng), one(rng)),
+        _ => one(rng),
+    }
+}
+
 fn random_select(rng: &mut StdRng) -> (String, bool) {
     let kind = rng.random_range(0..10);
     let (from, q) = match rng.random_range(0..6) {
@@ -808,8 +883,8 @@ fn random_select(rng: &mut StdRng) -> (String, bool) {
                 ],
             );
             let by_key = group.starts_with("o.user_id");
-            let having = if by_key && rng.random_bool(0.4) {
-                format!(" HAVING COUNT(*) > {}", rng.random_range(0..3))
+            let having = if rng.random_bool(0.4) {
+                format!(" HAVING {}", having(rng))
             } else {
                 String::new()
             };
@@ -830,6 +905,18 @@ fn random_select(rng: &mut StdRng) -> (String, bool) {
                 2 if by_key && !group.contains(',') && !cols.is_empty() => {
                     (" ORDER BY 2 DESC, 1".to_string(), true)
                 }
+                // An aggregate first, then the groups: a total order Tandem sorts by.
+                2 => (
+                    format!(
+                        " ORDER BY {}{}, {group}",
+                        pick(
+                            rng,
+                            &["COUNT(*)", "SUM(o.amount)", "MAX(o.qty)", "AVG(o.qty)"]
+                        ),
+                        pick(rng, &["", " DESC"])
+                    ),
+                    true,
+                ),
                 _ => (String::new(), false),
             };
             let limit = if total && rng.random_bool(0.5) {

@@ -126,6 +126,11 @@ impl MysqlError {
         Self::new(1927, "70100", "Connection was killed")
     }
 
+    /// 1038 (ER_OUT_OF_SORTMEMORY): a merge would hold more rows than it may.
+    pub fn out_of_sort_memory(why: &str) -> Self {
+        Self::new(1038, "HY001", why)
+    }
+
     pub fn not_supported(what: &str) -> Self {
         Self::new(
             1235,

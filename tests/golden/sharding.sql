@@ -46,3 +46,7 @@ SHOW COLUMNS FROM t_note
 EXPLAIN SELECT * FROM t_order ORDER BY id LIMIT 3
 SELECT 1; SELECT 2
 SELECT /*! 1 */ 2 FROM t_order
+SELECT country, COUNT(*) c FROM t_order GROUP BY country HAVING c > 1 AND MAX(qty) IS NOT NULL
+SELECT country, SUM(amount) FROM t_order GROUP BY country ORDER BY 2 DESC, country LIMIT 3
+SELECT DISTINCT country, qty FROM t_order ORDER BY qty, country
+SELECT country FROM t_order GROUP BY country HAVING name = 'x'

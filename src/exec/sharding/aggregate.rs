@@ -76,10 +76,11 @@ impl Combine {
 #[error("{0}")]
 pub struct CombineError(pub String);
 
-/// The combined row (text protocol) of the shards' rows.
-pub fn combine(rows: &[Row], columns: &[Combine]) -> Result<Vec<u8>, CombineError> {
+/// The combined row (text protocol) of the shards' rows: one cell per column, each the
+/// combination of the shard rows' cells of its source column.
+pub fn combine(rows: &[Row], columns: &[(usize, Combine)]) -> Result<Vec<u8>, CombineError> {
     let mut out = Vec::new();
-    for (i, c) in columns.iter().enumerate() {
+    for &(i, ref c) in columns {
         let cells = || rows.iter().filter_map(move |r| r.cell(i));
         let value: Option<Vec<u8>> = match c {
             Combine::Count => {
@@ -262,25 +263,36 @@ mod tests {
             row(&[Some("4"), Some("-0.30"), Some("c"), None]),
         ];
         let columns = [
-            Combine::Count,
-            Combine::Sum {
-                float: false,
-                scale: 2,
-            },
-            Combine::Min {
-                weight: 2,
-                order: Order::Bytes,
-            },
-            Combine::Sum {
-                float: false,
-                scale: 0,
-            },
+            (0, Combine::Count),
+            (
+                1,
+                Combine::Sum {
+                    float: false,
+                    scale: 2,
+                },
+            ),
+            (
+                2,
+                Combine::Min {
+                    weight: 2,
+                    order: Order::Bytes,
+                },
+            ),
+            (
+                3,
+                Combine::Sum {
+                    float: false,
+                    scale: 0,
+                },
+            ),
+            (0, Combine::First),
         ];
         let out = Row::parse(Bytes::from(combine(&rows, &columns).unwrap())).unwrap();
         assert_eq!(out.cell(0), Some(&b"7"[..]));
         assert_eq!(out.cell(1), Some(&b"9.95"[..]));
         assert_eq!(out.cell(2), Some(&b"a"[..]));
         assert_eq!(out.cell(3), None);
+        assert_eq!(out.cell(4), Some(&b"3"[..]));
     }
 
     #[test]

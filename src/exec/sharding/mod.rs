@@ -3,14 +3,19 @@
 //!
 //! A scatter read is a small tree of streaming operators: one [`route::Route`] per shard,
 //! a [`merge_sort::MergeSort`] over them (or one route after another when the query has no
-//! ORDER BY), then [`aggregate`] for an aggregate without GROUP BY, then [`limit::Limit`].
-//! Rows go to the client as they come out of the tree; memory holds one row per shard.
+//! ORDER BY), then [`aggregate`] combining each group's rows (one group, without GROUP BY),
+//! then [`having::Having`], then [`limit::Limit`]. Rows go to the client as they come out
+//! of the tree; memory holds one row per shard. Only an ORDER BY that the groups' own order
+//! cannot give puts a [`sort::Sort`] before the limit, which holds the combined rows (at
+//! most `max_merge_rows`).
 
 pub mod aggregate;
 pub mod compare;
+pub mod having;
 pub mod limit;
 pub mod merge_sort;
 pub mod route;
+pub mod sort;
 pub mod xa;
 
 use std::collections::HashMap;
@@ -29,9 +34,11 @@ use crate::wire::{MysqlError, PacketIo};
 
 use aggregate::Combine;
 use compare::{Order, Pad};
+use having::Having;
 use limit::{Limit, Verdict};
 use merge_sort::{Key, MergeSort};
 use route::{ColumnInfo, Header, Route, RowError};
+use sort::Sort;
 
 /// A `sharding` executor: its logical database and the pools of its shards.
 pub struct Sharding {
@@ -364,52 +371,78 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if let Some(aggs) = &plan.aggregates {
-            for (i, a) in aggs.iter().enumerate() {
-                let Some(info) = infos.get(i).copied().flatten() else {
-                    failed = fail(MysqlError::not_supported("an aggregate Tandem cannot read"));
-                    break;
-                };
-                let (weight, order) = match a {
-                    Aggregate::Min { weight } | Aggregate::Max { weight } => {
-                        match order_of(sharding, Some(info)).await {
-                            Ok(o) => (at(*weight), Some(o)),
-                            Err(e) => {
-                                failed = fail(e);
-                                break;
-                            }
-                        }
+            // The combined row: the select list's columns, then the values Tandem
+            // combines for HAVING and ORDER BY alone.
+            let columns = aggs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i, *a))
+                .chain(plan.extra.iter().map(|(c, a)| (at(*c), *a)));
+            for (source, a) in columns {
+                match combination(sharding, &infos, &at, source, a).await {
+                    Ok(c) => combine.push((source, c)),
+                    Err(e) => {
+                        failed = fail(e);
+                        break;
                     }
-                    Aggregate::Avg { sum, count } => {
-                        use mysql_common::constants::ColumnType;
-                        let (sum, count) = (at(*sum), at(*count));
-                        let exact = matches!(
-                            ColumnType::try_from(info.column_type),
-                            Ok(ColumnType::MYSQL_TYPE_NEWDECIMAL | ColumnType::MYSQL_TYPE_DECIMAL)
-                        );
-                        match infos.get(sum).copied().flatten() {
-                            Some(si) if exact => {
-                                combine.push(Combine::Avg {
-                                    sum,
-                                    count,
-                                    sum_scale: si.decimals,
-                                    scale: info.decimals,
-                                });
-                                continue;
-                            }
-                            _ => {
-                                failed = fail(MysqlError::not_supported(
-                                    "AVG of a floating-point value across shards",
-                                ));
-                                break;
-                            }
-                        }
-                    }
-                    _ => (0, None),
-                };
-                combine.push(Combine::of(*a, &info, weight, order));
+                }
             }
         }
     }
+    // The combined row's column definitions, for HAVING and a held sort.
+    let combined_infos: Vec<Option<ColumnInfo>> = combine
+        .iter()
+        .map(|(source, _)| infos.get(*source).copied().flatten())
+        .collect();
+    let combined_at = |c: Col| match c {
+        Col::Visible(i) => i,
+        Col::Hidden(k) => visible + k,
+    };
+    let mut having = None;
+    if let (None, Some(p)) = (&failed, &plan.having) {
+        match Having::new(p.clone(), visible, &combined_infos) {
+            Ok(h) => having = Some(h),
+            Err(e) => failed = fail(MysqlError::not_supported(&e.to_string())),
+        }
+    }
+    let mut held = None;
+    if failed.is_none() && !plan.sort.is_empty() {
+        let mut keys = Vec::new();
+        for k in &plan.sort {
+            let value = combined_at(k.value);
+            let info = combined_infos.get(value).copied().flatten();
+            match order_of(sharding, info).await {
+                Ok(Order::Weight { .. }) if k.weight.is_none() => {
+                    failed = fail(MysqlError::not_supported(
+                        "ORDER BY the MIN or MAX of a string with a GROUP BY across shards",
+                    ));
+                    break;
+                }
+                Ok(order) => keys.push(Key {
+                    value,
+                    weight: k.weight.map_or(value, combined_at),
+                    descending: k.descending,
+                    order,
+                }),
+                Err(e) => {
+                    failed = fail(e);
+                    break;
+                }
+            }
+        }
+        held = Some(Sort::new(
+            keys,
+            sharding.topology.max_merge_rows,
+            plan.limit,
+        ));
+    }
+    // A combined row as the client reads it.
+    let emit = |row: &route::Row| -> Result<Vec<u8>, MysqlError> {
+        Ok(match encode(row)? {
+            Some(b) => b,
+            None => row.visible(visible).to_vec(),
+        })
+    };
     if let Some(e) = failed {
         drain(routes).await?;
         client.write_packet(seq, &e);
@@ -461,34 +494,56 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
             if !group.is_empty() {
                 let combined = aggregate::combine(&group, &combine)
                     .map_err(|e| MysqlError::not_supported(&e.0))
-                    .and_then(|row| match protocol {
-                        Protocol::Text => Ok(row),
-                        Protocol::Binary => {
-                            let parsed = route::Row::parse(Bytes::from(row)).map_err(|_| {
-                                MysqlError::not_supported("an aggregate Tandem cannot re-encode")
-                            })?;
-                            Ok(encode(&parsed)?.unwrap_or_default())
-                        }
+                    .and_then(|row| {
+                        route::Row::parse(Bytes::from(row)).map_err(|_| {
+                            MysqlError::not_supported("an aggregate Tandem cannot read back")
+                        })
                     });
-                match combined {
-                    Ok(row) => {
-                        if limit.admit() == Verdict::Pass {
-                            seq = client.write_packet(seq, &row);
-                            if client.should_flush() {
-                                client.flush().await.map_err(ScatterError::Client)?;
-                            }
+                group.clear();
+                let row = match combined {
+                    Ok(row) => row,
+                    Err(e) => {
+                        ended_by = fail(e);
+                        break;
+                    }
+                };
+                if having.as_ref().is_some_and(|h| !h.keeps(&row)) {
+                    // Not a row of the answer.
+                } else if let Some(held) = &mut held {
+                    if let Err(e) = held.push(row) {
+                        ended_by = fail(MysqlError::out_of_sort_memory(&e.to_string()));
+                        break;
+                    }
+                } else if limit.admit() == Verdict::Pass {
+                    match emit(&row) {
+                        Ok(packet) => seq = client.write_packet(seq, &packet),
+                        Err(e) => {
+                            ended_by = fail(e);
+                            break;
                         }
                     }
+                    if client.should_flush() {
+                        client.flush().await.map_err(ScatterError::Client)?;
+                    }
+                }
+            }
+            match next {
+                Some(r) if !limit.done() => group.push(r),
+                _ => break,
+            }
+        }
+        if let (None, Some(held)) = (&ended_by, held) {
+            for row in held.finish() {
+                match emit(&row) {
+                    Ok(packet) => seq = client.write_packet(seq, &packet),
                     Err(e) => {
                         ended_by = fail(e);
                         break;
                     }
                 }
-                group.clear();
-            }
-            match next {
-                Some(r) if !limit.done() => group.push(r),
-                _ => break,
+                if client.should_flush() {
+                    client.flush().await.map_err(ScatterError::Client)?;
+                }
             }
         }
     } else {
@@ -535,6 +590,47 @@ pub async fn scatter<C: AsyncRead + AsyncWrite + Unpin>(
         error,
         status: Some(status),
     })
+}
+
+/// How one column of the combined row comes from the shard rows' column `source`.
+async fn combination(
+    sharding: &Sharding,
+    infos: &[Option<ColumnInfo>],
+    at: &impl Fn(Col) -> usize,
+    source: usize,
+    a: Aggregate,
+) -> Result<Combine, MysqlError> {
+    let info = infos
+        .get(source)
+        .copied()
+        .flatten()
+        .ok_or_else(|| MysqlError::not_supported("an aggregate Tandem cannot read"))?;
+    let (weight, order) = match a {
+        Aggregate::Min { weight } | Aggregate::Max { weight } => {
+            (at(weight), Some(order_of(sharding, Some(info)).await?))
+        }
+        Aggregate::Avg { sum, count } => {
+            use mysql_common::constants::ColumnType;
+            let (sum, count) = (at(sum), at(count));
+            let exact = matches!(
+                ColumnType::try_from(info.column_type),
+                Ok(ColumnType::MYSQL_TYPE_NEWDECIMAL | ColumnType::MYSQL_TYPE_DECIMAL)
+            );
+            return match infos.get(sum).copied().flatten() {
+                Some(si) if exact => Ok(Combine::Avg {
+                    sum,
+                    count,
+                    sum_scale: si.decimals,
+                    scale: info.decimals,
+                }),
+                _ => Err(MysqlError::not_supported(
+                    "AVG of a floating-point value across shards",
+                )),
+            };
+        }
+        _ => (0, None),
+    };
+    Ok(Combine::of(a, &info, weight, order))
 }
 
 /// Whether a server of `version` keeps a prepared XA transaction when the connection

@@ -11,6 +11,7 @@
 
 pub mod algorithm;
 pub mod condition;
+mod grouped;
 pub mod keygen;
 pub mod plan;
 pub mod point;

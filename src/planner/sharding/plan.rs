@@ -22,6 +22,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 use super::condition::{self, KeyColumn, Params};
+use super::grouped::{Added, Combined};
 use super::{Placement, ShardSet, TableRule, Topology};
 use crate::sql::lex::{self, Token, TokenKind};
 
@@ -123,6 +124,55 @@ pub enum Aggregate {
     Group,
 }
 
+/// A HAVING condition over groups that span shards, evaluated by Tandem on each combined
+/// row (the shards cannot: each sees only part of a group). Three-valued, as SQL is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Predicate {
+    And(Box<Predicate>, Box<Predicate>),
+    Or(Box<Predicate>, Box<Predicate>),
+    Not(Box<Predicate>),
+    Compare {
+        left: Operand,
+        op: CompareOp,
+        right: Operand,
+    },
+    IsNull {
+        operand: Operand,
+        negated: bool,
+    },
+}
+
+/// A value a [`Predicate`] compares: a combined row's column (`Visible(i)` the select
+/// list's, `Hidden(k)` the k-th of [`Scatter::extra`]), a number literal, or NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    Column(Col),
+    Number(String),
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+    /// `<=>`: equal, NULL equal to NULL, never NULL itself.
+    NullSafeEq,
+}
+
+/// A key of an ORDER BY over combined rows that their groups' order does not give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldKey {
+    /// A column of the combined row (as in [`Operand::Column`]).
+    pub value: Col,
+    /// Its collation weight, for a GROUP BY column.
+    pub weight: Option<Col>,
+    pub descending: bool,
+}
+
 /// A read over several shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scatter {
@@ -141,6 +191,15 @@ pub struct Scatter {
     /// GROUP BY columns without the sharding column: a group's rows come from several
     /// shards, each shard's rows ordered by these keys, and combine where they agree.
     pub group: Vec<SortKey>,
+    /// Values Tandem combines for HAVING and ORDER BY beyond the select list: each a
+    /// shard-row column and how it combines. A combined row carries them after its
+    /// visible columns; the client never sees them.
+    pub extra: Vec<(Col, Aggregate)>,
+    /// HAVING over groups that span shards: only combined rows it holds for are sent.
+    pub having: Option<Predicate>,
+    /// An ORDER BY the groups' order cannot give: combined rows are held (at most
+    /// `max_merge_rows`), sorted by these keys, and then limited.
+    pub sort: Vec<HeldKey>,
 }
 
 impl Scatter {
@@ -157,10 +216,17 @@ impl Scatter {
         } else {
             format!("merge-sort by {} key(s)", keys.len())
         });
-        match (&self.aggregates, self.group.is_empty()) {
-            (Some(a), true) => ops.push(format!("aggregate {} column(s)", a.len())),
-            (Some(a), false) => ops.push(format!("group, aggregate {} column(s)", a.len())),
+        let combined = self.aggregates.as_ref().map(|a| a.len() + self.extra.len());
+        match (combined, self.group.is_empty()) {
+            (Some(n), true) => ops.push(format!("aggregate {n} column(s)")),
+            (Some(n), false) => ops.push(format!("group, aggregate {n} column(s)")),
             (None, _) => {}
+        }
+        if self.having.is_some() {
+            ops.push("filter by HAVING".to_string());
+        }
+        if !self.sort.is_empty() {
+            ops.push(format!("hold and sort by {} key(s)", self.sort.len()));
         }
         if let Some(l) = self.limit {
             ops.push(format!("limit {} offset {}", l.count, l.offset));
@@ -315,7 +381,7 @@ struct ShardedRef {
 
 /// Every table a statement names, subqueries included.
 #[derive(Debug, Default)]
-struct Tables {
+pub(super) struct Tables {
     refs: Vec<TableRef>,
     sharded: Vec<ShardedRef>,
     /// The statement holds a subquery, a derived table, a CTE or a set operation.
@@ -797,7 +863,7 @@ fn aggregate_name(name: &str) -> bool {
     AGGREGATES.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
-fn has_aggregate(e: &Expr) -> bool {
+pub(super) fn has_aggregate(e: &Expr) -> bool {
     let mut found = false;
     let _ = visit_expressions(e, |x| {
         if let Expr::Function(f) = x {
@@ -884,12 +950,6 @@ fn scatter(
         GroupByExpr::All(_) => return Err("GROUP BY ALL across shards".into()),
     };
     let grouped = !group_by.is_empty() && !group_by.iter().any(|e| is_sharding_column(e, tables));
-    if grouped && select.having.is_some() {
-        return Err(
-            "HAVING with a GROUP BY across shards without the sharding column among its columns"
-                .into(),
-        );
-    }
     if grouped && !q.locks.is_empty() {
         return Err("a locking read with GROUP BY across shards".into());
     }
@@ -927,11 +987,7 @@ fn scatter(
     }
 
     let items = text.projection(select.projection.len())?;
-    let mut hidden: Vec<String> = Vec::new();
-    let mut hide = |expr: String| {
-        hidden.push(expr);
-        Col::Hidden(hidden.len() - 1)
-    };
+    let mut added = Added::default();
 
     let aggregates = if aggregating {
         let mut out = Vec::new();
@@ -945,7 +1001,9 @@ fn scatter(
             if (grouped && is_key) || distinct {
                 out.push(Aggregate::Group);
             } else {
-                out.push(aggregate_of(e, &piece.expr, tables, &mut hide)?);
+                out.push(aggregate_of(e, &piece.expr, tables, &mut |x| {
+                    added.hide(x)
+                })?);
             }
         }
         Some(out)
@@ -956,7 +1014,7 @@ fn scatter(
     let mut group = Vec::new();
     if distinct {
         for (i, piece) in items.iter().enumerate() {
-            let weight = hide(format!("WEIGHT_STRING({})", piece.expr));
+            let weight = added.hide(format!("WEIGHT_STRING({})", piece.expr));
             group.push(SortKey {
                 value: Col::Visible(i),
                 weight,
@@ -969,9 +1027,9 @@ fn scatter(
         for (g, piece) in group_by.iter().zip(&pieces) {
             let (value, source) = match order_column(g, select, &items) {
                 Some((i, source)) => (Col::Visible(i), source),
-                None => (hide(piece.clone()), piece.clone()),
+                None => (added.hide(piece.clone()), piece.clone()),
             };
-            let weight = hide(format!("WEIGHT_STRING({source})"));
+            let weight = added.hide(format!("WEIGHT_STRING({source})"));
             group.push(SortKey {
                 value,
                 weight,
@@ -980,33 +1038,57 @@ fn scatter(
         }
     }
 
+    let descending = |o: &sqlparser::ast::OrderByExpr| {
+        matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc))
+    };
     let mut order = Vec::new();
+    let mut extra = Vec::new();
+    let mut sort = Vec::new();
     if let Some(ob) = &q.order_by {
         let OrderByKind::Expressions(exprs) = &ob.kind else {
             return Err("ORDER BY ALL across shards".into());
         };
         if grouped || distinct {
             // Each shard sorts its groups by the GROUP BY columns; the merge keeps that
-            // order, in the directions the ORDER BY gives them.
-            let same = exprs.len() == group.len()
-                && exprs.iter().zip(group.iter_mut()).all(|(o, g)| {
+            // order, in the directions the ORDER BY gives them, when the ORDER BY is those
+            // columns. Any other order sorts the combined rows, held.
+            let streams = exprs.len() == group.len()
+                && exprs.iter().zip(&group).all(|(o, g)| {
                     let at = order_column(&o.expr, select, &items).map(|(i, _)| Col::Visible(i));
                     let matches = at == Some(g.value)
                         || group_by
                             .iter()
                             .position(|e| e == &o.expr)
                             .is_some_and(|_| matches!(g.value, Col::Hidden(_)) && at.is_none());
-                    g.descending =
-                        matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
                     matches && o.options.nulls_first.is_none()
                 });
-            if !same {
-                return Err(if distinct {
-                    "an ORDER BY other than the selected columns, in their order, with a DISTINCT across shards"
-                } else {
-                    "an ORDER BY other than the GROUP BY columns with a GROUP BY across shards"
+            if streams {
+                for (o, g) in exprs.iter().zip(group.iter_mut()) {
+                    g.descending = descending(o);
                 }
-                .into());
+            } else {
+                let pieces = text.order_by(exprs.len())?;
+                let mut combined = Combined {
+                    select,
+                    items: &items,
+                    group_by,
+                    group: &group,
+                    aggregates: aggregates.as_deref().unwrap_or_default(),
+                    tables,
+                    extra: &mut extra,
+                    added: &mut added,
+                };
+                for (o, piece) in exprs.iter().zip(&pieces) {
+                    if o.with_fill.is_some() || o.options.nulls_first.is_some() {
+                        return Err("ORDER BY … NULLS FIRST/LAST".into());
+                    }
+                    let (value, weight) = combined.column(&o.expr, piece, true)?;
+                    sort.push(HeldKey {
+                        value,
+                        weight,
+                        descending: descending(o),
+                    });
+                }
             }
         } else if aggregates.is_none() {
             let pieces = text.order_by(exprs.len())?;
@@ -1014,17 +1096,17 @@ fn scatter(
                 if o.with_fill.is_some() || o.options.nulls_first.is_some() {
                     return Err("ORDER BY … NULLS FIRST/LAST".into());
                 }
-                let descending = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+                let descending = descending(o);
                 let (value, source) = match order_column(&o.expr, select, &items) {
                     Some((i, source)) => (Col::Visible(i), source),
                     None => {
                         if has_window(&o.expr) {
                             return Err("ORDER BY a window function across shards".into());
                         }
-                        (hide(piece.clone()), piece.clone())
+                        (added.hide(piece.clone()), piece.clone())
                     }
                 };
-                let weight = hide(format!("WEIGHT_STRING({source})"));
+                let weight = added.hide(format!("WEIGHT_STRING({source})"));
                 order.push(SortKey {
                     value,
                     weight,
@@ -1032,6 +1114,27 @@ fn scatter(
                 });
             }
         }
+    }
+
+    // A HAVING over groups that span shards: Tandem's to evaluate, cut from the shards'.
+    let mut having = None;
+    let mut having_span = None;
+    if let (Some(h), true) = (&select.having, grouped) {
+        let span = text
+            .clause_span(&["HAVING"], &HAVING_ENDS)
+            .ok_or("a HAVING Tandem cannot read")?;
+        let mut combined = Combined {
+            select,
+            items: &items,
+            group_by,
+            group: &group,
+            aggregates: aggregates.as_deref().unwrap_or_default(),
+            tables,
+            extra: &mut extra,
+            added: &mut added,
+        };
+        having = Some(combined.predicate(h, &sql[span.clone()])?);
+        having_span = Some(span);
     }
 
     let limit = match &q.limit_clause {
@@ -1044,10 +1147,14 @@ fn scatter(
     }
 
     // The edits, cut from the client's own text.
+    let hidden = added.hidden;
     let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     if !hidden.is_empty() {
         let at = items.last().map(|p| p.end).ok_or("an empty select list")?;
         edits.push((at..at, format!(", {}", hidden.join(", "))));
+    }
+    if let Some(span) = having_span {
+        edits.push((span, " ".into()));
     }
     if let Some(l) = limit {
         let span = text.limit_span().ok_or("a LIMIT Tandem cannot read")?;
@@ -1063,8 +1170,9 @@ fn scatter(
         };
         edits.push((span, widened));
     }
-    if (grouped || distinct) && q.order_by.is_none() {
-        // The groups' order, which MariaDB gives a GROUP BY without ORDER BY too.
+    if (grouped || distinct) && (q.order_by.is_none() || !sort.is_empty()) {
+        // The groups' order, which MariaDB gives a GROUP BY without ORDER BY too, and
+        // which a held sort combines groups in.
         let sources: Vec<String> = if distinct {
             items.iter().map(|p| p.expr.clone()).collect()
         } else {
@@ -1074,11 +1182,17 @@ fn scatter(
                 .map(|(_, piece)| piece)
                 .collect()
         };
-        let at = match text.limit_span() {
-            Some(span) => span.start,
-            None => text.end(),
-        };
-        edits.push((at..at, format!(" ORDER BY {} ", sources.join(", "))));
+        let order_by = format!(" ORDER BY {} ", sources.join(", "));
+        match text.clause_span(&["ORDER", "BY"], &ORDER_ENDS) {
+            Some(span) if !sort.is_empty() => edits.push((span, order_by)),
+            _ => {
+                let at = match text.limit_span() {
+                    Some(span) => span.start,
+                    None => text.end(),
+                };
+                edits.push((at..at, order_by));
+            }
+        }
     }
     // An insertion before a replacement at the same place.
     edits.sort_by_key(|(r, _)| (r.start, r.end));
@@ -1098,12 +1212,27 @@ fn scatter(
         limit,
         aggregates,
         group,
+        extra,
+        having,
+        sort,
     })
 }
 
+/// Words that end a HAVING clause, and an ORDER BY clause.
+const HAVING_ENDS: [&str; 7] = [
+    "ORDER",
+    "WINDOW",
+    "LIMIT",
+    "FOR",
+    "LOCK",
+    "INTO",
+    "PROCEDURE",
+];
+const ORDER_ENDS: [&str; 5] = ["LIMIT", "FOR", "LOCK", "INTO", "PROCEDURE"];
+
 /// An ORDER BY key that names a column of the select list: by position, by alias, or as
 /// the same expression. Only items before which no `*` stands have a known position.
-fn order_column(key: &Expr, select: &Select, items: &[Item]) -> Option<(usize, String)> {
+pub(super) fn order_column(key: &Expr, select: &Select, items: &[Item]) -> Option<(usize, String)> {
     let known = select
         .projection
         .iter()
@@ -1137,7 +1266,7 @@ fn order_column(key: &Expr, select: &Select, items: &[Item]) -> Option<(usize, S
 }
 
 /// How a select-list item of an aggregate query combines over shards.
-fn aggregate_of(
+pub(super) fn aggregate_of(
     e: &Expr,
     source: &str,
     tables: &Tables,
@@ -1229,7 +1358,7 @@ fn limit_of(l: &LimitClause) -> Result<Limit, String> {
 
 /// A select-list item's source text.
 #[derive(Debug, Clone)]
-struct Item {
+pub(super) struct Item {
     /// The expression, without its alias.
     expr: String,
     /// Where the item ends in the statement.
@@ -1428,6 +1557,21 @@ impl<'a> Text<'a> {
                 self.piece(r).to_string()
             })
             .collect())
+    }
+
+    /// The byte range of the last top-level clause opened by the words `opener`, up to
+    /// the next top-level word of `ends` or the statement's end.
+    fn clause_span(&self, opener: &[&str], ends: &[&str]) -> Option<std::ops::Range<usize>> {
+        let n = opener.len();
+        let start = (0..self.tokens.len().saturating_sub(n - 1))
+            .rev()
+            .find(|&i| {
+                self.depths[i] == 0 && opener.iter().enumerate().all(|(k, w)| self.word(i + k, w))
+            })?;
+        let end = (start + n..self.tokens.len())
+            .find(|&i| self.depths[i] == 0 && ends.iter().any(|w| self.word(i, w)))
+            .unwrap_or(self.tokens.len());
+        Some(self.tokens[start].span.start..self.tokens[end - 1].span.end)
     }
 
     /// The byte range of the top-level LIMIT clause (`LIMIT n`, `LIMIT o, n`,
@@ -1873,9 +2017,9 @@ broadcast_tables: [t_country]
             scatter_of("SELECT o.id AS `k` FROM t_order o ORDER BY name, k, 1 LIMIT 3 OFFSET 1");
         assert_eq!(
             s.sql,
-            "SELECT o.id AS `k`, name, WEIGHT_STRING(name), WEIGHT_STRING(o.id), WEIGHT_STRING(o.id) FROM t_order o ORDER BY name, k, 1 LIMIT 4"
+            "SELECT o.id AS `k`, name, WEIGHT_STRING(name), WEIGHT_STRING(o.id) FROM t_order o ORDER BY name, k, 1 LIMIT 4"
         );
-        assert_eq!(s.hidden, 4);
+        assert_eq!(s.hidden, 3);
         let s = scatter_of("SELECT COUNT(*), max(name) m FROM t_order WHERE id > 3 LIMIT 1");
         assert_eq!(
             s.sql,
@@ -1903,14 +2047,93 @@ broadcast_tables: [t_country]
     }
 
     #[test]
+    fn having_and_orders_over_spanning_groups_are_tandems() {
+        let s = scatter_of(
+            "SELECT status, SUM(amount) s FROM t_order GROUP BY status \
+             HAVING count(*) > 1 AND s BETWEEN -2 AND 3.5 ORDER BY max(qty) DESC, status LIMIT 2",
+        );
+        assert_eq!(
+            s.sql,
+            "SELECT status, SUM(amount) s, WEIGHT_STRING(status), max(qty), WEIGHT_STRING(max(qty)), count(*) \
+             FROM t_order GROUP BY status    ORDER BY status  "
+        );
+        // Extras: max(qty), status's weight, count(*).
+        assert_eq!(
+            s.extra,
+            vec![
+                (
+                    Col::Hidden(1),
+                    Aggregate::Max {
+                        weight: Col::Hidden(2)
+                    }
+                ),
+                (Col::Hidden(0), Aggregate::Group),
+                (Col::Hidden(3), Aggregate::Count),
+            ]
+        );
+        let cmp = |left, op, n: &str| Predicate::Compare {
+            left,
+            op,
+            right: Operand::Number(n.into()),
+        };
+        assert_eq!(
+            s.having,
+            Some(Predicate::And(
+                Box::new(cmp(Operand::Column(Col::Hidden(2)), CompareOp::Gt, "1")),
+                Box::new(Predicate::And(
+                    Box::new(cmp(Operand::Column(Col::Visible(1)), CompareOp::GtEq, "-2")),
+                    Box::new(cmp(
+                        Operand::Column(Col::Visible(1)),
+                        CompareOp::LtEq,
+                        "3.5"
+                    )),
+                )),
+            ))
+        );
+        assert_eq!(
+            s.sort,
+            vec![
+                HeldKey {
+                    value: Col::Hidden(0),
+                    weight: None,
+                    descending: true
+                },
+                HeldKey {
+                    value: Col::Visible(0),
+                    weight: Some(Col::Hidden(1)),
+                    descending: false
+                },
+            ]
+        );
+        assert_eq!(
+            s.limit,
+            Some(Limit {
+                offset: 0,
+                count: 2
+            })
+        );
+        // The groups' own order, in other directions, still streams.
+        let s = scatter_of("SELECT status, COUNT(*) FROM t_order GROUP BY status ORDER BY 1 DESC");
+        assert!(s.sort.is_empty() && s.group[0].descending);
+        // A DISTINCT sorted by its second column.
+        let s = scatter_of("SELECT DISTINCT status, qty FROM t_order ORDER BY qty DESC, 1");
+        assert_eq!(s.sort.len(), 2);
+        assert!(s.sql.ends_with("ORDER BY status, qty "), "{}", s.sql);
+    }
+
+    #[test]
     fn what_cannot_be_exact_is_refused() {
         assert!(refused(
-            "SELECT status, COUNT(*) FROM t_order GROUP BY status HAVING COUNT(*) > 1"
+            "SELECT status, COUNT(*) FROM t_order GROUP BY status HAVING COUNT(*) > 1 + 1"
         )
-        .contains("HAVING"));
+        .contains("1 + 1 over groups that span shards"));
         assert!(
-            refused("SELECT status, COUNT(*) c FROM t_order GROUP BY status ORDER BY c")
-                .contains("ORDER BY other than the GROUP BY")
+            refused("SELECT status, COUNT(*) FROM t_order GROUP BY status HAVING name > 1")
+                .contains("name over groups that span shards")
+        );
+        assert!(
+            refused("SELECT status, COUNT(*) c FROM t_order GROUP BY status ORDER BY name")
+                .contains("only selected columns")
         );
         let s = scatter_of("SELECT status, COUNT(*) FROM t_order GROUP BY status LIMIT 2");
         assert_eq!(
@@ -1932,7 +2155,9 @@ broadcast_tables: [t_country]
             "SELECT DISTINCT status, WEIGHT_STRING(status) FROM t_order ORDER BY status "
         );
         assert!(refused("SELECT DISTINCT * FROM t_order").contains("DISTINCT"));
-        assert!(refused("SELECT DISTINCT status FROM t_order ORDER BY id").contains("DISTINCT"));
+        assert!(
+            refused("SELECT DISTINCT status FROM t_order ORDER BY id").contains("id over groups")
+        );
         assert!(refused("SELECT AVG(DISTINCT id) FROM t_order").contains("AVG"));
         let s = scatter_of("SELECT AVG(o.amount) FROM t_order o");
         assert_eq!(
