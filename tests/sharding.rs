@@ -32,6 +32,7 @@ CREATE TABLE t_item (
   sku VARCHAR(10) COLLATE utf8mb4_bin
 );
 CREATE TABLE t_country (id INT PRIMARY KEY, name VARCHAR(20));
+CREATE TABLE t_code (code VARCHAR(10) COLLATE utf8mb4_bin, n INT);
 ";
 
 /// Four shard databases with the schema, a reference database, and Tandem in front of the
@@ -84,6 +85,8 @@ executors:
     sharded_tables:
       - {{ table: t_order, column: user_id, algorithm: mod }}
       - {{ table: t_item, column: user_id, algorithm: mod, binding: t_order }}
+      - {{ table: t_code, column: code, algorithm: hash_mod }}
+      - {{ table: t_label, column: label, algorithm: hash_mod }}
     broadcast_tables: [t_country]
 {settings}data_sources:
 {sources}admin:
@@ -345,6 +348,122 @@ async fn same(t: &mut Conn, r: &mut Conn, sql: &str, ordered: bool) -> Result<bo
     let expected = rows(r, sql).await;
     let got = rows(t, sql).await;
     compare(sql, got, expected, ordered)
+}
+
+/// A string sharding column places rows as its collation compares them (trailing spaces
+/// do not count), and a number compared with it, which matches strings such as `'07'` and
+/// `'7.0'`, goes to every shard. A column whose collation equates different bytes is not
+/// placed at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn string_sharding_values_place_as_their_column_compares() {
+    let w = world("code");
+    let mut t = common::connect(&w.tandem.url("shop")).await;
+    let mut r = common::connect(&mariadb().url(&w.reference)).await;
+    let codes = [
+        "'abc'", "'abc '", "'abc  '", "'ABC'", "'7'", "'07'", "'7.0'", "' 7'", "''", "' '", "'42'",
+    ];
+    for (n, c) in codes.iter().enumerate() {
+        let stmt = format!("INSERT INTO t_code VALUES ({c}, {n})");
+        t.query_drop(&stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+        r.query_drop(&stmt).await.unwrap();
+    }
+    // Several rows in one statement, prepared.
+    let stmt = "INSERT INTO t_code VALUES (?, 100), (?, 101), (?, 102)";
+    let params = vec![Value::from("abc "), Value::from("7"), Value::from("zz")];
+    t.exec_drop(stmt, params.clone()).await.unwrap();
+    r.exec_drop(stmt, params).await.unwrap();
+    // A number stored in a string column is stored as text the number's digits may not
+    // be (`7.50` as '7.50'): Tandem asks for the string.
+    let e = t
+        .query_drop("INSERT INTO t_code VALUES (7, 0)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(1235), "{e}");
+    let mut spread = std::collections::BTreeSet::new();
+    for s in &w.shards {
+        let mut c = common::connect(&mariadb().url(s)).await;
+        let n: Vec<i64> = c.query("SELECT COUNT(*) FROM t_code").await.unwrap();
+        if n[0] > 0 {
+            spread.insert(s.clone());
+        }
+    }
+    assert!(spread.len() > 1, "the rows spread over the shards");
+    let queries = [
+        "SELECT n FROM t_code WHERE code = 'abc'",
+        "SELECT n FROM t_code WHERE code = 'abc   '",
+        "SELECT n FROM t_code WHERE code = 'ABC'",
+        "SELECT n FROM t_code WHERE code = 7",
+        "SELECT n FROM t_code WHERE code = '7'",
+        "SELECT n FROM t_code WHERE code = ''",
+        "SELECT n FROM t_code WHERE code IN ('abc ', 7, 'zz')",
+        "SELECT n FROM t_code WHERE code = 42 OR code = 'x'",
+        "SELECT code, COUNT(*) FROM t_code GROUP BY code",
+        "SELECT DISTINCT code FROM t_code",
+        "SELECT COUNT(DISTINCT code) FROM t_code",
+    ];
+    for q in queries {
+        assert_eq!(same(&mut t, &mut r, q, false).await, Ok(true), "{q}");
+        assert_eq!(
+            same_prepared(&mut t, &mut r, q, false).await,
+            Ok(true),
+            "{q}"
+        );
+    }
+    for (q, expected) in [
+        // 'abc', 'abc ', 'abc  ' and the prepared 'abc '.
+        ("UPDATE t_code SET n = n + 1000 WHERE code = 'abc '", 4),
+        // '7', '07', '7.0', ' 7' and the prepared '7'.
+        ("DELETE FROM t_code WHERE code = 7", 5),
+    ] {
+        let before = t.affected_rows();
+        t.query_drop(q).await.unwrap();
+        r.query_drop(q).await.unwrap();
+        assert_eq!(
+            (t.affected_rows(), r.affected_rows()),
+            (expected, expected),
+            "{q} after {before}"
+        );
+    }
+    assert_eq!(
+        same(&mut t, &mut r, "SELECT code, n FROM t_code", false).await,
+        Ok(true)
+    );
+
+    // `'a' = 'A'` under a case-insensitive collation: a hash of bytes cannot place its rows.
+    t.query_drop("CREATE TABLE t_label (label VARCHAR(10) COLLATE utf8mb4_general_ci, n INT)")
+        .await
+        .unwrap();
+    let e = t
+        .query_drop("INSERT INTO t_label VALUES ('a', 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(1235), "{e}");
+    assert!(e.to_string().contains("t_label"), "{e}");
+    let plan: Vec<mysql_async::Row> = t
+        .query("EXPLAIN SELECT n FROM t_label WHERE label = 'a'")
+        .await
+        .unwrap();
+    assert_eq!(plan.len(), SHARDS, "a read of t_label goes to every shard");
+    let log = w.tandem.log();
+    assert!(
+        log.contains("t_label") && log.contains("utf8mb4_general_ci"),
+        "the log says why t_label's rows cannot be placed"
+    );
+    // Found at start-up, the column is a configuration error.
+    let mut tandem = w.tandem;
+    tandem.kill9();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["--config", tandem.dir.join("tandem.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("t_label") && err.contains("utf8mb4_general_ci") && err.contains("_bin"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1034,7 +1153,10 @@ async fn the_logical_database_looks_real() {
     let dbs: Vec<String> = t.query("SHOW DATABASES").await.unwrap();
     assert_eq!(dbs, ["information_schema", "shop"]);
     let tables: Vec<String> = t.query("SHOW TABLES").await.unwrap();
-    assert_eq!(tables, ["t_country", "t_item", "t_note", "t_order"]);
+    assert_eq!(
+        tables,
+        ["t_code", "t_country", "t_item", "t_note", "t_order"]
+    );
     let full: Vec<(String, String)> = t.query("SHOW FULL TABLES LIKE 't\\_o%'").await.unwrap();
     assert_eq!(full, [("t_order".to_string(), "BASE TABLE".to_string())]);
     let e = t

@@ -33,15 +33,9 @@ impl Serialize for Bytes {
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd-length hex"));
-        }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
+        crate::sql::quote::unhex(&s)
             .map(Bytes)
-            .map_err(serde::de::Error::custom)
+            .ok_or_else(|| serde::de::Error::custom("not pairs of hex digits"))
     }
 }
 

@@ -211,11 +211,8 @@ pub fn decode_plain(
                 15 | 16 | 245..=255 => {
                     // `_binary X'…'`: back to the bytes.
                     let hex = lit.trim_start_matches("_binary X'").trim_end_matches('\'');
-                    let bytes: Result<Vec<u8>, _> = (0..hex.len())
-                        .step_by(2)
-                        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
-                        .collect();
-                    let bytes = bytes.map_err(|_| bad("bad string parameter"))?;
+                    let bytes =
+                        super::quote::unhex(hex).ok_or_else(|| bad("bad string parameter"))?;
                     Plain::Text(
                         String::from_utf8(bytes)
                             .map_err(|_| bad("a parameter that is not UTF-8"))?,

@@ -22,6 +22,18 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of hex digits (the inside of `X'…'`), or `None` if they are not pairs of hex
+/// digits.
+pub fn unhex(digits: &str) -> Option<Vec<u8>> {
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// A character set or collation name as SQL: its letters, digits and underscores only (names
 /// come from the server, but never reach SQL unfiltered).
 pub fn bare_name(name: &str) -> String {
@@ -51,5 +63,16 @@ mod tests {
         assert_eq!(hex(b""), "X''");
         assert_eq!(text(b"hi", "utf8mb4"), "CONVERT(X'6869' USING utf8mb4)");
         assert_eq!(text(b"hi", "x; DROP"), "CONVERT(X'6869' USING xDROP)");
+    }
+
+    #[test]
+    fn unhex_reads_what_hex_writes() {
+        let bytes = b"\x00'\\\xff";
+        let written = hex(bytes);
+        assert_eq!(unhex(&written[2..written.len() - 1]), Some(bytes.to_vec()));
+        assert_eq!(unhex(""), Some(Vec::new()));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("é0"), None);
     }
 }

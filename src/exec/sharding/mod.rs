@@ -32,6 +32,7 @@ use crate::wire::binary_row::{self, BinaryColumn};
 use crate::wire::response::{end_of_rows, eof_packet, put_lenenc_int};
 use crate::wire::{MysqlError, PacketIo};
 
+use crate::planner::sharding::Column;
 use aggregate::Combine;
 use compare::{Order, Pad};
 use having::Having;
@@ -129,35 +130,55 @@ impl Sharding {
         self.topology
             .learn_tables(&per_shard)
             .map_err(StartError::Topology)?;
-        self.learn_columns()
+        let unusable = self
+            .learn_columns()
             .await
-            .map_err(|e| StartError::Shard(self.pools[0].name().to_string(), e.to_string()))
+            .map_err(|e| StartError::Shard(self.pools[0].name().to_string(), e.to_string()))?;
+        match unusable.into_iter().next() {
+            Some(why) => Err(StartError::Column(why)),
+            None => Ok(()),
+        }
     }
 
-    /// Reads the column order of the sharded tables from the first shard.
-    pub async fn learn_columns(&self) -> Result<(), BackendError> {
+    /// Reads the column order of the sharded tables from the first shard, and what their
+    /// sharding columns hold; answers why a sharding column cannot be placed by its
+    /// table's algorithm, for each one that cannot (its table's statements then go to
+    /// every shard, and its rows are refused).
+    pub async fn learn_columns(&self) -> Result<Vec<String>, BackendError> {
         let mut conn = self.pools[0]
             .acquire_control()
             .await
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let rows = conn
             .query_rows(
-                "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS \
+                "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLLATION_NAME \
+                 FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME, ORDINAL_POSITION",
             )
             .await?;
-        let mut columns: HashMap<String, Vec<String>> = HashMap::new();
+        let mut columns: HashMap<String, Vec<Column>> = HashMap::new();
         for r in rows {
-            if let (Some(Some(t)), Some(Some(c))) = (r.first(), r.get(1)) {
-                columns.entry(t.to_lowercase()).or_default().push(c.clone());
+            let mut r = r.into_iter();
+            if let (Some(Some(t)), Some(Some(name)), Some(Some(data_type)), Some(collation)) =
+                (r.next(), r.next(), r.next(), r.next())
+            {
+                columns.entry(t.to_lowercase()).or_default().push(Column {
+                    name,
+                    data_type,
+                    collation,
+                });
             }
         }
         let tables: Vec<String> = self.topology.sharded_tables().map(str::to_string).collect();
+        let mut unusable = Vec::new();
         for t in tables {
             let cols = columns.get(&t.to_lowercase()).cloned().unwrap_or_default();
-            self.topology.learn_columns(&t, &cols);
+            if let Err(why) = self.topology.learn_columns(&t, &cols) {
+                tracing::warn!(table = %t, "{why}");
+                unusable.push(why);
+            }
         }
-        Ok(())
+        Ok(unusable)
     }
 
     /// How strings of `collation` pad: a space's weight, or `None` for NO PAD.
@@ -230,6 +251,8 @@ pub enum StartError {
     Shard(String, String),
     #[error("{0}")]
     Topology(TopologyError),
+    #[error("{0}")]
+    Column(String),
 }
 
 /// How a scatter ended.

@@ -6,6 +6,8 @@
 //! shard: a superset is always correct, a guess never is.
 
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use crate::config::{IntervalUnit, ShardAlgorithm, ShardedTable};
 
@@ -21,10 +23,85 @@ pub enum Key {
 }
 
 /// One table's placement rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Sharder {
     shards: usize,
     rule: Rule,
+    /// What the sharding column holds, learnt from a shard ([`ColumnKind`] as a byte);
+    /// shared by the rule's clones, so a plan made before a DDL sees what came after.
+    kind: Arc<AtomicU8>,
+}
+
+impl PartialEq for Sharder {
+    fn eq(&self, other: &Sharder) -> bool {
+        self.shards == other.shards && self.rule == other.rule
+    }
+}
+
+impl Eq for Sharder {}
+
+/// What a sharding column holds, which decides how a value compared with it places the
+/// rows it matches: MariaDB compares a string with an integer column as a number, and a
+/// number with a string column as a number too (`'7.0' = 7`), so a value of the other
+/// kind can match rows placed anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Not learnt yet (the table did not exist when Tandem last read the shards): values
+    /// are read as the algorithm expects them (an integer, a date, a binary string).
+    Unknown = 0,
+    /// TINYINT … BIGINT.
+    Integer = 1,
+    /// A string of a binary collation (`…_bin`), which pads with spaces: `'a' = 'a  '`.
+    PaddedText = 2,
+    /// VARBINARY, BLOB, or a string of a `…_nopad_bin` collation: equal means same bytes.
+    Bytes = 3,
+    /// DATE, DATETIME, TIMESTAMP.
+    Temporal = 4,
+    /// A column the algorithm cannot place exactly (found after a DDL): every statement
+    /// on the table goes to every shard, and a row cannot be placed.
+    Unusable = 5,
+}
+
+impl ColumnKind {
+    fn from_byte(b: u8) -> ColumnKind {
+        match b {
+            1 => ColumnKind::Integer,
+            2 => ColumnKind::PaddedText,
+            3 => ColumnKind::Bytes,
+            4 => ColumnKind::Temporal,
+            5 => ColumnKind::Unusable,
+            _ => ColumnKind::Unknown,
+        }
+    }
+
+    /// The kind of a column from its `information_schema.COLUMNS` `DATA_TYPE` and
+    /// `COLLATION_NAME`, or why none of the algorithms' kinds fits (a case-insensitive
+    /// collation: `'a' = 'A'`, whose rows a hash of bytes would place apart).
+    pub fn of(data_type: &str, collation: Option<&str>) -> Result<ColumnKind, String> {
+        let t = data_type.to_ascii_lowercase();
+        Ok(match t.as_str() {
+            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => {
+                ColumnKind::Integer
+            }
+            "date" | "datetime" | "timestamp" => ColumnKind::Temporal,
+            "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnKind::Bytes,
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
+                let c = collation.unwrap_or("").to_ascii_lowercase();
+                if c.ends_with("_nopad_bin") {
+                    ColumnKind::Bytes
+                } else if c.ends_with("_bin") {
+                    ColumnKind::PaddedText
+                } else {
+                    return Err(format!(
+                        "{c} compares strings that differ in bytes as equal, which a hash \
+                         of bytes would place on different shards; give the column a binary \
+                         collation (…_bin)"
+                    ));
+                }
+            }
+            other => return Err(format!("no algorithm places a {other} exactly")),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,11 +283,47 @@ impl Sharder {
                 Rule::Interval { unit, start }
             }
         };
-        Ok(Sharder { shards, rule })
+        Ok(Sharder {
+            shards,
+            rule,
+            kind: Arc::new(AtomicU8::new(ColumnKind::Unknown as u8)),
+        })
     }
 
     pub fn shards(&self) -> usize {
         self.shards
+    }
+
+    pub fn kind(&self) -> ColumnKind {
+        ColumnKind::from_byte(self.kind.load(Ordering::Relaxed))
+    }
+
+    /// Takes what the sharding column holds, or refuses a column this rule cannot place
+    /// exactly (which then makes the table's statements go everywhere and its rows
+    /// unplaceable until the column is fixed).
+    pub fn learn_kind(&self, kind: ColumnKind) -> Result<(), String> {
+        use ColumnKind::*;
+        let fits = kind == Unknown
+            || match self.rule {
+                Rule::Mod | Rule::Range(_) => matches!(kind, Integer),
+                Rule::HashMod => matches!(kind, Integer | PaddedText | Bytes),
+                Rule::Interval { .. } => matches!(kind, Temporal),
+            };
+        let stored = if fits { kind } else { Unusable };
+        self.kind.store(stored as u8, Ordering::Relaxed);
+        if fits {
+            Ok(())
+        } else {
+            let needs = match self.rule {
+                Rule::Mod => "mod needs an integer column",
+                Rule::Range(_) => "range needs an integer column",
+                Rule::HashMod => {
+                    "hash_mod needs an integer column or a string of a binary collation"
+                }
+                Rule::Interval { .. } => "interval needs a DATE, DATETIME or TIMESTAMP column",
+            };
+            Err(needs.to_string())
+        }
     }
 
     /// Whether the rule reads its values as dates.
@@ -222,16 +335,29 @@ impl Sharder {
     /// it (a text under `mod`, a non-date under `interval`).
     pub fn shard_of(&self, key: &Key) -> Option<usize> {
         let n = self.shards as i128;
+        match (self.kind(), key) {
+            (ColumnKind::Unusable, _) => return None,
+            // A number compared with a string column matches every string that reads as
+            // it (`'07'`, `'7.0'`, `' 7'`).
+            (ColumnKind::PaddedText | ColumnKind::Bytes, Key::Int(_)) => return None,
+            // Trailing spaces do not count in a padded comparison, so they do not place.
+            (ColumnKind::PaddedText, Key::Text(t)) if t.last() == Some(&b' ') => {
+                let end = t.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+                return self.shard_of_text(&t[..end]);
+            }
+            // An integer column reads a string as the number it starts with
+            // (`'42abc' = 42`): only digits alone are placed.
+            (ColumnKind::Integer, Key::Text(t)) if matches!(self.rule, Rule::HashMod) => {
+                return self.shard_of(&Key::Int(integer(t)?));
+            }
+            _ => {}
+        }
         match (&self.rule, key) {
             (Rule::Mod, Key::Int(v)) => Some(v.rem_euclid(n) as usize),
             (Rule::HashMod, Key::Int(v)) => {
                 Some((fnv1a(v.to_string().as_bytes()) % self.shards as u64) as usize)
             }
-            // Digits hash as the integer they are, whichever way they were written.
-            (Rule::HashMod, Key::Text(t)) => match integer(t) {
-                Some(v) => self.shard_of(&Key::Int(v)),
-                None => Some((fnv1a(t) % self.shards as u64) as usize),
-            },
+            (Rule::HashMod, Key::Text(t)) => self.shard_of_text(t),
             (Rule::Range(b), Key::Int(v)) => {
                 Some(b.partition_point(|&edge| i128::from(edge) <= *v))
             }
@@ -246,6 +372,15 @@ impl Sharder {
         }
     }
 
+    /// A string under `hash_mod`: digits hash as the integer they are, whichever way they
+    /// were written, so that a string column and an integer one place alike.
+    fn shard_of_text(&self, t: &[u8]) -> Option<usize> {
+        match integer(t) {
+            Some(v) => Some((fnv1a(v.to_string().as_bytes()) % self.shards as u64) as usize),
+            None => Some((fnv1a(t) % self.shards as u64) as usize),
+        }
+    }
+
     fn interval_index(&self, unit: IntervalUnit, start: Civil, at: Civil) -> usize {
         let i = at.count(unit) - start.count(unit);
         i.clamp(0, self.shards as i64 - 1) as usize
@@ -255,6 +390,9 @@ impl Sharder {
     /// bound). Exclusive bounds are given as inclusive ones: one shard too many is harmless.
     pub fn shards_between(&self, low: Option<&Key>, high: Option<&Key>) -> ShardSet {
         let all = ShardSet::all(self.shards);
+        if self.kind() == ColumnKind::Unusable {
+            return all;
+        }
         match &self.rule {
             Rule::Mod => match (low, high) {
                 (Some(Key::Int(lo)), Some(Key::Int(hi))) if lo <= hi => {
@@ -354,6 +492,73 @@ mod tests {
 
     fn text(s: &str) -> Key {
         Key::Text(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_value_of_the_other_kind_than_the_column_goes_everywhere() {
+        let s = Sharder::new(&table(ShardAlgorithm::HashMod), 4).unwrap();
+        s.learn_kind(ColumnKind::Integer).unwrap();
+        assert_eq!(s.shard_of(&text("42")), s.shard_of(&int(42)));
+        // `'42abc' = 42` and `'42.0' = 42` on an integer column.
+        assert_eq!(s.shard_of(&text("42abc")), None);
+        assert_eq!(s.shard_of(&text("42.0")), None);
+
+        s.learn_kind(ColumnKind::PaddedText).unwrap();
+        // `'7.0' = 7` on a string column: a number matches rows anywhere.
+        assert_eq!(s.shard_of(&int(7)), None);
+        assert_eq!(s.shard_of(&text("abc  ")), s.shard_of(&text("abc")));
+        assert_eq!(s.shard_of(&text("  ")), s.shard_of(&text("")));
+        assert_eq!(s.shard_of(&text("abc")), Some((fnv1a(b"abc") % 4) as usize));
+
+        s.learn_kind(ColumnKind::Bytes).unwrap();
+        assert_ne!(s.shard_of(&text("abc ")), None);
+        assert_eq!(s.shard_of(&int(7)), None);
+    }
+
+    #[test]
+    fn a_column_the_algorithm_cannot_place_is_refused_and_goes_everywhere() {
+        let s = Sharder::new(&table(ShardAlgorithm::Mod), 4).unwrap();
+        let shared = s.clone();
+        assert!(s.learn_kind(ColumnKind::PaddedText).is_err());
+        assert_eq!(shared.kind(), ColumnKind::Unusable);
+        assert_eq!(shared.shard_of(&int(7)), None);
+        assert_eq!(
+            shared.shards_between(Some(&int(5)), Some(&int(6))),
+            ShardSet::all(4)
+        );
+        s.learn_kind(ColumnKind::Unknown).unwrap();
+        assert_eq!(shared.shard_of(&int(7)), Some(3));
+
+        let interval = Sharder::new(
+            &ShardedTable {
+                unit: Some(IntervalUnit::Month),
+                start: Some("2024-01-01".into()),
+                ..table(ShardAlgorithm::Interval)
+            },
+            4,
+        )
+        .unwrap();
+        assert!(interval.learn_kind(ColumnKind::Integer).is_err());
+        assert!(interval.learn_kind(ColumnKind::Temporal).is_ok());
+    }
+
+    #[test]
+    fn column_kinds_follow_type_and_collation() {
+        assert_eq!(ColumnKind::of("BIGINT", None), Ok(ColumnKind::Integer));
+        assert_eq!(ColumnKind::of("datetime", None), Ok(ColumnKind::Temporal));
+        assert_eq!(ColumnKind::of("varbinary", None), Ok(ColumnKind::Bytes));
+        assert_eq!(
+            ColumnKind::of("varchar", Some("utf8mb4_bin")),
+            Ok(ColumnKind::PaddedText)
+        );
+        assert_eq!(
+            ColumnKind::of("char", Some("utf8mb4_nopad_bin")),
+            Ok(ColumnKind::Bytes)
+        );
+        let ci = ColumnKind::of("varchar", Some("utf8mb4_general_ci")).unwrap_err();
+        assert!(ci.contains("utf8mb4_general_ci"), "{ci}");
+        assert!(ColumnKind::of("decimal", None).is_err());
+        assert!(ColumnKind::of("double", None).is_err());
     }
 
     #[test]

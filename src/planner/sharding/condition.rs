@@ -129,6 +129,23 @@ pub fn literal(e: &Expr) -> Option<Key> {
             }
             _ => None,
         },
+        // A string with its character set, as a prepared statement's parameter is filled
+        // in (`_utf8mb4 X'616263'`): its bytes, in a character set whose bytes are the ones
+        // a column of the session's character set holds.
+        Expr::Prefixed { prefix, value }
+            if ["_utf8mb4", "_utf8mb3", "_utf8", "_binary"]
+                .iter()
+                .any(|c| prefix.value.eq_ignore_ascii_case(c)) =>
+        {
+            match value.as_ref() {
+                Expr::Value(v) => match &v.value {
+                    Value::HexStringLiteral(h) => crate::sql::quote::unhex(h).map(Key::Text),
+                    Value::SingleQuotedString(s) => Some(Key::Text(s.as_bytes().to_vec())),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,

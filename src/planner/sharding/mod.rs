@@ -22,7 +22,17 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::Executor;
 
-use algorithm::Sharder;
+use algorithm::{ColumnKind, Sharder};
+
+/// A column of a table, as `information_schema.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// `DATA_TYPE`: `int`, `varchar`, …
+    pub data_type: String,
+    /// `COLLATION_NAME`, for strings.
+    pub collation: Option<String>,
+}
 
 /// Most shards one executor may have (a shard set is one machine word pair).
 pub const MAX_SHARDS: usize = 128;
@@ -356,22 +366,40 @@ impl Topology {
         Ok(())
     }
 
-    /// The columns of sharded table `table` in their order (as a shard has them).
-    pub fn learn_columns(&self, table: &str, columns: &[String]) {
+    /// The columns of sharded table `table` in their order (as a shard has them); answers
+    /// why its sharding column cannot be placed by its algorithm, if it cannot.
+    pub fn learn_columns(&self, table: &str, columns: &[Column]) -> Result<(), String> {
         let Some(rule) = self.sharded.get(&table.to_lowercase()) else {
-            return;
+            return Ok(());
         };
         let mut positions = self
             .key_positions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        match columns
+        let Some(i) = columns
             .iter()
-            .position(|c| c.eq_ignore_ascii_case(&rule.column))
-        {
-            Some(i) => positions.insert(rule.name.to_lowercase(), i),
-            None => positions.remove(&rule.name.to_lowercase()),
+            .position(|c| c.name.eq_ignore_ascii_case(&rule.column))
+        else {
+            positions.remove(&rule.name.to_lowercase());
+            rule.sharder.learn_kind(ColumnKind::Unknown).ok();
+            return Ok(());
         };
+        positions.insert(rule.name.to_lowercase(), i);
+        let c = &columns[i];
+        ColumnKind::of(&c.data_type, c.collation.as_deref())
+            .and_then(|kind| rule.sharder.learn_kind(kind))
+            .map_err(|why| {
+                rule.sharder.learn_kind(ColumnKind::Unusable).ok();
+                let collation = c
+                    .collation
+                    .as_deref()
+                    .map(|x| format!(" {x}"))
+                    .unwrap_or_default();
+                format!(
+                    "sharded table {}: its sharding column {} ({}{collation}) cannot place rows: {why}",
+                    rule.name, c.name, c.data_type
+                )
+            })
     }
 
     /// Where the sharding column of `table` stands among its columns, when known.

@@ -21,6 +21,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
+use super::algorithm::ColumnKind;
 use super::condition::{self, KeyColumn, Params};
 use super::grouped::{Added, Combined};
 use super::{Placement, ShardSet, TableRule, Topology};
@@ -1772,6 +1773,13 @@ fn plan_insert(
             rule.column
         ));
     };
+    if rule.sharder.kind() == ColumnKind::Unusable {
+        return refuse(format!(
+            "INSERT into {name}, whose sharding column {} its algorithm cannot place rows by \
+             (Tandem's log says why)",
+            rule.column
+        ));
+    }
     let mut shards = ShardSet::EMPTY;
     let mut row_shards = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
