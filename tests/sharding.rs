@@ -550,6 +550,8 @@ async fn handwritten_queries_answer_as_one_database() {
     for sql in [
         "SELECT DISTINCT user_id, name FROM t_order",
         "SELECT DISTINCT qty FROM t_order",
+        "SELECT DISTINCT * FROM t_order WHERE qty > 1 ORDER BY id LIMIT 3, 4",
+        "SELECT DISTINCT o.*, i.sku FROM t_order o JOIN t_item i ON i.user_id = o.user_id AND i.order_id = o.id",
         "SELECT DISTINCT country, created FROM t_order WHERE qty > 2",
         "SELECT * FROM t_order",
         "SELECT id FROM t_order LIMIT 1000",
@@ -629,7 +631,8 @@ async fn what_is_not_exact_is_refused() {
             "SELECT country, COUNT(*) FROM t_order GROUP BY country HAVING MAX(name) > 1",
             "HAVING compares a value of a type other than a number",
         ),
-        ("SELECT DISTINCT * FROM t_order", "DISTINCT"),
+        ("SELECT DISTINCT COUNT(*) FROM t_order GROUP BY qty", "DISTINCT"),
+        ("SELECT DISTINCT c.* FROM t_order o JOIN t_country c ON c.id = o.country", "DISTINCT"),
         ("SELECT AVG(DISTINCT amount) FROM t_order", "AVG"),
         ("SELECT COUNT(DISTINCT name) FROM t_order", "COUNT(DISTINCT"),
         (
@@ -1067,7 +1070,8 @@ fn random_select(rng: &mut StdRng) -> (String, bool) {
                         "o.user_id",
                         "o.qty",
                         "o.country, o.created",
-                        "o.user_id, o.qty"
+                        "o.user_id, o.qty",
+                        "o.*"
                     ]
                 )
             ),
@@ -1211,7 +1215,7 @@ async fn the_logical_database_looks_real() {
     );
     assert!(plan[0].1.ends_with("VALUES (1, 1)"), "{plan:?}");
     let e = t
-        .query_drop("EXPLAIN SELECT DISTINCT * FROM t_order")
+        .query_drop("EXPLAIN SELECT DISTINCT qty, COUNT(*) FROM t_order GROUP BY qty")
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(1235), "{e}");

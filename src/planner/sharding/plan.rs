@@ -16,7 +16,8 @@ use sqlparser::ast::{
     visit_expressions, visit_relations, BinaryOperator, Distinct, Expr, FunctionArg,
     FunctionArgExpr, FunctionArguments, GroupByExpr, Join, JoinConstraint, JoinOperator,
     LimitClause, ObjectName, ObjectNamePart, ObjectType, OrderByKind, Query, Select, SelectItem,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Value,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    Value,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -913,6 +914,22 @@ fn is_sharding_column(e: &Expr, tables: &Tables) -> bool {
     })
 }
 
+/// Whether `item` is a `*` (or `t.*`) whose columns hold a sharded table's sharding column.
+fn wildcard_of_sharded(item: &SelectItem, tables: &Tables) -> bool {
+    match item {
+        SelectItem::Wildcard(_) => !tables.sharded.is_empty(),
+        SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+            let name = name.to_string();
+            let name = name.trim_matches('`');
+            tables
+                .sharded
+                .iter()
+                .any(|r| r.qualifiers.iter().any(|q| q.eq_ignore_ascii_case(name)))
+        }
+        _ => false,
+    }
+}
+
 /// The edits of a scatter read, and its merge.
 fn scatter(
     q: &Query,
@@ -960,10 +977,14 @@ fn scatter(
     match &select.distinct {
         None | Some(Distinct::All) => {}
         Some(_) => {
-            if !projection_exprs
+            let keeps_sharding_column = projection_exprs
                 .iter()
                 .any(|e| is_sharding_column(e, tables))
-            {
+                || select
+                    .projection
+                    .iter()
+                    .any(|item| wildcard_of_sharded(item, tables));
+            if !keeps_sharding_column {
                 let plain = group_by.is_empty()
                     && projection_exprs.len() == select.projection.len()
                     && !projection_exprs.iter().any(|e| has_aggregate(e));
@@ -2162,7 +2183,18 @@ broadcast_tables: [t_country]
             s.sql,
             "SELECT DISTINCT status, WEIGHT_STRING(status) FROM t_order ORDER BY status "
         );
-        assert!(refused("SELECT DISTINCT * FROM t_order").contains("DISTINCT"));
+        // Rows that differ in the sharding column are on different shards: a `*` keeps it,
+        // so each shard's distinct rows are distinct from every other shard's.
+        let s = scatter_of("SELECT DISTINCT * FROM t_order");
+        assert_eq!(s.aggregates, None);
+        assert_eq!(s.sql, "SELECT DISTINCT * FROM t_order");
+        let s =
+            scatter_of("SELECT DISTINCT o.* FROM t_order o JOIN t_country c ON c.id = o.country");
+        assert_eq!(s.aggregates, None);
+        assert!(
+            refused("SELECT DISTINCT c.* FROM t_order o JOIN t_country c ON c.id = o.country")
+                .contains("DISTINCT")
+        );
         assert!(
             refused("SELECT DISTINCT status FROM t_order ORDER BY id").contains("id over groups")
         );
