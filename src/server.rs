@@ -94,10 +94,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .filter(|e| e.mode == Mode::Sharding)
         .flat_map(|e| e.shards.iter().map(String::as_str))
         .collect();
+    let store_identity = if shard_names.is_empty() {
+        String::new()
+    } else {
+        coordinator
+            .store()
+            .identity()
+            .await
+            .map_err(|e| StartError::Invalid {
+                field: "coordinator".into(),
+                message: e.to_string(),
+            })?
+    };
     let xa_resources: Vec<Arc<XaResource>> = pools
         .iter()
         .map(|pool| {
-            let r = Arc::new(XaResource::new(pool.clone()));
+            let r = Arc::new(XaResource::new(pool.clone(), &store_identity));
             if shard_names.contains(pool.name()) {
                 coordinator.register_resource(r.identity(), r.clone());
             }

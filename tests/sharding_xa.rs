@@ -78,7 +78,8 @@ async fn ids(url: &str) -> Vec<i64> {
         .unwrap()
 }
 
-/// The XA transactions prepared under the shard's database (Tandem's branch qualifier).
+/// The XA transactions prepared under the shard's database (Tandem's branch qualifier,
+/// `tandem:<store>:<database>`).
 async fn prepared(url: &str) -> Vec<String> {
     let db = url.rsplit('/').next().unwrap().to_string();
     let rows: Vec<(i64, i64, i64, Vec<u8>)> = common::connect(url)
@@ -88,7 +89,7 @@ async fn prepared(url: &str) -> Vec<String> {
         .unwrap();
     rows.into_iter()
         .map(|r| String::from_utf8_lossy(&r.3).into_owned())
-        .filter(|d| d.ends_with(&format!("tandem:{db}")))
+        .filter(|d| d.contains("tandem:") && d.ends_with(&format!(":{db}")))
         .collect()
 }
 
@@ -307,6 +308,50 @@ async fn crash_at(w: &mut World, point: &str) {
         }
     })
     .await;
+}
+
+/// Another deployment, with a coordinator store of its own, over the same shards: its
+/// recovery, which knows nothing of this one's transactions, leaves them prepared instead
+/// of presuming them aborted, and this one commits them when it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_deployments_recovery_leaves_this_ones_transactions_alone() {
+    let mut w = world("xao");
+    w.tandem.env = vec![("TANDEM_TEST_CRASH".into(), "xa-decided".into())];
+    w.tandem.restart();
+    let mut t = common::connect(&w.tandem.url("shop")).await;
+    t.query_drop("BEGIN").await.unwrap();
+    t.query_drop("INSERT INTO t_order VALUES (101, 1, 0), (102, 2, 0)")
+        .await
+        .unwrap();
+    t.query_drop("COMMIT").await.expect_err("Tandem dies");
+    assert!(w.tandem.wait_exit(Duration::from_secs(10)).is_some());
+    let other = Tandem::start_yaml(&config(&w.shards));
+    // Its recovery has run: it runs before the listeners open.
+    let mut o = common::connect(&other.url("shop")).await;
+    let n: Vec<i64> = o.query("SELECT COUNT(*) FROM t_order").await.unwrap();
+    assert_eq!(n, [0], "nothing committed yet");
+    for s in &w.shards {
+        assert_eq!(prepared(s).await.len(), 1, "still prepared on {s}");
+    }
+    drop(o);
+    drop(other);
+    w.tandem.env.clear();
+    w.tandem.restart();
+    let shards = w.shards.clone();
+    eventually(30, "every prepared part committed", || {
+        let shards = shards.clone();
+        async move {
+            for s in &shards {
+                if !prepared(s).await.is_empty() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert_eq!(ids(&w.shards[0]).await, [102]);
+    assert_eq!(ids(&w.shards[1]).await, [101]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

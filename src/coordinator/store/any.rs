@@ -173,6 +173,10 @@ impl AnyStore {
         each!(self, s => s.lock_holder(xid, keys).await)
     }
 
+    pub async fn identity(&self) -> Result<String, StoreError> {
+        each!(self, s => Store::identity(s).await)
+    }
+
     pub fn writes(&self) -> u64 {
         each!(self, s => Store::writes(s))
     }

@@ -36,6 +36,11 @@ fn branch(xid: &str, id: u64, keys: &[&str]) -> Branch {
 }
 
 async fn suite(s: impl Store + Clone) {
+    // An identity, made once and kept.
+    let id = s.identity().await.unwrap();
+    assert_eq!(id.len(), 16, "{id}");
+    assert_eq!(s.identity().await.unwrap(), id);
+
     // Create, read back, refuse a duplicate.
     s.create(&tx("a")).await.unwrap();
     s.create(&tx("b")).await.unwrap();
@@ -671,7 +676,7 @@ async fn embedded_store_keeps_the_rules() {
 async fn embedded_store_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tandem.db");
-    {
+    let id = {
         let s = EmbeddedStore::open(&path).unwrap();
         s.create(&tx("d")).await.unwrap();
         s.register_branch(&branch("d", 1, &["k"])).await.unwrap();
@@ -684,8 +689,16 @@ async fn embedded_store_survives_reopening() {
         s.forget("f").await.unwrap();
         let unfinished: Vec<_> = s.unfinished().unwrap().into_iter().map(|t| t.xid).collect();
         assert_eq!(unfinished, vec!["d"]);
-    }
+        s.identity().await.unwrap()
+    };
     let s = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(s.identity().await.unwrap(), id, "the identity is kept");
+    let other = EmbeddedStore::open(&dir.path().join("other.db")).unwrap();
+    assert_ne!(
+        other.identity().await.unwrap(),
+        id,
+        "another store has its own"
+    );
     assert_eq!(
         s.get("d").await.unwrap().map(|t| t.status),
         Some(Committing)

@@ -25,6 +25,7 @@ const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 const LOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("locks");
 const OWNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("owners");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The records of `globals` whose status is not final; rebuilt from `globals` at open.
 const UNFINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("unfinished_globals");
 
@@ -38,6 +39,7 @@ fn definition(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]>
         Table::Locks => LOCKS,
         Table::Owners => OWNERS,
         Table::Nodes => NODES,
+        Table::Meta => META,
     }
 }
 

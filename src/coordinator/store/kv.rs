@@ -19,15 +19,18 @@ pub enum Table {
     Locks,
     Owners,
     Nodes,
+    /// Facts about the store itself: its identity.
+    Meta,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Globals,
         Table::Branches,
         Table::Locks,
         Table::Owners,
         Table::Nodes,
+        Table::Meta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Table {
             Table::Locks => "locks",
             Table::Owners => "owners",
             Table::Nodes => "nodes",
+            Table::Meta => "meta",
         }
     }
 }

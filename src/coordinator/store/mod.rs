@@ -181,9 +181,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Write operations performed so far (for the store-writes-per-transaction metric).
     fn writes(&self) -> u64;
+
+    /// The store's identity: random, made by its first user and kept, so that whatever
+    /// Tandem leaves in a database under this store's name (a prepared XA transaction) is
+    /// told apart from what another deployment with its own store left there.
+    fn identity(&self) -> impl Future<Output = Result<String, StoreError>> + Send;
 }
 
 impl<K: kv::KvStore> Store for K {
+    fn identity(&self) -> impl Future<Output = Result<String, StoreError>> + Send {
+        let s = self.clone();
+        async move {
+            s.write(true, |t| {
+                if let Some(v) = t.get(kv::Table::Meta, "identity")? {
+                    return String::from_utf8(v).map_err(|_| StoreError::Corrupt {
+                        key: "meta/identity".into(),
+                        reason: "not UTF-8".into(),
+                    });
+                }
+                let id = format!("{:016x}", rand::random::<u64>());
+                t.put(kv::Table::Meta, "identity", id.clone().into_bytes())?;
+                Ok(id)
+            })
+            .await
+        }
+    }
+
     fn create(&self, tx: &GlobalTx) -> impl Future<Output = Result<(), StoreError>> + Send {
         let (s, tx) = (self.clone(), tx.clone());
         async move { s.write(false, move |t| kv::create(t, &tx)).await }

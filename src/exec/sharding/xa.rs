@@ -1,8 +1,10 @@
 //! Distributed commit across shards with the database's XA transactions.
 //!
 //! A transaction of a sharding session runs on each shard as an XA transaction, whose XID
-//! is the global transaction's (`gtrid`) and the shard's database (`bqual`, so that shards
-//! on one server never share an XID). Ending it:
+//! is the global transaction's (`gtrid`) and, as `bqual`, the coordinator store's identity
+//! and the shard's database (so that shards on one server never share an XID, and a
+//! deployment with a store of its own never takes another's XA transactions for its own:
+//! its recovery would presume them aborted). Ending it:
 //! - when it wrote on one shard or none, each shard commits in one phase
 //!   (`XA COMMIT … ONE PHASE`), which costs what a plain `COMMIT` does;
 //! - when it wrote on several, the coordinator store gets a global transaction with one
@@ -49,9 +51,11 @@ pub struct XaResource {
 }
 
 impl XaResource {
-    pub fn new(pool: Pool) -> XaResource {
+    /// `store` is the coordinator store's identity: a deployment with a store of its own
+    /// neither sees nor ends this one's XA transactions in a database they share.
+    pub fn new(pool: Pool, store: &str) -> XaResource {
         let db = pool.dsn().database.clone().unwrap_or_default();
-        let mut bqual = format!("tandem:{db}");
+        let mut bqual = format!("tandem:{store}:{db}");
         // An XID's branch qualifier is at most 64 bytes.
         while bqual.len() > 64 {
             bqual.pop();
