@@ -120,6 +120,16 @@ async fn a_socket_file_is_taken_over_only_from_a_dead_listener() {
     let _ = std::fs::remove_file(&path);
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists(), "a stale socket file");
+    // A child that a concurrent test forks holds a copy of every descriptor until it execs, so
+    // the dropped listener may accept for a moment longer: wait until nothing does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped listener still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let address = ListenAddress::Unix(path.clone());
     let first = Listener::bind(&address)
         .await
