@@ -1220,3 +1220,103 @@ async fn the_logical_database_looks_real() {
         .unwrap_err();
     assert_eq!(code(&e), Some(1235), "{e}");
 }
+
+/// `information_schema` answers for the logical database: its tables (a sharded or
+/// broadcast table once, a single table from its home shard), under its name, as the
+/// reference database's catalog does under the reference's; in text and prepared
+/// statements. What cannot be answered so is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn information_schema_describes_the_logical_database() {
+    let w = world("catalog");
+    let mut t = common::connect(&w.tandem.url("shop")).await;
+    let mut r = common::connect(&mariadb().url(&w.reference)).await;
+    // A single table created through Tandem after start-up.
+    let memo = "CREATE TABLE t_memo (id INT PRIMARY KEY, note VARCHAR(30), KEY (note))";
+    t.query_drop(memo).await.unwrap();
+    r.query_drop(memo).await.unwrap();
+    // The reference's answers name the reference database where Tandem's name `shop`.
+    let logical = |rows: Rows| -> Rows {
+        rows.into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|c| match c {
+                        Some(v) if v == w.reference => Some("shop".to_string()),
+                        other => other,
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let queries: &[(&str, bool)] = &[
+        ("SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME", true),
+        ("SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = {db}", false),
+        ("select table_name from information_schema.tables where table_schema = {db} order by table_name limit 2 offset 1", true),
+        ("SELECT table_name, column_name, ordinal_position, data_type, column_type, is_nullable, column_key FROM information_schema.columns WHERE table_schema = DATABASE() ORDER BY table_name, ordinal_position", true),
+        ("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()", true),
+        ("SELECT c.TABLE_NAME, COUNT(*) FROM information_schema.COLUMNS c WHERE c.TABLE_SCHEMA = DATABASE() GROUP BY c.TABLE_NAME ORDER BY c.TABLE_NAME", true),
+        ("SELECT DISTINCT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()", false),
+        ("SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {db} AND TABLE_NAME = 't_note' ORDER BY ORDINAL_POSITION", true),
+        ("SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('t_memo', 't_order') ORDER BY INDEX_NAME, SEQ_IN_INDEX", true),
+        ("SELECT * FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = DATABASE()", false),
+        ("SELECT CONSTRAINT_SCHEMA, CONSTRAINT_NAME, TABLE_NAME, CONSTRAINT_TYPE FROM information_schema.TABLE_CONSTRAINTS WHERE TABLE_SCHEMA = DATABASE()", false),
+        ("SELECT SCHEMA_NAME, DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ({db}, 'information_schema')", false),
+        ("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'information_schema'", true),
+        ("SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS WHERE CHARACTER_SET_NAME LIKE 'utf8%' ORDER BY 1", true),
+        ("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 't\\_%o%' ORDER BY TABLE_NAME DESC", true),
+    ];
+    for &(sql, ordered) in queries {
+        let ours = sql.replace("{db}", "'shop'");
+        let theirs = sql.replace("{db}", &format!("'{}'", w.reference));
+        let expected = rows(&mut r, &theirs).await.map(logical);
+        let got = rows(&mut t, &ours).await;
+        assert!(
+            compare(&ours, got, expected, ordered).unwrap(),
+            "{ours}: refused"
+        );
+    }
+    // Prepared, with the database as a parameter.
+    let ps = "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME";
+    let got = exec_rows(&mut t, ps, &[Value::from("shop")]).await;
+    let expected = exec_rows(&mut r, ps, &[Value::from(w.reference.as_str())]).await;
+    assert!(compare(ps, got, expected, true).unwrap());
+    let names: Vec<String> = t
+        .query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'shop' ORDER BY 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        names,
+        [
+            "t_code",
+            "t_country",
+            "t_item",
+            "t_memo",
+            "t_note",
+            "t_order"
+        ]
+    );
+    // The first shard and the single table's home read the catalog; nothing names a
+    // shard's own database.
+    let plan: Vec<(String, String, String)> = t
+        .query("EXPLAIN SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        ["s0", "s2"],
+        "{plan:?}"
+    );
+    assert!(plan.iter().all(|p| !p.1.contains("DATABASE()")), "{plan:?}");
+    for sql in [
+        "SELECT * FROM information_schema.VIEWS",
+        "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()",
+        "SELECT t.TABLE_NAME FROM information_schema.TABLES t JOIN information_schema.COLUMNS c ON c.TABLE_NAME = t.TABLE_NAME",
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_NAME IN (SELECT 't_order')",
+        "SELECT t_order.id FROM t_order JOIN information_schema.TABLES ON TABLE_NAME = 't_order'",
+        "SELECT information_schema.TABLES.TABLE_NAME FROM information_schema.TABLES",
+        "INSERT INTO t_memo SELECT ORDINAL_POSITION, COLUMN_NAME FROM information_schema.COLUMNS",
+    ] {
+        let e = t.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), Some(1235), "{sql}: {e}");
+        assert!(e.to_string().contains("information_schema"), "{sql}: {e}");
+    }
+}

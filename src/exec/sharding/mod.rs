@@ -32,7 +32,7 @@ use crate::wire::binary_row::{self, BinaryColumn};
 use crate::wire::response::{end_of_rows, eof_packet, put_lenenc_int};
 use crate::wire::{MysqlError, PacketIo};
 
-use crate::planner::sharding::Column;
+use crate::planner::sharding::{Catalog, CatalogColumn, Column};
 use aggregate::Combine;
 use compare::{Order, Pad};
 use having::Having;
@@ -91,6 +91,7 @@ impl Sharding {
     /// Reads which tables each shard holds, so single tables are found where they are.
     pub async fn learn_tables(&self) -> Result<(), StartError> {
         let mut per_shard = Vec::new();
+        let mut databases = Vec::new();
         for pool in &self.pools {
             let mut conn = pool
                 .acquire_control()
@@ -114,6 +115,20 @@ impl Sharding {
                     ),
                 ));
             }
+            let database = conn
+                .query_rows("SELECT DATABASE()")
+                .await
+                .map_err(|e| StartError::Shard(pool.name().to_string(), e.to_string()))?
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten())
+                .ok_or_else(|| {
+                    StartError::Shard(
+                        pool.name().to_string(),
+                        "its DSN names no database".to_string(),
+                    )
+                })?;
+            databases.push(database);
             let rows = conn
                 .query_rows(
                     "SELECT TABLE_NAME FROM information_schema.TABLES \
@@ -130,6 +145,11 @@ impl Sharding {
         self.topology
             .learn_tables(&per_shard)
             .map_err(StartError::Topology)?;
+        let tables = self
+            .catalog_tables()
+            .await
+            .map_err(|e| StartError::Shard(self.pools[0].name().to_string(), e.to_string()))?;
+        self.topology.learn_catalog(Catalog { databases, tables });
         let unusable = self
             .learn_columns()
             .await
@@ -138,6 +158,35 @@ impl Sharding {
             Some(why) => Err(StartError::Column(why)),
             None => Ok(()),
         }
+    }
+
+    /// `information_schema`'s tables and their columns, as the first shard's server has
+    /// them.
+    async fn catalog_tables(&self) -> Result<HashMap<String, Vec<CatalogColumn>>, BackendError> {
+        let mut conn = self.pools[0]
+            .acquire_control()
+            .await
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let rows = conn
+            .query_rows(
+                "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME \
+                 FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = 'information_schema' \
+                 ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            )
+            .await?;
+        let mut tables: HashMap<String, Vec<CatalogColumn>> = HashMap::new();
+        for r in rows {
+            let mut r = r.into_iter();
+            if let (Some(Some(t)), Some(Some(name)), Some(charset)) = (r.next(), r.next(), r.next())
+            {
+                tables
+                    .entry(t.to_ascii_uppercase())
+                    .or_default()
+                    .push(CatalogColumn { name, charset });
+            }
+        }
+        Ok(tables)
     }
 
     /// Reads the column order of the sharded tables from the first shard, and what their

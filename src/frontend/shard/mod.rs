@@ -883,9 +883,6 @@ impl Session {
                 return flow;
             }
         }
-        let mut payload = Vec::with_capacity(1 + s.sql.len());
-        payload.push(COM_QUERY);
-        payload.extend_from_slice(s.sql.as_bytes());
         let ctx = self.ctx.clone();
         let caps = self.caps();
         let id = self.connection_id();
@@ -903,6 +900,10 @@ impl Session {
             let Some(sc) = c.as_mut() else {
                 return Flow::Close;
             };
+            let sql = s.sql_for(i);
+            let mut payload = Vec::with_capacity(1 + sql.len());
+            payload.push(COM_QUERY);
+            payload.extend_from_slice(sql.as_bytes());
             let io = sc.conn.io();
             io.write_packet(0, &payload);
             if io.flush().await.is_err() {

@@ -10,6 +10,7 @@
 //! carries plans out.
 
 pub mod algorithm;
+mod catalog;
 pub mod condition;
 mod grouped;
 pub mod keygen;
@@ -141,10 +142,31 @@ pub struct Topology {
     /// Where each sharded table's sharding column stands among its columns (0-based), for
     /// an INSERT without a column list; read from the first shard.
     key_positions: RwLock<HashMap<String, usize>>,
+    /// What `information_schema` reads of the logical database need, read from the shards.
+    catalog: RwLock<Arc<Catalog>>,
     /// Most rows a merge may hold at once.
     pub max_merge_rows: u64,
     /// Ids for generated columns.
     pub snowflake: keygen::Snowflake,
+}
+
+/// What the shards' servers say about `information_schema`, for answering its queries
+/// for the logical database ([`catalog`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Each shard's own database (its `DATABASE()`), in shard order.
+    pub databases: Vec<String>,
+    /// `information_schema`'s tables (upper case) and their columns, in order, as the
+    /// first shard's server has them.
+    pub tables: HashMap<String, Vec<CatalogColumn>>,
+}
+
+/// A column of an `information_schema` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogColumn {
+    pub name: String,
+    /// `CHARACTER_SET_NAME`, for a string column.
+    pub charset: Option<String>,
 }
 
 /// A sharding executor's configuration that cannot work.
@@ -304,6 +326,7 @@ impl Topology {
             broadcast,
             singles: RwLock::new(HashMap::new()),
             key_positions: RwLock::new(HashMap::new()),
+            catalog: RwLock::new(Arc::new(Catalog::default())),
             max_merge_rows: e.max_merge_rows(),
             snowflake: keygen::Snowflake::new(worker),
         })
@@ -411,6 +434,33 @@ impl Topology {
     /// The sharded tables' names, as configured.
     pub fn sharded_tables(&self) -> impl Iterator<Item = &str> {
         self.sharded.values().map(|r| r.name.as_str())
+    }
+
+    /// What the shards' servers say about `information_schema`.
+    pub fn learn_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The single tables of each shard (lower case), in shard order.
+    pub fn singles_by_shard(&self) -> Vec<Vec<String>> {
+        let mut out = vec![Vec::new(); self.shards.len()];
+        let singles = self.singles.read().unwrap_or_else(|e| e.into_inner());
+        for (name, &shard) in singles.iter() {
+            if let Some(list) = out.get_mut(shard) {
+                list.push(name.clone());
+            }
+        }
+        for list in &mut out {
+            list.sort();
+        }
+        out
     }
 
     /// A single table was created on `shard` (or dropped: `None`).

@@ -179,8 +179,11 @@ pub struct HeldKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scatter {
     pub shards: ShardSet,
-    /// What each shard runs.
+    /// What each shard runs, unless `per_shard` says otherwise.
     pub sql: String,
+    /// What each shard of `shards` runs, in shard order, when shards run different
+    /// statements (empty: every one runs `sql`).
+    pub per_shard: Vec<String>,
     /// How many columns Tandem added at the end of the select list (never shown).
     pub hidden: usize,
     /// Merge the shards' ordered rows by these keys (empty: one shard after the other).
@@ -205,6 +208,32 @@ pub struct Scatter {
 }
 
 impl Scatter {
+    /// One shard's statement, as it runs unchanged: its answer is the client's.
+    pub fn relay(shard: usize, sql: String) -> Scatter {
+        Scatter {
+            shards: ShardSet::one(shard),
+            sql,
+            per_shard: Vec::new(),
+            hidden: 0,
+            order: Vec::new(),
+            limit: None,
+            aggregates: None,
+            group: Vec::new(),
+            extra: Vec::new(),
+            having: None,
+            sort: Vec::new(),
+        }
+    }
+
+    /// What shard `shard` (one of `shards`) runs.
+    pub fn sql_for(&self, shard: usize) -> &str {
+        let nth = self.shards.iter().position(|s| s == shard);
+        match nth.and_then(|i| self.per_shard.get(i)) {
+            Some(sql) => sql,
+            None => &self.sql,
+        }
+    }
+
     /// How the shards' answers merge, for `EXPLAIN`.
     pub fn describe(&self) -> String {
         let mut ops = Vec::new();
@@ -283,6 +312,14 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
         Ok(t) => t,
         Err(p) => return p,
     };
+    if let Some(name) = tables.catalog.first() {
+        return match &statement {
+            Statement::Query(q) => super::catalog::plan(q, sql, tokens, topo, &tables),
+            _ => refuse(format!(
+                "information_schema.{name} in a statement other than a query on a sharded database"
+            )),
+        };
+    }
     match &statement {
         Statement::Query(q) => plan_query(q, sql, tokens, topo, &tables, params),
         Statement::Insert(insert) => {
@@ -370,8 +407,8 @@ fn unparsed(sql: &str, tokens: &[Token], topo: &Topology) -> Plan {
 
 /// A table the statement names, where it lives.
 #[derive(Debug, Clone)]
-struct TableRef {
-    name: String,
+pub(super) struct TableRef {
+    pub(super) name: String,
     placement: Placement,
 }
 
@@ -384,10 +421,12 @@ struct ShardedRef {
 /// Every table a statement names, subqueries included.
 #[derive(Debug, Default)]
 pub(super) struct Tables {
-    refs: Vec<TableRef>,
+    pub(super) refs: Vec<TableRef>,
     sharded: Vec<ShardedRef>,
+    /// The `information_schema` tables named, as written.
+    pub(super) catalog: Vec<String>,
     /// The statement holds a subquery, a derived table, a CTE or a set operation.
-    nested: bool,
+    pub(super) nested: bool,
 }
 
 impl Tables {
@@ -442,9 +481,13 @@ impl Tables {
                         "a table named with its database ({db}.{t}): name it without the database"
                     )))
                 }
+                [db, t] if db.eq_ignore_ascii_case("information_schema") => {
+                    // Answered for the logical database ([`super::catalog`]).
+                    tables.catalog.push(t.clone());
+                    continue;
+                }
                 [db, _] => {
-                    // Another database of the server (information_schema, …): the first
-                    // shard's.
+                    // Another database of the server (mysql, …): the first shard's.
                     tables.refs.push(TableRef {
                         name: format!("{db}.{}", parts[1]),
                         placement: Placement::Single(0),
@@ -931,7 +974,7 @@ fn wildcard_of_sharded(item: &SelectItem, tables: &Tables) -> bool {
 }
 
 /// The edits of a scatter read, and its merge.
-fn scatter(
+pub(super) fn scatter(
     q: &Query,
     select: &Select,
     sql: &str,
@@ -1229,6 +1272,7 @@ fn scatter(
     Ok(Scatter {
         shards,
         sql: out,
+        per_shard: Vec::new(),
         hidden: hidden.len(),
         order,
         limit,

@@ -185,7 +185,7 @@ fn explain(statement: &str, topo: &Topology) -> Plan {
             let merge = s.describe();
             s.shards
                 .iter()
-                .map(|i| [name(i), s.sql.clone(), merge.clone()])
+                .map(|i| [name(i), s.sql_for(i).to_string(), merge.clone()])
                 .collect()
         }
         Plan::Write(w) => {
