@@ -126,6 +126,20 @@ async fn who(c: &mut mysql_async::Conn, sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until `sql` (a read of `whoami`) is answered by the replica: a freshly started
+/// Tandem sends reads there once its monitor has seen the replica replicate, which on a
+/// loaded machine may come after the first read.
+async fn replica_taken(c: &mut mysql_async::Conn, sql: &str) {
+    let start = std::time::Instant::now();
+    while who(c, sql).await != "replica" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the replica never took reads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads outside transactions go to the replica; writes, transactions, locking reads, the
 /// primary hint and reads of the session's own state go to the primary; the session's
 /// database and session variables hold on the replica too.
@@ -138,7 +152,7 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
     let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     let ask = "SELECT server FROM whoami";
-    assert_eq!(who(&mut c, ask).await, "replica");
+    replica_taken(&mut c, ask).await;
     assert_eq!(
         who(&mut c, "SELECT /*+ PRIMARY */ server FROM whoami").await,
         "primary"
@@ -220,7 +234,7 @@ async fn a_read_after_a_write_sees_it() {
     mark_servers(&pair, "shop");
     let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
-    assert_eq!(who(&mut c, "SELECT server FROM whoami").await, "replica");
+    replica_taken(&mut c, "SELECT server FROM whoami").await;
     pair.replica_sql("STOP SLAVE SQL_THREAD");
     c.query_drop("INSERT INTO t (v) VALUES ('mine')")
         .await
@@ -283,7 +297,7 @@ async fn reads_leave_a_replica_that_is_down_and_come_back() {
     let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     let ask = "SELECT server FROM whoami";
-    assert_eq!(who(&mut c, ask).await, "replica");
+    replica_taken(&mut c, ask).await;
     pair.stop_replica();
     // The session's replica connection is dead: the read, of which nothing reached the
     // client, runs on the primary instead of failing.
@@ -373,6 +387,7 @@ async fn a_replica_too_far_behind_takes_no_reads_until_it_catches_up() {
         let mut c = common::connect(&tandem.url("shop")).await;
         who(&mut c, ask).await
     };
+    replica_taken(&mut common::connect(&tandem.url("shop")).await, ask).await;
     assert_eq!(read().await, "replica");
     pair.replica_sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 4; START SLAVE");
     // Replicating again (the restart of its threads is not what this test is about).
@@ -569,7 +584,7 @@ async fn a_paused_or_killed_replica_holds_no_read() {
     let tandem = pair.tandem("shop");
     let mut c = common::connect(&tandem.url("shop")).await;
     let ask = "SELECT server FROM whoami";
-    assert_eq!(who(&mut c, ask).await, "replica");
+    replica_taken(&mut c, ask).await;
     let pid = replica_pid(&pair);
     signal(&pid, "-STOP");
     let started = std::time::Instant::now();
