@@ -54,6 +54,9 @@ struct State {
     entries: BTreeMap<Vec<u8>, Slot>,
     /// Keys deleted by this process and not yet passed by the watch.
     tombstones: Vec<(i64, Vec<u8>)>,
+    /// The newest revision this process wrote at: etcd answered it, so an etcd that is
+    /// below it now is not the cluster the copy came from, however far the watch got.
+    written: i64,
 }
 
 struct Slot {
@@ -149,6 +152,7 @@ impl Cache {
         if state.revision == 0 {
             return;
         }
+        state.written = state.written.max(rev);
         for (key, value) in writes {
             let keep = value.as_deref().filter(|v| self.keeps(key, v));
             state.set(key, keep.map(<[u8]>::to_vec), rev);
@@ -210,6 +214,7 @@ impl Cache {
             revision: revision.max(1),
             entries,
             tombstones: Vec::new(),
+            written: 0,
         };
         Ok(revision)
     }
@@ -253,9 +258,9 @@ impl Cache {
     /// Keeps the loaded cache current until `closed` ends: follows the watch from the
     /// revision after the last one applied, also when the stream breaks; loads again when
     /// etcd compacted the revisions the watch would need, or when etcd is at an older
-    /// revision than the cache (the cluster behind the endpoints was replaced or restored
-    /// from a backup: a watch from a revision it has not reached would wait, silently, until
-    /// it does). A resumed watch served by a member that lags behind reloads too: a wasted
+    /// revision than the cache has seen, through the watch or its own writes (the cluster
+    /// behind the endpoints was replaced or restored from a backup: a watch from a revision
+    /// it has not reached would wait, silently, until it does). A resumed watch served by a member that lags behind reloads too: a wasted
     /// read, nothing worse, since writes never trust the copy without their compares.
     pub async fn follow(self: Arc<Self>, mut client: Client, mut closed: watch::Receiver<()>) {
         let mut loaded = true;
@@ -265,7 +270,10 @@ impl Cache {
                     self.load(&mut client).await?;
                     loaded = true;
                 }
-                let applied = self.state().revision;
+                let (applied, known) = {
+                    let state = self.state();
+                    (state.revision, state.revision.max(state.written))
+                };
                 let from = applied + 1;
                 let opts = WatchOptions::new()
                     .with_range(prefix_end(&self.prefix))
@@ -280,11 +288,11 @@ impl Cache {
                         loaded = false;
                         break;
                     }
-                    let current = resp.header().map_or(applied, |h| h.revision());
-                    if current < applied {
+                    let current = resp.header().map_or(known, |h| h.revision());
+                    if current < known {
                         tracing::warn!(
                             current,
-                            applied,
+                            known,
                             "etcd is at an older revision than this sidecar's copy of it; reloading the copy"
                         );
                         self.state().revision = 0;
