@@ -240,6 +240,12 @@ pub struct ShardedTable {
     /// Ids Tandem assigns to rows inserted without one.
     #[serde(default)]
     pub key_generator: Option<KeyGenerator>,
+    /// Tables per shard: the table is split further inside each shard into physical tables
+    /// `<table>_0 … <table>_{tables-1}`. The algorithm places a row among `shards × tables`
+    /// slots; slot s is table `s mod tables` of shard `s / tables`. 1 (the default): one
+    /// physical table per shard, under the table's own name.
+    #[serde(default)]
+    pub tables: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::{BackendError, Pool};
 use crate::planner::sharding::plan::{Aggregate, Col, Scatter};
-use crate::planner::sharding::{Topology, TopologyError};
+use crate::planner::sharding::{Placement, Topology, TopologyError};
 use crate::wire::binary_row::{self, BinaryColumn};
 use crate::wire::response::{end_of_rows, eof_packet, put_lenenc_int};
 use crate::wire::{MysqlError, PacketIo};
@@ -81,6 +81,7 @@ impl Sharding {
             for r in rows {
                 let mut r = r.into_iter();
                 if let (Some(Some(name)), Some(kind)) = (r.next(), r.next()) {
+                    let name = self.topology.logical_name(&name).to_string();
                     all.insert(name, kind.unwrap_or_default());
                 }
             }
@@ -221,7 +222,14 @@ impl Sharding {
         let tables: Vec<String> = self.topology.sharded_tables().map(str::to_string).collect();
         let mut unusable = Vec::new();
         for t in tables {
-            let cols = columns.get(&t.to_lowercase()).cloned().unwrap_or_default();
+            let physical = match self.topology.placement(&t) {
+                Placement::Sharded(rule) => rule.physical(0),
+                _ => t.clone(),
+            };
+            let cols = columns
+                .get(&physical.to_lowercase())
+                .cloned()
+                .unwrap_or_default();
             if let Err(why) = self.topology.learn_columns(&t, &cols) {
                 tracing::warn!(table = %t, "{why}");
                 unusable.push(why);

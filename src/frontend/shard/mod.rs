@@ -814,19 +814,26 @@ impl Session {
         text: &str,
         d: plan::Ddl,
     ) -> Flow {
-        let shards: Vec<usize> = d.shards.iter().collect();
-        let Some((&last, rest)) = shards.split_last() else {
+        let statements: Vec<(usize, &str)> = if d.statements.is_empty() {
+            d.shards.iter().map(|s| (s, text)).collect()
+        } else {
+            d.statements
+                .iter()
+                .map(|(s, sql)| (*s, sql.as_str()))
+                .collect()
+        };
+        let Some((&(last, last_sql), rest)) = statements.split_last() else {
             let ok = self.shard_ok();
             return self.reply(reply_seq, &ok).await;
         };
-        for &shard in rest {
+        for &(shard, sql) in rest {
             if let Some(flow) = self.ready_or_reply(reply_seq, shard).await {
                 return flow;
             }
             let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
                 return Flow::Close;
             };
-            match sc.conn.execute(text).await {
+            match sc.conn.execute(sql).await {
                 Ok(_) => {}
                 Err(BackendError::Server(mut e)) => {
                     let name = &self.sharding().topology.shards[shard];
@@ -841,6 +848,13 @@ impl Session {
                 }
             }
         }
+        let own;
+        let payload = if d.statements.is_empty() {
+            payload
+        } else {
+            own = [&[COM_QUERY][..], last_sql.as_bytes()].concat();
+            &own[..]
+        };
         let flow = self
             .shard_forward(
                 reply_seq,

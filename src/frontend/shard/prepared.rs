@@ -88,6 +88,14 @@ impl Session {
             sh.last_statement = id;
             id
         };
+        let own;
+        let payload = match plan::prepared_text(text, &self.sharding().topology) {
+            Some(sql) => {
+                own = [&payload[..1], sql.as_bytes()].concat();
+                &own[..]
+            }
+            None => payload,
+        };
         let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[home].as_mut()) else {
             return Flow::Close;
         };

@@ -499,8 +499,13 @@ impl Session {
             // A transaction that autocommit off opens.
             sh.xa = Some(crate::coordinator::service::new_xid());
         }
-        if !own && sh.xa.is_none() {
-            let e = super::one_shard_only(&format!("a write on {} shards", w.statements.len()));
+        let mut shards = crate::planner::sharding::ShardSet::EMPTY;
+        for (s, _) in &w.statements {
+            shards.insert(*s);
+        }
+        let elsewhere = sh.wrote.union(shards).len() > 1;
+        if !own && sh.xa.is_none() && elsewhere {
+            let e = super::one_shard_only(&format!("a write on {} shards", shards.len()));
             return self.reply_error(reply_seq, e).await;
         }
         // One statement on one shard outside a transaction is atomic by itself.

@@ -483,6 +483,7 @@ mod tests {
             start: None,
             binding: None,
             key_generator: None,
+            tables: None,
         }
     }
 

@@ -155,6 +155,7 @@ fn catalog_plan(
         databases: &catalog.databases,
         singles: &singles,
         aliased: aliased(select, name),
+        split: topo.split_tables(),
     };
     let mut scatter = match shards.single() {
         Some(only) => Scatter::relay(only, sql.to_string()),
@@ -198,6 +199,9 @@ struct Local<'a> {
     singles: &'a [Vec<String>],
     /// The client's FROM gives the catalog table an alias.
     aliased: bool,
+    /// Split tables (as configured) and their physical tables per shard: the first shard's
+    /// `<table>_0` answers for the table, under its name, and the others are not shown.
+    split: Vec<(String, usize)>,
 }
 
 impl Local<'_> {
@@ -277,7 +281,21 @@ impl Local<'_> {
             .map(|c| {
                 let col = quote::ident(&c.name);
                 let upper = c.name.to_ascii_uppercase();
-                if upper.ends_with("_SCHEMA") || upper == "SCHEMA_NAME" {
+                let table_column = self.table.is_some_and(|t| t.eq_ignore_ascii_case(&c.name));
+                if table_column && !self.split.is_empty() && shard == 0 {
+                    let arms: Vec<String> = self
+                        .split
+                        .iter()
+                        .map(|(name, _)| {
+                            format!(
+                                "WHEN {col} = {} THEN {}",
+                                literal(&format!("{name}_0"), c.charset.as_deref()),
+                                literal(name, c.charset.as_deref())
+                            )
+                        })
+                        .collect();
+                    format!("CASE {} ELSE {col} END AS {col}", arms.join(" "))
+                } else if upper.ends_with("_SCHEMA") || upper == "SCHEMA_NAME" {
                     format!(
                         "IF(BINARY {col} = {}, {}, {col}) AS {col}",
                         quote::hex(own.as_bytes()),
@@ -303,7 +321,18 @@ impl Local<'_> {
             };
             let t = quote::ident(t);
             if shard == 0 {
-                let elsewhere: Vec<&String> = self.singles[1..].iter().flatten().collect();
+                let others: Vec<String> = self
+                    .split
+                    .iter()
+                    .flat_map(|(name, n)| {
+                        (1..*n).map(move |k| format!("{}_{k}", name.to_lowercase()))
+                    })
+                    .collect();
+                let elsewhere: Vec<&String> = self.singles[1..]
+                    .iter()
+                    .flatten()
+                    .chain(others.iter())
+                    .collect();
                 if !elsewhere.is_empty() {
                     out.push_str(&format!(" AND LOWER({t}) NOT IN ({})", names(elsewhere)));
                 }

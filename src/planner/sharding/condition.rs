@@ -191,6 +191,7 @@ mod tests {
             start: None,
             binding: None,
             key_generator: None,
+            tables: None,
         };
         Sharder::new(&t, 4).unwrap()
     }

@@ -17,6 +17,7 @@ pub mod keygen;
 pub mod plan;
 pub mod point;
 pub mod show;
+mod split;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -113,6 +114,42 @@ pub struct TableRule {
     pub group: String,
     /// The column Tandem fills with a snowflake id when an INSERT leaves it out, lower case.
     pub generated: Option<String>,
+    /// Physical tables per shard ([`split`]): the sharder places rows among
+    /// `shards × tables` slots, slot s being table `s % tables` of shard `s / tables`.
+    pub tables: usize,
+}
+
+impl TableRule {
+    /// Whether the table is split into several physical tables inside each shard.
+    pub fn split(&self) -> bool {
+        self.tables > 1
+    }
+
+    /// The shard of a slot (what the sharder places a row in).
+    pub fn shard_of_slot(&self, slot: usize) -> usize {
+        slot / self.tables
+    }
+
+    /// The shards that hold these slots.
+    pub fn shards_of_slots(&self, slots: ShardSet) -> ShardSet {
+        if !self.split() {
+            return slots;
+        }
+        let mut shards = ShardSet::EMPTY;
+        for slot in slots.iter() {
+            shards.insert(self.shard_of_slot(slot));
+        }
+        shards
+    }
+
+    /// The physical table of a slot: `<table>_<k>` (the table itself when not split).
+    pub fn physical(&self, slot: usize) -> String {
+        if self.split() {
+            format!("{}_{}", self.name, slot % self.tables)
+        } else {
+            self.name.clone()
+        }
+    }
 }
 
 /// Where a table's rows live.
@@ -228,7 +265,21 @@ impl Topology {
                     format!("'{}' is listed twice", t.table),
                 ));
             }
-            let sharder = Sharder::new(t, n).map_err(|e| topology_error(at(e.field), e.message))?;
+            let tables = t.tables.unwrap_or(1) as usize;
+            if tables == 0 {
+                return Err(topology_error(at("tables"), "must be at least 1"));
+            }
+            if n * tables > MAX_SHARDS {
+                return Err(topology_error(
+                    at("tables"),
+                    format!(
+                        "shards × tables must be at most {MAX_SHARDS}, not {}",
+                        n * tables
+                    ),
+                ));
+            }
+            let sharder =
+                Sharder::new(t, n * tables).map_err(|e| topology_error(at(e.field), e.message))?;
             if let Some(g) = &t.key_generator {
                 if g.column.eq_ignore_ascii_case(&t.column) {
                     return Err(topology_error(
@@ -245,6 +296,7 @@ impl Topology {
                     sharder,
                     group: key,
                     generated: t.key_generator.as_ref().map(|g| g.column.to_lowercase()),
+                    tables,
                 }),
             );
         }
@@ -363,13 +415,29 @@ impl Topology {
         self.sharded.contains_key(&key) || self.broadcast.contains(&key)
     }
 
+    /// The split table (`tables` > 1) whose physical table `name` (`<table>_<k>`) is.
+    pub fn split_of(&self, name: &str) -> Option<&Arc<TableRule>> {
+        let (base, digits) = name.rsplit_once('_')?;
+        let rule = self.sharded.get(&base.to_lowercase())?;
+        let k: usize = digits.parse().ok()?;
+        (rule.split() && k < rule.tables && k.to_string() == digits).then_some(rule)
+    }
+
+    /// The name a client knows a table by: a split table's physical tables are the table.
+    pub fn logical_name<'a>(&'a self, name: &'a str) -> &'a str {
+        match self.split_of(name) {
+            Some(rule) => &rule.name,
+            None => name,
+        }
+    }
+
     /// The tables each shard holds, as read from the shards: every table that is neither
     /// sharded nor broadcast must be on one shard only.
     pub fn learn_tables(&self, per_shard: &[Vec<String>]) -> Result<(), TopologyError> {
         let mut singles = HashMap::new();
         for (shard, tables) in per_shard.iter().enumerate() {
             for t in tables {
-                if self.configured(t) {
+                if self.configured(t) || self.split_of(t).is_some() {
                     continue;
                 }
                 if let Some(other) = singles.insert(t.to_lowercase(), shard) {
@@ -429,6 +497,19 @@ impl Topology {
     pub fn key_position(&self, table: &str) -> Option<usize> {
         let positions = self.key_positions.read().unwrap_or_else(|e| e.into_inner());
         positions.get(&table.to_lowercase()).copied()
+    }
+
+    /// The tables split inside each shard (as configured), with their physical tables per
+    /// shard, in name order.
+    pub fn split_tables(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self
+            .sharded
+            .values()
+            .filter(|r| r.split())
+            .map(|r| (r.name.clone(), r.tables))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The sharded tables' names, as configured.

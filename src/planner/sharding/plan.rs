@@ -78,6 +78,9 @@ pub struct Ddl {
     pub creates: Option<String>,
     /// Single tables it drops.
     pub drops: Vec<String>,
+    /// Each shard's statements in order, when they are not the client's text (a split
+    /// table's DDL runs once per physical table); empty: the client's text on each shard.
+    pub statements: Vec<(usize, String)>,
 }
 
 /// A column of a shard's result: one the client sees, or one Tandem added after them.
@@ -225,6 +228,18 @@ impl Scatter {
         }
     }
 
+    /// Whether the shards' rows go to the client as they come.
+    fn merges_nothing(&self) -> bool {
+        self.hidden == 0
+            && self.order.is_empty()
+            && self.limit.is_none()
+            && self.aggregates.is_none()
+            && self.group.is_empty()
+            && self.extra.is_empty()
+            && self.having.is_none()
+            && self.sort.is_empty()
+    }
+
     /// What shard `shard` (one of `shards`) runs.
     pub fn sql_for(&self, shard: usize) -> &str {
         let nth = self.shards.iter().position(|s| s == shard);
@@ -236,6 +251,9 @@ impl Scatter {
 
     /// How the shards' answers merge, for `EXPLAIN`.
     pub fn describe(&self) -> String {
+        if self.shards.len() == 1 && self.merges_nothing() {
+            return "relay".to_string();
+        }
         let mut ops = Vec::new();
         let keys = if self.group.is_empty() {
             &self.order
@@ -287,6 +305,22 @@ pub fn plan(sql: &str, topo: &Topology, params: Params) -> Plan {
         return Plan::One(s);
     }
     plan_tokens(sql, &tokens, topo, params)
+}
+
+/// The text a shard prepares for a prepared statement `sql`, when it is not `sql`: a
+/// statement over split tables names their first physical tables (the columns and
+/// parameters are the same; each execution is planned again with its parameters).
+pub fn prepared_text(sql: &str, topo: &Topology) -> Option<String> {
+    let statement = match Parser::parse_sql(&MySqlDialect {}, sql) {
+        Ok(mut s) if s.len() == 1 => s.remove(0),
+        _ => return None,
+    };
+    let tables = Tables::of(&statement, topo).ok()?;
+    let (_, names) = tables.split()?;
+    match statement {
+        Statement::Query(_) => super::split::read(sql, &names, &[0]).ok(),
+        _ => super::split::write(sql, &names, 0).ok(),
+    }
 }
 
 /// [`plan`] without its hot path ([`super::point`]): every statement parsed. The hot path's
@@ -364,15 +398,15 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
             if c.query.is_some() && tables.refs.len() > 1 {
                 return refuse("CREATE TABLE … SELECT on a sharded database");
             }
-            plan_ddl(topo, &tables, true)
+            plan_ddl(sql, topo, &tables, true)
         }
         Statement::AlterTable(_) | Statement::Truncate(_) | Statement::CreateIndex(_) => {
-            plan_ddl(topo, &tables, false)
+            plan_ddl(sql, topo, &tables, false)
         }
         Statement::Drop {
             object_type: ObjectType::Table | ObjectType::Index,
             ..
-        } => plan_ddl(topo, &tables, false),
+        } => plan_ddl(sql, topo, &tables, false),
         _ => tables.colocated("this statement"),
     }
 }
@@ -547,6 +581,20 @@ impl Tables {
         }
     }
 
+    /// The split tables named (`tables` > 1; lower case) and their rule, when there are
+    /// any: they are all of one binding group, or the statement is refused on other grounds.
+    fn split(&self) -> Option<(&TableRule, Vec<String>)> {
+        let first = self.sharded.iter().find(|r| r.rule.split())?;
+        let mut names: Vec<String> = Vec::new();
+        for r in &self.sharded {
+            let name = r.rule.name.to_lowercase();
+            if r.rule.split() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Some((&first.rule, names))
+    }
+
     fn broadcast(&self) -> Option<&TableRef> {
         self.refs
             .iter()
@@ -635,8 +683,9 @@ fn is_nested(statement: &Statement) -> bool {
     nested
 }
 
-/// The shards a statement's sharded tables can touch, from its WHERE; `Err` when its
-/// sharded tables are not all bound to one another on their sharding columns.
+/// The slots a statement's sharded tables can touch, from its WHERE (shards, unless the
+/// tables are split inside them: [`TableRule::shards_of_slots`]); `Err` when its sharded
+/// tables are not all bound to one another on their sharding columns.
 fn shards_of(
     tables: &Tables,
     select: Option<&Select>,
@@ -720,7 +769,8 @@ fn shards_of(
             return Err("a join of sharded tables that are not bound to each other".into());
         }
     }
-    let mut set = topo.all();
+    // Slots of the first table's rule: shards, unless its table is split inside them.
+    let mut set = ShardSet::all(first.rule.sharder.shards());
     if let Some(f) = filter {
         let bare = tables.refs.len() == 1;
         for r in &tables.sharded {
@@ -837,7 +887,7 @@ fn plan_query(
             single.name, tables.sharded[0].rule.name
         ));
     }
-    let shards = match shards_of(
+    let slots = match shards_of(
         tables,
         Some(select),
         select.selection.as_ref(),
@@ -847,8 +897,20 @@ fn plan_query(
         Ok(s) => s,
         Err(e) => return refuse(e),
     };
+    let split = tables.split();
+    let shards = match &split {
+        Some((rule, _)) => rule.shards_of_slots(slots),
+        None => slots,
+    };
     if shards.len() <= 1 {
-        return Plan::One(shards.first().unwrap_or(0));
+        let shard = shards.first().unwrap_or(0);
+        let Some((rule, names)) = split else {
+            return Plan::One(shard);
+        };
+        return match super::split::read(sql, &names, &read_suffixes(rule, slots, shard)) {
+            Ok(sql) => Plan::Scatter(Box::new(Scatter::relay(shard, sql))),
+            Err(e) => refuse(e),
+        };
     }
     if tables.broadcast().is_some() {
         if let Err(e) = check_broadcast_joins(select) {
@@ -874,9 +936,34 @@ fn plan_query(
             }
         }
     }
-    match scatter(q, select, sql, tokens, tables, shards) {
-        Ok(s) => Plan::Scatter(Box::new(s)),
-        Err(e) => refuse(e),
+    let mut scatter = match scatter(q, select, sql, tokens, tables, shards) {
+        Ok(s) => s,
+        Err(e) => return refuse(e),
+    };
+    if let Some((rule, names)) = split {
+        // Each shard reads its own physical tables.
+        let per_shard: Result<Vec<String>, String> = shards
+            .iter()
+            .map(|shard| {
+                super::split::read(&scatter.sql, &names, &read_suffixes(rule, slots, shard))
+            })
+            .collect();
+        match per_shard {
+            Ok(p) => scatter.per_shard = p,
+            Err(e) => return refuse(e),
+        }
+    }
+    Plan::Scatter(Box::new(scatter))
+}
+
+/// The physical tables a read of `slots` reads on `shard`; a read that can match no row
+/// (its slots are none) reads the first, which answers as any would.
+fn read_suffixes(rule: &TableRule, slots: ShardSet, shard: usize) -> Vec<usize> {
+    let mine = super::split::suffixes(rule, slots, shard);
+    if mine.is_empty() {
+        vec![0]
+    } else {
+        mine
     }
 }
 
@@ -1845,8 +1932,9 @@ fn plan_insert(
             rule.column
         ));
     }
-    let mut shards = ShardSet::EMPTY;
-    let mut row_shards = Vec::with_capacity(values.rows.len());
+    // Slots: shards, or the physical tables of a split table.
+    let mut slots = ShardSet::EMPTY;
+    let mut row_slots = Vec::with_capacity(values.rows.len());
     for row in &values.rows {
         let Some(v) = row.get(at) else {
             return refuse("a VALUES row shorter than its column list");
@@ -1854,8 +1942,8 @@ fn plan_insert(
         let key = condition::literal(v).or_else(|| params(v));
         match key.and_then(|k| rule.sharder.shard_of(&k)) {
             Some(s) => {
-                shards.insert(s);
-                row_shards.push(s);
+                slots.insert(s);
+                row_slots.push(s);
             }
             None => {
                 return refuse(format!(
@@ -1865,15 +1953,17 @@ fn plan_insert(
             }
         }
     }
-    if let Some(s) = shards.single() {
-        return Plan::One(s);
+    if !rule.split() {
+        if let Some(s) = slots.single() {
+            return Plan::One(s);
+        }
     }
     if let Some(p) = returning(text) {
         return p;
     }
-    // Each shard gets the statement with its own rows: the client's text with the other
-    // rows cut out.
-    let Some(rows) = text.values_rows().filter(|r| r.len() == row_shards.len()) else {
+    // Each shard (or physical table) gets the statement with its own rows: the client's
+    // text with the other rows cut out.
+    let Some(rows) = text.values_rows().filter(|r| r.len() == row_slots.len()) else {
         return refuse(format!(
             "an INSERT into {name} whose rows go to several shards, written in a form Tandem cannot split"
         ));
@@ -1882,18 +1972,26 @@ fn plan_insert(
         (Some(f), Some(l)) => (&text.sql[..f.start], &text.sql[l.end..]),
         _ => return refuse("an INSERT without rows"),
     };
-    let statements = shards
-        .iter()
-        .map(|s| {
-            let mine: Vec<&str> = rows
-                .iter()
-                .zip(&row_shards)
-                .filter(|(_, &rs)| rs == s)
-                .map(|(r, _)| &text.sql[r.clone()])
-                .collect();
-            (s, format!("{head}{}{tail}", mine.join(", ")))
-        })
-        .collect();
+    let names = [rule.name.to_lowercase()];
+    let mut statements = Vec::with_capacity(slots.len());
+    for slot in slots.iter() {
+        let mine: Vec<&str> = rows
+            .iter()
+            .zip(&row_slots)
+            .filter(|(_, &rs)| rs == slot)
+            .map(|(r, _)| &text.sql[r.clone()])
+            .collect();
+        let sql = format!("{head}{}{tail}", mine.join(", "));
+        let sql = if rule.split() {
+            match super::split::write(&sql, &names, slot % rule.tables) {
+                Ok(sql) => sql,
+                Err(e) => return refuse(e),
+            }
+        } else {
+            sql
+        };
+        statements.push((rule.shard_of_slot(slot), sql));
+    }
     Plan::Write(Box::new(Write {
         statements,
         affected: Affected::Sum,
@@ -1920,6 +2018,7 @@ fn plan_write(
             r.rule.name
         ));
     }
+    // Slots: shards, or the physical tables of a split table.
     let n = r.rule.sharder.shards();
     let set = match filter {
         None => ShardSet::all(n),
@@ -1932,6 +2031,9 @@ fn plan_write(
             condition::shards(f, &col, &r.rule.sharder, params)
         }
     };
+    if let Some((rule, names)) = tables.split() {
+        return split_write(text, rule, &names, set, what);
+    }
     match set.len() {
         0 => Plan::One(0),
         1 => Plan::One(set.first().unwrap_or(0)),
@@ -1954,7 +2056,44 @@ fn plan_write(
     }
 }
 
-fn plan_ddl(topo: &Topology, tables: &Tables, creates: bool) -> Plan {
+/// An UPDATE or DELETE of a split table: one statement per physical table it can touch.
+fn split_write(
+    text: &Text,
+    rule: &TableRule,
+    names: &[String],
+    slots: ShardSet,
+    what: &str,
+) -> Plan {
+    if let Some(p) = returning(text) {
+        return p;
+    }
+    // A write that can match no row runs on one physical table, which says so.
+    let slots = if slots.is_empty() {
+        ShardSet::one(0)
+    } else {
+        slots
+    };
+    if slots.len() > 1 && text.top_level_word("LIMIT").is_some() {
+        return refuse(format!(
+            "{what} … LIMIT of the split table {} on {} physical tables",
+            rule.name,
+            slots.len()
+        ));
+    }
+    let mut statements = Vec::with_capacity(slots.len());
+    for slot in slots.iter() {
+        match super::split::write(text.sql, names, slot % rule.tables) {
+            Ok(sql) => statements.push((rule.shard_of_slot(slot), sql)),
+            Err(e) => return refuse(e),
+        }
+    }
+    Plan::Write(Box::new(Write {
+        statements,
+        affected: Affected::Sum,
+    }))
+}
+
+fn plan_ddl(text: &str, topo: &Topology, tables: &Tables, creates: bool) -> Plan {
     let mut shards: Option<ShardSet> = None;
     let mut single_names = Vec::new();
     for r in &tables.refs {
@@ -1979,11 +2118,35 @@ fn plan_ddl(topo: &Topology, tables: &Tables, creates: bool) -> Plan {
     let Some(shards) = shards else {
         return Plan::Any;
     };
+    if let Some((rule, names)) = tables.split() {
+        if tables.refs.len() > 1 {
+            return refuse(format!(
+                "DDL over the split table {} and other tables (name one table at a time)",
+                rule.name
+            ));
+        }
+        let mut statements = Vec::new();
+        for shard in shards.iter() {
+            for k in 0..rule.tables {
+                match super::split::write(text, &names, k) {
+                    Ok(sql) => statements.push((shard, sql)),
+                    Err(e) => return refuse(e),
+                }
+            }
+        }
+        return Plan::Ddl(Ddl {
+            shards,
+            creates: None,
+            drops: Vec::new(),
+            statements,
+        });
+    }
     let is_single = shards.len() == 1 && !single_names.is_empty();
     Plan::Ddl(Ddl {
         shards,
         creates: (creates && is_single).then(|| single_names[0].clone()),
         drops: if creates { Vec::new() } else { single_names },
+        statements: Vec::new(),
     })
 }
 
@@ -2319,7 +2482,8 @@ broadcast_tables: [t_country]
             Plan::Ddl(Ddl {
                 shards: all,
                 creates: None,
-                drops: vec![]
+                drops: vec![],
+                statements: vec![]
             })
         );
         assert_eq!(
@@ -2327,7 +2491,8 @@ broadcast_tables: [t_country]
             Plan::Ddl(Ddl {
                 shards: ShardSet::one(0),
                 creates: Some("t_new".into()),
-                drops: vec![]
+                drops: vec![],
+                statements: vec![]
             })
         );
         assert_eq!(
@@ -2335,8 +2500,132 @@ broadcast_tables: [t_country]
             Plan::Ddl(Ddl {
                 shards: ShardSet::one(1),
                 creates: None,
-                drops: vec!["t_log".into()]
+                drops: vec!["t_log".into()],
+                statements: vec![]
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::config::Executor;
+
+    /// Four shards, `t_split` in two physical tables on each: eight slots by `mod`.
+    fn topology() -> Topology {
+        let e: Executor = serde_norway::from_str(
+            "
+name: shop
+mode: sharding
+database: shop
+shards: [s0, s1, s2, s3]
+sharded_tables:
+  - { table: t_split, column: user_id, algorithm: mod, tables: 2 }
+  - { table: t_split_item, column: user_id, algorithm: mod, tables: 2, binding: t_split }
+broadcast_tables: [t_country]
+",
+        )
+        .unwrap();
+        let t = Topology::new(&e).unwrap();
+        t.learn_tables(&[
+            vec!["t_split_0".into(), "t_split_1".into(), "t_note".into()],
+            vec!["t_split_0".into(), "t_split_1".into()],
+        ])
+        .unwrap();
+        t
+    }
+
+    fn p(sql: &str) -> Plan {
+        let no_params = |_: &Expr| None;
+        plan(sql, &topology(), &no_params)
+    }
+
+    fn statements(plan: Plan) -> Vec<(usize, String)> {
+        match plan {
+            Plan::Write(w) => w.statements,
+            Plan::Ddl(d) => d.statements,
+            Plan::Scatter(s) => s
+                .shards
+                .iter()
+                .map(|i| (i, s.sql_for(i).to_string()))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn on(list: &[(usize, &str)]) -> Vec<(usize, String)> {
+        list.iter().map(|(s, q)| (*s, q.to_string())).collect()
+    }
+
+    #[test]
+    fn physical_tables_are_found_as_their_table() {
+        let t = topology();
+        assert_eq!(t.placement("t_note"), Placement::Single(0));
+        assert!(t.split_of("T_SPLIT_1").is_some());
+        assert!(t.split_of("t_split_2").is_none() && t.split_of("t_split_01").is_none());
+        assert_eq!(t.logical_name("t_split_0"), "t_split");
+        let two = t.learn_tables(&[vec!["t_split_2".into()], vec!["t_split_2".into()]]);
+        assert!(two.is_err(), "t_split_2 is no physical table of t_split");
+    }
+
+    #[test]
+    fn reads_name_the_physical_tables_of_their_slots() {
+        // 5 mod 8 = slot 5: shard 2, table 1.
+        assert_eq!(
+            statements(p("SELECT * FROM t_split WHERE user_id = 5")),
+            on(&[(2, "SELECT * FROM t_split_1 AS t_split WHERE user_id = 5")])
+        );
+        // Slots 4 and 5 are both shard 2's.
+        assert_eq!(
+            statements(p("SELECT id FROM t_split s WHERE s.user_id IN (4, 5)")),
+            on(&[(
+                2,
+                "SELECT id FROM (SELECT * FROM t_split_0 UNION ALL SELECT * FROM t_split_1) s \
+                 WHERE s.user_id IN (4, 5)"
+            )])
+        );
+        let all = statements(p(
+            "SELECT s.id, i.sku FROM t_split s JOIN t_split_item i ON s.user_id = i.user_id \
+             ORDER BY s.id",
+        ));
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|(_, q)| q
+            .contains("(SELECT * FROM t_split_item_0 UNION ALL SELECT * FROM t_split_item_1) i")));
+    }
+
+    #[test]
+    fn writes_run_once_per_physical_table() {
+        assert_eq!(
+            statements(p(
+                "INSERT INTO t_split (id, user_id) VALUES (1, 1), (2, 2), (3, 9)"
+            )),
+            on(&[
+                (
+                    0,
+                    "INSERT INTO t_split_1 (id, user_id) VALUES (1, 1), (3, 9)"
+                ),
+                (1, "INSERT INTO t_split_0 (id, user_id) VALUES (2, 2)"),
+            ])
+        );
+        assert_eq!(
+            statements(p("UPDATE t_split SET t_split.qty = 2 WHERE user_id = 3")),
+            on(&[(
+                1,
+                "UPDATE t_split_1 SET t_split_1.qty = 2 WHERE user_id = 3"
+            )])
+        );
+        assert_eq!(statements(p("DELETE FROM t_split")).len(), 8);
+        assert!(matches!(
+            p("DELETE FROM t_split WHERE user_id IN (1, 2) LIMIT 1"),
+            Plan::Refuse(_)
+        ));
+        let ddl = statements(p("ALTER TABLE t_split ADD COLUMN note TEXT"));
+        assert_eq!(ddl.len(), 8);
+        assert_eq!(
+            ddl[1],
+            (0, "ALTER TABLE t_split_1 ADD COLUMN note TEXT".into())
+        );
+        assert!(matches!(p("DROP TABLE t_split, t_note"), Plan::Refuse(_)));
     }
 }

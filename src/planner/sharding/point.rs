@@ -91,7 +91,8 @@ impl Point<'_> {
             return None;
         }
         match topo.placement(&self.name(i)?) {
-            Placement::Sharded(rule) => Some(rule),
+            // A split table's statement names its physical table: the planner edits it.
+            Placement::Sharded(rule) if !rule.split() => Some(rule),
             _ => None,
         }
     }

@@ -153,6 +153,12 @@ fn table_home(tokens: &[Token], i: usize, sql: &str, topo: &Topology) -> Plan {
     }
     let name = sql[t.span.clone()].trim_matches('`').to_string();
     match topo.placement(&name) {
+        Placement::Sharded(rule) if rule.split() => {
+            // The first physical table answers for the table, under its own name.
+            let physical = super::split::quoted(&sql[t.span.clone()], 0);
+            let text = format!("{}{physical}{}", &sql[..t.span.start], &sql[t.span.end..]);
+            Plan::Scatter(Box::new(plan::Scatter::relay(0, text)))
+        }
         Placement::Sharded(_) | Placement::Broadcast => Plan::One(0),
         Placement::Single(s) => Plan::One(s),
         Placement::Unknown => Plan::One(0),
@@ -170,6 +176,17 @@ fn explain(statement: &str, topo: &Topology) -> Plan {
             "relay".to_string(),
         ]],
         Plan::One(s) => vec![[name(s), statement.to_string(), "relay".to_string()]],
+        Plan::Ddl(d) if !d.statements.is_empty() => d
+            .statements
+            .iter()
+            .map(|(s, sql)| {
+                [
+                    name(*s),
+                    sql.clone(),
+                    "ddl, one physical table after another".to_string(),
+                ]
+            })
+            .collect(),
         Plan::Ddl(d) => d
             .shards
             .iter()
