@@ -29,6 +29,7 @@ sharded_tables:
   - { table: t_user, column: id, algorithm: hash_mod }
   - { table: t_event, column: at, algorithm: interval, unit: day, start: '2024-01-01' }
   - { table: t_account, column: id, algorithm: range, boundaries: [1000, 2000, 3000] }
+  - { table: t_split, column: user_id, algorithm: mod, tables: 2 }
 broadcast_tables: [t_country]
 ",
     )
@@ -47,16 +48,30 @@ fn describe(p: &Plan, topo: &Topology) -> String {
     match p {
         Plan::Any => "any shard (the session's last)".into(),
         Plan::One(s) => format!("one shard: {}", name(*s)),
-        Plan::Ddl(d) => format!("ddl on {}", names(d.shards)),
-        Plan::Scatter(s) => format!(
+        Plan::Ddl(d) => {
+            let mut out = format!("ddl on {}", names(d.shards));
+            for (s, sql) in &d.statements {
+                let _ = write!(out, "\n   {}: {sql}", name(*s));
+            }
+            out
+        }
+        Plan::Scatter(s) if s.per_shard.is_empty() => format!(
             "scatter to {}: {}\n   merge: {}",
             names(s.shards),
             s.sql,
             s.describe()
         ),
+        Plan::Scatter(s) => {
+            let mut out = format!("scatter to {}", names(s.shards));
+            for i in s.shards.iter() {
+                let _ = write!(out, "\n   {}: {}", name(i), s.sql_for(i));
+            }
+            let _ = write!(out, "\n   merge: {}", s.describe());
+            out
+        }
         Plan::Write(w) => {
             let mut out = format!(
-                "write on {} shards, affected rows {}",
+                "write, {} statement(s), affected rows {}",
                 w.statements.len(),
                 match w.affected {
                     Affected::Sum => "summed",

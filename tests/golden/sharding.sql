@@ -1,7 +1,8 @@
 -- Statements and what the sharding planner makes of them (tests/planner_golden.rs).
 -- Topology: t_order and t_item by user_id mod 4 (bound), t_user by id hash_mod 4,
 -- t_event by day interval over 4 shards, t_account by range [1000, 2000, 3000],
--- t_country broadcast, t_note single on shard 2.
+-- t_country broadcast, t_note single on shard 2, t_split by user_id mod 8 over two
+-- physical tables per shard (slot s: t_split_{s mod 2} of shard s div 2).
 SELECT * FROM t_order WHERE user_id = 5
 SELECT * FROM t_order WHERE user_id IN (1, 5, 9)
 SELECT * FROM t_order WHERE user_id IN (1, 2)
@@ -50,3 +51,11 @@ SELECT country, COUNT(*) c FROM t_order GROUP BY country HAVING c > 1 AND MAX(qt
 SELECT country, SUM(amount) FROM t_order GROUP BY country ORDER BY 2 DESC, country LIMIT 3
 SELECT DISTINCT country, qty FROM t_order ORDER BY qty, country
 SELECT country FROM t_order GROUP BY country HAVING name = 'x'
+SELECT * FROM t_split WHERE user_id = 5
+SELECT * FROM t_split WHERE user_id IN (4, 5)
+SELECT user_id, COUNT(*) FROM t_split GROUP BY user_id ORDER BY user_id LIMIT 3
+INSERT INTO t_split (id, user_id) VALUES (1, 0), (2, 1), (3, 8)
+UPDATE t_split SET qty = 0 WHERE user_id BETWEEN 2 AND 3
+ALTER TABLE t_split ADD COLUMN note TEXT
+SHOW COLUMNS FROM t_split
+SELECT * FROM t_country WHERE id IN (SELECT country FROM t_split)

@@ -278,8 +278,17 @@ impl Topology {
                     ),
                 ));
             }
-            let sharder =
-                Sharder::new(t, n * tables).map_err(|e| topology_error(at(e.field), e.message))?;
+            let sharder = Sharder::new(t, n * tables).map_err(|e| {
+                let message = if tables > 1 {
+                    format!(
+                        "{} ({n} shards × tables: {tables}, each slot counted as a shard)",
+                        e.message
+                    )
+                } else {
+                    e.message
+                };
+                topology_error(at(e.field), message)
+            })?;
             if let Some(g) = &t.key_generator {
                 if g.column.eq_ignore_ascii_case(&t.column) {
                     return Err(topology_error(
@@ -618,6 +627,17 @@ broadcast_tables: [t_country]
             "algorithm: mod, key_generator: { column: user_id, type: snowflake } }",
         );
         assert_eq!(e.field, "sharded_tables[0].key_generator.column");
+        let e = bad("algorithm: mod }", "algorithm: mod, tables: 0 }");
+        assert_eq!(e.field, "sharded_tables[0].tables");
+        let e = bad("algorithm: mod }", "algorithm: mod, tables: 40 }");
+        assert!(e.message.contains("at most 128, not 160"), "{e}");
+        let e = bad("binding: t_order", "binding: t_order, tables: 2");
+        assert_eq!(e.field, "sharded_tables[1].binding");
+        let e = bad(
+            "algorithm: mod }",
+            "algorithm: range, boundaries: [10, 20, 30], tables: 2 }",
+        );
+        assert!(e.message.contains("need 7 boundaries"), "{e}");
     }
 
     #[test]
