@@ -109,6 +109,7 @@ declare -A target=(
   [haproxy]="$tcp --mysql-port=$haproxy_port --mysql-user=root"
   [single]="$tcp --mysql-port=$single_port $tandem_user"
   [sharding]="$tcp --mysql-port=$shard_port $tandem_user"
+  [floor]="$tcp --mysql-port=$db_port --mysql-user=root"
 )
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$tandem_pid/status"; }
@@ -142,9 +143,11 @@ echo "  Tandem RSS before: $((before / 1024)) MiB, peak while streaming: $((peak
 
 # Prints the rate sysbench reports: queries/s for point selects, transactions/s otherwise.
 run() {
-  local workload=$1 threads=$2 where=$3 ps=${4:-disable} out
+  local workload=$1 threads=$2 where=$3 ps=${4:-disable} out script=$1
+  # The floor: the shards' own statements for the workload, sent straight to MariaDB.
+  [[ $where == floor ]] && script=benches/sharding_floor.lua
   # shellcheck disable=SC2086
-  out=$(sysbench "$workload" "${common[@]}" ${target[$where]} --threads="$threads" \
+  out=$(sysbench "$script" "${common[@]}" ${target[$where]} --threads="$threads" \
     --db-ps-mode="$ps" --distinct_ranges=0 --time="$seconds" --report-interval=0 run)
   if echo "$out" | grep -q "FATAL"; then
     echo "$out" | grep -m3 "FATAL" >&2
@@ -173,11 +176,20 @@ IFS=, read -r -a main_cases <<<"${BENCH_CASES:-$cases}"
 for case in "${main_cases[@]}"; do
   read -r workload threads ps <<<"$case"
   ps=${ps:+auto}
-  measure "$workload" "$threads" "${ps:-disable}" direct haproxy single sharding
+  floor=""
+  [[ $workload == oltp_read_write && -z $ps ]] && floor=floor
+  measure "$workload" "$threads" "${ps:-disable}" direct haproxy single sharding $floor
   printf '%-24s %3s %9.0f %9.0f %9.0f %9.0f %16.3f %16.3f\n' "$workload${ps:+ (ps)}" "$threads" \
     "${mean[direct]}" "${mean[haproxy]}" "${mean[single]}" "${mean[sharding]}" \
     "$(echo "${mean[sharding]} / ${mean[single]}" | bc -l)" \
     "$(echo "${mean[sharding]} / ${mean[haproxy]}" | bc -l)"
+  if [[ -n $floor ]]; then
+    # What the shards must do for these transactions (benches/sharding_floor.lua): the
+    # best any sharding proxy could reach here.
+    printf '  floor (the shards'"'"' own statements, direct): %.0f tps; floor/single %.3f, sharding/floor %.3f\n' \
+      "${mean[floor]}" "$(echo "${mean[floor]} / ${mean[single]}" | bc -l)" \
+      "$(echo "${mean[sharding]} / ${mean[floor]}" | bc -l)"
+  fi
 done
 
 echo
