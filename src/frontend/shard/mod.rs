@@ -872,7 +872,7 @@ impl Session {
             for t in &d.drops {
                 topology.single_table(t, None);
             }
-            if d.shards.len() > 1 {
+            if d.shards.len() > 1 || !d.statements.is_empty() {
                 // A sharded table's columns may have changed.
                 if let Err(e) = self.sharding().learn_columns().await {
                     tracing::warn!(error = %e, "reading the sharded tables' columns failed");

@@ -179,6 +179,9 @@ pub struct Topology {
     /// Where each sharded table's sharding column stands among its columns (0-based), for
     /// an INSERT without a column list; read from the first shard.
     key_positions: RwLock<HashMap<String, usize>>,
+    /// Split tables (lower case) with an ENUM or SET column, learnt with their columns: a
+    /// UNION of their physical tables would read those columns as strings.
+    enumerated: RwLock<HashSet<String>>,
     /// What `information_schema` reads of the logical database need, read from the shards.
     catalog: RwLock<Arc<Catalog>>,
     /// Most rows a merge may hold at once.
@@ -370,6 +373,27 @@ impl Topology {
                 ));
             }
         }
+        // A configured table must not be named as a split table's physical one.
+        for (name, rule) in &sharded {
+            if !rule.split() {
+                continue;
+            }
+            for other in sharded.keys().chain(broadcast.iter()) {
+                let physical = other
+                    .strip_prefix(name.as_str())
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .and_then(|k| k.parse::<usize>().ok().filter(|n| n.to_string() == k));
+                if physical.is_some_and(|k| k < rule.tables) {
+                    return Err(topology_error(
+                        "sharded_tables",
+                        format!(
+                            "'{other}' is the name of one of the physical tables of '{}' (tables: {})",
+                            rule.name, rule.tables
+                        ),
+                    ));
+                }
+            }
+        }
         if e.max_merge_rows == Some(0) {
             return Err(topology_error("max_merge_rows", "must be at least 1"));
         }
@@ -387,6 +411,7 @@ impl Topology {
             broadcast,
             singles: RwLock::new(HashMap::new()),
             key_positions: RwLock::new(HashMap::new()),
+            enumerated: RwLock::new(HashSet::new()),
             catalog: RwLock::new(Arc::new(Catalog::default())),
             max_merge_rows: e.max_merge_rows(),
             snowflake: keygen::Snowflake::new(worker),
@@ -422,6 +447,12 @@ impl Topology {
     pub fn configured(&self, name: &str) -> bool {
         let key = name.to_lowercase();
         self.sharded.contains_key(&key) || self.broadcast.contains(&key)
+    }
+
+    /// Whether split table `name` has an ENUM or SET column.
+    pub fn enumerated(&self, name: &str) -> bool {
+        let enumerated = self.enumerated.read().unwrap_or_else(|e| e.into_inner());
+        enumerated.contains(&name.to_lowercase())
     }
 
     /// The split table (`tables` > 1) whose physical table `name` (`<table>_<k>`) is.
@@ -472,6 +503,17 @@ impl Topology {
         let Some(rule) = self.sharded.get(&table.to_lowercase()) else {
             return Ok(());
         };
+        {
+            let mut enumerated = self.enumerated.write().unwrap_or_else(|e| e.into_inner());
+            let key = rule.name.to_lowercase();
+            if columns.iter().any(|c| {
+                c.data_type.eq_ignore_ascii_case("enum") || c.data_type.eq_ignore_ascii_case("set")
+            }) {
+                enumerated.insert(key);
+            } else {
+                enumerated.remove(&key);
+            }
+        }
         let mut positions = self
             .key_positions
             .write()

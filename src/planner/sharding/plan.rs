@@ -398,15 +398,15 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
             if c.query.is_some() && tables.refs.len() > 1 {
                 return refuse("CREATE TABLE … SELECT on a sharded database");
             }
-            plan_ddl(sql, topo, &tables, true)
+            plan_ddl(sql, tokens, topo, &tables, true)
         }
         Statement::AlterTable(_) | Statement::Truncate(_) | Statement::CreateIndex(_) => {
-            plan_ddl(sql, topo, &tables, false)
+            plan_ddl(sql, tokens, topo, &tables, false)
         }
         Statement::Drop {
             object_type: ObjectType::Table | ObjectType::Index,
             ..
-        } => plan_ddl(sql, topo, &tables, false),
+        } => plan_ddl(sql, tokens, topo, &tables, false),
         _ => tables.colocated("this statement"),
     }
 }
@@ -421,6 +421,11 @@ fn unparsed(sql: &str, tokens: &[Token], topo: &Topology) -> Plan {
             TokenKind::QuotedIdent => sql[t.span.clone()].trim_matches('`'),
             _ => continue,
         };
+        if topo.split_of(word).is_some() {
+            return refuse(format!(
+                "a statement Tandem cannot read that names the table {word}"
+            ));
+        }
         match topo.placement(word) {
             Placement::Sharded(_) | Placement::Broadcast => {
                 return refuse(format!(
@@ -509,7 +514,15 @@ impl Tables {
                     })
                     .collect();
             let name = match parts.as_slice() {
-                [t] => t.clone(),
+                [t] => {
+                    if let Some(rule) = topo.split_of(t) {
+                        return Err(refuse(format!(
+                            "the physical table {t} of the split table {}: name {} instead",
+                            rule.name, rule.name
+                        )));
+                    }
+                    t.clone()
+                }
                 [db, t] if db.eq_ignore_ascii_case(&topo.database) => {
                     return Err(refuse(format!(
                         "a table named with its database ({db}.{t}): name it without the database"
@@ -907,7 +920,13 @@ fn plan_query(
         let Some((rule, names)) = split else {
             return Plan::One(shard);
         };
-        return match super::split::read(sql, &names, &read_suffixes(rule, slots, shard)) {
+        let suffixes = read_suffixes(rule, slots, shard);
+        if suffixes.len() > 1 {
+            if let Some(why) = union_refusal(q, tokens, sql, topo, &names) {
+                return refuse(why);
+            }
+        }
+        return match super::split::read(sql, &names, &suffixes) {
             Ok(sql) => Plan::Scatter(Box::new(Scatter::relay(shard, sql))),
             Err(e) => refuse(e),
         };
@@ -941,6 +960,14 @@ fn plan_query(
         Err(e) => return refuse(e),
     };
     if let Some((rule, names)) = split {
+        let several = shards
+            .iter()
+            .any(|shard| read_suffixes(rule, slots, shard).len() > 1);
+        if several {
+            if let Some(why) = union_refusal(q, tokens, sql, topo, &names) {
+                return refuse(why);
+            }
+        }
         // Each shard reads its own physical tables.
         let per_shard: Result<Vec<String>, String> = shards
             .iter()
@@ -954,6 +981,35 @@ fn plan_query(
         }
     }
     Plan::Scatter(Box::new(scatter))
+}
+
+/// Why a read cannot read several physical tables of a split table through their UNION
+/// ([`super::split::read`]), if it cannot: a locking read would lock nothing (the UNION is
+/// materialised), and an ENUM or SET column would be read as a string (sorted and compared
+/// as text, not by its members' order).
+fn union_refusal(
+    q: &Query,
+    tokens: &[Token],
+    sql: &str,
+    topo: &Topology,
+    names: &[String],
+) -> Option<String> {
+    let text = Text::new(sql, tokens);
+    let locking = !q.locks.is_empty()
+        || text.top_level_word("LOCK").is_some()
+        || text.top_level_word("FOR").is_some();
+    if locking {
+        return Some(format!(
+            "a locking read over several physical tables of the split table {} on one shard",
+            names[0]
+        ));
+    }
+    if let Some(name) = names.iter().find(|n| topo.enumerated(n)) {
+        return Some(format!(
+            "a read over several physical tables of the split table {name}, which has an ENUM              or SET column, on one shard"
+        ));
+    }
+    None
 }
 
 /// The physical tables a read of `slots` reads on `shard`; a read that can match no row
@@ -2093,7 +2149,7 @@ fn split_write(
     }))
 }
 
-fn plan_ddl(text: &str, topo: &Topology, tables: &Tables, creates: bool) -> Plan {
+fn plan_ddl(text: &str, tokens: &[Token], topo: &Topology, tables: &Tables, creates: bool) -> Plan {
     let mut shards: Option<ShardSet> = None;
     let mut single_names = Vec::new();
     for r in &tables.refs {
@@ -2124,6 +2180,17 @@ fn plan_ddl(text: &str, topo: &Topology, tables: &Tables, creates: bool) -> Plan
                 "DDL over the split table {} and other tables (name one table at a time)",
                 rule.name
             ));
+        }
+        // Names one database holds once (constraints), a table it names elsewhere (its
+        // new name, a reference): the physical tables' statements would collide or miss.
+        let b = text.as_bytes();
+        for word in ["RENAME", "CONSTRAINT", "FOREIGN", "REFERENCES"] {
+            if tokens.iter().any(|t| t.is_word(b, word)) {
+                return refuse(format!(
+                    "DDL with {word} over the split table {}",
+                    rule.name
+                ));
+            }
         }
         let mut statements = Vec::new();
         for shard in shards.iter() {
@@ -2627,5 +2694,82 @@ broadcast_tables: [t_country]
             (0, "ALTER TABLE t_split_1 ADD COLUMN note TEXT".into())
         );
         assert!(matches!(p("DROP TABLE t_split, t_note"), Plan::Refuse(_)));
+        for ddl in [
+            "ALTER TABLE t_split RENAME TO t_other",
+            "ALTER TABLE t_split ADD CONSTRAINT c_qty CHECK (qty > 0)",
+            "ALTER TABLE t_split ADD FOREIGN KEY (user_id) REFERENCES t_user (id)",
+        ] {
+            assert!(matches!(p(ddl), Plan::Refuse(_)), "{ddl}");
+        }
+    }
+
+    #[test]
+    fn physical_tables_are_not_named_directly() {
+        for sql in [
+            "INSERT INTO t_split_1 (id, user_id) VALUES (9, 9)",
+            "SELECT * FROM t_split_0",
+            "DELETE FROM t_split_0",
+            "DROP TABLE t_split_1",
+            "SHOW CREATE TABLE t_split_1",
+        ] {
+            match p(sql) {
+                Plan::Refuse(why) => assert!(why.contains("t_split"), "{sql}: {why}"),
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unions_that_would_change_the_answer_are_refused() {
+        // One physical table per shard: a locking read locks as the client's would.
+        assert!(matches!(
+            p("SELECT qty FROM t_split WHERE user_id = 5 FOR UPDATE"),
+            Plan::Scatter(_)
+        ));
+        for sql in [
+            "SELECT qty FROM t_split WHERE user_id IN (4, 5) FOR UPDATE",
+            "SELECT qty FROM t_split WHERE user_id IN (4, 5) LOCK IN SHARE MODE",
+            "SELECT qty FROM t_split FOR UPDATE",
+        ] {
+            assert!(matches!(p(sql), Plan::Refuse(_)), "{sql}");
+        }
+        let t = topology();
+        let column = |name: &str, data_type: &str| super::super::Column {
+            name: name.into(),
+            data_type: data_type.into(),
+            collation: None,
+        };
+        t.learn_columns(
+            "t_split",
+            &[
+                column("id", "int"),
+                column("user_id", "int"),
+                column("size", "enum"),
+            ],
+        )
+        .unwrap();
+        let no_params = |_: &Expr| None;
+        let sql = "SELECT id FROM t_split WHERE user_id IN (4, 5) ORDER BY size";
+        assert!(matches!(plan(sql, &t, &no_params), Plan::Refuse(_)));
+        let one = "SELECT id FROM t_split WHERE user_id = 4 ORDER BY size";
+        assert!(matches!(plan(one, &t, &no_params), Plan::Scatter(_)));
+    }
+
+    #[test]
+    fn a_configured_table_named_as_a_physical_one_is_refused() {
+        let e: Executor = serde_norway::from_str(
+            "
+name: shop
+mode: sharding
+database: shop
+shards: [s0, s1]
+sharded_tables:
+  - { table: t_log, column: id, algorithm: mod, tables: 2 }
+broadcast_tables: [t_log_1]
+",
+        )
+        .unwrap();
+        let e = Topology::new(&e).unwrap_err();
+        assert!(e.message.contains("'t_log_1'"), "{e}");
     }
 }

@@ -152,9 +152,16 @@ fn table_home(tokens: &[Token], i: usize, sql: &str, topo: &Topology) -> Plan {
         return refuse("a table named with its database");
     }
     let name = sql[t.span.clone()].trim_matches('`').to_string();
+    if let Some(rule) = topo.split_of(&name) {
+        return refuse(&format!(
+            "the physical table {name} of the split table {}: name {} instead",
+            rule.name, rule.name
+        ));
+    }
     match topo.placement(&name) {
         Placement::Sharded(rule) if rule.split() => {
-            // The first physical table answers for the table, under its own name.
+            // The first physical table answers for the table (`SHOW CREATE TABLE` and
+            // `SHOW INDEX` then show its name).
             let physical = super::split::quoted(&sql[t.span.clone()], 0);
             let text = format!("{}{physical}{}", &sql[..t.span.start], &sql[t.span.end..]);
             Plan::Scatter(Box::new(plan::Scatter::relay(0, text)))
