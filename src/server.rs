@@ -457,11 +457,12 @@ fn executor_backends(
         }
         Mode::Sharding => {
             let mut shards = Vec::new();
-            let mut xa = Vec::new();
+            let (mut xa, mut at_shards) = (Vec::new(), Vec::new());
             for name in &e.shards {
                 let i = pool_of(name)?;
                 shards.push(pools[i].clone());
                 xa.push(xa_resources[i].clone());
+                at_shards.push(at.get(i)?.clone());
             }
             let first = pool_of(e.shards.first()?)?;
             let topology = Topology::new(e).ok()?;
@@ -470,7 +471,7 @@ fn executor_backends(
                 at: at.get(first)?.clone(),
                 replicas: None,
                 read_your_writes: false,
-                sharding: Some(Arc::new(Sharding::new(topology, shards, xa))),
+                sharding: Some(Arc::new(Sharding::new(topology, shards, xa, at_shards))),
             })
         }
     }

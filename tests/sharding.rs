@@ -701,6 +701,14 @@ async fn what_is_not_exact_is_refused() {
             "sharding column",
         ),
         ("SELECT 1; SELECT 2", "several statements"),
+        // Statements Tandem runs without planning them must be what they seem.
+        ("BEGIN; DELETE FROM t_order", "several statements"),
+        ("SET @a = 1; DELETE FROM t_order", "several statements"),
+        ("SET @a = 1 /*!, @b = 2 */", "executable comment"),
+        (
+            "SET STATEMENT max_statement_time = 5 FOR UPDATE t_order SET qty = 0",
+            "SET STATEMENT",
+        ),
     ] {
         let e = t.query_drop(sql).await.expect_err(sql);
         match &e {

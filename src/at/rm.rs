@@ -63,8 +63,8 @@ impl AtResource {
             marker_retention,
         ));
         let undo_table = match &pool.dsn().database {
-            Some(db) => format!("{}.undo_log", quote::ident(db)),
-            None => "undo_log".to_string(),
+            Some(db) => format!("{}.{}", quote::ident(db), undo::UNDO_TABLE),
+            None => undo::UNDO_TABLE.to_string(),
         };
         AtResource {
             undo_table,

@@ -12,6 +12,10 @@ use super::image::ImageRow;
 use super::meta::{Column, TableMeta};
 use crate::sql::quote;
 
+/// The undo log table's name in each data source's database. It is Tandem's own: a
+/// sharded logical database does not show it.
+pub const UNDO_TABLE: &str = "undo_log";
+
 /// The table, created on first use in each data source's database.
 pub const UNDO_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS undo_log (\
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \

@@ -18,9 +18,9 @@ use mysql_common::constants::{CapabilityFlags, StatusFlags};
 
 use super::relay::relay;
 use super::session::{Flow, Session};
-use crate::at::branch::{self, AtError, BranchWork, Outcome};
+use crate::at::branch::{self, AtError, BranchWork, Outcome, Pending};
 use crate::at::meta::MetaError;
-use crate::backend::{BackendError, SessionSettings};
+use crate::backend::{BackendConn, BackendError, SessionSettings};
 use crate::coordinator::{CoordinatorError, GlobalStatus};
 use crate::sql::dml::{self, AnalyzeError};
 use crate::sql::StatementKind;
@@ -110,7 +110,7 @@ pub(super) fn at_error(e: AtError) -> MysqlError {
 
 /// Errors after which the database has rolled back the whole local transaction, not only
 /// the statement (1205 only with `innodb_rollback_on_timeout`, asked separately).
-fn ends_transaction(code: u16) -> bool {
+pub(super) fn ends_transaction(code: u16) -> bool {
     matches!(code, 1213 | 1206 | 1180 | 1181 | 1614)
 }
 
@@ -150,8 +150,44 @@ fn bare(sql: &[u8]) -> bool {
         .all(|b| b.is_ascii_alphabetic() || b.is_ascii_whitespace() || *b == b'_')
 }
 
+/// A statement's response, held back until Tandem has checked what the statement did.
+pub(super) struct Captured {
+    pub summary: Summary,
+    /// The response as the server sent it.
+    pub bytes: Vec<u8>,
+    /// An after-image query went out behind the statement.
+    pub pipelined: bool,
+}
+
+/// Sends the statement `payload` with `pending`'s after-image query, when it is known in
+/// advance, behind it, and reads the statement's response into memory. `None` when the
+/// backend failed (the connection is then broken).
+pub(super) async fn run_captured(
+    backend: &mut BackendConn,
+    payload: &[u8],
+    pending: &mut Pending,
+    response: ResponseKind,
+    max_packet: usize,
+) -> Option<Captured> {
+    backend.io().write_packet(0, payload);
+    let pipelined = pending.queue_after(backend);
+    backend.send_queued().await.ok()?;
+    let mut sink = PacketIo::new(tokio::io::join(tokio::io::empty(), Vec::new()));
+    let summary = relay(backend, &mut sink, response, max_packet).await.ok()?;
+    let (join, _) = sink.into_parts();
+    let (_, bytes) = join.into_inner();
+    if let Some(st) = summary.status {
+        backend.status = st;
+    }
+    Some(Captured {
+        summary,
+        bytes,
+        pipelined,
+    })
+}
+
 /// What the server's OK packet (the first packet of `bytes`) says a statement did.
-fn outcome(bytes: &[u8], caps: CapabilityFlags, summary: &Summary) -> Outcome {
+pub(super) fn outcome(bytes: &[u8], caps: CapabilityFlags, summary: &Summary) -> Outcome {
     let len = bytes
         .get(..3)
         .map_or(0, |h| u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize);
@@ -516,7 +552,7 @@ impl Session {
     /// The XID must name a global transaction that is still open. A transaction this
     /// sidecar saw begin and not end passes without asking the store (the branch's
     /// registration checks again, in the store); any other answer comes from the store.
-    async fn check_active(&self, xid: &str) -> Result<(), MysqlError> {
+    pub(super) async fn check_active(&self, xid: &str) -> Result<(), MysqlError> {
         if self.ctx.coordinator.store().cached(xid).map(|t| t.status) == Some(GlobalStatus::Begin) {
             return Ok(());
         }
@@ -644,23 +680,16 @@ impl Session {
         }
 
         // The statement itself: the client's own packet, and behind it the after-image query
-        // when that is known in advance. Its response is held back until Tandem has checked
-        // what the statement did.
-        backend.io().write_packet(0, payload);
-        let pipelined = pending.queue_after(backend);
-        if backend.send_queued().await.is_err() {
+        // when that is known in advance.
+        let max = self.ctx.max_allowed_packet;
+        let Some(Captured {
+            summary,
+            bytes: captured,
+            pipelined,
+        }) = run_captured(backend, payload, &mut pending, response, max).await
+        else {
             return Ok(self.backend_lost(reply_seq, false).await);
-        }
-        let mut sink = PacketIo::new(tokio::io::join(tokio::io::empty(), Vec::new()));
-        let summary = match relay(backend, &mut sink, response, self.ctx.max_allowed_packet).await {
-            Ok(s) => s,
-            Err(_) => return Ok(self.backend_lost(reply_seq, false).await),
         };
-        let (join, _) = sink.into_parts();
-        let (_, captured) = join.into_inner();
-        if let Some(st) = summary.status {
-            backend.status = st;
-        }
         if let Some(code) = summary.error {
             // The statement failed and changed nothing: no undo item.
             if pending.discard(backend).await.is_err() {

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::at::branch::AtSource;
 use crate::backend::{BackendError, Pool};
 use crate::planner::sharding::plan::{Aggregate, Col, Scatter};
 use crate::planner::sharding::{Placement, Topology, TopologyError};
@@ -48,16 +49,25 @@ pub struct Sharding {
     pub pools: Vec<Pool>,
     /// Each shard's part in distributed commits, in shard order.
     pub xa: Vec<Arc<xa::XaResource>>,
+    /// Each shard's AT state, in shard order: inside a global transaction each shard's
+    /// local transaction is a branch.
+    pub at: Vec<Arc<AtSource>>,
     /// Collation id → how its strings pad, learnt from a shard on first use.
     pads: Mutex<HashMap<u16, Option<Vec<u8>>>>,
 }
 
 impl Sharding {
-    pub fn new(topology: Topology, pools: Vec<Pool>, xa: Vec<Arc<xa::XaResource>>) -> Sharding {
+    pub fn new(
+        topology: Topology,
+        pools: Vec<Pool>,
+        xa: Vec<Arc<xa::XaResource>>,
+        at: Vec<Arc<AtSource>>,
+    ) -> Sharding {
         Sharding {
             topology,
             pools,
             xa,
+            at,
             pads: Mutex::new(HashMap::new()),
         }
     }
@@ -81,6 +91,9 @@ impl Sharding {
             for r in rows {
                 let mut r = r.into_iter();
                 if let (Some(Some(name)), Some(kind)) = (r.next(), r.next()) {
+                    if name.eq_ignore_ascii_case(crate::at::undo::UNDO_TABLE) {
+                        continue;
+                    }
                     let name = self.topology.logical_name(&name).to_string();
                     all.insert(name, kind.unwrap_or_default());
                 }

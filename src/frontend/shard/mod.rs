@@ -14,6 +14,7 @@
 //! make the server read it otherwise (see [`unreadable`]) has its statements refused until
 //! it sets them back. Prepared statements are in [`prepared`].
 
+mod global;
 mod prepared;
 mod txn;
 
@@ -65,6 +66,9 @@ pub(super) struct ShardSession {
     xa: Option<String>,
     /// One statement that writes on several shards outside a transaction runs as one.
     statement_txn: bool,
+    /// The global (AT) transaction the transaction is part of: then it runs as a plain
+    /// local transaction on each shard, a branch of the global one (see [`global`]).
+    global: Option<global::GlobalPart>,
     /// Shards where the session's transaction is open.
     touched: ShardSet,
     /// The shards the transaction wrote on.
@@ -87,6 +91,7 @@ impl ShardSession {
             begin: None,
             xa: None,
             statement_txn: false,
+            global: None,
             touched: ShardSet::EMPTY,
             wrote: ShardSet::EMPTY,
             aborted: None,
@@ -116,6 +121,7 @@ impl ShardSession {
         self.begin = None;
         self.xa = None;
         self.statement_txn = false;
+        self.global = None;
         self.touched = ShardSet::EMPTY;
         self.wrote = ShardSet::EMPTY;
         self.aborted = None;
@@ -157,15 +163,9 @@ pub(super) fn unreadable(settings: &SessionSettings) -> Option<String> {
     None
 }
 
-/// A statement's text, as the planner may read it: UTF-8, joining no global transaction
-/// (not through a sharded executor yet), and no `XA …` statement (Tandem runs the shards'
-/// XA transactions itself).
+/// A statement's text, as the planner may read it: UTF-8, and no `XA …` statement (Tandem
+/// runs the shards' XA transactions itself).
 pub(super) fn statement_text(sql: &[u8]) -> Result<&str, MysqlError> {
-    if hints::set_xid(sql).is_some() || hints::xid_hint(sql).is_some() {
-        return Err(MysqlError::not_supported(
-            "global transactions through a sharded executor in this version of Tandem",
-        ));
-    }
     let text = std::str::from_utf8(sql).map_err(|_| {
         MysqlError::not_supported("statement text that is not UTF-8 on a sharded executor")
     })?;
@@ -278,6 +278,7 @@ impl Session {
                     sh.autocommit = true;
                 }
                 self.state.reset(None);
+                self.xid = None;
                 self.prepared.clear();
                 if lost {
                     return self.backend_lost(reply_seq, false).await;
@@ -331,11 +332,28 @@ impl Session {
             Some(Err(e)) => return self.reply_error(reply_seq, e).await,
             None => {}
         }
+        if let Some(value) = hints::set_xid(sql) {
+            return self.shard_set_xid(reply_seq, value).await;
+        }
         let text = match statement_text(sql) {
             Ok(t) => t,
             Err(e) => return self.reply_error(reply_seq, e).await,
         };
         let kind = classify(sql);
+        use StatementKind::{Begin, Commit, Rollback, Savepoint, Set, Use};
+        if matches!(kind, Set | Use | Begin | Commit | Rollback | Savepoint) {
+            // These do not reach the planner, which refuses the same.
+            let why = match lex::tokenize(sql) {
+                Err(e) => Some(format!("{e} in a sharded database")),
+                Ok(t) if lex::statements(&t).len() > 1 => {
+                    Some("several statements in one query on a sharded database".to_string())
+                }
+                Ok(_) => None,
+            };
+            if let Some(why) = why {
+                return self.reply_error(reply_seq, refusal(&why)).await;
+            }
+        }
         match kind {
             StatementKind::Set => return self.shard_set(reply_seq, payload, text).await,
             StatementKind::Use => {
@@ -364,8 +382,32 @@ impl Session {
     }
 
     /// Carries out the plan of a statement from the client (`payload`, whose text, its
-    /// parameters filled in, is `text`).
+    /// parameters filled in, is `text`), as part of the global transaction it belongs to,
+    /// if any.
     async fn shard_run(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        text: &str,
+        kind: StatementKind,
+        planned: Plan,
+        protocol: Protocol,
+    ) -> Flow {
+        match self.statement_xid(text) {
+            Ok(None) => {
+                self.shard_plan_run(reply_seq, payload, text, kind, planned, protocol)
+                    .await
+            }
+            Ok(Some(xid)) => {
+                self.shard_global(reply_seq, payload, text, kind, planned, protocol, xid)
+                    .await
+            }
+            Err(e) => self.reply_error(reply_seq, e).await,
+        }
+    }
+
+    /// Carries out a statement's plan.
+    async fn shard_plan_run(
         &mut self,
         reply_seq: u8,
         payload: &[u8],
@@ -416,7 +458,7 @@ impl Session {
                 self.shard_ddl(reply_seq, &query, text, d).await
             }
             Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind, protocol).await,
-            Plan::Write(w) => self.shard_write(reply_seq, &w, kind).await,
+            Plan::Write(w) => self.shard_write(reply_seq, &w, kind, None).await,
             Plan::Answer(a) => self.shard_answer(reply_seq, a, protocol).await,
             Plan::Refuse(why) => self.reply_error(reply_seq, refusal(&why)).await,
         }
@@ -477,12 +519,14 @@ impl Session {
             .and_then(|s| s.xa.get(shard).cloned());
         let sh = self.shard.as_mut().ok_or(Ready::Lost)?;
         let implicit = sh.in_transaction() && !sh.outside;
-        if implicit && sh.xa.is_none() && sh.begin.is_none() {
+        if implicit && sh.xa.is_none() && sh.begin.is_none() && sh.global.is_none() {
             // A transaction that autocommit off opens, or one statement's.
             sh.xa = Some(crate::coordinator::service::new_xid());
         }
         let begin = match (&sh.xa, xid) {
             _ if !implicit || sh.touched.contains(shard) => None,
+            // A branch of a global transaction is a plain local transaction.
+            _ if sh.global.is_some() => sh.begin.clone().or_else(|| Some("BEGIN".into())),
             (Some(gtrid), Some(xa)) => Some(format!("XA START {}", xa.xid(gtrid))),
             _ => sh.begin.clone(),
         };
@@ -666,7 +710,8 @@ impl Session {
     /// A deadlock made the database roll back the shard's part of the transaction; the
     /// database would have rolled back all of it, and so does Tandem, on every shard.
     async fn after_shard_error(&mut self, code: Option<u16>) {
-        if code == Some(txn::DEADLOCK) && self.shard_session().xa.is_some() {
+        let sh = self.shard_session();
+        if code == Some(txn::DEADLOCK) && (sh.xa.is_some() || sh.global.is_some()) {
             self.rollback_everywhere().await;
         }
     }
@@ -687,6 +732,7 @@ impl Session {
             if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
                 && sh.begin.is_none()
                 && sh.xa.is_none()
+                && sh.global.is_none()
             {
                 // The shard's transaction ended (a statement that commits implicitly).
                 sh.touched = ShardSet::EMPTY;
@@ -714,6 +760,24 @@ impl Session {
             return self
                 .reply_error(reply_seq, refusal("a SET that reads tables"))
                 .await;
+        }
+        // The statement it runs would reach one shard unplanned.
+        if crate::sql::dml::shape(text.as_bytes()).is_ok_and(|s| s.set_statement) {
+            return self
+                .reply_error(reply_seq, refusal("SET STATEMENT … FOR"))
+                .await;
+        }
+        // In a global transaction, nothing may change data without an undo log (a stored
+        // function in a SET could).
+        let global = match self.statement_xid(text) {
+            Ok(x) => x.is_some(),
+            Err(e) => return self.reply_error(reply_seq, e).await,
+        };
+        if global {
+            if let Err(e) = crate::sql::dml::check_read(text) {
+                let e = super::global::analyze_error(e);
+                return self.reply_error(reply_seq, e).await;
+            }
         }
         // Each shard would apply it to its own part of a scatter's answer.
         if lex::contains_word(text.as_bytes(), b"sql_select_limit") {

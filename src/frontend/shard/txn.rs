@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use super::super::session::{Flow, Session};
+use super::global::{GlobalPart, Step};
 use super::Ready;
 use crate::backend::BackendError;
 use crate::coordinator::{Branch, BranchKind, BranchStatus, GlobalStatus};
@@ -83,7 +84,7 @@ impl Session {
         self.ctx.sharding.as_deref()?.xa.get(shard).cloned()
     }
 
-    fn shard_name(&self, shard: usize) -> String {
+    pub(super) fn shard_name(&self, shard: usize) -> String {
         self.sharding()
             .topology
             .shards
@@ -93,7 +94,7 @@ impl Session {
     }
 
     /// Runs `sql` on the session's open connection to `shard`.
-    async fn on_shard(
+    pub(super) async fn on_shard(
         &mut self,
         shard: usize,
         sql: &str,
@@ -118,9 +119,14 @@ impl Session {
         if let Err(flow) = self.implicit_commit(reply_seq).await {
             return flow;
         }
+        let xid = self.xid.clone();
         let sh = self.shard_session();
         sh.begin = Some(text.to_string());
-        sh.xa = (!has_characteristics(text)).then(crate::coordinator::service::new_xid);
+        match xid {
+            // The session's global transaction: each shard's part is a branch of it.
+            Some(x) => sh.global = Some(GlobalPart::new(x)),
+            None => sh.xa = (!has_characteristics(text)).then(crate::coordinator::service::new_xid),
+        }
         let ok = self.shard_ok();
         self.reply(reply_seq, &ok).await
     }
@@ -177,7 +183,22 @@ impl Session {
         let sh = self.shard_session();
         let (touched, wrote, xa, aborted) =
             (sh.touched, sh.wrote, sh.xa.clone(), sh.aborted.clone());
+        let global = sh.global.take();
         sh.end_transaction();
+        if let Some(g) = global {
+            let ok = commit && aborted.is_none();
+            self.finish_global(g, touched, ok)
+                .await
+                .map_err(EndError::Failed)?;
+            return match aborted {
+                Some(why) if commit => Err(EndError::Failed(MysqlError::new(
+                    1180,
+                    "HY000",
+                    format!("{why}; the transaction was rolled back"),
+                ))),
+                _ => Ok(()),
+            };
+        }
         let Some(gtrid) = xa else {
             return self.finish_plain(touched, wrote, commit).await;
         };
@@ -285,7 +306,7 @@ impl Session {
     }
 
     /// A shard's failure as the client's error, naming the shard.
-    fn shard_error(&self, shard: usize, e: BackendError) -> MysqlError {
+    pub(super) fn shard_error(&self, shard: usize, e: BackendError) -> MysqlError {
         let name = self.shard_name(shard);
         match e {
             BackendError::Server(mut e) => {
@@ -481,18 +502,10 @@ impl Session {
         }
     }
 
-    /// A write over several shards: each shard's statement in the transaction (one of its
-    /// own outside a transaction), one OK for the client.
-    pub(super) async fn shard_write(
-        &mut self,
-        reply_seq: u8,
-        w: &Write,
-        kind: StatementKind,
-    ) -> Flow {
-        let started = std::time::Instant::now();
-        if let Some(why) = self.shard_session().aborted.clone() {
-            return self.reply_error(reply_seq, aborted(&why)).await;
-        }
+    /// Before a write outside any global transaction: the XA transaction it runs in, and
+    /// whether it is one of its own (a statement over several shards outside a
+    /// transaction). Refused when it needs a distributed commit the transaction cannot have.
+    fn begin_write(&mut self, w: &Write) -> Result<bool, MysqlError> {
         let sh = self.shard_session();
         let own = !sh.in_transaction();
         if !own && sh.xa.is_none() && sh.begin.is_none() {
@@ -505,8 +518,10 @@ impl Session {
         }
         let elsewhere = sh.wrote.union(shards).len() > 1;
         if !own && sh.xa.is_none() && elsewhere {
-            let e = super::one_shard_only(&format!("a write on {} shards", shards.len()));
-            return self.reply_error(reply_seq, e).await;
+            return Err(super::one_shard_only(&format!(
+                "a write on {} shards",
+                shards.len()
+            )));
         }
         // One statement on one shard outside a transaction is atomic by itself.
         let own = own && w.statements.len() > 1;
@@ -514,10 +529,53 @@ impl Session {
             sh.statement_txn = true;
             sh.xa = Some(crate::coordinator::service::new_xid());
         }
+        Ok(own)
+    }
+
+    /// A write over several shards: each shard's statement in the transaction (one of its
+    /// own outside a transaction), one OK for the client.
+    ///
+    /// In global transaction `xid`, each shard's statement runs as part of its branch (see
+    /// [`super::global`]).
+    pub(super) async fn shard_write(
+        &mut self,
+        reply_seq: u8,
+        w: &Write,
+        kind: StatementKind,
+        xid: Option<String>,
+    ) -> Flow {
+        let started = std::time::Instant::now();
+        if let Some(why) = self.shard_session().aborted.clone() {
+            return self.reply_error(reply_seq, aborted(&why)).await;
+        }
+        // A global transaction's statements are analysed before any runs: one Tandem
+        // cannot image is refused with nothing changed.
+        let mut analysed = Vec::new();
+        if xid.is_some() {
+            for (_, sql) in &w.statements {
+                match crate::sql::dml::analyze(sql) {
+                    Ok(d) => analysed.push(d),
+                    Err(e) => {
+                        let e = super::super::global::analyze_error(e);
+                        return self.reply_error(reply_seq, e).await;
+                    }
+                }
+            }
+        }
+        let own = match &xid {
+            Some(x) => match self.join_global(x).await {
+                Ok(own) => own,
+                Err(e) => return self.reply_error(reply_seq, e).await,
+            },
+            None => match self.begin_write(w) {
+                Ok(own) => own,
+                Err(e) => return self.reply_error(reply_seq, e).await,
+            },
+        };
         let mut insert_id = 0u64;
         let (mut affected, mut warnings) = (0u64, 0u16);
         let mut failed: Option<MysqlError> = None;
-        let mut first_failed = false;
+        let (mut first_failed, mut undone) = (false, false);
         for (i, (shard, sql)) in w.statements.iter().enumerate() {
             let shard = *shard;
             match self.shard_ready(shard).await {
@@ -534,8 +592,15 @@ impl Session {
                 }
             }
             self.shard_session().wrote.insert(shard);
-            match self.on_shard(shard, sql).await {
-                Ok(summary) => {
+            let step = match analysed.get(i) {
+                Some(dml) => self.at_on_shard(shard, sql, dml).await,
+                None => match self.on_shard(shard, sql).await {
+                    Ok(summary) => Step::Ran(summary),
+                    Err(e) => Step::Failed(self.shard_error(shard, e)),
+                },
+            };
+            match step {
+                Step::Ran(summary) => {
                     warnings = warnings.saturating_add(summary.warnings);
                     // The session's next statement without tables (`SELECT
                     // LAST_INSERT_ID()`) goes to the shard that set an insert id, or the
@@ -550,16 +615,26 @@ impl Session {
                         Affected::First => {}
                     }
                 }
-                Err(e) => {
-                    failed = Some(self.shard_error(shard, e));
+                Step::Failed(e) => {
+                    failed = Some(e);
                     // At the first shard, nothing changed anywhere yet.
                     first_failed = i == 0;
+                    break;
+                }
+                Step::Undone(e) => {
+                    failed = Some(e);
+                    undone = true;
+                    break;
+                }
+                Step::Lost => {
+                    failed = Some(MysqlError::backend_lost(&self.shard_name(shard)));
+                    undone = true;
                     break;
                 }
             }
         }
         let result = match failed {
-            Some(e) if own || e.code == DEADLOCK => {
+            Some(e) if own || undone || e.code == DEADLOCK => {
                 // A deadlock rolled back the shard's part, as the database rolls back the
                 // whole transaction: so does Tandem, on every shard.
                 let _ = self.finish(false).await;

@@ -321,12 +321,14 @@ impl Local<'_> {
             };
             let t = quote::ident(t);
             if shard == 0 {
+                // Tandem's undo log is not the logical database's.
                 let others: Vec<String> = self
                     .split
                     .iter()
                     .flat_map(|(name, n)| {
                         (1..*n).map(move |k| format!("{}_{k}", name.to_lowercase()))
                     })
+                    .chain(std::iter::once(crate::at::undo::UNDO_TABLE.to_string()))
                     .collect();
                 let elsewhere: Vec<&String> = self.singles[1..]
                     .iter()
@@ -439,7 +441,7 @@ sharded_tables:
             format!(
                 "SELECT TABLE_NAME FROM (SELECT {first} FROM information_schema.`TABLES` \
                  WHERE `TABLE_SCHEMA` = _utf8mb3 X'7030' AND LOWER(`TABLE_NAME`) NOT IN \
-                 (_utf8mb3 X'745F62', _utf8mb3 X'745F63') UNION ALL SELECT {first} FROM \
+                 (_utf8mb3 X'745F62', _utf8mb3 X'745F63', _utf8mb3 X'756E646F5F6C6F67') UNION ALL SELECT {first} FROM \
                  information_schema.`TABLES` WHERE `TABLE_SCHEMA` = \
                  _utf8mb3 X'696E666F726D6174696F6E5F736368656D61') AS TABLES \
                  WHERE TABLE_SCHEMA = {shop}"

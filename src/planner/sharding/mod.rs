@@ -477,7 +477,10 @@ impl Topology {
         let mut singles = HashMap::new();
         for (shard, tables) in per_shard.iter().enumerate() {
             for t in tables {
-                if self.configured(t) || self.split_of(t).is_some() {
+                if self.configured(t)
+                    || self.split_of(t).is_some()
+                    || t.eq_ignore_ascii_case(crate::at::undo::UNDO_TABLE)
+                {
                     continue;
                 }
                 if let Some(other) = singles.insert(t.to_lowercase(), shard) {

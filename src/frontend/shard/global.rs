@@ -1,0 +1,378 @@
+//! Global (AT) transactions on a sharding session: each shard's local transaction is a
+//! branch of the global transaction, as a data source's is in `single` mode.
+//!
+//! A statement is part of a global transaction when it carries `/*+ XID('…') */`, the
+//! session set `tandem_xid`, or the session's transaction already is part of one. Such a
+//! transaction opens a plain local transaction (`BEGIN`, not `XA START`) on each shard it
+//! reaches. Every write is planned as usual, and each shard's statement (the text that
+//! runs there) is imaged and checked against the server's own counts, as in `single` mode
+//! ([`crate::at::branch`]). At COMMIT each written shard's branch is registered with its
+//! undo log, then every shard commits; the global transaction's own commit or rollback
+//! (phase 2, by the coordinator) ends the branches. A write outside a transaction is a
+//! transaction of its own, committed before the client hears of it.
+//!
+//! Fail closed, as in `single` mode: reads are checked (one statement, no executable
+//! comments, no stored functions), locking reads, DDL and anything Tandem cannot undo are
+//! refused, and a change that cannot be undone exactly rolls the whole transaction back.
+
+use super::super::global::{
+    analyze_error, at_error, ends_transaction, outcome, run_captured, Captured,
+};
+use super::super::session::{Flow, Session};
+use super::{refusal, COM_QUERY};
+use crate::at::branch::{self, BranchWork};
+use crate::planner::sharding::plan::{Affected, Plan, Write};
+use crate::sql::dml::{self, Dml};
+use crate::sql::{hints, StatementKind};
+use crate::wire::scanner::{ResponseKind, Summary};
+use crate::wire::MysqlError;
+
+/// The global transaction a sharding session's transaction is part of.
+pub(super) struct GlobalPart {
+    pub xid: String,
+    /// The branch of each shard the transaction changed rows on, in the order it did.
+    pub works: Vec<(usize, BranchWork)>,
+}
+
+impl GlobalPart {
+    pub fn new(xid: String) -> GlobalPart {
+        GlobalPart {
+            xid,
+            works: Vec::new(),
+        }
+    }
+
+    fn work(&mut self, shard: usize) -> &mut BranchWork {
+        let at = match self.works.iter().position(|(s, _)| *s == shard) {
+            Some(i) => i,
+            None => {
+                let work = BranchWork {
+                    xid: self.xid.clone(),
+                    ..BranchWork::default()
+                };
+                self.works.push((shard, work));
+                self.works.len() - 1
+            }
+        };
+        &mut self.works[at].1
+    }
+}
+
+/// How one shard's statement of a write went.
+pub(super) enum Step {
+    /// It ran: the server's summary.
+    Ran(Summary),
+    /// It changed nothing (it failed, or was refused before it ran): the client's error.
+    Failed(MysqlError),
+    /// It ran, but Tandem cannot undo it exactly, or the database rolled the shard's
+    /// transaction back: the whole transaction must roll back.
+    Undone(MysqlError),
+    /// The shard's connection broke.
+    Lost,
+}
+
+impl Session {
+    /// The global transaction a statement with text `text` is part of, if any: its XID
+    /// hint, the transaction's, or the session's `tandem_xid`. Cheap when there is none.
+    pub(super) fn statement_xid(&mut self, text: &str) -> Result<Option<String>, MysqlError> {
+        if hints::has_hint(text.as_bytes()) {
+            match hints::xid_hint(text.as_bytes()) {
+                Some(Ok(x)) => return Ok(Some(x)),
+                Some(Err(e)) => {
+                    return Err(MysqlError::new(
+                        1210,
+                        "HY000",
+                        format!("Incorrect XID hint: {}", e.0),
+                    ))
+                }
+                None => {}
+            }
+        }
+        let part = self.shard_session().global.as_ref().map(|g| g.xid.clone());
+        Ok(part.or_else(|| self.xid.clone()))
+    }
+
+    /// `SET tandem_xid = 'X' | NULL` on a sharding session.
+    pub(super) async fn shard_set_xid(
+        &mut self,
+        reply_seq: u8,
+        value: Result<Option<String>, hints::HintError>,
+    ) -> Flow {
+        let xid = match value {
+            Ok(x) => x,
+            Err(e) => {
+                return self
+                    .reply_error(reply_seq, MysqlError::new(1210, "HY000", e.0))
+                    .await
+            }
+        };
+        if let Some(x) = &xid {
+            if let Err(e) = self.check_active(x).await {
+                return self.reply_error(reply_seq, e).await;
+            }
+        }
+        let other = self.shard_session().global.as_ref().map(|g| g.xid.clone());
+        if other.is_some_and(|g| xid.as_ref() != Some(&g)) {
+            let e = MysqlError::not_supported(
+                "changing tandem_xid while the transaction is part of another global transaction: COMMIT or ROLLBACK it first",
+            );
+            return self.reply_error(reply_seq, e).await;
+        }
+        self.xid = xid;
+        let ok = self.shard_ok();
+        self.reply(reply_seq, &ok).await
+    }
+
+    /// A statement of global transaction `xid`: a write runs as a branch on each shard it
+    /// changes; anything else is checked, then planned as usual, or refused.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn shard_global(
+        &mut self,
+        reply_seq: u8,
+        payload: &[u8],
+        text: &str,
+        kind: StatementKind,
+        planned: Plan,
+        protocol: crate::exec::sharding::Protocol,
+        xid: String,
+    ) -> Flow {
+        use StatementKind::*;
+        let refuse = |what: &str| MysqlError::not_supported(what);
+        let checked = match dml::shape(text.as_bytes()) {
+            Err(e) => Err(analyze_error(e)),
+            Ok(s) if s.set_statement => Err(refuse(
+                "SET STATEMENT … FOR inside a global transaction",
+            )),
+            Ok(_) if matches!(kind, Insert | Update | Delete | Replace) => {
+                let write = match planned {
+                    Plan::One(s) => Write {
+                        statements: vec![(s, text.to_string())],
+                        affected: Affected::Sum,
+                    },
+                    Plan::Any => Write {
+                        statements: vec![(self.shard_session().last, text.to_string())],
+                        affected: Affected::Sum,
+                    },
+                    Plan::Write(w) => *w,
+                    Plan::Refuse(why) => return self.reply_error(reply_seq, refusal(&why)).await,
+                    _ => {
+                        let e = refuse("this statement inside a global transaction on a sharded executor");
+                        return self.reply_error(reply_seq, e).await;
+                    }
+                };
+                return self.shard_write(reply_seq, &write, kind, Some(xid)).await;
+            }
+            Ok(s) if s.locking_read => Err(refuse(
+                "a locking read (FOR UPDATE, LOCK IN SHARE MODE) inside a global transaction on a sharded executor",
+            )),
+            Ok(_) => match kind {
+                Select => dml::check_read(text).map_err(analyze_error),
+                Show => dml::check_show(text.as_bytes()).map_err(analyze_error),
+                Ddl => Err(refuse(
+                    "DDL inside a global transaction (it commits the local transaction, and Tandem cannot undo it)",
+                )),
+                _ => Err(refuse(
+                    "this statement inside a global transaction (Tandem cannot undo what it does)",
+                )),
+            },
+        };
+        match checked {
+            Ok(()) => {
+                self.shard_plan_run(reply_seq, payload, text, kind, planned, protocol)
+                    .await
+            }
+            Err(e) => self.reply_error(reply_seq, e).await,
+        }
+    }
+
+    /// Makes the session's transaction part of global transaction `xid` before one of its
+    /// writes; true when the write is a transaction of its own (autocommit).
+    pub(super) async fn join_global(&mut self, xid: &str) -> Result<bool, MysqlError> {
+        let sh = self.shard_session();
+        match &sh.global {
+            Some(g) if g.xid == xid => return Ok(false),
+            Some(g) => {
+                return Err(MysqlError::not_supported(&format!(
+                    "a statement for global transaction {xid} in a transaction that is part of {}",
+                    g.xid
+                )))
+            }
+            None => {}
+        }
+        if sh.in_transaction() && !sh.touched.is_empty() {
+            return Err(MysqlError::not_supported(
+                "joining a global transaction in a transaction that already ran statements on shards (Tandem cannot undo them): set tandem_xid before BEGIN, or give the transaction's first statement the XID hint",
+            ));
+        }
+        self.check_active(xid).await?;
+        let sh = self.shard_session();
+        let own = !sh.in_transaction();
+        sh.xa = None;
+        sh.statement_txn |= own;
+        sh.global = Some(GlobalPart::new(xid.to_string()));
+        Ok(own)
+    }
+
+    /// Runs one shard's statement `sql` of a write in the global transaction: its images
+    /// around it, its undo item added to the shard's branch.
+    pub(super) async fn at_on_shard(&mut self, shard: usize, sql: &str, dml: &Dml) -> Step {
+        let Some(at) = self.sharding().at.get(shard).cloned() else {
+            return Step::Failed(MysqlError::not_supported("a shard that does not exist"));
+        };
+        let name = self.shard_name(shard);
+        let max = self.ctx.max_allowed_packet;
+        let on_shard = |mut e: MysqlError| {
+            e.message = format!("on shard {name}: {}", e.message);
+            e
+        };
+        let Some(sh) = self.shard.as_mut() else {
+            return Step::Lost;
+        };
+        let (Some(sc), Some(global)) = (sh.conns[shard].as_mut(), sh.global.as_mut()) else {
+            return Step::Lost;
+        };
+        let conn = &mut sc.conn;
+        let mut pending = match branch::before(conn, &at, dml, false).await {
+            Ok(p) => p,
+            Err(e) => {
+                let fatal = matches!(&e, crate::at::branch::AtError::Backend(b) if b.is_fatal());
+                if fatal {
+                    sh.conns[shard] = None;
+                    return Step::Lost;
+                }
+                let e = on_shard(at_error(e));
+                // An image read may be what hit a deadlock.
+                return if ends_transaction(e.code) {
+                    Step::Undone(e)
+                } else {
+                    Step::Failed(e)
+                };
+            }
+        };
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(COM_QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        let Some(Captured { summary, bytes, .. }) =
+            run_captured(conn, &payload, &mut pending, ResponseKind::Query, max).await
+        else {
+            sh.conns[shard] = None;
+            return Step::Lost;
+        };
+        if let Some(code) = summary.error {
+            if pending.discard(conn).await.is_err() {
+                sh.conns[shard] = None;
+                return Step::Lost;
+            }
+            let e = first_packet(&bytes)
+                .and_then(MysqlError::decode)
+                .unwrap_or_else(|| MysqlError::new(code, "HY000", format!("error {code}")));
+            let e = on_shard(e);
+            return if ends_transaction(code) {
+                Step::Undone(e)
+            } else {
+                Step::Failed(e)
+            };
+        }
+        let outcome = outcome(&bytes, conn.caps, &summary);
+        match branch::after(conn, &at.server, pending, outcome, global.work(shard)).await {
+            Ok(()) => Step::Ran(summary),
+            Err(e) => {
+                let e = on_shard(at_error(e));
+                tracing::warn!(xid = %global.xid, shard, error = %e.message, "statement refused after it ran; rolling the transaction back");
+                Step::Undone(e)
+            }
+        }
+    }
+
+    /// Ends a transaction that is part of global transaction `global`: on COMMIT each
+    /// written shard's branch is registered (its undo log written in its local
+    /// transaction), then every shard commits. Any failure before a shard committed rolls
+    /// every shard back.
+    pub(super) async fn finish_global(
+        &mut self,
+        global: GlobalPart,
+        touched: crate::planner::sharding::ShardSet,
+        commit: bool,
+    ) -> Result<(), MysqlError> {
+        if !commit {
+            self.rollback_shards(touched).await;
+            return Ok(());
+        }
+        let coordinator = self.ctx.coordinator.clone();
+        let written: Vec<usize> = global.works.iter().map(|(s, _)| *s).collect();
+        for (shard, work) in global.works {
+            let Some(at) = self.sharding().at.get(shard).cloned() else {
+                continue;
+            };
+            let name = self.shard_name(shard);
+            let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
+                self.rollback_shards(touched).await;
+                return Err(MysqlError::backend_lost(&name));
+            };
+            if let Err(e) = branch::register(&mut sc.conn, &coordinator, &at, work).await {
+                let mut e = at_error(e);
+                e.message = format!(
+                    "on shard {name}: {}; the transaction was rolled back on every shard",
+                    e.message
+                );
+                self.rollback_shards(touched).await;
+                return Err(e);
+            }
+        }
+        // Shards it only read first; once one written shard failed to commit, the rest roll
+        // back.
+        let order = touched
+            .iter()
+            .filter(|s| !written.contains(s))
+            .chain(touched.iter().filter(|s| written.contains(s)));
+        let mut committed = Vec::new();
+        let mut failure: Option<MysqlError> = None;
+        for shard in order.collect::<Vec<_>>() {
+            let verb = if failure.is_some() {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            match self.on_shard(shard, verb).await {
+                Ok(_) if failure.is_none() && written.contains(&shard) => committed.push(shard),
+                Ok(_) => {}
+                Err(e) if failure.is_none() && written.contains(&shard) => {
+                    failure = Some(self.shard_error(shard, e));
+                }
+                Err(e) => {
+                    tracing::debug!(id = self.connection_id(), shard, error = %e, "ending a shard's transaction failed");
+                }
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(mut e) if !committed.is_empty() => {
+                let names: Vec<String> = committed.iter().map(|&s| self.shard_name(s)).collect();
+                e.message = format!(
+                    "{}; shards {} committed their part, a branch of global transaction {}: roll the global transaction back to undo it",
+                    e.message,
+                    names.join(", "),
+                    global.xid
+                );
+                Err(e)
+            }
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Session {
+    /// Rolls back the local transaction of each of `shards` (one whose connection is gone
+    /// was rolled back by the database).
+    async fn rollback_shards(&mut self, shards: crate::planner::sharding::ShardSet) {
+        for shard in shards.iter() {
+            let _ = self.on_shard(shard, "ROLLBACK").await;
+        }
+    }
+}
+
+/// The payload of the first packet of a captured response.
+fn first_packet(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_le_bytes([*bytes.first()?, *bytes.get(1)?, *bytes.get(2)?, 0]) as usize;
+    bytes.get(4..4 + len)
+}
