@@ -340,7 +340,7 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
     let statement = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(mut s) if s.len() == 1 => s.remove(0),
         Ok(_) => return refuse("several statements in one query on a sharded database"),
-        Err(_) => return unparsed(sql, tokens, topo),
+        Err(_) => return unparsed(sql, tokens, topo, "a statement Tandem cannot read"),
     };
     let tables = match Tables::of(&statement, topo) {
         Ok(t) => t,
@@ -407,13 +407,19 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
             object_type: ObjectType::Table | ObjectType::Index,
             ..
         } => plan_ddl(sql, tokens, topo, &tables, false),
-        _ => tables.colocated("this statement"),
+        // A statement whose tables the parser does not show (LOCK TABLES, RENAME TABLE, …)
+        // is read by its words too.
+        _ => match unparsed(sql, tokens, topo, "this kind of statement") {
+            refused @ Plan::Refuse(_) => refused,
+            by_words if tables.refs.is_empty() => by_words,
+            _ => tables.colocated("this statement"),
+        },
     }
 }
 
 /// A statement sqlparser cannot read: it may run only where no sharded or broadcast table
 /// is named, on the shard of the single tables its words name.
-fn unparsed(sql: &str, tokens: &[Token], topo: &Topology) -> Plan {
+fn unparsed(sql: &str, tokens: &[Token], topo: &Topology, what: &str) -> Plan {
     let mut shard = None;
     for t in tokens {
         let word = match t.kind {
@@ -422,15 +428,11 @@ fn unparsed(sql: &str, tokens: &[Token], topo: &Topology) -> Plan {
             _ => continue,
         };
         if topo.split_of(word).is_some() {
-            return refuse(format!(
-                "a statement Tandem cannot read that names the table {word}"
-            ));
+            return refuse(format!("{what} that names the table {word}"));
         }
         match topo.placement(word) {
             Placement::Sharded(_) | Placement::Broadcast => {
-                return refuse(format!(
-                    "a statement Tandem cannot read that names the table {word}"
-                ))
+                return refuse(format!("{what} that names the table {word}"))
             }
             Placement::Single(s) => match shard {
                 Some(other) if other != s => {
@@ -2499,6 +2501,12 @@ broadcast_tables: [t_country]
         assert!(refused("SELECT * FROM shop.t_order").contains("without the database"));
         assert!(refused("SELECT 1; SELECT 2").contains("several statements"));
         assert!(refused("SELECT /*! 1 */ 2 FROM t_order").contains("executable comment"));
+        // Statements whose tables the parser does not list are read by their words.
+        assert!(refused("LOCK TABLES t_order WRITE").contains("t_order"));
+        assert!(refused("LOCK TABLES t_note READ, t_country WRITE").contains("t_country"));
+        assert_eq!(p("LOCK TABLES t_note WRITE"), Plan::One(0));
+        assert!(refused("RENAME TABLE t_order TO t_old").contains("t_order"));
+        assert_eq!(p("UNLOCK TABLES"), Plan::Any);
         assert!(
             refused("UPDATE t_order SET user_id = 3 WHERE user_id = 2").contains("sharding column")
         );
