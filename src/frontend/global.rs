@@ -621,11 +621,7 @@ impl Session {
                 "joining a global transaction inside an XA transaction",
             ));
         }
-        let table = match &dml {
-            dml::Dml::Insert(i) => &i.table,
-            dml::Dml::Update(u) => &u.table,
-            dml::Dml::Delete(d) => &d.table,
-        };
+        let table = dml.table();
         if self.temporary.contains(&table.name.to_lowercase()) {
             return Err(MysqlError::not_supported(&format!(
                 "writing to {} inside a global transaction while a temporary table of that name hides the table",

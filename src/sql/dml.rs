@@ -86,6 +86,17 @@ pub enum Dml {
     Delete(Delete),
 }
 
+impl Dml {
+    /// The table the statement writes.
+    pub fn table(&self) -> &TableName {
+        match self {
+            Dml::Insert(i) => &i.table,
+            Dml::Update(u) => &u.table,
+            Dml::Delete(d) => &d.table,
+        }
+    }
+}
+
 /// Why a statement cannot run inside a global transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnalyzeError {

@@ -26,10 +26,13 @@ use crate::sql::dml::{self, Dml};
 use crate::sql::{hints, StatementKind};
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::MysqlError;
+use mysql_common::constants::StatusFlags;
 
 /// The global transaction a sharding session's transaction is part of.
 pub(super) struct GlobalPart {
     pub xid: String,
+    /// The store said the global transaction is open, when the part began or since.
+    active: bool,
     /// The branch of each shard the transaction changed rows on, in the order it did.
     pub works: Vec<(usize, BranchWork)>,
 }
@@ -38,6 +41,7 @@ impl GlobalPart {
     pub fn new(xid: String) -> GlobalPart {
         GlobalPart {
             xid,
+            active: false,
             works: Vec::new(),
         }
     }
@@ -112,7 +116,7 @@ impl Session {
             }
         }
         let other = self.shard_session().global.as_ref().map(|g| g.xid.clone());
-        if other.is_some_and(|g| xid.as_ref() != Some(&g)) {
+        if other.is_some_and(|g| xid.as_ref().is_some_and(|x| x != &g)) {
             let e = MysqlError::not_supported(
                 "changing tandem_xid while the transaction is part of another global transaction: COMMIT or ROLLBACK it first",
             );
@@ -190,7 +194,15 @@ impl Session {
     pub(super) async fn join_global(&mut self, xid: &str) -> Result<bool, MysqlError> {
         let sh = self.shard_session();
         match &sh.global {
-            Some(g) if g.xid == xid => return Ok(false),
+            Some(g) if g.xid == xid && g.active => return Ok(false),
+            Some(g) if g.xid == xid => {
+                // Begun by BEGIN under tandem_xid: its first write checks the XID.
+                self.check_active(xid).await?;
+                if let Some(g) = self.shard_session().global.as_mut() {
+                    g.active = true;
+                }
+                return Ok(false);
+            }
             Some(g) => {
                 return Err(MysqlError::not_supported(&format!(
                     "a statement for global transaction {xid} in a transaction that is part of {}",
@@ -209,7 +221,9 @@ impl Session {
         let own = !sh.in_transaction();
         sh.xa = None;
         sh.statement_txn |= own;
-        sh.global = Some(GlobalPart::new(xid.to_string()));
+        let mut part = GlobalPart::new(xid.to_string());
+        part.active = true;
+        sh.global = Some(part);
         Ok(own)
     }
 
@@ -267,11 +281,22 @@ impl Session {
                 .and_then(MysqlError::decode)
                 .unwrap_or_else(|| MysqlError::new(code, "HY000", format!("error {code}")));
             let e = on_shard(e);
-            return if ends_transaction(code) {
+            // An error packet carries no status: whether the database rolled the whole
+            // local transaction back (a lock wait timeout may, by its settings) is asked.
+            let ended = ends_transaction(code)
+                || conn.ping().await.is_err()
+                || !conn.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+            return if ended {
                 Step::Undone(e)
             } else {
                 Step::Failed(e)
             };
+        }
+        if !conn.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+            // The statement ended the local transaction: it cannot be a branch's.
+            return Step::Undone(on_shard(MysqlError::branch_rolled_back(
+                "the statement ended the shard's local transaction",
+            )));
         }
         let outcome = outcome(&bytes, conn.caps, &summary);
         match branch::after(conn, &at.server, pending, outcome, global.work(shard)).await {
@@ -338,26 +363,30 @@ impl Session {
                 Ok(_) => {}
                 Err(e) if failure.is_none() && written.contains(&shard) => {
                     failure = Some(self.shard_error(shard, e));
+                    // A COMMIT that failed did not take effect, unless its connection
+                    // broke (then it is closed, and whether it did is unknown).
+                    let _ = self.on_shard(shard, "ROLLBACK").await;
                 }
                 Err(e) => {
                     tracing::debug!(id = self.connection_id(), shard, error = %e, "ending a shard's transaction failed");
                 }
             }
         }
-        match failure {
-            None => Ok(()),
-            Some(mut e) if !committed.is_empty() => {
-                let names: Vec<String> = committed.iter().map(|&s| self.shard_name(s)).collect();
-                e.message = format!(
-                    "{}; shards {} committed their part, a branch of global transaction {}: roll the global transaction back to undo it",
-                    e.message,
-                    names.join(", "),
-                    global.xid
-                );
-                Err(e)
-            }
-            Some(e) => Err(e),
-        }
+        let Some(mut e) = failure else {
+            return Ok(());
+        };
+        let names: Vec<String> = committed.iter().map(|&s| self.shard_name(s)).collect();
+        let done = if names.is_empty() {
+            String::new()
+        } else {
+            format!("shards {} committed their part; ", names.join(", "))
+        };
+        tracing::warn!(xid = %global.xid, error = %e.message, "a shard of a global transaction's branches did not commit");
+        e.message = format!(
+            "{}; the transaction's branches of global transaction {} are registered, {done}roll the global transaction back to undo them",
+            e.message, global.xid
+        );
+        Err(e)
     }
 }
 

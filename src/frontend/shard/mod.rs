@@ -75,6 +75,10 @@ pub(super) struct ShardSession {
     wrote: ShardSet,
     /// Why the transaction can only roll back (a write on several shards failed part-way).
     aborted: Option<String>,
+    /// Why Tandem rolled back the client's transaction under it (a change inside a global
+    /// transaction it could not undo): every statement is refused until the client's
+    /// ROLLBACK (or COMMIT, which is told so), as the client still thinks it is open.
+    rolled_back: Option<String>,
     /// The statement under way (a `SET`) opens no transaction on the shards it reaches.
     outside: bool,
     autocommit: bool,
@@ -95,6 +99,7 @@ impl ShardSession {
             touched: ShardSet::EMPTY,
             wrote: ShardSet::EMPTY,
             aborted: None,
+            rolled_back: None,
             outside: false,
             autocommit: true,
             next_statement: 1,
@@ -275,10 +280,12 @@ impl Session {
                         }
                     }
                     sh.end_transaction();
+                    sh.rolled_back = None;
                     sh.autocommit = true;
                 }
                 self.state.reset(None);
                 self.xid = None;
+                self.temporary.clear();
                 self.prepared.clear();
                 if lost {
                     return self.backend_lost(reply_seq, false).await;
@@ -354,6 +361,22 @@ impl Session {
                 return self.reply_error(reply_seq, refusal(&why)).await;
             }
         }
+        if let Some(why) = self.shard_session().rolled_back.take() {
+            match kind {
+                Rollback => {}
+                Commit => {
+                    let e = MysqlError::branch_rolled_back(&why);
+                    return self.reply_error(reply_seq, e).await;
+                }
+                _ => {
+                    let e = MysqlError::branch_rolled_back(&format!(
+                        "{why}; send ROLLBACK before anything else"
+                    ));
+                    self.shard_session().rolled_back = Some(why);
+                    return self.reply_error(reply_seq, e).await;
+                }
+            }
+        }
         match kind {
             StatementKind::Set => return self.shard_set(reply_seq, payload, text).await,
             StatementKind::Use => {
@@ -393,6 +416,12 @@ impl Session {
         planned: Plan,
         protocol: Protocol,
     ) -> Flow {
+        if let Some(why) = self.shard_session().rolled_back.clone() {
+            let e = MysqlError::branch_rolled_back(&format!(
+                "{why}; send ROLLBACK before anything else"
+            ));
+            return self.reply_error(reply_seq, e).await;
+        }
         match self.statement_xid(text) {
             Ok(None) => {
                 self.shard_plan_run(reply_seq, payload, text, kind, planned, protocol)
@@ -517,8 +546,17 @@ impl Session {
             .sharding
             .as_deref()
             .and_then(|s| s.xa.get(shard).cloned());
+        let session_xid = self.xid.clone();
         let sh = self.shard.as_mut().ok_or(Ready::Lost)?;
         let implicit = sh.in_transaction() && !sh.outside;
+        if let Some(x) = session_xid.filter(|_| implicit && sh.global.is_none()) {
+            if sh.touched.is_empty() {
+                // A transaction autocommit off opens in the session's global transaction
+                // is part of it from its first statement, a read included.
+                sh.xa = None;
+                sh.global = Some(global::GlobalPart::new(x));
+            }
+        }
         if implicit && sh.xa.is_none() && sh.begin.is_none() && sh.global.is_none() {
             // A transaction that autocommit off opens, or one statement's.
             sh.xa = Some(crate::coordinator::service::new_xid());
@@ -626,7 +664,7 @@ impl Session {
         let shard = match open {
             Some(s) => s,
             None => {
-                if let Some(flow) = self.ready_or_reply(reply_seq, last).await {
+                if let Some(flow) = self.ready_outside(reply_seq, last).await {
                     return Some(flow);
                 }
                 last
@@ -647,6 +685,18 @@ impl Session {
             "statements on a sharded executor in a session whose {why}; restore the setting"
         ));
         Some(self.reply_error(reply_seq, e).await)
+    }
+
+    /// [`Session::ready_or_reply`] for something that is no statement of the transaction
+    /// (reading settings, preparing): the transaction reaches the shard with its next
+    /// statement there.
+    async fn ready_outside(&mut self, reply_seq: u8, shard: usize) -> Option<Flow> {
+        let was = std::mem::replace(&mut self.shard_session().outside, true);
+        let flow = self.ready_or_reply(reply_seq, shard).await;
+        if let Some(sh) = self.shard.as_mut() {
+            sh.outside = was;
+        }
+        flow
     }
 
     async fn ready_or_reply(&mut self, reply_seq: u8, shard: usize) -> Option<Flow> {
@@ -728,6 +778,21 @@ impl Session {
             if let Some(sc) = sh.conns[shard].as_mut() {
                 sc.conn.status = status;
             }
+            if sh.global.is_some()
+                && sh.touched.contains(shard)
+                && !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+                && sh.aborted.is_none()
+            {
+                // The database ended the shard's local transaction, a branch: what it
+                // changed there is committed without its undo log, or gone.
+                tracing::error!(
+                    shard,
+                    "a shard's local transaction in a global transaction ended outside Tandem"
+                );
+                sh.aborted = Some(format!(
+                    "the local transaction on shard number {shard} ended outside Tandem"
+                ));
+            }
             sh.autocommit = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
             if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
                 && sh.begin.is_none()
@@ -761,11 +826,21 @@ impl Session {
                 .reply_error(reply_seq, refusal("a SET that reads tables"))
                 .await;
         }
+        let shape = crate::sql::dml::shape(text.as_bytes()).ok();
         // The statement it runs would reach one shard unplanned.
-        if crate::sql::dml::shape(text.as_bytes()).is_ok_and(|s| s.set_statement) {
+        if shape.is_some_and(|s| s.set_statement) {
             return self
                 .reply_error(reply_seq, refusal("SET STATEMENT … FOR"))
                 .await;
+        }
+        // SET PASSWORD commits the transaction, on the one shard that runs it.
+        let autocommit = lex::contains_word(text.as_bytes(), b"autocommit");
+        if shape.is_some_and(|s| s.commits) && !autocommit && self.shard_session().in_transaction()
+        {
+            let e = refusal(
+                "SET PASSWORD inside a transaction (it commits the transaction on one shard)",
+            );
+            return self.reply_error(reply_seq, e).await;
         }
         // In a global transaction, nothing may change data without an undo log (a stored
         // function in a SET could).
@@ -787,9 +862,7 @@ impl Session {
         }
         // `SET autocommit` commits an open transaction, as in the database (and an XA
         // transaction takes no change of it).
-        if self.shard_session().in_transaction()
-            && lex::contains_word(text.as_bytes(), b"autocommit")
-        {
+        if self.shard_session().in_transaction() && autocommit {
             if let Err(flow) = self.implicit_commit(reply_seq).await {
                 return flow;
             }
@@ -929,6 +1002,20 @@ impl Session {
             )
             .await;
         if matches!(flow, Flow::Continue) && self.last_error.is_none() {
+            // A temporary table may hide a table a global transaction writes.
+            for effect in crate::sql::dml::session_effects(text.as_bytes()) {
+                match effect {
+                    crate::sql::dml::SessionEffect::CreateTemporary(name) => {
+                        self.temporary.insert(name);
+                    }
+                    crate::sql::dml::SessionEffect::DropTables(names) => {
+                        for n in names {
+                            self.temporary.remove(&n);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             let topology = &self.sharding().topology;
             if let Some(t) = &d.creates {
                 topology.single_table(t, Some(last));

@@ -73,7 +73,7 @@ impl Session {
             Plan::Write(w) => w.statements.first().map_or(0, |s| s.0),
             Plan::Any | Plan::Answer(_) | Plan::Refuse(_) => self.shard_session().last,
         };
-        if let Some(flow) = self.ready_or_reply(reply_seq, home).await {
+        if let Some(flow) = self.ready_outside(reply_seq, home).await {
             return flow;
         }
         let ours = {
@@ -244,7 +244,7 @@ impl Session {
     /// Shard `shard`'s id for the client's statement `id`, prepared there first when it was
     /// not yet.
     async fn prepared_on(&mut self, reply_seq: u8, shard: usize, id: u32) -> Result<u32, Flow> {
-        if let Some(flow) = self.ready_or_reply(reply_seq, shard).await {
+        if let Some(flow) = self.ready_outside(reply_seq, shard).await {
             return Err(flow);
         }
         let Some(p) = self.prepared.get(&id) else {

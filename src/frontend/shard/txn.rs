@@ -548,18 +548,31 @@ impl Session {
         if let Some(why) = self.shard_session().aborted.clone() {
             return self.reply_error(reply_seq, aborted(&why)).await;
         }
-        // A global transaction's statements are analysed before any runs: one Tandem
-        // cannot image is refused with nothing changed.
+        // A global transaction's statements are parsed before any runs (one Tandem cannot
+        // read is refused with nothing changed); what each shard's table allows is checked
+        // there, before its statement runs.
         let mut analysed = Vec::new();
         if xid.is_some() {
             for (_, sql) in &w.statements {
-                match crate::sql::dml::analyze(sql) {
-                    Ok(d) => analysed.push(d),
+                let d = match crate::sql::dml::analyze(sql) {
+                    Ok(d) => d,
                     Err(e) => {
                         let e = super::super::global::analyze_error(e);
                         return self.reply_error(reply_seq, e).await;
                     }
+                };
+                let table = self
+                    .sharding()
+                    .topology
+                    .logical_name(&d.table().name)
+                    .to_lowercase();
+                if self.temporary.contains(&table) {
+                    let e = MysqlError::not_supported(&format!(
+                        "writing to {table} inside a global transaction while a temporary table of that name hides the table"
+                    ));
+                    return self.reply_error(reply_seq, e).await;
                 }
+                analysed.push(d);
             }
         }
         let own = match &xid {
@@ -638,6 +651,14 @@ impl Session {
                 // A deadlock rolled back the shard's part, as the database rolls back the
                 // whole transaction: so does Tandem, on every shard.
                 let _ = self.finish(false).await;
+                if undone && !own {
+                    // The client's transaction is gone, which it must hear of before it
+                    // goes on as if it were open.
+                    self.shard_session().rolled_back = Some(format!(
+                        "{}; the transaction was rolled back on every shard",
+                        e.message
+                    ));
+                }
                 Err(e)
             }
             Some(e) if first_failed => Err(e),

@@ -419,6 +419,15 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
 
 /// A statement sqlparser cannot read: it may run only where no sharded or broadcast table
 /// is named, on the shard of the single tables its words name.
+/// Tandem's own undo log on each shard is not a table of the logical database: a statement
+/// on one shard's would break the global transactions whose rollback reads it.
+fn undo_log() -> String {
+    format!(
+        "the table {}, which is Tandem's undo log on each shard, not a table of the logical database",
+        crate::at::undo::UNDO_TABLE
+    )
+}
+
 fn unparsed(sql: &str, tokens: &[Token], topo: &Topology, what: &str) -> Plan {
     let mut shard = None;
     for t in tokens {
@@ -429,6 +438,9 @@ fn unparsed(sql: &str, tokens: &[Token], topo: &Topology, what: &str) -> Plan {
         };
         if topo.split_of(word).is_some() {
             return refuse(format!("{what} that names the table {word}"));
+        }
+        if word.eq_ignore_ascii_case(crate::at::undo::UNDO_TABLE) {
+            return refuse(undo_log());
         }
         match topo.placement(word) {
             Placement::Sharded(_) | Placement::Broadcast => {
@@ -517,6 +529,9 @@ impl Tables {
                     .collect();
             let name = match parts.as_slice() {
                 [t] => {
+                    if t.eq_ignore_ascii_case(crate::at::undo::UNDO_TABLE) {
+                        return Err(refuse(undo_log()));
+                    }
                     if let Some(rule) = topo.split_of(t) {
                         return Err(refuse(format!(
                             "the physical table {t} of the split table {}: name {} instead",
@@ -2507,6 +2522,8 @@ broadcast_tables: [t_country]
         assert_eq!(p("LOCK TABLES t_note WRITE"), Plan::One(0));
         assert!(refused("RENAME TABLE t_order TO t_old").contains("t_order"));
         assert_eq!(p("UNLOCK TABLES"), Plan::Any);
+        assert!(refused("DELETE FROM undo_log").contains("undo log"));
+        assert!(refused("SELECT * FROM UNDO_LOG").contains("undo log"));
         assert!(
             refused("UPDATE t_order SET user_id = 3 WHERE user_id = 2").contains("sharding column")
         );
