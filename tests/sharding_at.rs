@@ -14,10 +14,18 @@ const SCHEMA: &str = "
 CREATE TABLE t_order (id INT PRIMARY KEY, user_id INT NOT NULL, qty INT, name VARCHAR(20));
 CREATE TABLE t_item (id INT PRIMARY KEY, user_id INT NOT NULL, sku VARCHAR(10));
 CREATE TABLE t_country (id INT PRIMARY KEY, name VARCHAR(20));
+CREATE TABLE t_event (id BIGINT PRIMARY KEY, user_id INT NOT NULL, note VARCHAR(20));
 ";
 
 /// The physical tables of each shard, and of the reference database.
-const TABLES: [&str; 5] = ["t_order", "t_item_0", "t_item_1", "t_country", "t_auto"];
+const TABLES: [&str; 6] = [
+    "t_order",
+    "t_item_0",
+    "t_item_1",
+    "t_country",
+    "t_auto",
+    "t_event",
+];
 
 /// Two shards (`user_id` mod 2; `t_item` split into two tables on each), a broadcast
 /// table, and a reference database holding every row as one database would.
@@ -62,6 +70,7 @@ executors:
     sharded_tables:
       - {{ table: t_order, column: user_id, algorithm: mod }}
       - {{ table: t_item, column: user_id, algorithm: mod, tables: 2 }}
+      - {{ table: t_event, column: user_id, algorithm: mod, key_generator: {{ column: id, type: snowflake }} }}
     broadcast_tables: [t_country]
 data_sources:
 {sources}admin:
@@ -224,6 +233,12 @@ async fn global_transactions_span_shards() {
         .await
         .unwrap();
     assert_eq!(c.affected_rows(), 5);
+    // Keys Tandem generates are imaged as the numbers they are.
+    c.query_drop("INSERT INTO t_event (user_id, note) VALUES (1, 'a'), (2, 'b')")
+        .await
+        .unwrap();
+    let id: Option<u64> = c.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert!(id.is_some_and(|i| i > 0), "a generated key: {id:?}");
     let inside: Option<i64> = c.query_first("SELECT COUNT(*) FROM t_order").await.unwrap();
     assert_eq!(inside, Some(4), "the transaction reads its own writes");
     c.query_drop("COMMIT").await.unwrap();

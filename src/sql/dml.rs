@@ -12,9 +12,9 @@
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    visit_expressions, AssignmentTarget, BinaryOperator, Expr, FromTable, ObjectName,
-    ObjectNamePart, OnInsert, OrderByExpr, SetExpr, Statement, TableFactor, TableObject,
-    TableWithJoins, UnaryOperator, Value,
+    visit_expressions, AssignmentTarget, BinaryOperator, Expr, FromTable, FunctionArg,
+    FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, OnInsert, OrderByExpr, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -777,6 +777,24 @@ fn insert_value(text: &str, parsed: &Expr) -> InsertValue {
             literal(false)
         }
         Expr::Prefixed { value, .. } if matches!(value.as_ref(), Expr::Value(_)) => literal(false),
+        // `LAST_INSERT_ID(n)` is n (the sharding planner writes a generated key so).
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("LAST_INSERT_ID") => {
+            match &f.args {
+                FunctionArguments::List(list) if list.args.len() == 1 => match &list.args[0] {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+                        Value::Number(n, _) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                            InsertValue::Literal {
+                                sql: n.clone(),
+                                digits: true,
+                            }
+                        }
+                        _ => InsertValue::Expression,
+                    },
+                    _ => InsertValue::Expression,
+                },
+                _ => InsertValue::Expression,
+            }
+        }
         _ => InsertValue::Expression,
     }
 }
@@ -1055,6 +1073,20 @@ mod tests {
         };
         assert!(i.columns.is_empty());
         assert_eq!(i.rows, vec![vec![lit("_utf8mb4 X'41'", false)]]);
+        // A generated key as the sharding planner writes it is its number.
+        let Dml::Insert(i) =
+            analyze("INSERT INTO t (v, id) VALUES (1, LAST_INSERT_ID(77)), (2, LAST_INSERT_ID(v))")
+                .unwrap()
+        else {
+            panic!("not an insert")
+        };
+        assert_eq!(
+            i.rows,
+            vec![
+                vec![lit("1", true), lit("77", true)],
+                vec![lit("2", true), InsertValue::Expression],
+            ]
+        );
     }
 
     #[test]
