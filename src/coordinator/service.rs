@@ -244,6 +244,27 @@ impl Coordinator {
         Ok(tx)
     }
 
+    /// [`Self::begin_as`] with the transaction's branches registered in the same store
+    /// write: a distributed commit's, whose branches are known before it begins.
+    pub async fn begin_with_branches(
+        &self,
+        xid: &str,
+        timeout: Option<Duration>,
+        branches: &[Branch],
+    ) -> Result<GlobalTx, CoordinatorError> {
+        check_xid(xid)?;
+        let timeout = timeout.unwrap_or(self.default_timeout);
+        let timeout_ms = timeout.as_millis().min(u64::MAX as u128) as u64;
+        let tx = GlobalTx::begun(xid.to_string(), now_ms(), timeout_ms);
+        match self.store.create_with_branches(&tx, branches).await {
+            Ok(()) => Ok(tx),
+            Err(RegisterError::Store(e)) => Err(CoordinatorError::Store(e)),
+            Err(RegisterError::UnknownXid(x)) => Err(CoordinatorError::UnknownXid(x)),
+            // A new transaction is open, and these branches' locks are its own.
+            Err(e) => Err(CoordinatorError::Store(StoreError::Backend(e.to_string()))),
+        }
+    }
+
     /// Records the commit decision of `xid` and returns the status it has then, without
     /// running phase 2: for a caller that ends the branches itself first and then hands
     /// the rest to [`Self::drive_decided`]. A transaction past its timeout, or decided

@@ -105,6 +105,14 @@ impl AnyStore {
         each!(self, s => s.register_branch(branch).await)
     }
 
+    pub async fn create_with_branches(
+        &self,
+        tx: &GlobalTx,
+        branches: &[Branch],
+    ) -> Result<(), RegisterError> {
+        each!(self, s => s.create_with_branches(tx, branches).await)
+    }
+
     pub async fn complete_registration(
         &self,
         xid: &str,

@@ -417,6 +417,34 @@ async fn suite(s: impl Store + Clone) {
     let _ = s.get("w").await;
     let _ = s.transition("w", Begin, Committing, false).await;
     assert_eq!(s.writes(), before);
+
+    // A transaction created with its branches: in one write, all of it or (a row locked
+    // by another transaction) nothing.
+    let before = s.writes();
+    let both = [branch("with", 10, &[]), branch("with", 11, &["kw"])];
+    s.create_with_branches(&tx("with"), &both).await.unwrap();
+    assert_eq!(s.writes() - before, 1);
+    assert_eq!(s.get("with").await.unwrap(), Some(tx("with")));
+    let ids: Vec<u64> = s
+        .branches("with")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.branch_id)
+        .collect();
+    assert_eq!(ids, [10, 11]);
+    let conflict = s
+        .create_with_branches(&tx("late"), &[branch("late", 12, &["kw"])])
+        .await;
+    assert!(
+        matches!(conflict, Err(RegisterError::LockConflict { .. })),
+        "{conflict:?}"
+    );
+    assert_eq!(
+        s.get("late").await.unwrap(),
+        None,
+        "nothing of it was written"
+    );
 }
 
 /// Concurrent registrations of different transactions on one row: exactly one wins.

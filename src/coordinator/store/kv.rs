@@ -208,6 +208,28 @@ pub fn create(t: &mut (impl KvTxn + ?Sized), tx: &GlobalTx) -> Result<(), StoreE
     t.put(Table::Globals, &tx.xid, encode(tx))
 }
 
+/// Records a new global transaction with its first branches (see [`register_branch`]).
+pub fn create_with_branches(
+    t: &mut (impl KvTxn + ?Sized),
+    tx: &GlobalTx,
+    branches: &[Branch],
+) -> Result<(), RegisterError> {
+    // Every check before any write: an operation that fails leaves its write untouched.
+    if get_global(t, &tx.xid)?.is_some_and(|existing| &existing != tx) {
+        return Err(StoreError::Exists(tx.xid.clone()).into());
+    }
+    for b in branches {
+        if let Some((key, holder)) = lock_holder(t, &tx.xid, &b.lock_keys)? {
+            return Err(RegisterError::LockConflict { key, holder });
+        }
+    }
+    create(t, tx)?;
+    for b in branches {
+        register_branch(t, b)?;
+    }
+    Ok(())
+}
+
 /// Compare-and-set of the status; optionally releases every lock of the transaction.
 pub fn transition(
     t: &mut (impl KvTxn + ?Sized),

@@ -106,6 +106,15 @@ pub trait Store: Send + Sync + 'static {
         branch: &Branch,
     ) -> impl Future<Output = Result<(), RegisterError>> + Send;
 
+    /// [`Store::create`] and [`Store::register_branch`] of each of `branches`, in one
+    /// durable write when one holds them (a distributed commit's transaction, whose
+    /// branches are known when it begins); otherwise one after another.
+    fn create_with_branches(
+        &self,
+        tx: &GlobalTx,
+        branches: &[Branch],
+    ) -> impl Future<Output = Result<(), RegisterError>> + Send;
+
     /// Ends a registration begun as `Registering` (a branch whose work is still under way,
     /// such as a TCC prepare): it becomes `Registered`, only while the transaction is `Begin`.
     fn complete_registration(
@@ -296,6 +305,30 @@ impl<K: kv::KvStore> Store for K {
                         .await
                 }
             }
+        }
+    }
+
+    fn create_with_branches(
+        &self,
+        tx: &GlobalTx,
+        branches: &[Branch],
+    ) -> impl Future<Output = Result<(), RegisterError>> + Send {
+        let (s, tx, branches) = (self.clone(), tx.clone(), branches.to_vec());
+        async move {
+            let keys: usize = branches
+                .iter()
+                .map(|b| b.lock_keys.len() + KEYS_BESIDE_LOCKS)
+                .sum::<usize>()
+                + KEYS_BESIDE_LOCKS;
+            if s.keys_per_write().is_some_and(|limit| keys > limit) {
+                Store::create(&s, &tx).await?;
+                for b in &branches {
+                    Store::register_branch(&s, b).await?;
+                }
+                return Ok(());
+            }
+            s.write(true, move |t| kv::create_with_branches(t, &tx, &branches))
+                .await
         }
     }
 

@@ -325,18 +325,13 @@ impl Session {
                 "{e}; the transaction was rolled back on every shard"
             ))
         };
-        // 1. The global transaction and its branches, before any shard prepares: after a
-        //    crash, every prepared part is then found from the store.
-        let mut recorded = coordinator
-            .begin_as(gtrid, None)
-            .await
-            .map_err(|e| unavailable(&e));
-        if recorded.is_ok() {
-            for &shard in writers {
-                let Some(xa) = self.xa_of(shard) else {
-                    continue;
-                };
-                let branch = Branch {
+        // 1. The global transaction and its branches, in one store write, before any shard
+        //    prepares: after a crash, every prepared part is then found from the store.
+        let branches: Vec<Branch> = writers
+            .iter()
+            .filter_map(|&shard| {
+                let xa = self.xa_of(shard)?;
+                Some(Branch {
                     xid: gtrid.to_string(),
                     branch_id: coordinator.new_branch_id(),
                     kind: BranchKind::Xa,
@@ -346,13 +341,14 @@ impl Session {
                     application_data: None,
                     seq: 0,
                     attention: None,
-                };
-                if let Err(e) = coordinator.register_branch(&branch).await {
-                    recorded = Err(unavailable(&e));
-                    break;
-                }
-            }
-        }
+                })
+            })
+            .collect();
+        let recorded = coordinator
+            .begin_with_branches(gtrid, None, &branches)
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&e));
         if let Err(e) = recorded {
             self.abort_distributed(gtrid, writers).await;
             return Err(EndError::Failed(e));
