@@ -16,6 +16,7 @@
 #
 #   scripts/bench_sharding.sh                 # 10 s per run
 #   BENCH_SECONDS=3 scripts/bench_sharding.sh # quicker, noisier
+#   BENCH_CASES="oltp_read_write 16" BENCH_REPORT_INTERVAL=1 scripts/bench_sharding.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -148,7 +149,10 @@ run() {
   [[ $where == floor ]] && script=benches/sharding_floor.lua
   # shellcheck disable=SC2086
   out=$(sysbench "$script" "${common[@]}" ${target[$where]} --threads="$threads" \
-    --db-ps-mode="$ps" --distinct_ranges=0 --time="$seconds" --report-interval=0 run)
+    --db-ps-mode="$ps" --distinct_ranges=0 --time="$seconds" \
+    --report-interval="${BENCH_REPORT_INTERVAL:-0}" run)
+  # BENCH_REPORT_INTERVAL=1: sysbench's per-second rates, on stderr (stalls show there).
+  [[ ${BENCH_REPORT_INTERVAL:-0} != 0 ]] && echo "$where: $out" | grep -E "^\S+: |\] thds" >&2
   if echo "$out" | grep -q "FATAL"; then
     echo "$out" | grep -m3 "FATAL" >&2
   fi
