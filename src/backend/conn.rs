@@ -420,6 +420,11 @@ impl BackendConn {
     /// The session settings that decide how the server reads statement text, asked of the
     /// server only when Tandem does not know them.
     pub async fn session_settings(&mut self) -> Result<SessionSettings, BackendError> {
+        self.session_settings_ref().await.cloned()
+    }
+
+    /// [`Self::session_settings`], borrowed: what a statement's hot path reads.
+    pub async fn session_settings_ref(&mut self) -> Result<&SessionSettings, BackendError> {
         if self.session.is_none() {
             let row = self
                 .query_rows("SELECT @@SESSION.sql_mode, @@SESSION.character_set_client")
@@ -433,7 +438,7 @@ impl BackendConn {
                 charset: cell(1),
             });
         }
-        Ok(self.session.clone().unwrap_or_default())
+        Ok(self.session.get_or_insert_with(SessionSettings::default))
     }
 
     /// Whether [`Self::session_settings`] would answer without asking the server.

@@ -671,8 +671,8 @@ impl Session {
             }
         };
         let sc = self.shard.as_mut()?.conns[shard].as_mut()?;
-        let why = match sc.conn.session_settings().await {
-            Ok(s) => unreadable(&s)?,
+        let why = match sc.conn.session_settings_ref().await {
+            Ok(s) => unreadable(s)?,
             Err(BackendError::Server(e)) => return Some(self.reply_error(reply_seq, e).await),
             Err(_) => {
                 if let Some(sh) = self.shard.as_mut() {

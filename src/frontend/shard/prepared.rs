@@ -228,7 +228,11 @@ impl Session {
         let sh = self.shard_session();
         let open = sh.conns.iter().position(|c| c.is_some()).unwrap_or(sh.last);
         let sc = self.shard.as_mut().and_then(|s| s.conns[open].as_mut())?;
-        sc.conn.session_settings().await.ok().map(|s| s.charset)
+        sc.conn
+            .session_settings_ref()
+            .await
+            .ok()
+            .map(|s| s.charset.clone())
     }
 
     fn shard_name_of_last(&mut self) -> String {

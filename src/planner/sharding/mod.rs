@@ -428,15 +428,25 @@ impl Topology {
 
     /// Where table `name` lives.
     pub fn placement(&self, name: &str) -> Placement {
-        let key = name.to_lowercase();
-        if let Some(rule) = self.sharded.get(&key) {
+        // Names are mostly written in lower case already: no copy then (a statement's hot
+        // path asks this).
+        let key: std::borrow::Cow<'_, str> = if name
+            .bytes()
+            .any(|b| !b.is_ascii_lowercase() && !b.is_ascii_digit() && b != b'_')
+        {
+            name.to_lowercase().into()
+        } else {
+            name.into()
+        };
+        let key = key.as_ref();
+        if let Some(rule) = self.sharded.get(key) {
             return Placement::Sharded(rule.clone());
         }
-        if self.broadcast.contains(&key) {
+        if self.broadcast.contains(key) {
             return Placement::Broadcast;
         }
         let singles = self.singles.read().unwrap_or_else(|e| e.into_inner());
-        match singles.get(&key) {
+        match singles.get(key) {
             Some(&shard) => Placement::Single(shard),
             None => Placement::Unknown,
         }
