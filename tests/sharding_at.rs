@@ -315,7 +315,7 @@ async fn what_a_global_transaction_cannot_undo_is_refused() {
         .unwrap();
     let refused = [
         "CREATE TABLE t_new (id INT PRIMARY KEY)",
-        "SELECT * FROM t_order WHERE user_id = 1 FOR UPDATE",
+        "SELECT * FROM t_order WHERE qty > 0 FOR UPDATE",
         "UPDATE t_order SET qty = 1 /*!50000 , name = 'sneaky' */ WHERE user_id = 1",
         "UPDATE t_order SET qty = 1 WHERE user_id = 1; UPDATE t_order SET qty = 2 WHERE user_id = 2",
         "UPDATE t_order SET qty = (SELECT 5) WHERE user_id = 1",
@@ -452,12 +452,30 @@ async fn sessions_join_and_leave_global_transactions() {
     b.query_drop("ROLLBACK").await.unwrap();
     assert_ne!(w.snapshot().await, before);
 
-    // Another global transaction waits for these rows, gives up, and changes nothing.
+    // Another global transaction waits for these rows, gives up, and changes nothing;
+    // its locking reads wait for them too, and read rows no one holds.
     let other = common::begin_global(&mut c).await;
     let mut d = w.client().await;
     d.query_drop(format!("SET tandem_xid = '{other}'"))
         .await
         .unwrap();
+    let e = d
+        .query_drop("SELECT * FROM t_order WHERE user_id = 1 FOR UPDATE")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("lock"), "{e}");
+    let free: Vec<i64> = d
+        .query("SELECT id FROM t_order WHERE user_id = 4 FOR UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(free, [4]);
+    let own: Vec<i64> = b
+        .query(format!(
+            "/*+ XID('{xid}') */ SELECT id FROM t_order WHERE user_id = 1 FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(own, [1], "a transaction's own locks do not hold it back");
     d.query_drop("BEGIN").await.unwrap();
     d.query_drop("UPDATE t_order SET qty = 99 WHERE user_id IN (1, 4)")
         .await

@@ -166,9 +166,23 @@ impl Session {
                 };
                 return self.shard_write(reply_seq, &write, kind, Some(xid)).await;
             }
-            Ok(s) if s.locking_read => Err(refuse(
-                "a locking read (FOR UPDATE, LOCK IN SHARE MODE) inside a global transaction on a sharded executor",
-            )),
+            Ok(s) if s.locking_read => {
+                // One shard's rows, read as that shard runs the statement.
+                let target = match &planned {
+                    Plan::One(shard) => Some((*shard, text.to_string())),
+                    Plan::Scatter(sc) if sc.shards.len() == 1 && sc.merges_nothing() => sc
+                        .shards
+                        .first()
+                        .map(|shard| (shard, sc.sql_for(shard).to_string())),
+                    _ => None,
+                };
+                match target {
+                    Some((shard, sql)) => self.check_shard_locks(shard, &sql, &xid).await,
+                    None => Err(refuse(
+                        "a locking read (FOR UPDATE, LOCK IN SHARE MODE) over several shards inside a global transaction",
+                    )),
+                }
+            }
             Ok(_) => match kind {
                 Select => dml::check_read(text).map_err(analyze_error),
                 Show => dml::check_show(text.as_bytes()).map_err(analyze_error),
@@ -187,6 +201,49 @@ impl Session {
             }
             Err(e) => self.reply_error(reply_seq, e).await,
         }
+    }
+
+    /// Before a locking read (`SELECT … FOR UPDATE`) of global transaction `xid` on
+    /// `shard`, whose statement there is `sql`: waits until no other global transaction
+    /// holds a lock on the rows it reads (read committed), as in `single` mode.
+    async fn check_shard_locks(
+        &mut self,
+        shard: usize,
+        sql: &str,
+        xid: &str,
+    ) -> Result<(), MysqlError> {
+        let select = dml::analyze_locking_select(sql).map_err(analyze_error)?;
+        match self.shard_ready(shard).await {
+            Ok(()) => {}
+            Err(super::Ready::Refused(e)) => return Err(e),
+            Err(super::Ready::Lost) => {
+                return Err(MysqlError::backend_lost(&self.shard_name(shard)))
+            }
+        }
+        let Some(at) = self.sharding().at.get(shard).cloned() else {
+            return Err(MysqlError::not_supported("a shard that does not exist"));
+        };
+        let coordinator = self.ctx.coordinator.clone();
+        let in_transaction = self.shard_session().in_transaction();
+        let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[shard].as_mut()) else {
+            return Err(MysqlError::backend_lost(&self.shard_name(shard)));
+        };
+        let checked = branch::check_global_locks(
+            &mut sc.conn,
+            &coordinator,
+            &at,
+            xid,
+            &select,
+            in_transaction,
+        )
+        .await;
+        if let Err(e) = checked {
+            let e = at_error(e);
+            // The key read itself may have hit a deadlock.
+            self.after_shard_error(Some(e.code)).await;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Makes the session's transaction part of global transaction `xid` before one of its

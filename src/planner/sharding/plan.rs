@@ -229,7 +229,8 @@ impl Scatter {
     }
 
     /// Whether the shards' rows go to the client as they come.
-    fn merges_nothing(&self) -> bool {
+    /// Whether the shards' answers reach the client as they are (nothing is merged).
+    pub fn merges_nothing(&self) -> bool {
         self.hidden == 0
             && self.order.is_empty()
             && self.limit.is_none()
