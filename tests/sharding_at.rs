@@ -145,6 +145,16 @@ impl World {
     }
 }
 
+/// Rolls global transaction `xid` back and checks every shard holds `before` again.
+async fn rolls_back(w: &World, c: &mut Conn, xid: &str, before: &[Vec<String>]) {
+    assert_eq!(common::end_global(c, "rollback", xid).await, "Rollbacked");
+    assert_eq!(
+        w.snapshot().await,
+        before,
+        "the rollback restored every shard"
+    );
+}
+
 async fn dump(db: &str) -> Vec<String> {
     let mut c = common::connect(&mariadb().url(db)).await;
     let mut out = Vec::new();
@@ -261,15 +271,7 @@ async fn global_transactions_span_shards() {
         !tables.iter().any(|t| t == "undo_log"),
         "Tandem's undo log is not a table of the logical database: {tables:?}"
     );
-    assert_eq!(
-        common::end_global(&mut c, "rollback", &xid).await,
-        "Rollbacked"
-    );
-    assert_eq!(
-        w.snapshot().await,
-        before,
-        "the rollback restored every shard"
-    );
+    rolls_back(&w, &mut c, &xid, &before).await;
 
     // Commit keeps the changes, and the shards hold what one database would.
     let xid = common::begin_global(&mut c).await;
@@ -389,11 +391,7 @@ async fn what_a_global_transaction_cannot_undo_is_refused() {
     assert_eq!(error_code(&e), Some(1235), "{e}");
     c.query_drop("ROLLBACK").await.unwrap();
     c.query_drop("SET tandem_xid = NULL").await.unwrap();
-    assert_eq!(
-        common::end_global(&mut c, "rollback", &xid).await,
-        "Rollbacked"
-    );
-    assert_eq!(w.snapshot().await, before);
+    rolls_back(&w, &mut c, &xid, &before).await;
 }
 
 /// The ways a session joins a global transaction, and what ends its part: autocommit off
@@ -493,15 +491,7 @@ async fn sessions_join_and_leave_global_transactions() {
         "Rollbacked"
     );
 
-    assert_eq!(
-        common::end_global(&mut c, "rollback", &xid).await,
-        "Rollbacked"
-    );
-    assert_eq!(
-        w.snapshot().await,
-        before,
-        "the rollback restored every shard"
-    );
+    rolls_back(&w, &mut c, &xid, &before).await;
     // (The refused transaction's first branch registered before the second met the
     // lock: its rollback found no undo log and left a marker row, kept for a while.)
 }

@@ -517,25 +517,29 @@ impl Session {
         })
     }
 
+    /// The value of `SET tandem_xid`: NULL, or the XID of a global transaction that is
+    /// still open.
+    pub(super) async fn xid_value(
+        &self,
+        value: Result<Option<String>, hints::HintError>,
+    ) -> Result<Option<String>, MysqlError> {
+        let xid = value.map_err(|e| MysqlError::new(1210, "HY000", e.0))?;
+        if let Some(x) = &xid {
+            self.check_active(x).await?;
+        }
+        Ok(xid)
+    }
+
     /// `SET tandem_xid = 'X' | NULL`.
     pub(super) async fn set_xid(
         &mut self,
         reply_seq: u8,
         value: Result<Option<String>, hints::HintError>,
     ) -> Flow {
-        let xid = match value {
+        let xid = match self.xid_value(value).await {
             Ok(x) => x,
-            Err(e) => {
-                return self
-                    .reply_error(reply_seq, MysqlError::new(1210, "HY000", e.0))
-                    .await
-            }
+            Err(e) => return self.reply_error(reply_seq, e).await,
         };
-        if let Some(x) = &xid {
-            if let Err(e) = self.check_active(x).await {
-                return self.reply_error(reply_seq, e).await;
-            }
-        }
         if let (Some(work), Some(x)) = (&self.branch, &xid) {
             if &work.xid != x {
                 let e = MysqlError::not_supported(

@@ -102,19 +102,10 @@ impl Session {
         reply_seq: u8,
         value: Result<Option<String>, hints::HintError>,
     ) -> Flow {
-        let xid = match value {
+        let xid = match self.xid_value(value).await {
             Ok(x) => x,
-            Err(e) => {
-                return self
-                    .reply_error(reply_seq, MysqlError::new(1210, "HY000", e.0))
-                    .await
-            }
+            Err(e) => return self.reply_error(reply_seq, e).await,
         };
-        if let Some(x) = &xid {
-            if let Err(e) = self.check_active(x).await {
-                return self.reply_error(reply_seq, e).await;
-            }
-        }
         let other = self.shard_session().global.as_ref().map(|g| g.xid.clone());
         if other.is_some_and(|g| xid.as_ref().is_some_and(|x| x != &g)) {
             let e = MysqlError::not_supported(

@@ -195,6 +195,11 @@ fn refusal(why: &str) -> MysqlError {
     ))
 }
 
+/// The error of a statement after Tandem rolled the client's transaction back under it.
+fn rolled_back(why: &str) -> MysqlError {
+    MysqlError::branch_rolled_back(&format!("{why}; send ROLLBACK before anything else"))
+}
+
 fn one_shard_only(why: &str) -> MysqlError {
     MysqlError::not_supported(&format!(
         "{why}: a transaction begun with characteristics (READ ONLY, WITH CONSISTENT SNAPSHOT) \
@@ -369,9 +374,7 @@ impl Session {
                     return self.reply_error(reply_seq, e).await;
                 }
                 _ => {
-                    let e = MysqlError::branch_rolled_back(&format!(
-                        "{why}; send ROLLBACK before anything else"
-                    ));
+                    let e = rolled_back(&why);
                     self.shard_session().rolled_back = Some(why);
                     return self.reply_error(reply_seq, e).await;
                 }
@@ -416,10 +419,8 @@ impl Session {
         planned: Plan,
         protocol: Protocol,
     ) -> Flow {
-        if let Some(why) = self.shard_session().rolled_back.clone() {
-            let e = MysqlError::branch_rolled_back(&format!(
-                "{why}; send ROLLBACK before anything else"
-            ));
+        if let Some(why) = &self.shard_session().rolled_back {
+            let e = rolled_back(why);
             return self.reply_error(reply_seq, e).await;
         }
         match self.statement_xid(text) {

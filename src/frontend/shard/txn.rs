@@ -40,6 +40,18 @@ pub(super) fn aborted(why: &str) -> MysqlError {
     )
 }
 
+/// The end of a transaction that could only roll back: a COMMIT of it fails, saying why.
+fn rolled_back_commit(aborted: Option<String>, commit: bool) -> Result<(), EndError> {
+    match aborted {
+        Some(why) if commit => Err(EndError::Failed(MysqlError::new(
+            1180,
+            "HY000",
+            format!("{why}; the transaction was rolled back"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A transaction could not end as asked.
 enum EndError {
     /// The client's error; the session goes on.
@@ -190,14 +202,7 @@ impl Session {
             self.finish_global(g, touched, ok)
                 .await
                 .map_err(EndError::Failed)?;
-            return match aborted {
-                Some(why) if commit => Err(EndError::Failed(MysqlError::new(
-                    1180,
-                    "HY000",
-                    format!("{why}; the transaction was rolled back"),
-                ))),
-                _ => Ok(()),
-            };
+            return rolled_back_commit(aborted, commit);
         }
         let Some(gtrid) = xa else {
             return self.finish_plain(touched, wrote, commit).await;
@@ -206,14 +211,7 @@ impl Session {
             for shard in touched.iter() {
                 let _ = self.xa_rollback(shard, &gtrid).await;
             }
-            return match aborted {
-                Some(why) if commit => Err(EndError::Failed(MysqlError::new(
-                    1180,
-                    "HY000",
-                    format!("{why}; the transaction was rolled back"),
-                ))),
-                _ => Ok(()),
-            };
+            return rolled_back_commit(aborted, commit);
         }
         let writers: Vec<usize> = touched.iter().filter(|&s| wrote.contains(s)).collect();
         // Shards it only read end first, in one phase (a read may hold locks till then).
