@@ -382,15 +382,37 @@ async fn what_a_global_transaction_cannot_undo_is_refused() {
         Some(1),
         "the session goes on after the transaction ends"
     );
-    // SET PASSWORD would commit the transaction on one shard.
+    // SET PASSWORD would commit the transaction on one shard (once it reached one).
     c.query_drop("BEGIN").await.unwrap();
+    c.query_drop("UPDATE t_order SET qty = 5 WHERE user_id = 1")
+        .await
+        .unwrap();
     let e = c
         .query_drop("SET PASSWORD = PASSWORD('x')")
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), Some(1235), "{e}");
     c.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(w.snapshot().await, before);
+
+    // A temporary table hides the table a write names: refused until it is dropped, and
+    // dropping it leaves the logical database's own table where it was.
     c.query_drop("SET tandem_xid = NULL").await.unwrap();
+    c.query_drop("CREATE TEMPORARY TABLE t_auto (id INT PRIMARY KEY, v INT)")
+        .await
+        .unwrap();
+    c.query_drop(format!("SET tandem_xid = '{xid}'"))
+        .await
+        .unwrap();
+    let e = c
+        .query_drop("INSERT INTO t_auto VALUES (1, 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), Some(1235), "{e}");
+    c.query_drop("SET tandem_xid = NULL").await.unwrap();
+    c.query_drop("DROP TEMPORARY TABLE t_auto").await.unwrap();
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM t_auto").await.unwrap();
+    assert_eq!(n, Some(0), "t_auto is still found on its shard");
     rolls_back(&w, &mut c, &xid, &before).await;
 }
 

@@ -782,12 +782,11 @@ fn insert_value(text: &str, parsed: &Expr) -> InsertValue {
             match &f.args {
                 FunctionArguments::List(list) if list.args.len() == 1 => match &list.args[0] {
                     FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
-                        Value::Number(n, _) if n.bytes().all(|b| b.is_ascii_digit()) => {
-                            InsertValue::Literal {
-                                sql: n.clone(),
-                                digits: true,
-                            }
-                        }
+                        // A number beyond BIGINT UNSIGNED would be stored otherwise.
+                        Value::Number(n, _) if n.parse::<u64>().is_ok() => InsertValue::Literal {
+                            sql: n.clone(),
+                            digits: true,
+                        },
                         _ => InsertValue::Expression,
                     },
                     _ => InsertValue::Expression,

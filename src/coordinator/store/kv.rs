@@ -215,6 +215,9 @@ pub fn create_with_branches(
     branches: &[Branch],
 ) -> Result<(), RegisterError> {
     // Every check before any write: an operation that fails leaves its write untouched.
+    if let Some(b) = branches.iter().find(|b| b.xid != tx.xid) {
+        return Err(RegisterError::UnknownXid(b.xid.clone()));
+    }
     if get_global(t, &tx.xid)?.is_some_and(|existing| &existing != tx) {
         return Err(StoreError::Exists(tx.xid.clone()).into());
     }

@@ -303,8 +303,9 @@ impl Session {
                     return Step::Lost;
                 }
                 let e = on_shard(at_error(e));
-                // An image read may be what hit a deadlock.
-                return if ends_transaction(e.code) {
+                // An image read may be what hit a deadlock or a lock wait that ended the
+                // local transaction.
+                return if transaction_gone(conn, e.code).await {
                     Step::Undone(e)
                 } else {
                     Step::Failed(e)
@@ -329,12 +330,7 @@ impl Session {
                 .and_then(MysqlError::decode)
                 .unwrap_or_else(|| MysqlError::new(code, "HY000", format!("error {code}")));
             let e = on_shard(e);
-            // An error packet carries no status: whether the database rolled the whole
-            // local transaction back (a lock wait timeout may, by its settings) is asked.
-            let ended = ends_transaction(code)
-                || conn.ping().await.is_err()
-                || !conn.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-            return if ended {
+            return if transaction_gone(conn, code).await {
                 Step::Undone(e)
             } else {
                 Step::Failed(e)
@@ -439,6 +435,27 @@ impl Session {
 }
 
 impl Session {
+    /// After error `code` of a statement relayed to `shard` in a global transaction's
+    /// part: when the database ended the shard's local transaction, the part can only roll
+    /// back (its branch there is gone, and what came next would run outside it).
+    pub(super) async fn check_part_after_error(&mut self, shard: usize, code: u16) {
+        let name = self.shard_name(shard);
+        let Some(sh) = self.shard.as_mut() else {
+            return;
+        };
+        if sh.global.is_none() || !sh.touched.contains(shard) || sh.aborted.is_some() {
+            return;
+        }
+        let Some(sc) = sh.conns[shard].as_mut() else {
+            return;
+        };
+        if transaction_gone(&mut sc.conn, code).await {
+            sh.aborted = Some(format!(
+                "the database ended the local transaction on shard {name} (error {code})"
+            ));
+        }
+    }
+
     /// Rolls back the local transaction of each of `shards` (one whose connection is gone
     /// was rolled back by the database).
     async fn rollback_shards(&mut self, shards: crate::planner::sharding::ShardSet) {
@@ -446,6 +463,15 @@ impl Session {
             let _ = self.on_shard(shard, "ROLLBACK").await;
         }
     }
+}
+
+/// After error `code` in a shard's local transaction: whether the database rolled the
+/// whole transaction back. An error packet carries no status, so unless the code says so
+/// (a deadlock), the server is asked (a lock wait timeout may, by its settings).
+pub(super) async fn transaction_gone(conn: &mut crate::backend::BackendConn, code: u16) -> bool {
+    ends_transaction(code)
+        || conn.ping().await.is_err()
+        || !conn.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
 }
 
 /// The payload of the first packet of a captured response.

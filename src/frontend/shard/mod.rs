@@ -366,9 +366,14 @@ impl Session {
                 return self.reply_error(reply_seq, refusal(&why)).await;
             }
         }
+        // A ROLLBACK that `shard_end` refuses (… AND CHAIN) leaves the client's view as it was.
+        let plain_rollback = kind == Rollback
+            && !["CHAIN", "RELEASE"]
+                .iter()
+                .any(|w| lex::contains_word(sql, w.as_bytes()));
         if let Some(why) = self.shard_session().rolled_back.take() {
             match kind {
-                Rollback => {}
+                Rollback if plain_rollback => {}
                 Commit => {
                     let e = MysqlError::branch_rolled_back(&why);
                     return self.reply_error(reply_seq, e).await;
@@ -742,6 +747,9 @@ impl Session {
                     .statement(kind, started.elapsed().as_secs_f64());
                 self.after_shard_reply(shard, &summary);
                 self.after_shard_error(summary.error).await;
+                if let Some(code) = summary.error {
+                    self.check_part_after_error(shard, code).await;
+                }
                 Flow::Continue
             }
             Err(RelayError::Backend { reason, forwarded }) => {
@@ -836,8 +844,8 @@ impl Session {
         }
         // SET PASSWORD commits the transaction, on the one shard that runs it.
         let autocommit = lex::contains_word(text.as_bytes(), b"autocommit");
-        if shape.is_some_and(|s| s.commits) && !autocommit && self.shard_session().in_transaction()
-        {
+        let open = !self.shard_session().touched.is_empty();
+        if shape.is_some_and(|s| s.commits) && !autocommit && open {
             let e = refusal(
                 "SET PASSWORD inside a transaction (it commits the transaction on one shard)",
             );
@@ -1002,6 +1010,8 @@ impl Session {
                 ResponseKind::Query,
             )
             .await;
+        // A temporary table is the session's: the logical database's tables stay as they are.
+        let temporary = lex::contains_word(text.as_bytes(), b"TEMPORARY");
         if matches!(flow, Flow::Continue) && self.last_error.is_none() {
             // A temporary table may hide a table a global transaction writes.
             for effect in crate::sql::dml::session_effects(text.as_bytes()) {
@@ -1018,13 +1028,13 @@ impl Session {
                 }
             }
             let topology = &self.sharding().topology;
-            if let Some(t) = &d.creates {
+            if let Some(t) = d.creates.as_ref().filter(|_| !temporary) {
                 topology.single_table(t, Some(last));
             }
-            for t in &d.drops {
+            for t in d.drops.iter().filter(|_| !temporary) {
                 topology.single_table(t, None);
             }
-            if d.shards.len() > 1 || !d.statements.is_empty() {
+            if !temporary && (d.shards.len() > 1 || !d.statements.is_empty()) {
                 // A sharded table's columns may have changed.
                 if let Err(e) = self.sharding().learn_columns().await {
                     tracing::warn!(error = %e, "reading the sharded tables' columns failed");

@@ -408,13 +408,11 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
             object_type: ObjectType::Table | ObjectType::Index,
             ..
         } => plan_ddl(sql, tokens, topo, &tables, false),
-        // A statement whose tables the parser does not show (LOCK TABLES, RENAME TABLE, …)
-        // is read by its words too.
-        _ => match unparsed(sql, tokens, topo, "this kind of statement") {
-            refused @ Plan::Refuse(_) => refused,
-            by_words if tables.refs.is_empty() => by_words,
-            _ => tables.colocated("this statement"),
-        },
+        // Statements whose tables the parser does not show are read by their words.
+        Statement::LockTables { .. } | Statement::RenameTable(_) => {
+            unparsed(sql, tokens, topo, "this kind of statement")
+        }
+        _ => tables.colocated("this statement"),
     }
 }
 
@@ -528,11 +526,14 @@ impl Tables {
                         other => other.to_string(),
                     })
                     .collect();
+            if parts
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(crate::at::undo::UNDO_TABLE))
+            {
+                return Err(refuse(undo_log()));
+            }
             let name = match parts.as_slice() {
                 [t] => {
-                    if t.eq_ignore_ascii_case(crate::at::undo::UNDO_TABLE) {
-                        return Err(refuse(undo_log()));
-                    }
                     if let Some(rule) = topo.split_of(t) {
                         return Err(refuse(format!(
                             "the physical table {t} of the split table {}: name {} instead",
@@ -2525,6 +2526,7 @@ broadcast_tables: [t_country]
         assert_eq!(p("UNLOCK TABLES"), Plan::Any);
         assert!(refused("DELETE FROM undo_log").contains("undo log"));
         assert!(refused("SELECT * FROM UNDO_LOG").contains("undo log"));
+        assert!(refused("DELETE FROM shop_0.undo_log").contains("undo log"));
         assert!(
             refused("UPDATE t_order SET user_id = 3 WHERE user_id = 2").contains("sharding column")
         );
