@@ -156,13 +156,15 @@ pub(super) fn unreadable(settings: &SessionSettings) -> Option<String> {
             ));
         }
     }
-    let charset = settings.charset.to_ascii_lowercase();
-    if !matches!(
-        charset.as_str(),
-        "utf8mb4" | "utf8mb3" | "utf8" | "latin1" | "ascii" | "binary"
-    ) {
+    // Asked before every statement: no copy.
+    let charset = settings.charset.as_str();
+    let readable = ["utf8mb4", "utf8mb3", "utf8", "latin1", "ascii", "binary"]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(charset));
+    if !readable {
         return Some(format!(
-            "character_set_client is {charset} (Tandem reads statements in utf8mb4, utf8mb3, latin1, ascii or binary)"
+            "character_set_client is {} (Tandem reads statements in utf8mb4, utf8mb3, latin1, ascii or binary)",
+            charset.to_ascii_lowercase()
         ));
     }
     None

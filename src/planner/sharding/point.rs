@@ -17,6 +17,8 @@
 //! Any other statement, or any token outside these shapes, goes to the full planner
 //! ([`super::plan`]); a test checks that both agree on every statement this path routes.
 
+use std::borrow::Cow;
+
 use super::algorithm::Key;
 use super::{Placement, Topology};
 use crate::sql::lex::{Token, TokenKind};
@@ -47,7 +49,7 @@ struct Point<'a> {
     tokens: &'a [Token],
 }
 
-impl Point<'_> {
+impl<'a> Point<'a> {
     fn word(&self, i: usize, w: &str) -> bool {
         self.tokens
             .get(i)
@@ -58,15 +60,20 @@ impl Point<'_> {
         self.tokens.get(i).is_some_and(|t| t.is_punct(b))
     }
 
-    /// A name at `i` (a word or a quoted name), lower case.
-    fn name(&self, i: usize) -> Option<String> {
+    /// A name at `i` (a word or a quoted name), lower case: borrowed when it is written so.
+    fn name(&self, i: usize) -> Option<Cow<'a, str>> {
         let t = self.tokens.get(i)?;
-        let text = &self.sql[t.span.clone()];
-        match t.kind {
-            TokenKind::Word if !text.as_bytes()[0].is_ascii_digit() => Some(text.to_lowercase()),
-            TokenKind::QuotedIdent => Some(text.trim_matches('`').to_lowercase()),
-            _ => None,
-        }
+        let text: &'a str = &self.sql[t.span.clone()];
+        let name = match t.kind {
+            TokenKind::Word if !text.as_bytes()[0].is_ascii_digit() => text,
+            TokenKind::QuotedIdent => text.trim_matches('`'),
+            _ => return None,
+        };
+        Some(if name.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+            Cow::Owned(name.to_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        })
     }
 
     /// An integer literal at `i` (`5`, `-5`); the index after it.
@@ -225,7 +232,7 @@ impl Point<'_> {
         if rule
             .generated
             .as_ref()
-            .is_some_and(|g| !columns.contains(g))
+            .is_some_and(|g| !columns.iter().any(|c| c == g.as_str()))
         {
             return None;
         }
