@@ -964,6 +964,12 @@ async fn split_tables_answer_as_one_database() {
     }
     let mut t = common::connect(&w.tandem.url("shop")).await;
     let mut r = common::connect(&mariadb().url(&w.reference)).await;
+    // A split table's definition is shown under its own name, as one database shows it.
+    for sql in ["SHOW CREATE TABLE t_order", "show create table `t_item`"] {
+        let shown: Option<(String, String)> = t.query_first(sql).await.unwrap();
+        let reference: Option<(String, String)> = r.query_first(sql).await.unwrap();
+        assert_eq!(shown, reference, "{sql}");
+    }
     for stmt in [
         "UPDATE t_order SET qty = qty + 1 WHERE user_id IN (3, 4, 11)",
         "UPDATE t_order SET t_order.name = 'upd' WHERE user_id BETWEEN 5 AND 6",

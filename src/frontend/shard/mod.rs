@@ -37,7 +37,7 @@ use crate::exec::sharding::{self, Protocol, ScatterError};
 use crate::planner::sharding::plan::{self, Plan};
 use crate::planner::sharding::show::{self, Answer};
 use crate::planner::sharding::ShardSet;
-use crate::sql::{classify, hints, lex, StatementKind};
+use crate::sql::{classify, hints, lex, quote, StatementKind};
 use crate::wire::response::{ok_packet, write_result, RowFormat};
 use crate::wire::scanner::{ResponseKind, Summary};
 use crate::wire::MysqlError;
@@ -641,6 +641,38 @@ impl Session {
                     .map(|r| r.into_iter().map(Some).collect())
                     .collect(),
             ),
+            Answer::CreateTable { table, physical } => {
+                if let Some(flow) = self.ready_outside(reply_seq, 0).await {
+                    return flow;
+                }
+                let Some(sc) = self.shard.as_mut().and_then(|s| s.conns[0].as_mut()) else {
+                    return Flow::Close;
+                };
+                let (from, to) = (quote::ident(&physical), quote::ident(&table));
+                let rows = match sc
+                    .conn
+                    .query_rows(&format!("SHOW CREATE TABLE {from}"))
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(BackendError::Server(e)) => return self.reply_error(reply_seq, e).await,
+                    Err(_) => {
+                        if let Some(sh) = self.shard.as_mut() {
+                            sh.conns[0] = None;
+                        }
+                        return self.backend_lost(reply_seq, false).await;
+                    }
+                };
+                // The first physical table's definition, under the table's name.
+                let rows = rows
+                    .into_iter()
+                    .map(|r| {
+                        let ddl = r.get(1).cloned().flatten();
+                        vec![Some(table.clone()), ddl.map(|d| d.replacen(&from, &to, 1))]
+                    })
+                    .collect();
+                (vec!["Table".into(), "Create Table".into()], rows)
+            }
         };
         let format = match protocol {
             Protocol::Text => RowFormat::Text,

@@ -22,6 +22,9 @@ pub enum Answer {
     /// `EXPLAIN`: one row per statement a shard runs: the shard, the statement, and what
     /// Tandem does with the answers.
     Explain(Vec<[String; 3]>),
+    /// `SHOW CREATE TABLE` of a split table: the first shard's `SHOW CREATE TABLE` of
+    /// `physical` (its first physical table), answered under the table's name `table`.
+    CreateTable { table: String, physical: String },
 }
 
 /// The plan of a statement about the logical database, or `None` for any other.
@@ -86,6 +89,9 @@ pub fn plan_show(sql: &str, tokens: &[Token], topo: &Topology) -> Option<Plan> {
         {
             Some(at + 2)
         } else if word(1, "CREATE") && word(2, "TABLE") {
+            if let Some(p) = create_split(tokens, sql, topo) {
+                return Some(p);
+            }
             Some(3)
         } else {
             None
@@ -169,6 +175,22 @@ fn table_home(tokens: &[Token], i: usize, sql: &str, topo: &Topology) -> Plan {
         Placement::Sharded(_) | Placement::Broadcast => Plan::One(0),
         Placement::Single(s) => Plan::One(s),
         Placement::Unknown => Plan::One(0),
+    }
+}
+
+/// `SHOW CREATE TABLE t` of a split table `t`, alone: answered under its name.
+fn create_split(tokens: &[Token], sql: &str, topo: &Topology) -> Option<Plan> {
+    if tokens.len() != 4 {
+        return None;
+    }
+    let t = &tokens[3];
+    let name = sql[t.span.clone()].trim_matches('`');
+    match topo.placement(name) {
+        Placement::Sharded(rule) if rule.split() => Some(Plan::Answer(Answer::CreateTable {
+            table: rule.name.clone(),
+            physical: format!("{}_0", rule.name),
+        })),
+        _ => None,
     }
 }
 
