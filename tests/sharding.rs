@@ -1326,6 +1326,24 @@ async fn the_logical_database_looks_real() {
         ["t_code", "t_country", "t_item", "t_note", "t_order"]
     );
     let full: Vec<(String, String)> = t.query("SHOW FULL TABLES LIKE 't\\_o%'").await.unwrap();
+    // SHOW TABLE STATUS: the logical database's tables, each once, as one database lists
+    // them (Tandem's undo log, split tables' physical tables and other shards' databases
+    // not among them).
+    let mut reference = common::connect(&mariadb().url(&w.reference)).await;
+    let names = |rows: Vec<mysql_async::Row>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| r.get::<String, _>("Name").unwrap_or_default())
+            .collect()
+    };
+    for sql in [
+        "SHOW TABLE STATUS",
+        "SHOW TABLE STATUS FROM shop LIKE 't\\_o%'",
+    ] {
+        let shown = names(t.query(sql).await.unwrap());
+        let sql_ref = sql.replace(" FROM shop", "");
+        let one = names(reference.query(&sql_ref).await.unwrap());
+        assert_eq!(shown, one, "{sql}");
+    }
     assert_eq!(full, [("t_order".to_string(), "BASE TABLE".to_string())]);
     let e = t
         .query_drop("SHOW TABLES FROM elsewhere")

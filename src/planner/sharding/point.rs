@@ -69,11 +69,16 @@ impl<'a> Point<'a> {
             TokenKind::QuotedIdent => text.trim_matches('`'),
             _ => return None,
         };
-        Some(if name.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
-            Cow::Owned(name.to_lowercase())
-        } else {
-            Cow::Borrowed(name)
-        })
+        Some(
+            if name
+                .bytes()
+                .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
+            {
+                Cow::Owned(name.to_lowercase())
+            } else {
+                Cow::Borrowed(name)
+            },
+        )
     }
 
     /// An integer literal at `i` (`5`, `-5`); the index after it.

@@ -81,6 +81,20 @@ pub fn plan_show(sql: &str, tokens: &[Token], topo: &Topology) -> Option<Plan> {
                 Err(p) => p,
             });
         }
+        if word(1, "TABLE") && word(2, "STATUS") {
+            let mut i = 3;
+            if word(i, "FROM") || word(i, "IN") {
+                match name(i + 1) {
+                    Some(db) if db.eq_ignore_ascii_case(&topo.database) => i += 2,
+                    Some(db) => return Some(unknown_database(&db)),
+                    None => return Some(refuse("this form of SHOW TABLE STATUS")),
+                }
+            }
+            return Some(match like_at(i) {
+                Ok(like) => table_status(like.as_deref(), topo),
+                Err(p) => p,
+            });
+        }
         // SHOW [FULL] COLUMNS|FIELDS FROM t, SHOW INDEX|INDEXES|KEYS FROM t, SHOW CREATE TABLE t.
         let table_at = if ["COLUMNS", "FIELDS", "INDEX", "INDEXES", "KEYS"]
             .iter()
@@ -176,6 +190,51 @@ fn table_home(tokens: &[Token], i: usize, sql: &str, topo: &Topology) -> Plan {
         Placement::Single(s) => Plan::One(s),
         Placement::Unknown => Plan::One(0),
     }
+}
+
+/// `SHOW TABLE STATUS [LIKE 'pattern']`: the logical database's tables as
+/// `information_schema.TABLES` describes them for it (see [`super::catalog`]), under the
+/// columns SHOW TABLE STATUS gives them.
+fn table_status(like: Option<&str>, topo: &Topology) -> Plan {
+    const COLUMNS: [(&str, &str); 20] = [
+        ("TABLE_NAME", "Name"),
+        ("ENGINE", "Engine"),
+        ("VERSION", "Version"),
+        ("ROW_FORMAT", "Row_format"),
+        ("TABLE_ROWS", "Rows"),
+        ("AVG_ROW_LENGTH", "Avg_row_length"),
+        ("DATA_LENGTH", "Data_length"),
+        ("MAX_DATA_LENGTH", "Max_data_length"),
+        ("INDEX_LENGTH", "Index_length"),
+        ("DATA_FREE", "Data_free"),
+        ("AUTO_INCREMENT", "Auto_increment"),
+        ("CREATE_TIME", "Create_time"),
+        ("UPDATE_TIME", "Update_time"),
+        ("CHECK_TIME", "Check_time"),
+        ("TABLE_COLLATION", "Collation"),
+        ("CHECKSUM", "Checksum"),
+        ("CREATE_OPTIONS", "Create_options"),
+        ("TABLE_COMMENT", "Comment"),
+        ("MAX_INDEX_LENGTH", "Max_index_length"),
+        ("TEMPORARY", "Temporary"),
+    ];
+    let columns: Vec<String> = COLUMNS
+        .iter()
+        .map(|(c, alias)| format!("{c} AS {}", crate::sql::quote::ident(alias)))
+        .collect();
+    let mut sql = format!(
+        "SELECT {} FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
+        columns.join(", ")
+    );
+    if let Some(p) = like {
+        sql.push_str(&format!(
+            " AND TABLE_NAME LIKE _utf8mb3 {}",
+            crate::sql::quote::hex(p.as_bytes())
+        ));
+    }
+    sql.push_str(" ORDER BY TABLE_NAME");
+    let no_params = |_: &sqlparser::ast::Expr| None;
+    plan::plan(&sql, topo, &no_params)
 }
 
 /// `SHOW CREATE TABLE t` of a split table `t`, alone: answered under its name.
