@@ -1143,6 +1143,11 @@ impl Session {
                     self.ctx.metrics.error(code);
                 }
                 self.after_shard_error(outcome.error).await;
+                if let Some(code) = outcome.error {
+                    for shard in shards {
+                        self.check_part_after_error(shard, code).await;
+                    }
+                }
                 Flow::Continue
             }
             Err(ScatterError::Client(_)) => {
