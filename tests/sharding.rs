@@ -88,38 +88,17 @@ fn world_of(name: &str, settings: &str, tables: usize) -> World {
     db.sql(&format!(
         "USE {reference}; CREATE TABLE t_note (id INT PRIMARY KEY, body TEXT); INSERT INTO t_note VALUES (1, 'on shard 2')"
     ));
-    let sources: String = shards
-        .iter()
-        .enumerate()
-        .map(|(i, d)| format!("  - {{ name: s{i}, dsn: \"{}\" }}\n", db.url(d)))
-        .collect();
-    let yaml = format!(
-        r#"
-listeners:
-  - name: shop
-    address: 127.0.0.1:{{PORT}}
-    users: {{ {user}: "{password}" }}
-    executor: shop
-executors:
-  - name: shop
-    mode: sharding
-    database: shop
-    shards: [s0, s1, s2, s3]
-    sharded_tables:
+    let urls: Vec<String> = shards.iter().map(|d| db.url(d)).collect();
+    let executor = format!(
+        "    sharded_tables:
       - {{ table: t_order, column: user_id, algorithm: mod{split} }}
       - {{ table: t_item, column: user_id, algorithm: mod, binding: t_order{split} }}
       - {{ table: t_code, column: code, algorithm: hash_mod }}
       - {{ table: t_label, column: label, algorithm: hash_mod }}
     broadcast_tables: [t_country]
-{settings}data_sources:
-{sources}admin:
-  address: 127.0.0.1:{{ADMIN}}
-coordinator:
-  embedded: {{ path: "{{DIR}}/tandem.db" }}
-"#,
-        user = common::USER,
-        password = common::PASSWORD,
+{settings}"
     );
+    let yaml = common::sharding_config(&urls, &executor, "");
     World {
         shards,
         reference,

@@ -50,38 +50,16 @@ fn world(name: &str) -> World {
             "USE {d}; CREATE TABLE t_auto (id INT AUTO_INCREMENT PRIMARY KEY, v INT)"
         ));
     }
-    let sources: String = shards
-        .iter()
-        .enumerate()
-        .map(|(i, d)| format!("  - {{ name: s{i}, dsn: \"{}\" }}\n", db.url(d)))
-        .collect();
-    let yaml = format!(
-        r#"
-listeners:
-  - name: shop
-    address: 127.0.0.1:{{PORT}}
-    users: {{ {user}: "{password}" }}
-    executor: shop
-executors:
-  - name: shop
-    mode: sharding
-    database: shop
-    shards: [s0, s1]
-    sharded_tables:
-      - {{ table: t_order, column: user_id, algorithm: mod }}
-      - {{ table: t_item, column: user_id, algorithm: mod, tables: 2 }}
-      - {{ table: t_event, column: user_id, algorithm: mod, key_generator: {{ column: id, type: snowflake }} }}
+    let urls: Vec<String> = shards.iter().map(|d| db.url(d)).collect();
+    let yaml = common::sharding_config(
+        &urls,
+        "    sharded_tables:
+      - { table: t_order, column: user_id, algorithm: mod }
+      - { table: t_item, column: user_id, algorithm: mod, tables: 2 }
+      - { table: t_event, column: user_id, algorithm: mod, key_generator: { column: id, type: snowflake } }
     broadcast_tables: [t_country]
-data_sources:
-{sources}admin:
-  address: 127.0.0.1:{{ADMIN}}
-coordinator:
-  embedded: {{ path: "{{DIR}}/tandem.db" }}
-  lock_retry_interval: 20ms
-  lock_retry_attempts: 5
-"#,
-        user = common::USER,
-        password = common::PASSWORD,
+",
+        "  lock_retry_interval: 20ms\n  lock_retry_attempts: 5\n",
     );
     World {
         shards,

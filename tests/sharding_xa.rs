@@ -21,36 +21,15 @@ struct World {
 }
 
 fn config(urls: &[String]) -> String {
-    let sources: String = urls
-        .iter()
-        .enumerate()
-        .map(|(i, u)| format!("  - {{ name: s{i}, dsn: \"{u}\" }}\n"))
-        .collect();
-    format!(
-        r#"
-listeners:
-  - name: shop
-    address: 127.0.0.1:{{PORT}}
-    users: {{ {user}: "{password}" }}
-    executor: shop
-executors:
-  - name: shop
-    mode: sharding
-    database: shop
-    shards: [s0, s1]
-    sharded_tables:
-      - {{ table: t_order, column: user_id, algorithm: mod }}
-      - {{ table: t_event, column: user_id, algorithm: mod, key_generator: {{ column: id, type: snowflake }} }}
+    common::sharding_config(
+        urls,
+        "    sharded_tables:
+      - { table: t_order, column: user_id, algorithm: mod }
+      - { table: t_event, column: user_id, algorithm: mod, key_generator: { column: id, type: snowflake } }
     broadcast_tables: [t_country]
     worker_id: 7
-data_sources:
-{sources}admin:
-  address: 127.0.0.1:{{ADMIN}}
-coordinator:
-  embedded: {{ path: "{{DIR}}/tandem.db" }}
-"#,
-        user = common::USER,
-        password = common::PASSWORD,
+",
+        "",
     )
 }
 

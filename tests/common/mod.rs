@@ -398,6 +398,39 @@ drain_timeout: 10s
     )
 }
 
+/// A `sharding` listener and executor over logical database `shop`, its shards the
+/// databases `urls` name (data sources `s0`, `s1`, …); `executor` holds the executor's
+/// fields after `shards` (`sharded_tables`, `broadcast_tables`, …), indented as they are,
+/// and `coordinator` lines of the coordinator's after its embedded store.
+pub fn sharding_config(urls: &[String], executor: &str, coordinator: &str) -> String {
+    let names: Vec<String> = (0..urls.len()).map(|i| format!("s{i}")).collect();
+    let sources: String = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("  - {{ name: s{i}, dsn: \"{u}\" }}\n"))
+        .collect();
+    format!(
+        r#"
+listeners:
+  - name: shop
+    address: 127.0.0.1:{{PORT}}
+    users: {{ {USER}: "{PASSWORD}" }}
+    executor: shop
+executors:
+  - name: shop
+    mode: sharding
+    database: shop
+    shards: [{shards}]
+{executor}data_sources:
+{sources}admin:
+  address: 127.0.0.1:{{ADMIN}}
+coordinator:
+  embedded: {{ path: "{{DIR}}/tandem.db" }}
+{coordinator}"#,
+        shards = names.join(", "),
+    )
+}
+
 /// A config with listener `a` (on `{PORT}`) in front of `dsn_a` and listener `b` (on
 /// `{PORT_B}`) in front of `dsn_b`; `coordinator` adds lines to the coordinator section.
 pub fn two_databases_config(dsn_a: &str, dsn_b: &str, coordinator: &str) -> String {
