@@ -83,6 +83,7 @@ fn describe(p: &Plan, topo: &Topology) -> String {
             }
             out
         }
+        Plan::Open => "every open shard connection".to_string(),
         Plan::Answer(a) => format!("answered by Tandem: {a:?}"),
         Plan::Refuse(why) => format!("refused: {why}"),
     }

@@ -721,6 +721,30 @@ async fn what_is_not_exact_is_refused() {
 async fn transactions_and_session_state_span_shards() {
     let w = world("txn");
     let (mut t, _r) = load(&w, 5).await;
+    // A single table's lock is taken on its shard; UNLOCK TABLES reaches it wherever the
+    // session's statements went since.
+    t.query_drop("LOCK TABLES t_note WRITE").await.unwrap();
+    let mut other = common::connect(&w.tandem.url("shop")).await;
+    other.query_drop("SET lock_wait_timeout = 2").await.unwrap();
+    let _: Vec<i64> = other
+        .query("SELECT id FROM t_order WHERE user_id = 1")
+        .await
+        .unwrap();
+    let e = other
+        .query_drop("UPDATE t_note SET body = body WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(1205), "the lock holds: {e}");
+    // The session's last statement is on another shard.
+    let _: Vec<i64> = t
+        .query("SELECT id FROM t_order WHERE user_id = 1")
+        .await
+        .unwrap();
+    t.query_drop("UNLOCK TABLES").await.unwrap();
+    other
+        .query_drop("UPDATE t_note SET body = body WHERE id = 1")
+        .await
+        .unwrap();
     let count = |user: i64| format!("SELECT COUNT(*) FROM t_order WHERE user_id = {user}");
     t.query_drop("BEGIN").await.unwrap();
     t.query_drop("INSERT INTO t_order (id, user_id, name) VALUES (5001, 101, 'txn')")

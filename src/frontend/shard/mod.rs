@@ -496,6 +496,28 @@ impl Session {
             }
             Plan::Scatter(s) => self.shard_scatter(reply_seq, &s, kind, protocol).await,
             Plan::Write(w) => self.shard_write(reply_seq, &w, kind, None).await,
+            Plan::Open => {
+                let (open, last) = {
+                    let sh = self.shard_session();
+                    let open: Vec<usize> = (0..sh.conns.len())
+                        .filter(|&i| i != sh.last && sh.conns[i].is_some())
+                        .collect();
+                    (open, sh.last)
+                };
+                for shard in open {
+                    if let Err(e) = self.on_shard(shard, text).await {
+                        return match e {
+                            BackendError::Server(_) => {
+                                let e = self.shard_error(shard, e);
+                                self.reply_error(reply_seq, e).await
+                            }
+                            _ => self.backend_lost(reply_seq, false).await,
+                        };
+                    }
+                }
+                self.shard_forward(reply_seq, payload, last, kind, response)
+                    .await
+            }
             Plan::Answer(a) => self.shard_answer(reply_seq, a, protocol).await,
             Plan::Refuse(why) => self.reply_error(reply_seq, refusal(&why)).await,
         }

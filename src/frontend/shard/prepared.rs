@@ -71,7 +71,7 @@ impl Session {
             Plan::Scatter(s) => s.shards.first().unwrap_or(0),
             Plan::Ddl(d) => d.shards.first().unwrap_or(0),
             Plan::Write(w) => w.statements.first().map_or(0, |s| s.0),
-            Plan::Any | Plan::Answer(_) | Plan::Refuse(_) => self.shard_session().last,
+            Plan::Any | Plan::Open | Plan::Answer(_) | Plan::Refuse(_) => self.shard_session().last,
         };
         if let Some(flow) = self.ready_outside(reply_seq, home).await {
             return flow;

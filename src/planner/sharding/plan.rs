@@ -56,6 +56,10 @@ pub enum Plan {
     Any,
     /// The client's text, unchanged, on one shard, whose answer is the client's.
     One(usize),
+    /// The client's text on every shard connection the session has open, the session's
+    /// last shard's answer the client's: `UNLOCK TABLES` (the session's locks are on the
+    /// shards it took them on).
+    Open,
     /// DDL, the client's text unchanged on each of these shards; the answer is the last
     /// shard's, or the first error.
     Ddl(Ddl),
@@ -412,6 +416,7 @@ fn plan_tokens(sql: &str, tokens: &[Token], topo: &Topology, params: Params) -> 
         Statement::LockTables { .. } | Statement::RenameTable(_) => {
             unparsed(sql, tokens, topo, "this kind of statement")
         }
+        Statement::UnlockTables => Plan::Open,
         _ => tables.colocated("this statement"),
     }
 }
@@ -2523,7 +2528,7 @@ broadcast_tables: [t_country]
         assert!(refused("LOCK TABLES t_note READ, t_country WRITE").contains("t_country"));
         assert_eq!(p("LOCK TABLES t_note WRITE"), Plan::One(0));
         assert!(refused("RENAME TABLE t_order TO t_old").contains("t_order"));
-        assert_eq!(p("UNLOCK TABLES"), Plan::Any);
+        assert_eq!(p("UNLOCK TABLES"), Plan::Open);
         assert!(refused("DELETE FROM undo_log").contains("undo log"));
         assert!(refused("SELECT * FROM UNDO_LOG").contains("undo log"));
         assert!(refused("DELETE FROM shop_0.undo_log").contains("undo log"));

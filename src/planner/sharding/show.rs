@@ -303,6 +303,11 @@ fn explain(statement: &str, topo: &Topology) -> Plan {
                 .map(|(s, sql)| [name(*s), sql.clone(), how.to_string()])
                 .collect()
         }
+        Plan::Open => vec![[
+            "(every shard the session has open)".to_string(),
+            statement.to_string(),
+            "relay the last shard's answer".to_string(),
+        ]],
         Plan::Answer(_) => vec![[
             "(Tandem)".to_string(),
             statement.to_string(),
