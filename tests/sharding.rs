@@ -973,6 +973,17 @@ async fn split_tables_answer_as_one_database() {
         let reference: Option<(String, String)> = r.query_first(sql).await.unwrap();
         assert_eq!(shown, reference, "{sql}");
     }
+    // Its indexes too (table, key, position, column; the statistics are a shard's).
+    let keys = |rows: Rows| -> Rows {
+        rows.into_iter()
+            .map(|r| [0, 2, 3, 4].iter().map(|&i| r[i].clone()).collect())
+            .collect()
+    };
+    for sql in ["SHOW INDEX FROM t_order", "SHOW KEYS IN t_item"] {
+        let shown = keys(rows(&mut t, sql).await.unwrap());
+        assert_eq!(shown, keys(rows(&mut r, sql).await.unwrap()), "{sql}");
+        assert!(!shown.is_empty(), "{sql}");
+    }
     for stmt in [
         "UPDATE t_order SET qty = qty + 1 WHERE user_id IN (3, 4, 11)",
         "UPDATE t_order SET t_order.name = 'upd' WHERE user_id BETWEEN 5 AND 6",

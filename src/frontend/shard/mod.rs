@@ -663,7 +663,11 @@ impl Session {
                     .map(|r| r.into_iter().map(Some).collect())
                     .collect(),
             ),
-            Answer::CreateTable { table, physical } => {
+            Answer::Renamed {
+                sql,
+                table,
+                physical,
+            } => {
                 if let Some(flow) = self.ready_outside(reply_seq, 0).await {
                     return flow;
                 }
@@ -671,12 +675,8 @@ impl Session {
                     return Flow::Close;
                 };
                 let (from, to) = (quote::ident(&physical), quote::ident(&table));
-                let rows = match sc
-                    .conn
-                    .query_rows(&format!("SHOW CREATE TABLE {from}"))
-                    .await
-                {
-                    Ok(rows) => rows,
+                let (names, rows) = match sc.conn.query_named(&sql).await {
+                    Ok(answer) => answer,
                     Err(BackendError::Server(e)) => return self.reply_error(reply_seq, e).await,
                     Err(_) => {
                         if let Some(sh) = self.shard.as_mut() {
@@ -685,15 +685,22 @@ impl Session {
                         return self.backend_lost(reply_seq, false).await;
                     }
                 };
-                // The first physical table's definition, under the table's name.
+                // The first physical table's answer, under the table's name: a cell that
+                // is its name, and its quoted name in a definition.
                 let rows = rows
                     .into_iter()
                     .map(|r| {
-                        let ddl = r.get(1).cloned().flatten();
-                        vec![Some(table.clone()), ddl.map(|d| d.replacen(&from, &to, 1))]
+                        r.into_iter()
+                            .map(|c| {
+                                c.map(|c| match c == physical {
+                                    true => table.clone(),
+                                    false => c.replacen(&from, &to, 1),
+                                })
+                            })
+                            .collect()
                     })
                     .collect();
-                (vec!["Table".into(), "Create Table".into()], rows)
+                (names, rows)
             }
         };
         let format = match protocol {

@@ -22,9 +22,14 @@ pub enum Answer {
     /// `EXPLAIN`: one row per statement a shard runs: the shard, the statement, and what
     /// Tandem does with the answers.
     Explain(Vec<[String; 3]>),
-    /// `SHOW CREATE TABLE` of a split table: the first shard's `SHOW CREATE TABLE` of
-    /// `physical` (its first physical table), answered under the table's name `table`.
-    CreateTable { table: String, physical: String },
+    /// `SHOW CREATE TABLE` or `SHOW INDEX` of a split table: `sql`, the statement about
+    /// its first physical table `physical`, run on the first shard, whose answer Tandem
+    /// gives under the table's name `table`.
+    Renamed {
+        sql: String,
+        table: String,
+        physical: String,
+    },
 }
 
 /// The plan of a statement about the logical database, or `None` for any other.
@@ -103,13 +108,13 @@ pub fn plan_show(sql: &str, tokens: &[Token], topo: &Topology) -> Option<Plan> {
         {
             Some(at + 2)
         } else if word(1, "CREATE") && word(2, "TABLE") {
-            if let Some(p) = create_split(tokens, sql, topo) {
-                return Some(p);
-            }
             Some(3)
         } else {
             None
         };
+        if let Some(p) = table_at.and_then(|i| renamed_split(tokens, i, sql, topo)) {
+            return Some(p);
+        }
         return table_at.map(|i| table_home(tokens, i, sql, topo));
     }
     if word(0, "DESCRIBE") || word(0, "DESC") || word(0, "EXPLAIN") {
@@ -237,18 +242,35 @@ fn table_status(like: Option<&str>, topo: &Topology) -> Plan {
     plan::plan(&sql, topo, &no_params)
 }
 
-/// `SHOW CREATE TABLE t` of a split table `t`, alone: answered under its name.
-fn create_split(tokens: &[Token], sql: &str, topo: &Topology) -> Option<Plan> {
-    if tokens.len() != 4 {
+/// `SHOW CREATE TABLE t` or `SHOW INDEX FROM t` of a split table `t`, the table named
+/// last at token `i`: answered under its name (`SHOW COLUMNS` names no table in its answer,
+/// and is relayed).
+fn renamed_split(tokens: &[Token], i: usize, sql: &str, topo: &Topology) -> Option<Plan> {
+    let b = sql.as_bytes();
+    let shows_name = tokens.get(1).is_some_and(|t| {
+        ["CREATE", "INDEX", "INDEXES", "KEYS"]
+            .iter()
+            .any(|w| t.is_word(b, w))
+    });
+    let t = tokens.get(i)?;
+    if !shows_name || tokens.len() != i + 1 {
         return None;
     }
-    let t = &tokens[3];
     let name = sql[t.span.clone()].trim_matches('`');
     match topo.placement(name) {
-        Placement::Sharded(rule) if rule.split() => Some(Plan::Answer(Answer::CreateTable {
-            table: rule.name.clone(),
-            physical: format!("{}_0", rule.name),
-        })),
+        Placement::Sharded(rule) if rule.split() => {
+            let physical = format!("{}_0", rule.name);
+            let text = format!(
+                "{}{}",
+                &sql[..t.span.start],
+                crate::sql::quote::ident(&physical)
+            );
+            Some(Plan::Answer(Answer::Renamed {
+                sql: text,
+                table: rule.name.clone(),
+                physical,
+            }))
+        }
         _ => None,
     }
 }
